@@ -1,0 +1,74 @@
+"""The etcd key layout, in one place.
+
+    {p}vpc/{vpc_id}                       VPC
+    {p}pn/{pn_id}                         Private Network
+    {p}vpcnet/{vpc_id}/{subnet_id}        CIDR of each subnet of a VPC (overlap checks)
+    {p}src/{source_id}/meta               source (subnet or zonal pool)
+    {p}src/{source_id}/a/{offset}         held address -> IP id (offset in fixed-width hex)
+    {p}zone/{region}/{zone}/{source_id}   zonal pools of a zone
+    {p}ip/{ip_id}                         IP record
+    {p}ix/project/{project_id}/{ip_id}    IPs of a project
+    {p}ix/res/{resource_id}/{ip_id}       IPs attached to a resource
+    {p}ix/mac/{mac}/{scope}               the IP holding a MAC in a Private Network or zone
+    {p}idem/{scope}/{key}                 idempotency key -> first result (leased, 24 h)
+    {p}auth/...                           API keys (owned by the gateway's tenancy layer)
+
+Every key of one held address is written in the same transaction, so an index
+never disagrees with the data.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Keys:
+    """Key builders under one prefix (a deployment, or one test)."""
+
+    prefix: str = "/ipam/"
+
+    def vpc(self, vpc_id: str = "") -> str:
+        return f"{self.prefix}vpc/{vpc_id}"
+
+    def private_network(self, pn_id: str = "") -> str:
+        return f"{self.prefix}pn/{pn_id}"
+
+    def vpc_networks(self, vpc_id: str) -> str:
+        return f"{self.prefix}vpcnet/{vpc_id}/"
+
+    def vpc_network(self, vpc_id: str, subnet_id: str) -> str:
+        return f"{self.prefix}vpcnet/{vpc_id}/{subnet_id}"
+
+    def source(self, source_id: str = "") -> str:
+        return f"{self.prefix}src/{source_id}/meta" if source_id else f"{self.prefix}src/"
+
+    def addresses(self, source_id: str) -> str:
+        return f"{self.prefix}src/{source_id}/a/"
+
+    def address(self, source_id: str, offset_hex: str) -> str:
+        return f"{self.prefix}src/{source_id}/a/{offset_hex}"
+
+    def zone_pools(self, region: str, zone: str = "") -> str:
+        return f"{self.prefix}zone/{region}/{zone}/" if zone else f"{self.prefix}zone/{region}/"
+
+    def zone_pool(self, region: str, zone: str, source_id: str) -> str:
+        return f"{self.prefix}zone/{region}/{zone}/{source_id}"
+
+    def ip(self, ip_id: str = "") -> str:
+        return f"{self.prefix}ip/{ip_id}"
+
+    def by_project(self, project_id: str, ip_id: str = "") -> str:
+        return f"{self.prefix}ix/project/{project_id}/{ip_id}"
+
+    def by_resource(self, resource_id: str, ip_id: str = "") -> str:
+        return f"{self.prefix}ix/res/{resource_id}/{ip_id}"
+
+    def mac(self, mac: str, scope: str = "") -> str:
+        return f"{self.prefix}ix/mac/{mac}/{scope}"
+
+    def idempotency(self, scope: str, key: str) -> str:
+        return f"{self.prefix}idem/{scope}/{key}"
+
+    def auth(self, suffix: str = "") -> str:
+        return f"{self.prefix}auth/{suffix}"

@@ -1,0 +1,394 @@
+"""All etcd I/O of the project: endpoints, deadlines, ejection, reads, transactions, watches.
+
+Built on aetcd's generated gRPC stubs (`aetcd.rpc`) rather than its `Client`,
+because the client takes one endpoint, ignores `limit`/`revision`/`count_only`,
+has no nested transactions and does not re-create watches after errors. This
+module fills those gaps and nothing else; it knows no domain.
+
+Endpoint policy: calls go round-robin over the endpoints in use. An endpoint that
+times out or is unavailable is taken out of use for `eject_seconds`, then tried
+again. A hung member (alive, not answering) is the case this exists for: without
+ejection gRPC keeps sending to it.
+
+Writes are never retried here: when a transaction errors its outcome is unknown,
+and only the caller can tell (by reading back the token it wrote).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import time
+from collections.abc import AsyncIterator, Iterable, Sequence
+from dataclasses import dataclass
+
+import grpc
+from aetcd import rpc
+
+from .errors import StoreError
+
+log = logging.getLogger(__name__)
+
+_RETRYABLE = {
+    grpc.StatusCode.UNAVAILABLE,
+    grpc.StatusCode.DEADLINE_EXCEEDED,
+    grpc.StatusCode.CANCELLED,
+    grpc.StatusCode.UNKNOWN,
+    grpc.StatusCode.INTERNAL,
+    grpc.StatusCode.RESOURCE_EXHAUSTED,
+}
+_CHANNEL_OPTIONS = [
+    ("grpc.max_receive_message_length", 256 * 1024 * 1024),
+    ("grpc.max_send_message_length", 16 * 1024 * 1024),
+    ("grpc.keepalive_time_ms", 2000),
+    ("grpc.keepalive_timeout_ms", 2000),
+    ("grpc.keepalive_permit_without_calls", 1),
+    ("grpc.http2.max_pings_without_data", 0),
+    ("grpc.initial_reconnect_backoff_ms", 100),
+    ("grpc.max_reconnect_backoff_ms", 1000),
+]
+
+# etcd's default --max-txn-ops; nested transactions share it with their parent.
+MAX_TXN_OPS = 128
+
+
+class Compacted(StoreError):
+    """A watch asked for a revision etcd has compacted away; reload and watch again."""
+
+    def __init__(self, compact_revision: int) -> None:
+        super().__init__(f"revision compacted (oldest available {compact_revision})")
+        self.compact_revision = compact_revision
+
+
+# --- request builders --------------------------------------------------------
+
+
+def _b(key: str | bytes) -> bytes:
+    return key.encode() if isinstance(key, str) else key
+
+
+def prefix_end(prefix: str | bytes) -> bytes:
+    """The range end that covers every key starting with `prefix`."""
+    p = bytearray(_b(prefix))
+    for i in range(len(p) - 1, -1, -1):
+        if p[i] < 0xFF:
+            p[i] += 1
+            return bytes(p[: i + 1])
+    return b"\0"
+
+
+def put(key: str, value: str | bytes, lease: int = 0) -> rpc.RequestOp:
+    return rpc.RequestOp(request_put=rpc.PutRequest(key=_b(key), value=_b(value), lease=lease))
+
+
+def get(key: str) -> rpc.RequestOp:
+    return rpc.RequestOp(request_range=rpc.RangeRequest(key=_b(key)))
+
+
+def get_prefix(prefix: str, keys_only: bool = False) -> rpc.RequestOp:
+    return rpc.RequestOp(request_range=rpc.RangeRequest(
+        key=_b(prefix), range_end=prefix_end(prefix), keys_only=keys_only))
+
+
+def delete(key: str) -> rpc.RequestOp:
+    return rpc.RequestOp(request_delete_range=rpc.DeleteRangeRequest(key=_b(key)))
+
+
+def nested(compare: Sequence[rpc.Compare], success: Sequence[rpc.RequestOp],
+           failure: Sequence[rpc.RequestOp] = ()) -> rpc.RequestOp:
+    return rpc.RequestOp(request_txn=rpc.TxnRequest(
+        compare=list(compare), success=list(success), failure=list(failure)))
+
+
+def absent(key: str) -> rpc.Compare:
+    """Guard: `key` does not exist."""
+    return rpc.Compare(key=_b(key), result=rpc.Compare.EQUAL, target=rpc.Compare.CREATE,
+                       create_revision=0)
+
+
+def present(key: str) -> rpc.Compare:
+    """Guard: `key` exists."""
+    return rpc.Compare(key=_b(key), result=rpc.Compare.GREATER, target=rpc.Compare.VERSION,
+                       version=0)
+
+
+def unchanged(key: str, mod_revision: int) -> rpc.Compare:
+    """Guard: `key` was last modified at `mod_revision` (0: it does not exist)."""
+    return rpc.Compare(key=_b(key), result=rpc.Compare.EQUAL, target=rpc.Compare.MOD,
+                       mod_revision=mod_revision)
+
+
+def prefix_empty(prefix: str) -> rpc.Compare:
+    """Guard: no key starts with `prefix` (a range compare, etcd >= 3.3)."""
+    return rpc.Compare(key=_b(prefix), range_end=prefix_end(prefix), result=rpc.Compare.EQUAL,
+                       target=rpc.Compare.CREATE, create_revision=0)
+
+
+def prefix_unchanged_since(prefix: str, revision: int) -> rpc.Compare:
+    """Guard: no key under `prefix` was created or modified after `revision`."""
+    return rpc.Compare(key=_b(prefix), range_end=prefix_end(prefix), result=rpc.Compare.LESS,
+                       target=rpc.Compare.MOD, mod_revision=revision + 1)
+
+
+# --- results -------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class KV:
+    key: str
+    value: bytes
+    mod_revision: int
+    create_revision: int
+
+
+def _kv(kv: rpc.KeyValue) -> KV:
+    return KV(kv.key.decode(), kv.value, kv.mod_revision, kv.create_revision)
+
+
+@dataclass(frozen=True)
+class WatchEvent:
+    key: str
+    value: bytes
+    deleted: bool
+    revision: int
+
+
+# --- the store -------------------------------------------------------------------
+
+
+@dataclass
+class _Endpoint:
+    address: str
+    channel: grpc.aio.Channel
+    kv: rpc.KVStub
+    watch: rpc.WatchStub
+    lease: rpc.LeaseStub
+    maintenance: rpc.MaintenanceStub
+    ejected_until: float = 0.0
+
+
+class EtcdStore:
+    """A connection to an etcd cluster over several endpoints, with deadlines and ejection.
+
+    `requests` counts every RPC sent (round trips), for tests and the bench.
+    """
+
+    def __init__(self, endpoints: Sequence[str], *, timeout: float = 3.0,
+                 eject_seconds: float = 5.0) -> None:
+        if not endpoints:
+            raise ValueError("at least one etcd endpoint is needed")
+        self.timeout = timeout
+        self.eject_seconds = eject_seconds
+        self.requests = 0
+        self._endpoints = [self._connect(a.strip()) for a in endpoints]
+        self._rr = itertools.count()
+        self._eject_listeners: list[asyncio.Event] = []
+
+    @staticmethod
+    def _connect(address: str) -> _Endpoint:
+        address = address.removeprefix("http://")
+        channel = grpc.aio.insecure_channel(address, options=_CHANNEL_OPTIONS)
+        return _Endpoint(address, channel, rpc.KVStub(channel), rpc.WatchStub(channel),
+                         rpc.LeaseStub(channel), rpc.MaintenanceStub(channel))
+
+    @property
+    def endpoints(self) -> list[str]:
+        return [e.address for e in self._endpoints]
+
+    async def close(self) -> None:
+        """Close every channel; pending calls fail."""
+        await asyncio.gather(*(e.channel.close(None) for e in self._endpoints),
+                             return_exceptions=True)
+
+    # -- endpoint choice ----------------------------------------------------------
+
+    def _pick(self, avoid: set[str] | None = None) -> _Endpoint:
+        now = time.monotonic()
+        n = len(self._endpoints)
+        start = next(self._rr)
+        candidates = [self._endpoints[(start + i) % n] for i in range(n)]
+        for ep in candidates:
+            if ep.ejected_until <= now and not (avoid and ep.address in avoid):
+                return ep
+        # Everything is ejected (or avoided): take the one that comes back first.
+        return min(candidates, key=lambda e: (avoid is not None and e.address in avoid,
+                                              e.ejected_until))
+
+    def _eject(self, ep: _Endpoint, err: grpc.aio.AioRpcError) -> None:
+        if err.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+            if ep.ejected_until <= time.monotonic():
+                log.warning("etcd endpoint %s out of use for %.1fs: %s", ep.address,
+                            self.eject_seconds, err.code().name)
+            ep.ejected_until = time.monotonic() + self.eject_seconds
+            for event in self._eject_listeners:
+                event.set()
+
+    def healthy_endpoints(self) -> list[str]:
+        now = time.monotonic()
+        return [e.address for e in self._endpoints if e.ejected_until <= now]
+
+    # -- unary calls ----------------------------------------------------------------
+
+    async def _unary(self, service: str, method: str, request: object, *, retry: bool,
+                     timeout: float | None = None) -> object:
+        attempts = len(self._endpoints) + 1 if retry else 1
+        tried: set[str] = set()
+        last: grpc.aio.AioRpcError | None = None
+        for _ in range(attempts):
+            ep = self._pick(tried if len(tried) < len(self._endpoints) else None)
+            tried.add(ep.address)
+            self.requests += 1
+            try:
+                return await getattr(getattr(ep, service), method)(
+                    request, timeout=timeout or self.timeout)
+            except grpc.aio.AioRpcError as err:
+                last = err
+                self._eject(ep, err)
+                if err.code() not in _RETRYABLE:
+                    break
+        assert last is not None
+        raise StoreError(f"etcd {method} failed: {last.code().name}: {last.details()}")
+
+    async def txn(self, compare: Sequence[rpc.Compare], success: Sequence[rpc.RequestOp],
+                  failure: Sequence[rpc.RequestOp] = (), *, retry: bool = False
+                  ) -> rpc.TxnResponse:
+        """One transaction. `retry=True` only for transactions that write nothing."""
+        request = rpc.TxnRequest(compare=list(compare), success=list(success),
+                                 failure=list(failure))
+        return await self._unary("kv", "Txn", request, retry=retry)  # type: ignore[return-value]
+
+    async def range(self, key: str, range_end: bytes | None = None, *, limit: int = 0,
+                    revision: int = 0, keys_only: bool = False, count_only: bool = False,
+                    serializable: bool = False) -> rpc.RangeResponse:
+        """A range read, linearizable unless `serializable`; retried on another endpoint."""
+        request = rpc.RangeRequest(key=_b(key), range_end=range_end or b"", limit=limit,
+                                   revision=revision, keys_only=keys_only,
+                                   count_only=count_only, serializable=serializable)
+        return await self._unary("kv", "Range", request, retry=True)  # type: ignore
+
+    async def get(self, key: str) -> KV | None:
+        """The key's current value, or None."""
+        resp = await self.range(key)
+        return _kv(resp.kvs[0]) if resp.kvs else None
+
+    async def get_many(self, keys: Iterable[str]) -> dict[str, KV]:
+        """Several keys in as few round trips as the op limit allows (one snapshot per txn)."""
+        keys = list(dict.fromkeys(keys))
+        found: dict[str, KV] = {}
+
+        async def chunk(part: list[str]) -> None:
+            resp = await self.txn([], [get(k) for k in part], retry=True)
+            for r in resp.responses:
+                for kv in r.response_range.kvs:
+                    found[kv.key.decode()] = _kv(kv)
+
+        await asyncio.gather(*(chunk(keys[i:i + MAX_TXN_OPS])
+                               for i in range(0, len(keys), MAX_TXN_OPS)))
+        return found
+
+    async def count(self, prefix: str) -> tuple[int, int]:
+        """(number of keys under `prefix`, revision), linearizable."""
+        resp = await self.range(prefix, prefix_end(prefix), count_only=True)
+        return resp.count, resp.header.revision
+
+    async def scan(self, prefix: str, *, keys_only: bool = False, revision: int = 0,
+                   page: int = 5000) -> tuple[list[KV], int]:
+        """Every key under `prefix` at one revision, read in pages. Returns (kvs, revision)."""
+        out: list[KV] = []
+        start = _b(prefix)
+        end = prefix_end(prefix)
+        while True:
+            resp = await self.range(start.decode(), end, limit=page, revision=revision,
+                                    keys_only=keys_only)
+            revision = revision or resp.header.revision
+            out.extend(_kv(kv) for kv in resp.kvs)
+            if not resp.more or not resp.kvs:
+                return out, revision
+            start = resp.kvs[-1].key + b"\0"
+
+    async def lease_grant(self, ttl: int) -> int:
+        """A new lease of `ttl` seconds (no keep-alive: it is meant to expire)."""
+        resp = await self._unary("lease", "LeaseGrant", rpc.LeaseGrantRequest(TTL=ttl),
+                                 retry=True)
+        return resp.ID  # type: ignore[attr-defined]
+
+    async def status(self) -> list[tuple[str, bool]]:
+        """(endpoint, answered) for every endpoint, asked directly with a short deadline."""
+        async def one(ep: _Endpoint) -> tuple[str, bool]:
+            try:
+                await ep.maintenance.Status(rpc.StatusRequest(), timeout=min(1.0, self.timeout))
+                return ep.address, True
+            except grpc.aio.AioRpcError:
+                return ep.address, False
+        return list(await asyncio.gather(*(one(e) for e in self._endpoints)))
+
+    # -- watches --------------------------------------------------------------------
+
+    async def watch(self, prefix: str, start_revision: int
+                    ) -> AsyncIterator[tuple[list[WatchEvent], int]]:
+        """Events under `prefix` from `start_revision` on, as (events, revision) batches.
+
+        Survives member failures: the stream moves to another endpoint and resumes
+        after the last revision it delivered. Raises Compacted when the history it
+        needs is gone. Runs until cancelled.
+        """
+        next_rev = start_revision
+        backoff = 0.05
+        while True:
+            ep = self._pick()
+            ejected = asyncio.Event()
+            self._eject_listeners.append(ejected)
+            queue: asyncio.Queue[rpc.WatchRequest | None] = asyncio.Queue()
+            queue.put_nowait(rpc.WatchRequest(create_request=rpc.WatchCreateRequest(
+                key=_b(prefix), range_end=prefix_end(prefix), start_revision=next_rev,
+                progress_notify=True)))
+
+            async def requests(queue: asyncio.Queue = queue) -> AsyncIterator[rpc.WatchRequest]:
+                while (req := await queue.get()) is not None:
+                    yield req
+
+            call = ep.watch.Watch(requests())
+            watched_address = ep.address
+            try:
+                reader = asyncio.ensure_future(call.read())
+                while True:
+                    stop = asyncio.ensure_future(ejected.wait())
+                    done, _ = await asyncio.wait({reader, stop},
+                                                 return_when=asyncio.FIRST_COMPLETED)
+                    if reader not in done:
+                        # Some endpoint was ejected: if it is ours, move elsewhere.
+                        ejected.clear()
+                        if watched_address not in self.healthy_endpoints():
+                            reader.cancel()
+                            break
+                        continue
+                    stop.cancel()
+                    resp = reader.result()
+                    if resp is grpc.aio.EOF:
+                        break
+                    if resp.compact_revision:
+                        raise Compacted(resp.compact_revision)
+                    if resp.canceled:
+                        break
+                    backoff = 0.05
+                    if resp.events:
+                        events = [WatchEvent(e.kv.key.decode(), e.kv.value,
+                                             e.type == rpc.Event.DELETE, e.kv.mod_revision)
+                                  for e in resp.events]
+                        next_rev = resp.events[-1].kv.mod_revision + 1
+                        yield events, resp.header.revision
+                    elif not resp.created and resp.header.revision >= next_rev:
+                        # A progress notice: every event up to this revision was sent.
+                        yield [], resp.header.revision
+                    reader = asyncio.ensure_future(call.read())
+            except grpc.aio.AioRpcError as err:
+                self._eject(ep, err)
+                log.info("watch on %s broke (%s); resuming at %d", ep.address,
+                         err.code().name, next_rev)
+            finally:
+                self._eject_listeners.remove(ejected)
+                queue.put_nowait(None)
+                call.cancel()
+            await asyncio.sleep(backoff)
+            backoff = min(backoff * 2, 1.0)

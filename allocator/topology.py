@@ -1,0 +1,447 @@
+"""Where addresses come from: VPCs, Private Networks and their subnets, zonal pools.
+
+Each subnet and each zonal pool is a source (see `sources`). Writes here are rare
+and read-then-guarded: creating a subnet is guarded by a range compare over the
+VPC's subnet index, so two concurrent creations can never both add overlapping
+subnets; deleting a source is guarded by a range compare that its address keys
+are empty, so a booking and a delete can never both win.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import netaddr
+
+from . import store as st
+from .errors import AlreadyExists, Conflict, InvalidArgument, NotFound, PreconditionFailed
+from .keys import Keys
+from .records import check_tags, check_uuid, new_id, now
+from .sources import SUBNET, ZONAL, Source, overlapping, parse_cidr
+
+AUTO_IPV4_POOL = netaddr.IPNetwork("172.16.0.0/12")
+AUTO_IPV4_PREFIX = 22
+_RETRIES = 8
+STILL_IN_USE = "resource_still_in_use"
+
+
+@dataclass(frozen=True)
+class VPC:
+    id: str
+    name: str
+    region: str
+    project_id: str
+    organization_id: str | None
+    ipv6_prefix: str
+    created_at: str
+    updated_at: str
+    is_default: bool = False
+    tags: tuple[str, ...] = ()
+    private_network_count: int = 0
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "id": self.id, "name": self.name, "region": self.region,
+            "project_id": self.project_id, "organization_id": self.organization_id,
+            "tags": list(self.tags), "is_default": self.is_default,
+            "private_network_count": self.private_network_count,
+            "routing_enabled": True, "custom_routes_propagation_enabled": True,
+            "transitivity_enabled": False, "object_storage_private_access_enabled": False,
+            "created_at": self.created_at, "updated_at": self.updated_at,
+        }
+
+    def stored(self) -> dict[str, Any]:
+        return {**self.to_json(), "ipv6_prefix": self.ipv6_prefix}
+
+    @classmethod
+    def from_stored(cls, d: dict[str, Any]) -> VPC:
+        return cls(d["id"], d["name"], d["region"], d["project_id"], d.get("organization_id"),
+                   d["ipv6_prefix"], d["created_at"], d["updated_at"], d.get("is_default", False),
+                   tuple(d.get("tags") or ()))
+
+
+@dataclass(frozen=True)
+class Subnet:
+    id: str
+    subnet: str
+    project_id: str
+    private_network_id: str
+    vpc_id: str
+    region: str
+    created_at: str
+    updated_at: str
+
+    def to_json(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+@dataclass(frozen=True)
+class PrivateNetwork:
+    id: str
+    name: str
+    region: str
+    project_id: str
+    organization_id: str | None
+    vpc_id: str
+    created_at: str
+    updated_at: str
+    tags: tuple[str, ...] = ()
+    subnets: tuple[Subnet, ...] = field(default_factory=tuple)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "id": self.id, "name": self.name, "region": self.region,
+            "project_id": self.project_id, "organization_id": self.organization_id,
+            "vpc_id": self.vpc_id, "tags": list(self.tags),
+            "subnets": [s.to_json() for s in self.subnets], "dhcp_enabled": True,
+            "default_route_propagation_enabled": False,
+            "has_object_storage_private_access": False,
+            "created_at": self.created_at, "updated_at": self.updated_at,
+        }
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> PrivateNetwork:
+        return cls(d["id"], d["name"], d["region"], d["project_id"], d.get("organization_id"),
+                   d["vpc_id"], d["created_at"], d["updated_at"], tuple(d.get("tags") or ()),
+                   tuple(Subnet(**s) for s in d.get("subnets") or ()))
+
+    def source(self, subnet: Subnet) -> Source:
+        return Source(id=subnet.id, kind=SUBNET, cidr=subnet.subnet, region=self.region,
+                      created_at=subnet.created_at, project_id=self.project_id,
+                      organization_id=self.organization_id, vpc_id=self.vpc_id,
+                      private_network_id=self.id)
+
+
+def _name(name: Any, default_prefix: str) -> str:
+    if name is None or name == "":
+        return f"{default_prefix}-{random.randrange(16**6):06x}"
+    if not isinstance(name, str) or len(name) > 255:
+        raise InvalidArgument("name", "must be a string of at most 255 characters")
+    return name
+
+
+def _ula48() -> str:
+    """A random Unique Local Address /48 (RFC 4193), the IPv6 space of one VPC."""
+    global_id = random.getrandbits(40)
+    return str(netaddr.IPNetwork(f"{netaddr.IPAddress((0xFD << 120) | (global_id << 80), 6)}/48"))
+
+
+class Topology:
+    """VPCs, Private Networks, subnets and zonal pools, stored in etcd."""
+
+    def __init__(self, store: st.EtcdStore, keys: Keys) -> None:
+        self.store, self.keys = store, keys
+        self._pn_cache: dict[str, PrivateNetwork] = {}
+
+    # -- VPCs ---------------------------------------------------------------------------
+
+    async def create_vpc(self, region: str, project_id: str, organization_id: str | None,
+                         name: str | None = None, tags: Any = (),
+                         is_default: bool = False) -> VPC:
+        """A new VPC with its own IPv6 ULA /48."""
+        check_uuid(project_id, "project_id")
+        ts = now()
+        vpc = VPC(new_id(), _name(name, "vpc"), region, project_id, organization_id, _ula48(),
+                  ts, ts, is_default, check_tags(tags))
+        ops = [st.put(self.keys.vpc(vpc.id), json.dumps(vpc.stored()))]
+        guards = []
+        if is_default:
+            dkey = self._default_key(region, project_id)
+            guards.append(st.absent(dkey))
+            ops.append(st.put(dkey, vpc.id))
+        resp = await self.store.txn(guards, ops)
+        if not resp.succeeded:
+            raise AlreadyExists("vpc", project_id, "the project already has a default VPC")
+        return vpc
+
+    def _default_key(self, region: str, project_id: str) -> str:
+        return f"{self.keys.prefix}vpcdefault/{region}/{project_id}"
+
+    async def default_vpc(self, region: str, project_id: str,
+                          organization_id: str | None) -> VPC:
+        """The project's default VPC in `region`, created on first use."""
+        for _ in range(_RETRIES):
+            kv = await self.store.get(self._default_key(region, project_id))
+            if kv is not None:
+                try:
+                    return await self.get_vpc(kv.value.decode())
+                except NotFound:
+                    pass
+            try:
+                return await self.create_vpc(region, project_id, organization_id, "default",
+                                             is_default=True)
+            except AlreadyExists:
+                continue
+        raise Conflict("could not settle the default VPC")
+
+    async def get_vpc(self, vpc_id: str) -> VPC:
+        check_uuid(vpc_id, "vpc_id")
+        kv = await self.store.get(self.keys.vpc(vpc_id))
+        if kv is None:
+            raise NotFound("vpc", vpc_id)
+        count, _ = await self.store.count(self._vpc_pns(vpc_id))
+        return replace(VPC.from_stored(json.loads(kv.value)), private_network_count=count)
+
+    def _vpc_pns(self, vpc_id: str) -> str:
+        return f"{self.keys.prefix}vpcpn/{vpc_id}/"
+
+    async def list_vpcs(self, region: str, project_ids: set[str] | None = None,
+                        organization_id: str | None = None, name: str | None = None,
+                        tags: Any = (), is_default: bool | None = None) -> list[VPC]:
+        kvs, _ = await self.store.scan(self.keys.vpc())
+        vpcs = [VPC.from_stored(json.loads(kv.value)) for kv in kvs]
+        out = []
+        for v in vpcs:
+            if v.region != region or (project_ids is not None and v.project_id not in project_ids):
+                continue
+            if organization_id and v.organization_id != organization_id:
+                continue
+            if name and name not in v.name:
+                continue
+            if tags and not set(tags) & set(v.tags):
+                continue
+            if is_default is not None and v.is_default != is_default:
+                continue
+            count, _ = await self.store.count(self._vpc_pns(v.id))
+            out.append(replace(v, private_network_count=count))
+        return sorted(out, key=lambda v: v.created_at)
+
+    async def update_vpc(self, vpc_id: str, name: str | None = None, tags: Any = None) -> VPC:
+        for _ in range(_RETRIES):
+            check_uuid(vpc_id, "vpc_id")
+            kv = await self.store.get(self.keys.vpc(vpc_id))
+            if kv is None:
+                raise NotFound("vpc", vpc_id)
+            vpc = VPC.from_stored(json.loads(kv.value))
+            vpc = replace(vpc, name=_name(name, "vpc") if name is not None else vpc.name,
+                          tags=check_tags(tags) if tags is not None else vpc.tags,
+                          updated_at=now())
+            resp = await self.store.txn([st.unchanged(self.keys.vpc(vpc_id), kv.mod_revision)],
+                                        [st.put(self.keys.vpc(vpc_id), json.dumps(vpc.stored()))])
+            if resp.succeeded:
+                return await self.get_vpc(vpc_id)
+        raise Conflict("the VPC kept changing; try again")
+
+    async def delete_vpc(self, vpc_id: str) -> None:
+        """Delete a VPC that has no Private Network left."""
+        vpc = await self.get_vpc(vpc_id)
+        ops = [st.delete(self.keys.vpc(vpc_id))]
+        if vpc.is_default:
+            ops.append(st.delete(self._default_key(vpc.region, vpc.project_id)))
+        resp = await self.store.txn([st.present(self.keys.vpc(vpc_id)),
+                                     st.prefix_empty(self._vpc_pns(vpc_id))], ops)
+        if not resp.succeeded:
+            await self.get_vpc(vpc_id)
+            raise PreconditionFailed(STILL_IN_USE, "the VPC still has Private Networks")
+
+    # -- Private Networks -----------------------------------------------------------------
+
+    async def create_private_network(
+        self, region: str, project_id: str, organization_id: str | None,
+        name: str | None = None, tags: Any = (), vpc_id: str | None = None,
+        subnets: list[str] | None = None,
+    ) -> PrivateNetwork:
+        """A Private Network with its subnets; subnets never overlap others of the VPC."""
+        check_uuid(project_id, "project_id")
+        tags = check_tags(tags)
+        pn_name = _name(name, "pn")
+        if subnets is not None and not isinstance(subnets, list):
+            raise InvalidArgument("subnets", "must be a list of CIDRs", "format")
+        nets = [parse_cidr(c, "subnets") for c in subnets or []]
+        for i, a in enumerate(nets):
+            for b in nets[i + 1:]:
+                if a.version == b.version and a.first <= b.last and b.first <= a.last:
+                    raise InvalidArgument("subnets", f"{a} overlaps {b}")
+        if vpc_id is None:
+            vpc = await self.default_vpc(region, project_id, organization_id)
+        else:
+            vpc = await self.get_vpc(vpc_id)
+            if vpc.project_id != project_id:
+                raise InvalidArgument("vpc_id", "the VPC belongs to another project")
+        if vpc.region != region:
+            raise InvalidArgument("vpc_id", f"the VPC is in region {vpc.region}")
+        for _ in range(_RETRIES):
+            existing_kvs, rev = await self.store.scan(self.keys.vpc_networks(vpc.id))
+            existing = {kv.key.rsplit("/", 1)[1]: kv.value.decode() for kv in existing_kvs}
+            chosen = [str(n.cidr) for n in nets] if nets else self._auto_subnets(vpc, existing)
+            for cidr in chosen:
+                clash = overlapping(cidr, existing)
+                if clash:
+                    raise AlreadyExists("subnet", clash,
+                                        f"{cidr} overlaps subnet {clash} "
+                                        f"({existing[clash]}) of VPC {vpc.id}")
+            ts = now()
+            pn_id = new_id()
+            pn = PrivateNetwork(pn_id, pn_name, region, project_id, organization_id, vpc.id, ts,
+                                ts, tags, tuple(Subnet(new_id(), c, project_id, pn_id, vpc.id,
+                                                       region, ts, ts) for c in chosen))
+            ops = [st.put(self.keys.private_network(pn.id), json.dumps(pn.to_json())),
+                   st.put(self._vpc_pns(vpc.id) + pn.id, "")]
+            for s in pn.subnets:
+                ops.append(st.put(self.keys.source(s.id), json.dumps(pn.source(s).to_json())))
+                ops.append(st.put(self.keys.vpc_network(vpc.id, s.id), s.subnet))
+            resp = await self.store.txn(
+                [st.present(self.keys.vpc(vpc.id)),
+                 st.prefix_unchanged_since(self.keys.vpc_networks(vpc.id), rev)], ops)
+            if resp.succeeded:
+                return pn
+            await self.get_vpc(vpc.id)  # NotFound if it went away meanwhile
+        raise Conflict("the VPC's subnets kept changing; try again")
+
+    def _auto_subnets(self, vpc: VPC, existing: dict[str, str]) -> list[str]:
+        """A free IPv4 /22 of 172.16.0.0/12 and a free /64 of the VPC's ULA /48."""
+        taken4 = [netaddr.IPNetwork(c) for c in existing.values()]
+        blocks = list(AUTO_IPV4_POOL.subnet(AUTO_IPV4_PREFIX))
+        random.shuffle(blocks)
+        v4 = next((b for b in blocks if not any(
+            t.version == 4 and t.first <= b.last and b.first <= t.last for t in taken4)), None)
+        if v4 is None:
+            raise PreconditionFailed("no_free_subnet", "no free /22 left in 172.16.0.0/12")
+        ula = netaddr.IPNetwork(vpc.ipv6_prefix)
+        for _ in range(64):
+            v6 = netaddr.IPNetwork(f"{netaddr.IPAddress(ula.first | (random.getrandbits(16) << 64), 6)}/64")
+            if not overlapping(str(v6), existing):
+                return [str(v4), str(v6)]
+        raise PreconditionFailed("no_free_subnet", "no free IPv6 /64 left in the VPC")
+
+    async def get_private_network(self, pn_id: str) -> PrivateNetwork:
+        check_uuid(pn_id, "private_network_id")
+        kv = await self.store.get(self.keys.private_network(pn_id))
+        if kv is None:
+            self._pn_cache.pop(pn_id, None)
+            raise NotFound("private_network", pn_id)
+        pn = PrivateNetwork.from_json(json.loads(kv.value))
+        self._pn_cache[pn_id] = pn
+        return pn
+
+    async def cached_private_network(self, pn_id: str) -> PrivateNetwork:
+        """The PN from this node's cache (its subnets never change), else from etcd."""
+        pn = self._pn_cache.get(pn_id)
+        return pn if pn is not None else await self.get_private_network(pn_id)
+
+    async def list_private_networks(self, region: str, project_ids: set[str] | None = None,
+                                    organization_id: str | None = None,
+                                    name: str | None = None, tags: Any = (),
+                                    vpc_id: str | None = None,
+                                    private_network_ids: Any = ()) -> list[PrivateNetwork]:
+        kvs, _ = await self.store.scan(self.keys.private_network())
+        out = []
+        ids = set(private_network_ids or ())
+        for kv in kvs:
+            pn = PrivateNetwork.from_json(json.loads(kv.value))
+            if pn.region != region or (project_ids is not None and
+                                       pn.project_id not in project_ids):
+                continue
+            if (organization_id and pn.organization_id != organization_id) or (
+                    vpc_id and pn.vpc_id != vpc_id) or (ids and pn.id not in ids):
+                continue
+            if (name and name not in pn.name) or (tags and not set(tags) & set(pn.tags)):
+                continue
+            out.append(pn)
+        return sorted(out, key=lambda p: p.created_at)
+
+    async def update_private_network(self, pn_id: str, name: str | None = None,
+                                     tags: Any = None) -> PrivateNetwork:
+        for _ in range(_RETRIES):
+            check_uuid(pn_id, "private_network_id")
+            kv = await self.store.get(self.keys.private_network(pn_id))
+            if kv is None:
+                raise NotFound("private_network", pn_id)
+            pn = PrivateNetwork.from_json(json.loads(kv.value))
+            pn = replace(pn, name=_name(name, "pn") if name is not None else pn.name,
+                         tags=check_tags(tags) if tags is not None else pn.tags,
+                         updated_at=now())
+            key = self.keys.private_network(pn_id)
+            resp = await self.store.txn([st.unchanged(key, kv.mod_revision)],
+                                        [st.put(key, json.dumps(pn.to_json()))])
+            if resp.succeeded:
+                self._pn_cache[pn_id] = pn
+                return pn
+        raise Conflict("the Private Network kept changing; try again")
+
+    async def delete_private_network(self, pn_id: str) -> None:
+        """Delete a Private Network whose subnets hold no IP."""
+        pn = await self.get_private_network(pn_id)
+        guards = [st.present(self.keys.private_network(pn_id))]
+        ops = [st.delete(self.keys.private_network(pn_id)),
+               st.delete(self._vpc_pns(pn.vpc_id) + pn_id)]
+        for s in pn.subnets:
+            guards.append(st.prefix_empty(self.keys.addresses(s.id)))
+            ops += [st.delete(self.keys.source(s.id)),
+                    st.delete(self.keys.vpc_network(pn.vpc_id, s.id))]
+        resp = await self.store.txn(guards, ops)
+        if not resp.succeeded:
+            await self.get_private_network(pn_id)
+            raise PreconditionFailed(STILL_IN_USE, "the Private Network still holds IPs; "
+                                                   "release them first")
+        self._pn_cache.pop(pn_id, None)
+
+    async def list_subnets(self, region: str, project_ids: set[str] | None = None,
+                           organization_id: str | None = None, vpc_id: str | None = None,
+                           private_network_id: str | None = None,
+                           subnet_ids: Any = ()) -> list[Subnet]:
+        pns = await self.list_private_networks(region, project_ids, organization_id,
+                                               vpc_id=vpc_id)
+        ids = set(subnet_ids or ())
+        return [s for pn in pns for s in pn.subnets
+                if (not private_network_id or pn.id == private_network_id)
+                and (not ids or s.id in ids)]
+
+    # -- sources --------------------------------------------------------------------------
+
+    async def get_source(self, source_id: str) -> Source:
+        kv = await self.store.get(self.keys.source(source_id))
+        if kv is None:
+            raise NotFound("subnet", source_id)
+        return Source.from_json(json.loads(kv.value))
+
+    # -- zonal pools ------------------------------------------------------------------------
+
+    async def create_zonal_pool(self, region: str, zone: str, cidr: str) -> Source:
+        """A public pool shared by every project of `zone`; pools of a region never overlap."""
+        if not isinstance(zone, str) or not zone.startswith(region + "-"):
+            raise InvalidArgument("zone", f"must be a zone of region {region}, like {region}-1")
+        net = parse_cidr(cidr)
+        prefix = self.keys.zone_pools(region)
+        for _ in range(_RETRIES):
+            kvs, rev = await self.store.scan(prefix)
+            existing = {kv.key.rsplit("/", 1)[1]: kv.value.decode() for kv in kvs}
+            clash = overlapping(str(net.cidr), existing)
+            if clash:
+                raise AlreadyExists("zonal_pool", clash,
+                                    f"{net.cidr} overlaps zonal pool {clash} ({existing[clash]})")
+            pool = Source(id=new_id(), kind=ZONAL, cidr=str(net.cidr), region=region,
+                          created_at=now(), zone=zone)
+            resp = await self.store.txn(
+                [st.prefix_unchanged_since(prefix, rev)],
+                [st.put(self.keys.source(pool.id), json.dumps(pool.to_json())),
+                 st.put(self.keys.zone_pool(region, zone, pool.id), pool.cidr)])
+            if resp.succeeded:
+                return pool
+        raise Conflict("the zone's pools kept changing; try again")
+
+    async def list_zonal_pools(self, region: str, zone: str | None = None) -> list[Source]:
+        kvs, _ = await self.store.scan(self.keys.zone_pools(region, zone or ""))
+        ids = [kv.key.rsplit("/", 1)[1] for kv in kvs]
+        found = await self.store.get_many(self.keys.source(i) for i in ids)
+        pools = [Source.from_json(json.loads(kv.value)) for kv in found.values()]
+        return sorted(pools, key=lambda p: (p.zone or "", p.created_at))
+
+    async def delete_zonal_pool(self, pool_id: str) -> None:
+        """Delete a zonal pool that holds no IP."""
+        check_uuid(pool_id, "pool_id")
+        kv = await self.store.get(self.keys.source(pool_id))
+        if kv is None:
+            raise NotFound("zonal_pool", pool_id)
+        pool = Source.from_json(json.loads(kv.value))
+        if pool.kind != ZONAL or pool.zone is None:
+            raise NotFound("zonal_pool", pool_id)
+        resp = await self.store.txn(
+            [st.present(self.keys.source(pool_id)), st.prefix_empty(self.keys.addresses(pool_id))],
+            [st.delete(self.keys.source(pool_id)),
+             st.delete(self.keys.zone_pool(pool.region, pool.zone, pool_id))])
+        if not resp.succeeded:
+            raise PreconditionFailed(STILL_IN_USE, "the zonal pool still holds IPs")
