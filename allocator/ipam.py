@@ -91,9 +91,10 @@ class IPAM:
 
     @classmethod
     async def connect(cls, endpoints: Sequence[str], prefix: str = "/ipam/",
-                      timeout: float = 3.0, **kwargs: Any) -> IPAM:
+                      timeout: float = 3.0, eject_seconds: float = 5.0, **kwargs: Any) -> IPAM:
         """An IPAM on the etcd cluster reachable at `endpoints` (host:port each)."""
-        return cls(EtcdStore(list(endpoints), timeout=timeout), prefix, **kwargs)
+        store = EtcdStore(list(endpoints), timeout=timeout, eject_seconds=eject_seconds)
+        return cls(store, prefix, **kwargs)
 
     async def close(self) -> None:
         """Stop every engine's watch and close the etcd channels."""

@@ -1,0 +1,48 @@
+"""Shared pieces of the allocator tests: a connected IPAM, a project, a PN, etcd checks."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+
+from allocator import IPAM, BookRequest
+from allocator.audit import AuditReport, audit
+from allocator.topology import PrivateNetwork
+
+REGION = "fr-par"
+
+
+def new_project() -> str:
+    return str(uuid.uuid4())
+
+
+@asynccontextmanager
+async def connected(endpoints: Sequence[str], prefix: str, **kwargs) -> AsyncIterator[IPAM]:
+    ipam = await IPAM.connect(list(endpoints), prefix=prefix, **kwargs)
+    try:
+        yield ipam
+    finally:
+        await ipam.close()
+
+
+async def make_pn(ipam: IPAM, project: str, *subnets: str) -> PrivateNetwork:
+    return await ipam.networks.create_private_network(
+        REGION, project, None, "pn", subnets=list(subnets) or None
+    )
+
+
+def book_in(pn: PrivateNetwork, project: str, **kwargs) -> BookRequest:
+    return BookRequest(region=REGION, project_id=project, private_network_id=pn.id, **kwargs)
+
+
+async def revision(ipam: IPAM) -> int:
+    """The cluster's current revision: unchanged means nothing was written."""
+    _, rev = await ipam.store.count(ipam.keys.prefix)
+    return rev
+
+
+async def clean_audit(ipam: IPAM) -> AuditReport:
+    report = await audit(ipam.store, ipam.keys)
+    assert report.ok, report
+    return report
