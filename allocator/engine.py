@@ -247,29 +247,28 @@ class SourceEngine:
             self._checking = asyncio.ensure_future(self._confirm_exhaustion())
 
     async def _confirm_exhaustion(self) -> None:
+        # Bookings that park while the count is out wait for the next count: the
+        # answer must not predate their arrival.
+        parked, self._parked = self._parked, []
         try:
             self.stats.exhaustion_checks += 1
             held, _ = await self.store.count(self._addr_prefix)
-            parked, self._parked = self._parked, []
             if held >= self.source.bookable_count:
                 for b in parked:
                     b.fail(PoolExhausted(self.source.id))
-                for b in list(self._queue):
-                    if b.chosen is None and b.candidate is None:
-                        self._queue.remove(b)
-                        b.fail(PoolExhausted(self.source.id))
                 return
-            # etcd has room this cache does not see (releases not yet watched):
-            # re-read the source and try again.
+            # etcd has room this cache does not see (releases not yet watched, or
+            # another node's bookings still in flight): re-read the source, retry.
             await self._load()
             for b in parked:
                 self._requeue(b)
         except StoreError as err:
-            parked, self._parked = self._parked, []
             for b in parked:
                 b.fail(err)
         finally:
             self._checking = None
+            if self._parked and self._inflight == 0:
+                self._checking = asyncio.ensure_future(self._confirm_exhaustion())
             self._kick()
 
     def _requeue(self, b: Booking) -> None:

@@ -350,6 +350,8 @@ class EtcdStore:
 
             call = ep.watch.Watch(requests())
             watched_address = ep.address
+            reader: asyncio.Future | None = None
+            stop: asyncio.Future | None = None
             try:
                 reader = asyncio.ensure_future(call.read())
                 while True:
@@ -387,6 +389,9 @@ class EtcdStore:
                 log.info("watch on %s broke (%s); resuming at %d", ep.address,
                          err.code().name, next_rev)
             finally:
+                for pending in (reader, stop):
+                    if pending is not None and not pending.done():
+                        pending.cancel()
                 self._eject_listeners.remove(ejected)
                 queue.put_nowait(None)
                 call.cancel()
