@@ -120,9 +120,15 @@ async def test_concurrent_release_and_book_keep_counts_exact(etcd_cluster3, key_
         assert all(r is None for r in results[:30])
         ok, exhausted, other = _split(results[30:])
         assert other == []
-        assert len(ok) == 30 and len(exhausted) == 15
-        report = await clean_audit(nodes[1])
-        assert report.records == 60
+        # A booking that ran before the releases landed may rightly be "exhausted".
+        assert len(ok) + len(exhausted) == 45 and len(ok) <= 30
+        assert (await clean_audit(nodes[1])).records == 30 + len(ok)
+        # Once the releases are in, every node sees every freed address.
+        refill, exhausted2, other2 = _split(await _storm(nodes, pn, project, 40))
+        assert other2 == []
+        assert len(refill) == 30 - len(ok) and len(exhausted2) == 40 - len(refill)
+        report = await clean_audit(nodes[2])
+        assert report.records == report.held_addresses == 60
 
 
 @pytest.mark.parametrize("cidr", ["10.40.0.0/24", "10.41.0.0/16", "fd00:41::/64"])
