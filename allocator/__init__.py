@@ -14,7 +14,7 @@ from .ipam import IPAM, BookRequest, Caller
 from .listing import IPFilter
 from .records import IPRecord, Resource, Reverse
 from .sources import ReservedAddress, Source
-from .store import EtcdStore
+from .store import EtcdSecurity, EtcdStore
 from .topology import VPC, PrivateNetwork, Subnet
 
 __all__ = [

@@ -65,15 +65,15 @@ async def audit(store: EtcdStore, keys: Keys) -> AuditReport:
 
     expected: dict[str, str] = {}
     for rec in records.values():
-        src = sources.get(rec["source_id"])
-        if src is None:
+        owner = sources.get(rec["source_id"])
+        if owner is None:
             report.records_without_address.append(rec["id"])
             continue
-        offset = int(netaddr.IPNetwork(rec["address"]).ip) - int(src.network.network)
-        first, last = src.bookable_range
+        offset = int(netaddr.IPNetwork(rec["address"]).ip) - int(owner.network.network)
+        first, last = owner.bookable_range
         if not first <= offset <= last:
             report.reserved_held.append(rec["address"])
-        expected[keys.address(src.id, src.offset_key(offset))] = rec["id"]
+        expected[keys.address(owner.id, owner.offset_key(offset))] = rec["id"]
         for index_key in _index_keys(keys, rec):
             if index_key not in values:
                 report.records_missing_index.append(f"{rec['id']} {index_key}")

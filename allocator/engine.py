@@ -357,8 +357,8 @@ class SourceEngine:
                 return
             i += 1
         if b.mac_key and extra[i]:
-            b.fail(AlreadyExists("mac_address", b.record.resource.mac_address if
-                                 b.record.resource else "", "this MAC address already has an "
+            mac = b.record.resource.mac_address if b.record.resource else None
+            b.fail(AlreadyExists("mac_address", mac or "", "this MAC address already has an "
                                  "IP in this Private Network"))
             return
         if addr_kvs:

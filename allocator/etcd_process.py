@@ -29,6 +29,7 @@ import tempfile
 import time
 import urllib.request
 import uuid
+from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
@@ -53,6 +54,16 @@ _LOG_TAIL_LINES = 40
 
 # urllib honours http_proxy and friends; probes of loopback must never use one.
 _LOOPBACK_HTTP = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
+
+@dataclass(frozen=True)
+class ServerTLS:
+    """PEM files for a member's TLS client listener (mutual TLS when `client_cert_auth`)."""
+
+    cert_file: str
+    key_file: str
+    ca_file: str
+    client_cert_auth: bool = True
 
 
 class EtcdStartError(RuntimeError):
@@ -126,8 +137,14 @@ class EtcdMember:
         initial_cluster: str,
         cluster_token: str,
         etcd_binary: str,
+        tls: ServerTLS | None = None,
+        tls_port: int | None = None,
     ) -> None:
         self.name = name
+        self.tls = tls
+        # With TLS, clients use `tls_endpoint`; the plain `endpoint` stays for the
+        # harness's own probes (health, status, metrics).
+        self.tls_endpoint = f"{LOOPBACK}:{tls_port}" if tls and tls_port else None
         self.client_port = client_port
         self.peer_port = peer_port
         self.data_dir = data_dir
@@ -186,6 +203,20 @@ class EtcdMember:
         self.paused = False
 
     def _command(self, initial_cluster_state: str) -> list[str]:
+        return self._base_command(initial_cluster_state) + self._tls_flags()
+
+    def _tls_flags(self) -> list[str]:
+        if not (self.tls and self.tls_endpoint):
+            return []
+        flags = [
+            "--listen-client-urls", f"{self.client_url},https://{self.tls_endpoint}",
+            "--advertise-client-urls", f"https://{self.tls_endpoint}",
+            "--cert-file", self.tls.cert_file, "--key-file", self.tls.key_file,
+            "--trusted-ca-file", self.tls.ca_file,
+        ]  # fmt: skip
+        return flags + (["--client-cert-auth"] if self.tls.client_cert_auth else [])
+
+    def _base_command(self, initial_cluster_state: str) -> list[str]:
         return [
             self._etcd_binary,
             "--name", self.name,
@@ -317,7 +348,9 @@ class EtcdCluster:
     kept, and members whose data is already there restart from it.
     """
 
-    def __init__(self, size: int, base_dir: Path | None = None, name_prefix: str = "m") -> None:
+    def __init__(self, size: int, base_dir: Path | None = None, name_prefix: str = "m",
+                 tls: ServerTLS | None = None) -> None:
+        self.tls = tls
         if size < 1:
             raise ValueError(f"an etcd cluster needs at least one member, not {size}")
         self.size = size
@@ -347,6 +380,11 @@ class EtcdCluster:
     def endpoints(self) -> list[str]:
         """Client endpoints, ``"127.0.0.1:PORT"``, in member order."""
         return [member.endpoint for member in self.members]
+
+    @property
+    def tls_endpoints(self) -> list[str]:
+        """TLS client endpoints, ``"127.0.0.1:PORT"`` (empty without TLS)."""
+        return [m.tls_endpoint for m in self.members if m.tls_endpoint]
 
     def start(self, timeout: float = 30) -> Self:
         """Launch every member and wait until all are healthy under one leader.
@@ -392,8 +430,9 @@ class EtcdCluster:
         for name in names:
             if name not in keep:
                 shutil.rmtree(self.base_dir / name, ignore_errors=True)
-        ports = _free_loopback_ports(2 * self.size)
-        client_ports, peer_ports = ports[: self.size], ports[self.size :]
+        ports = _free_loopback_ports((3 if self.tls else 2) * self.size)
+        client_ports, peer_ports = ports[: self.size], ports[self.size : 2 * self.size]
+        tls_ports: list[int | None] = list(ports[2 * self.size :]) or [None] * self.size
         initial_cluster = ",".join(
             f"{name}=http://{LOOPBACK}:{port}" for name, port in zip(names, peer_ports, strict=True)
         )
@@ -407,8 +446,12 @@ class EtcdCluster:
                 initial_cluster=initial_cluster,
                 cluster_token=token,
                 etcd_binary=etcd_binary,
+                tls=self.tls,
+                tls_port=tls_port,
             )
-            for name, client_port, peer_port in zip(names, client_ports, peer_ports, strict=True)
+            for name, client_port, peer_port, tls_port in zip(
+                names, client_ports, peer_ports, tls_ports, strict=True
+            )
         ]
         # One at a time: a new member first asks every peer whose port is open
         # whether it already joined, and waits a full second for each peer

@@ -35,7 +35,7 @@ from .keys import Keys
 from .listing import IPFilter, check_page, select
 from .records import CUSTOM, IPRecord, Resource, check_reverses, check_tags, check_uuid, new_id, now
 from .sources import SUBNET, Source
-from .store import EtcdStore
+from .store import EtcdSecurity, EtcdStore
 from .topology import Topology
 
 _RETRIES = 16
@@ -91,9 +91,11 @@ class IPAM:
 
     @classmethod
     async def connect(cls, endpoints: Sequence[str], prefix: str = "/ipam/",
-                      timeout: float = 3.0, eject_seconds: float = 5.0, **kwargs: Any) -> IPAM:
+                      timeout: float = 3.0, eject_seconds: float = 5.0,
+                      security: EtcdSecurity | None = None, **kwargs: Any) -> IPAM:
         """An IPAM on the etcd cluster reachable at `endpoints` (host:port each)."""
-        store = EtcdStore(list(endpoints), timeout=timeout, eject_seconds=eject_seconds)
+        store = EtcdStore(list(endpoints), timeout=timeout, eject_seconds=eject_seconds,
+                          security=security)
         return cls(store, prefix, **kwargs)
 
     async def close(self) -> None:

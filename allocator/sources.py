@@ -127,9 +127,9 @@ class Source:
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Source:
-        data = dict(data)
-        data["tags"] = tuple(data.get("tags") or ())
-        return cls(**{k: data.get(k) for k in cls.__dataclass_fields__})
+        fields: dict[str, Any] = {k: data.get(k) for k in cls.__dataclass_fields__}
+        fields["tags"] = tuple(data.get("tags") or ())
+        return cls(**fields)
 
 
 # Scaleway keeps the first two and the last two addresses of every subnet.

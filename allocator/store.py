@@ -53,6 +53,44 @@ _CHANNEL_OPTIONS = [
 MAX_TXN_OPS = 128
 
 
+@dataclass(frozen=True)
+class EtcdSecurity:
+    """How to reach a secured etcd: TLS files (PEM) and/or a user and password.
+
+    `ca_file` alone: server-authenticated TLS. With `cert_file` and `key_file`: mutual
+    TLS (etcd's `--client-cert-auth`). `username`/`password`: etcd's own auth; the
+    token is fetched on first use and fetched again whenever etcd says it is invalid
+    (simple tokens expire after five idle minutes).
+    """
+
+    ca_file: str | None = None
+    cert_file: str | None = None
+    key_file: str | None = None
+    username: str | None = None
+    password: str | None = None
+
+    @property
+    def tls(self) -> bool:
+        return bool(self.ca_file or self.cert_file)
+
+    def credentials(self) -> grpc.ChannelCredentials:
+        def read(path: str | None) -> bytes | None:
+            if not path:
+                return None
+            with open(path, "rb") as f:
+                return f.read()
+
+        return grpc.ssl_channel_credentials(read(self.ca_file), read(self.key_file),
+                                            read(self.cert_file))
+
+
+def _auth_expired(err: grpc.aio.AioRpcError) -> bool:
+    """etcd refused the token (expired, unknown, or older than an auth change)."""
+    details = (err.details() or "").lower()
+    return err.code() == grpc.StatusCode.UNAUTHENTICATED or (
+        "invalid auth token" in details or "revision in header is old" in details)
+
+
 class Compacted(StoreError):
     """A watch asked for a revision etcd has compacted away; reload and watch again."""
 
@@ -165,6 +203,7 @@ class _Endpoint:
     watch: rpc.WatchStub
     lease: rpc.LeaseStub
     maintenance: rpc.MaintenanceStub
+    auth: rpc.AuthStub
     ejected_until: float = 0.0
 
 
@@ -175,22 +214,61 @@ class EtcdStore:
     """
 
     def __init__(self, endpoints: Sequence[str], *, timeout: float = 3.0,
-                 eject_seconds: float = 5.0) -> None:
+                 eject_seconds: float = 5.0, security: EtcdSecurity | None = None) -> None:
         if not endpoints:
             raise ValueError("at least one etcd endpoint is needed")
         self.timeout = timeout
         self.eject_seconds = eject_seconds
         self.requests = 0
+        self.security = security or EtcdSecurity()
         self._endpoints = [self._connect(a.strip()) for a in endpoints]
         self._rr = itertools.count()
         self._eject_listeners: list[asyncio.Event] = []
+        self._token: str | None = None
+        self._token_lock = asyncio.Lock()
+        self.auth_renewals = 0
 
-    @staticmethod
-    def _connect(address: str) -> _Endpoint:
-        address = address.removeprefix("http://")
-        channel = grpc.aio.insecure_channel(address, options=_CHANNEL_OPTIONS)
+    def _connect(self, address: str) -> _Endpoint:
+        tls = self.security.tls or address.startswith("https://")
+        address = address.removeprefix("http://").removeprefix("https://")
+        if tls:
+            channel = grpc.aio.secure_channel(address, self.security.credentials(),
+                                              options=_CHANNEL_OPTIONS)
+        else:
+            channel = grpc.aio.insecure_channel(address, options=_CHANNEL_OPTIONS)
         return _Endpoint(address, channel, rpc.KVStub(channel), rpc.WatchStub(channel),
-                         rpc.LeaseStub(channel), rpc.MaintenanceStub(channel))
+                         rpc.LeaseStub(channel), rpc.MaintenanceStub(channel),
+                         rpc.AuthStub(channel))
+
+    async def _metadata(self, renew: bool = False) -> tuple[tuple[str, str], ...] | None:
+        """The auth token as call metadata (None without auth), fetched once and on expiry."""
+        sec = self.security
+        if not sec.username:
+            return None
+        stale = self._token
+        async with self._token_lock:
+            if self._token is None or (renew and self._token == stale):
+                self.auth_renewals += renew
+                self._token = await self._authenticate(sec.username, sec.password or "")
+        return (("token", self._token),)
+
+    async def _authenticate(self, username: str, password: str) -> str:
+        last: grpc.aio.AioRpcError | None = None
+        for _ in range(len(self._endpoints) + 1):
+            ep = self._pick()
+            self.requests += 1
+            try:
+                resp = await ep.auth.Authenticate(
+                    rpc.AuthenticateRequest(name=username, password=password),
+                    timeout=self.timeout)
+                return str(resp.token)
+            except grpc.aio.AioRpcError as err:
+                last = err
+                self._eject(ep, err)
+                if err.code() not in _RETRYABLE:
+                    break
+        assert last is not None
+        raise StoreError(f"etcd authentication failed: {last.code().name}: {last.details()}")
 
     @property
     def endpoints(self) -> list[str]:
@@ -235,15 +313,25 @@ class EtcdStore:
         attempts = len(self._endpoints) + 1 if retry else 1
         tried: set[str] = set()
         last: grpc.aio.AioRpcError | None = None
-        for _ in range(attempts):
+        renewed = False
+        metadata = await self._metadata()
+        attempt = 0
+        while attempt < attempts:
+            attempt += 1
             ep = self._pick(tried if len(tried) < len(self._endpoints) else None)
             tried.add(ep.address)
             self.requests += 1
             try:
                 return await getattr(getattr(ep, service), method)(
-                    request, timeout=timeout or self.timeout)
+                    request, timeout=timeout or self.timeout, metadata=metadata)
             except grpc.aio.AioRpcError as err:
                 last = err
+                if not renewed and metadata and _auth_expired(err):
+                    # Refused before it was applied: safe to send again, writes too.
+                    renewed = True
+                    metadata = await self._metadata(renew=True)
+                    attempts += 1
+                    continue
                 self._eject(ep, err)
                 if err.code() not in _RETRYABLE:
                     break
@@ -317,7 +405,8 @@ class EtcdStore:
         """(endpoint, answered) for every endpoint, asked directly with a short deadline."""
         async def one(ep: _Endpoint) -> tuple[str, bool]:
             try:
-                await ep.maintenance.Status(rpc.StatusRequest(), timeout=min(1.0, self.timeout))
+                await ep.maintenance.Status(rpc.StatusRequest(), timeout=min(1.0, self.timeout),
+                                            metadata=await self._metadata())
                 return ep.address, True
             except grpc.aio.AioRpcError:
                 return ep.address, False
@@ -335,6 +424,7 @@ class EtcdStore:
         """
         next_rev = start_revision
         backoff = 0.05
+        auth_failed = False
         while True:
             ep = self._pick()
             ejected = asyncio.Event()
@@ -348,7 +438,8 @@ class EtcdStore:
                 while (req := await queue.get()) is not None:
                     yield req
 
-            call = ep.watch.Watch(requests())
+            call = ep.watch.Watch(requests(), metadata=await self._metadata(renew=auth_failed))
+            auth_failed = False
             watched_address = ep.address
             reader: asyncio.Future | None = None
             stop: asyncio.Future | None = None
@@ -385,7 +476,10 @@ class EtcdStore:
                         yield [], resp.header.revision
                     reader = asyncio.ensure_future(call.read())
             except grpc.aio.AioRpcError as err:
-                self._eject(ep, err)
+                if _auth_expired(err):
+                    auth_failed = True
+                else:
+                    self._eject(ep, err)
                 log.info("watch on %s broke (%s); resuming at %d", ep.address,
                          err.code().name, next_rev)
             finally:
