@@ -65,6 +65,10 @@ class Booking:
                                               .create_future())
     candidate: int | None = None
     attempts: int = 0
+    # An earlier attempt's transaction errored and may still apply later: the
+    # IP-key guard keeps that from booking twice, but giving up must then say
+    # "unknown", not "failed".
+    uncertain: bool = False
     started: float = field(default_factory=time.monotonic)
 
     def fail(self, err: BaseException) -> None:
@@ -275,7 +279,13 @@ class SourceEngine:
         b.attempts += 1
         self.stats.retries += 1
         if b.attempts > MAX_ATTEMPTS or time.monotonic() - b.started > BOOKING_DEADLINE:
-            b.fail(Conflict(f"booking in source {self.source.id} lost too many races"))
+            if b.candidate is not None and self._cache is not None:
+                self._cache.settle_held(b.candidate)  # maybe written: keep it out
+            if b.uncertain:
+                b.fail(OutcomeUnknown("etcd kept failing while booking; retry with the same "
+                                      "idempotency key"))
+            else:
+                b.fail(Conflict(f"booking in source {self.source.id} lost too many races"))
             return
         self._queue.appendleft(b)
 
@@ -403,7 +413,7 @@ class SourceEngine:
                 self.stats.bookings += 1
                 b.succeed(IPRecord.from_json(json.loads(found[key].value)))
             else:
-                # Not applied, and the IP-key guard means it never will be twice: retry as
-                # is, same id, same candidate.
-                self._queue.appendleft(b)
-                b.attempts += 1
+                # Not applied yet, and the IP-key guard means it never applies twice:
+                # retry as is, same id, same candidate.
+                b.uncertain = True
+                self._requeue(b)
