@@ -210,20 +210,27 @@ class Topology:
         return sorted(out, key=lambda v: v.created_at)
 
     async def update_vpc(self, vpc_id: str, name: str | None = None, tags: Any = None) -> VPC:
+        check_uuid(vpc_id, "vpc_id")
+        await self._rename(self.keys.vpc(vpc_id), "vpc", vpc_id, name, tags,
+                           lambda d: VPC.from_stored(d), lambda v: v.stored())
+        return await self.get_vpc(vpc_id)
+
+    async def _rename(self, key: str, resource: str, object_id: str, name: str | None,
+                      tags: Any, decode: Any, encode: Any) -> Any:
+        """Change the name and/or tags of a stored object, guarded on its revision."""
+        new_tags = check_tags(tags) if tags is not None else None
         for _ in range(_RETRIES):
-            check_uuid(vpc_id, "vpc_id")
-            kv = await self.store.get(self.keys.vpc(vpc_id))
+            kv = await self.store.get(key)
             if kv is None:
-                raise NotFound("vpc", vpc_id)
-            vpc = VPC.from_stored(json.loads(kv.value))
-            vpc = replace(vpc, name=_name(name, "vpc") if name is not None else vpc.name,
-                          tags=check_tags(tags) if tags is not None else vpc.tags,
-                          updated_at=now())
-            resp = await self.store.txn([st.unchanged(self.keys.vpc(vpc_id), kv.mod_revision)],
-                                        [st.put(self.keys.vpc(vpc_id), json.dumps(vpc.stored()))])
+                raise NotFound(resource, object_id)
+            obj = decode(json.loads(kv.value))
+            obj = replace(obj, name=_name(name, resource) if name is not None else obj.name,
+                          tags=new_tags if new_tags is not None else obj.tags, updated_at=now())
+            resp = await self.store.txn([st.unchanged(key, kv.mod_revision)],
+                                        [st.put(key, json.dumps(encode(obj)))])
             if resp.succeeded:
-                return await self.get_vpc(vpc_id)
-        raise Conflict("the VPC kept changing; try again")
+                return obj
+        raise Conflict(f"the {resource} kept changing; try again")
 
     async def delete_vpc(self, vpc_id: str) -> None:
         """Delete a VPC that has no Private Network left."""
@@ -345,22 +352,12 @@ class Topology:
 
     async def update_private_network(self, pn_id: str, name: str | None = None,
                                      tags: Any = None) -> PrivateNetwork:
-        for _ in range(_RETRIES):
-            check_uuid(pn_id, "private_network_id")
-            kv = await self.store.get(self.keys.private_network(pn_id))
-            if kv is None:
-                raise NotFound("private_network", pn_id)
-            pn = PrivateNetwork.from_json(json.loads(kv.value))
-            pn = replace(pn, name=_name(name, "pn") if name is not None else pn.name,
-                         tags=check_tags(tags) if tags is not None else pn.tags,
-                         updated_at=now())
-            key = self.keys.private_network(pn_id)
-            resp = await self.store.txn([st.unchanged(key, kv.mod_revision)],
-                                        [st.put(key, json.dumps(pn.to_json()))])
-            if resp.succeeded:
-                self._pn_cache[pn_id] = pn
-                return pn
-        raise Conflict("the Private Network kept changing; try again")
+        check_uuid(pn_id, "private_network_id")
+        pn: PrivateNetwork = await self._rename(
+            self.keys.private_network(pn_id), "private_network", pn_id, name, tags,
+            PrivateNetwork.from_json, PrivateNetwork.to_json)
+        self._pn_cache[pn_id] = pn
+        return pn
 
     async def delete_private_network(self, pn_id: str) -> None:
         """Delete a Private Network whose subnets hold no IP."""

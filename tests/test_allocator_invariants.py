@@ -402,3 +402,15 @@ async def test_records_and_indexes_agree_after_a_mixed_workload(ipam, pn, projec
         await ipam.release(ip.id)
     report = await clean_audit(ipam)
     assert report.records == 35 and report.held_addresses == 35
+
+
+async def test_vpc_and_private_network_rename_and_retag(ipam, pn):
+    vpc = await ipam.networks.update_vpc(pn.vpc_id, name="prod", tags=["a"])
+    assert (vpc.name, vpc.tags, vpc.private_network_count) == ("prod", ("a",), 1)
+    renamed = await ipam.networks.update_private_network(pn.id, name="web", tags=["b", "b"])
+    assert (renamed.name, renamed.tags) == ("web", ("b",))
+    assert renamed.subnets == pn.subnets  # subnets never change
+    assert (await ipam.networks.get_private_network(pn.id)).name == "web"
+    with pytest.raises(NotFound):
+        await ipam.networks.update_private_network("00000000-0000-4000-8000-000000000000",
+                                                   name="x")
