@@ -22,6 +22,7 @@ __all__ = [
     "VPC",
     "BookRequest",
     "Caller",
+    "EtcdSecurity",
     "EtcdStore",
     "IPFilter",
     "IPRecord",

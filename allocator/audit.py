@@ -48,6 +48,7 @@ async def audit(store: EtcdStore, keys: Keys) -> AuditReport:
     sources: dict[str, Source] = {}
     records: dict[str, dict] = {}
     held: dict[str, str] = {}  # address key -> ip id
+    creation_index: list[str] = []
     for key, value in values.items():
         rest = key[len(keys.prefix):]
         if rest.startswith("src/") and rest.endswith("/meta"):
@@ -55,6 +56,8 @@ async def audit(store: EtcdStore, keys: Keys) -> AuditReport:
             sources[src.id] = src
         elif rest.startswith("src/") and "/a/" in rest:
             held[key] = value.decode()
+        elif rest.startswith("src/") and "/c/" in rest:
+            creation_index.append(key)
         elif rest.startswith("ip/"):
             rec = json.loads(value)
             records[rec["id"]] = rec
@@ -83,6 +86,9 @@ async def audit(store: EtcdStore, keys: Keys) -> AuditReport:
     for key, ip_id in held.items():
         if expected.get(key) != ip_id:
             report.addresses_without_record.append(key)
+    for key in creation_index:
+        if key.rsplit("/", 1)[1] not in records:
+            report.bad_index_keys.append(key)
     for key, value in values.items():
         rest = key[len(keys.prefix):]
         if rest.startswith(("ix/project/", "ix/res/")):
@@ -97,7 +103,8 @@ async def audit(store: EtcdStore, keys: Keys) -> AuditReport:
 
 
 def _index_keys(keys: Keys, rec: dict) -> list[str]:
-    out = [keys.by_project(rec["project_id"], rec["id"])]
+    out = [keys.by_project(rec["project_id"], rec["id"]),
+           keys.created(rec["source_id"], rec["created_at"], rec["id"])]
     res = rec.get("resource")
     if res:
         out.append(keys.by_resource(res["id"], rec["id"]))

@@ -302,6 +302,7 @@ class SourceEngine:
             st.put(addr_key, record.id),
             st.put(ip_key, json.dumps(record.to_json())),
             st.put(k.by_project(record.project_id, record.id), ""),
+            st.put(k.created(self.source.id, record.created_at, record.id), ""),
         ]
         failure = [st.get(addr_key), st.get(ip_key)]
         if b.resource_key:

@@ -32,7 +32,8 @@ from .errors import (
     PreconditionFailed,
 )
 from .keys import Keys
-from .listing import IPFilter, check_page, select
+from .listing import IPFilter
+from .queries import Queries
 from .records import CUSTOM, IPRecord, Resource, check_reverses, check_tags, check_uuid, new_id, now
 from .sources import SUBNET, Source
 from .store import EtcdSecurity, EtcdStore
@@ -87,6 +88,7 @@ class IPAM:
         self._sources: dict[str, Source] = {}
         self._zones: dict[tuple[str, str], tuple[float, list[Source]]] = {}
         self._leases = idem.LeaseClock(store)
+        self._queries = Queries(store, self.keys, self.networks)
         self._rng = random.Random()
 
     @classmethod
@@ -167,6 +169,9 @@ class IPAM:
             sources = [s for s in sources if s.network.version == family]
             if not sources:
                 raise InvalidArgument("is_ipv6", f"the Private Network has no IPv{family} subnet")
+        if sources[0].region != req.region:
+            raise NotFound("private_network" if req.private_network_id else "subnet",
+                           str(req.private_network_id or req.subnet_id))
         if sources[0].project_id != req.project_id:
             raise InvalidArgument("project_id", "must be the Private Network's project")
         if req.address:
@@ -237,54 +242,7 @@ class IPAM:
     async def list_ips(self, flt: IPFilter, order_by: str = "created_at_desc", page: int = 1,
                        page_size: int = 50) -> tuple[list[IPRecord], int]:
         """One page of the IPs that match `flt`, and how many match in all."""
-        check_page(order_by, page, page_size)
-        ids = await self._narrow(flt)
-        if ids is None:
-            kvs, _ = await self.store.scan(self.keys.ip())
-            records = [IPRecord.from_json(json.loads(kv.value)) for kv in kvs]
-        else:
-            found = await self.store.get_many(self.keys.ip(i) for i in ids)
-            records = [IPRecord.from_json(json.loads(kv.value)) for kv in found.values()]
-        return select(records, flt, order_by, page, page_size)
-
-    async def _narrow(self, flt: IPFilter) -> list[str] | None:
-        """IP ids from the most selective index the filter allows (None: scan all)."""
-        if flt.ip_ids:
-            return list(flt.ip_ids)
-        if flt.resource_id or flt.resource_ids:
-            rids = [flt.resource_id] if flt.resource_id else list(flt.resource_ids)
-            out: list[str] = []
-            for rid in rids:
-                kvs, _ = await self.store.scan(self.keys.by_resource(rid), keys_only=True)
-                out += [kv.key.rsplit("/", 1)[1] for kv in kvs]
-            return out
-        if flt.mac_address:
-            kvs, _ = await self.store.scan(self.keys.mac(flt.mac_address))
-            return [kv.value.decode() for kv in kvs]
-        source_ids: list[str] = []
-        if flt.subnet_id:
-            source_ids = [flt.subnet_id]
-        elif flt.private_network_id:
-            try:
-                pn = await self.networks.cached_private_network(flt.private_network_id)
-            except NotFound:
-                return []
-            source_ids = [s.id for s in pn.subnets]
-        if source_ids:
-            out = []
-            for sid in source_ids:
-                kvs, _ = await self.store.scan(self.keys.addresses(sid))
-                out += [kv.value.decode() for kv in kvs]
-            return out
-        projects = ({flt.project_id} if flt.project_id else
-                    set(flt.project_ids) if flt.project_ids is not None else None)
-        if projects is not None:
-            out = []
-            for pid in sorted(projects):
-                kvs, _ = await self.store.scan(self.keys.by_project(pid), keys_only=True)
-                out += [kv.key.rsplit("/", 1)[1] for kv in kvs]
-            return out
-        return None
+        return await self._queries.list_ips(flt, order_by, page, page_size)
 
     async def reserved_ips(self, pn_id: str) -> list[dict[str, Any]]:
         """For each subnet of the Private Network, the addresses never handed out and why."""
@@ -379,7 +337,8 @@ class IPAM:
 
     async def _deletes(self, r: IPRecord) -> list[Any]:
         return [st.delete(self.keys.ip(r.id)), st.delete(await self._address_key(r)),
-                st.delete(self.keys.by_project(r.project_id, r.id))]
+                st.delete(self.keys.by_project(r.project_id, r.id)),
+                st.delete(self.keys.created(r.source_id, r.created_at, r.id))]
 
     async def release_set(self, ip_ids: Sequence[str]) -> None:
         """Release several detached IPs atomically: all of them, or none."""

@@ -5,6 +5,7 @@
     {p}vpcnet/{vpc_id}/{subnet_id}        CIDR of each subnet of a VPC (overlap checks)
     {p}src/{source_id}/meta               source (subnet or zonal pool)
     {p}src/{source_id}/a/{offset}         held address -> IP id (offset in fixed-width hex)
+    {p}src/{source_id}/c/{inverted time}/{ip_id}  IPs of a source, newest first (listing)
     {p}zone/{region}/{zone}/{source_id}   zonal pools of a zone
     {p}ip/{ip_id}                         IP record
     {p}ix/project/{project_id}/{ip_id}    IPs of a project
@@ -20,6 +21,7 @@ never disagrees with the data.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import datetime
 
 
 @dataclass(frozen=True)
@@ -49,6 +51,13 @@ class Keys:
     def address(self, source_id: str, offset_hex: str) -> str:
         return f"{self.prefix}src/{source_id}/a/{offset_hex}"
 
+    def created(self, source_id: str, created_at: str = "", ip_id: str = "") -> str:
+        """Creation index of a source, newest first in key order (the default list order)."""
+        if not created_at:
+            return f"{self.prefix}src/{source_id}/c/"
+        return f"{self.prefix}src/{source_id}/c/{newest_first(created_at)}/{ip_id}"
+
+
     def zone_pools(self, region: str, zone: str = "") -> str:
         return f"{self.prefix}zone/{region}/{zone}/" if zone else f"{self.prefix}zone/{region}/"
 
@@ -72,3 +81,10 @@ class Keys:
 
     def auth(self, suffix: str = "") -> str:
         return f"{self.prefix}auth/{suffix}"
+
+
+def newest_first(created_at: str) -> str:
+    """A fixed-width hex key that sorts later timestamps first."""
+    moment = datetime.fromisoformat(created_at)
+    micros = int(moment.timestamp()) * 1_000_000 + moment.microsecond
+    return format((1 << 64) - 1 - micros, "016x")

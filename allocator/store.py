@@ -348,11 +348,18 @@ class EtcdStore:
 
     async def range(self, key: str, range_end: bytes | None = None, *, limit: int = 0,
                     revision: int = 0, keys_only: bool = False, count_only: bool = False,
-                    serializable: bool = False) -> rpc.RangeResponse:
-        """A range read, linearizable unless `serializable`; retried on another endpoint."""
+                    serializable: bool = False, descending: bool = False
+                    ) -> rpc.RangeResponse:
+        """A range read, linearizable unless `serializable`; retried on another endpoint.
+
+        `descending` returns keys in reverse order (with `limit`: the last ones).
+        """
         request = rpc.RangeRequest(key=_b(key), range_end=range_end or b"", limit=limit,
                                    revision=revision, keys_only=keys_only,
                                    count_only=count_only, serializable=serializable)
+        if descending:
+            request.sort_order = rpc.RangeRequest.DESCEND
+            request.sort_target = rpc.RangeRequest.KEY
         return await self._unary("kv", "Range", request, retry=True)  # type: ignore
 
     async def get(self, key: str) -> KV | None:
@@ -374,6 +381,13 @@ class EtcdStore:
         await asyncio.gather(*(chunk(keys[i:i + MAX_TXN_OPS])
                                for i in range(0, len(keys), MAX_TXN_OPS)))
         return found
+
+    async def first_keys(self, prefix: str, limit: int, *, descending: bool = False,
+                         keys_only: bool = True) -> list[KV]:
+        """The first (or, `descending`, the last) `limit` keys under `prefix`, in key order."""
+        resp = await self.range(prefix, prefix_end(prefix), limit=limit, keys_only=keys_only,
+                                descending=descending)
+        return [_kv(kv) for kv in resp.kvs]
 
     async def count(self, prefix: str) -> tuple[int, int]:
         """(number of keys under `prefix`, revision), linearizable."""
