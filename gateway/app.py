@@ -1,0 +1,45 @@
+"""The aiohttp application factory: one stateless gateway node over an IPAM.
+
+    app = create_app(ipam, GatewayConfig(region="fr-par"))
+
+Middlewares run outermost first: errors (every failure becomes a Scaleway error
+body), then authentication (every path but the probes and the OpenAPI document).
+"""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from allocator import IPAM
+from allocator.credentials import Credentials
+
+from . import openapi, routes_admin, routes_ipam, routes_vpc
+from .auth import AUTHENTICATOR, Authenticator, auth_middleware
+from .config import GatewayConfig
+from .context import CONFIG_KEY, CREDENTIALS_KEY, IPAM_KEY
+from .errors import error_middleware
+
+
+def create_app(ipam: IPAM, config: GatewayConfig | None = None, *,
+               close_ipam: bool = False) -> web.Application:
+    """A gateway application serving `config.region` on top of `ipam`.
+
+    With `close_ipam`, the IPAM is closed when the application shuts down.
+    """
+    config = config or GatewayConfig()
+    app = web.Application(client_max_size=config.max_body_bytes,
+                          middlewares=[error_middleware, auth_middleware])
+    credentials = Credentials(ipam.store, ipam.keys)
+    app[IPAM_KEY] = ipam
+    app[CONFIG_KEY] = config
+    app[CREDENTIALS_KEY] = credentials
+    app[AUTHENTICATOR] = Authenticator(credentials, config.admin_secret_key)
+    app.add_routes(routes_ipam.routes)
+    app.add_routes(routes_vpc.routes)
+    app.add_routes(routes_admin.routes)
+    app.router.add_get("/openapi.json", openapi.serve)
+    if close_ipam:
+        async def close(_: web.Application) -> None:
+            await ipam.close()
+        app.on_cleanup.append(close)
+    return app

@@ -1,0 +1,175 @@
+"""Authentication (X-Auth-Token) and tenancy (who may see and change what).
+
+Roles:
+    admin           everything, every organization
+    project_member  read and write IPAM and VPC objects of its projects
+    project_reader  read only, in its projects
+    product         a service (e.g. Instances): reads IPs and Private Networks of every
+                    project, books IPs (zonal ones: only products and admins), releases
+                    them, and attaches, detaches and moves IPs to resources of its
+                    `resource_types`; the allocator makes sure only that product can detach
+                    them again
+
+Outside its projects a key sees nothing: objects of other projects answer 404
+exactly like absent ones, and lists leave them out.
+
+The bootstrap admin (`IPAM_ADMIN_SECRET_KEY`) is held in memory only; every
+other key is looked up in etcd on each request (one read), so a revocation
+takes effect on every node at once.
+"""
+
+from __future__ import annotations
+
+import hmac
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+from aiohttp import web
+
+from allocator import Caller
+from allocator.credentials import (
+    ADMIN,
+    PRODUCT,
+    PROJECT_MEMBER,
+    PROJECT_READER,
+    ApiKey,
+    Credentials,
+    access_key_for_secret,
+    secret_hash,
+)
+
+from .errors import denied_authentication, not_found, permissions_denied
+from .wire import as_uuid
+
+PUBLIC_PATHS = frozenset({"/healthz", "/readyz", "/openapi.json"})
+TOKEN_HEADER = "X-Auth-Token"
+
+
+@dataclass(frozen=True)
+class Principal:
+    """The authenticated caller of one request."""
+
+    key: ApiKey
+
+    @property
+    def access_key(self) -> str:
+        return self.key.access_key
+
+    @property
+    def role(self) -> str:
+        return self.key.role
+
+    @property
+    def is_admin(self) -> bool:
+        return self.key.role == ADMIN
+
+    @property
+    def is_product(self) -> bool:
+        return self.key.role == PRODUCT
+
+    @property
+    def visible_projects(self) -> frozenset[str] | None:
+        """The projects this key may see; None: all of them."""
+        if self.key.role in (ADMIN, PRODUCT):
+            return None
+        return frozenset(self.key.project_ids)
+
+    def sees(self, project_id: str) -> bool:
+        projects = self.visible_projects
+        return projects is None or project_id in projects
+
+    def caller(self) -> Caller:
+        """How the allocator knows who acts (product keys carry their resource types)."""
+        if self.is_product:
+            return Caller(product_types=frozenset(self.key.resource_types))
+        return Caller()
+
+    def organization_for(self, project_id: str) -> str:
+        """The organization of objects this key creates in `project_id`.
+
+        Scaleway bodies carry no organization: it comes from a project key. Admin and
+        product keys act for any project, so their own organization says nothing about
+        it: the project id stands in, as for Scaleway's default project.
+        """
+        if self.key.role in (PROJECT_MEMBER, PROJECT_READER) and self.key.organization_id:
+            return self.key.organization_id
+        return project_id
+
+    # -- checks that raise the HTTP answer -------------------------------------------
+
+    def check_visible(self, resource: str, resource_id: str, project_id: str) -> None:
+        """404 (never 403) for an object of a project this key cannot see."""
+        if not self.sees(project_id):
+            raise not_found(resource, resource_id)
+
+    def check_write(self, resource: str, project_id: str | None, *,
+                    products_allowed: bool = False) -> None:
+        """403 unless this key may change `resource` objects of `project_id`."""
+        role = self.key.role
+        if role == ADMIN:
+            return
+        if role == PRODUCT and products_allowed:
+            return
+        if role == PROJECT_MEMBER and (project_id is None or project_id in self.key.project_ids):
+            return
+        raise permissions_denied("write", resource)
+
+    def check_admin(self, resource: str) -> None:
+        if not self.is_admin:
+            raise permissions_denied("admin", resource)
+
+    def default_project(self) -> str | None:
+        """The project implied when a request names none: the key's only project."""
+        if len(self.key.project_ids) == 1:
+            return self.key.project_ids[0]
+        return None
+
+
+class Authenticator:
+    """Turns an X-Auth-Token into a Principal, or a 401."""
+
+    def __init__(self, credentials: Credentials, admin_secret_key: str | None = None) -> None:
+        self.credentials = credentials
+        self._admin_hash = secret_hash(admin_secret_key) if admin_secret_key else None
+        self._admin_key = ApiKey(
+            access_key=access_key_for_secret(admin_secret_key), role=ADMIN,
+            description="bootstrap admin (IPAM_ADMIN_SECRET_KEY)", created_at="",
+        ) if admin_secret_key else None
+
+    async def authenticate(self, token: str | None) -> Principal:
+        if not token:
+            raise denied_authentication("invalid_argument",
+                                        f"the {TOKEN_HEADER} header is required")
+        secret = as_uuid(token.strip())
+        if secret is None:
+            raise denied_authentication("invalid_argument",
+                                        f"the {TOKEN_HEADER} header must be a secret key (UUID)")
+        if self._admin_hash and hmac.compare_digest(secret_hash(secret), self._admin_hash):
+            assert self._admin_key is not None
+            return Principal(self._admin_key)
+        key = await self.credentials.lookup(secret)
+        if key is None:
+            raise denied_authentication("not_found", "authentication is denied")
+        if key.is_expired():
+            raise denied_authentication("expired", "the API key has expired")
+        return Principal(key)
+
+
+AUTHENTICATOR = web.AppKey("authenticator", Authenticator)
+PRINCIPAL_KEY = web.RequestKey("principal", Principal)
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+@web.middleware
+async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Authenticate every request but the public ones; the principal goes in request."""
+    if request.path not in PUBLIC_PATHS:
+        authenticator = request.app[AUTHENTICATOR]
+        request[PRINCIPAL_KEY] = await authenticator.authenticate(
+            request.headers.get(TOKEN_HEADER))
+    return await handler(request)
+
+
+def principal(request: web.Request) -> Principal:
+    return request[PRINCIPAL_KEY]

@@ -1,0 +1,263 @@
+"""VPC API v2 routes, the subset that defines where addresses come from.
+
+VPCs (create, get, list, update, delete), Private Networks (create with optional
+subnets, get, list, update, delete) and the subnets list, as in the SDK's
+`scaleway/vpc/v2/api.py`. Lists are filtered by visibility first, then ordered
+and cut into pages here.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from aiohttp import web
+
+from allocator import VPC, PrivateNetwork
+
+from .auth import Principal, principal
+from .context import ipam_of, served_region
+from .errors import invalid_argument, not_found
+from .wire import (
+    QueryFields,
+    paginate,
+    path_uuid,
+    private_network_json,
+    read_body,
+    sort_objects,
+    subnet_json,
+    vpc_json,
+)
+
+routes = web.RouteTableDef()
+
+_BASE = "/vpc/v2/regions/{region}"
+_ORDERS = ("created_at_asc", "created_at_desc", "name_asc", "name_desc")
+
+
+def _project_scope(who: Principal, q: QueryFields) -> set[str] | None:
+    """The projects a list may show: the one asked for, within what the key can see."""
+    asked = q.uuid("project_id")
+    visible = who.visible_projects
+    if asked is not None:
+        return {asked} if visible is None or asked in visible else set()
+    return None if visible is None else set(visible)
+
+
+def _paging(q: QueryFields, orders: tuple[str, ...] = _ORDERS) -> tuple[str, int, int]:
+    """(order_by, page, page_size) of a list request."""
+    order_by = q.choice("order_by", orders, "created_at_asc")
+    page, page_size = q.page()
+    return order_by, page, page_size
+
+
+def _listing(items: list[Any], paging: tuple[str, int, int], key: str,
+             render: Any) -> web.Response:
+    order_by, page, page_size = paging
+    ordered = sort_objects(items, order_by)
+    return web.json_response({key: [render(i) for i in paginate(ordered, page, page_size)],
+                              "total_count": len(ordered)})
+
+
+def _project_for_create(who: Principal, project_id: str | None) -> str:
+    project_id = project_id or who.default_project()
+    if project_id is None:
+        raise invalid_argument("project_id", "this field is required", "required")
+    return project_id
+
+
+async def _visible_vpc(request: web.Request, who: Principal, vpc_id: str, region: str) -> VPC:
+    vpc = await ipam_of(request).networks.get_vpc(vpc_id)
+    who.check_visible("vpc", vpc_id, vpc.project_id)
+    if vpc.region != region:
+        raise not_found("vpc", vpc_id)
+    return vpc
+
+
+async def _visible_pn(request: web.Request, who: Principal, pn_id: str,
+                      region: str) -> PrivateNetwork:
+    pn = await ipam_of(request).networks.get_private_network(pn_id)
+    who.check_visible("private_network", pn_id, pn.project_id)
+    if pn.region != region:
+        raise not_found("private_network", pn_id)
+    return pn
+
+
+# -- VPCs ---------------------------------------------------------------------------------
+
+
+@routes.post(_BASE + "/vpcs")
+async def create_vpc(request: web.Request) -> web.Response:
+    region = served_region(request)
+    who = principal(request)
+    body = await read_body(request)
+    name = body.text("name")
+    project_id = body.uuid("project_id")
+    tags = body.text_list("tags") or []
+    body.flag("enable_routing")  # routing is always on here
+    body.flag("enable_transitivity")
+    body.finish()
+    project_id = _project_for_create(who, project_id)
+    who.check_write("vpc", project_id)
+    vpc = await ipam_of(request).networks.create_vpc(
+        region, project_id, who.organization_for(project_id), name, tags)
+    return web.json_response(vpc_json(vpc))
+
+
+@routes.get(_BASE + "/vpcs")
+async def list_vpcs(request: web.Request) -> web.Response:
+    region = served_region(request)
+    who = principal(request)
+    q = QueryFields(request.query)
+    paging = _paging(q)
+    projects = _project_scope(who, q)
+    organization_id = q.uuid("organization_id")
+    name = q.text("name")
+    tags = q.repeated("tags")
+    is_default = q.flag("is_default")
+    q.flag("routing_enabled")
+    q.flag("object_storage_private_access_enabled")
+    q.finish()
+    if projects == set():
+        vpcs: list[VPC] = []
+    else:
+        vpcs = await ipam_of(request).networks.list_vpcs(
+            region, projects, organization_id, name, tags, is_default)
+    return _listing(vpcs, paging, "vpcs", vpc_json)
+
+
+@routes.get(_BASE + "/vpcs/{vpc_id}")
+async def get_vpc(request: web.Request) -> web.Response:
+    region = served_region(request)
+    vpc_id = path_uuid(request, "vpc_id", "vpc_id")
+    return web.json_response(vpc_json(await _visible_vpc(request, principal(request), vpc_id,
+                                                          region)))
+
+
+@routes.patch(_BASE + "/vpcs/{vpc_id}")
+async def update_vpc(request: web.Request) -> web.Response:
+    region = served_region(request)
+    who = principal(request)
+    vpc_id = path_uuid(request, "vpc_id", "vpc_id")
+    body = await read_body(request, empty_ok=True)
+    name = body.text("name")
+    tags = body.text_list("tags")
+    body.finish()
+    vpc = await _visible_vpc(request, who, vpc_id, region)
+    who.check_write("vpc", vpc.project_id)
+    updated = await ipam_of(request).networks.update_vpc(vpc_id, name=name, tags=tags)
+    return web.json_response(vpc_json(updated))
+
+
+@routes.delete(_BASE + "/vpcs/{vpc_id}")
+async def delete_vpc(request: web.Request) -> web.Response:
+    region = served_region(request)
+    who = principal(request)
+    vpc_id = path_uuid(request, "vpc_id", "vpc_id")
+    vpc = await _visible_vpc(request, who, vpc_id, region)
+    who.check_write("vpc", vpc.project_id)
+    await ipam_of(request).networks.delete_vpc(vpc_id)
+    return web.Response(status=204)
+
+
+# -- Private Networks ---------------------------------------------------------------------
+
+
+@routes.post(_BASE + "/private-networks")
+async def create_private_network(request: web.Request) -> web.Response:
+    region = served_region(request)
+    who = principal(request)
+    body = await read_body(request)
+    name = body.text("name")
+    project_id = body.uuid("project_id")
+    tags = body.text_list("tags") or []
+    subnets = body.text_list("subnets")
+    vpc_id = body.uuid("vpc_id")
+    body.flag("default_route_propagation_enabled")  # accepted, no routing here
+    body.finish()
+    project_id = _project_for_create(who, project_id)
+    if vpc_id is not None:
+        await _visible_vpc(request, who, vpc_id, region)
+    who.check_write("private_network", project_id)
+    pn = await ipam_of(request).networks.create_private_network(
+        region, project_id, who.organization_for(project_id), name, tags, vpc_id,
+        subnets or None)
+    return web.json_response(private_network_json(pn))
+
+
+@routes.get(_BASE + "/private-networks")
+async def list_private_networks(request: web.Request) -> web.Response:
+    region = served_region(request)
+    who = principal(request)
+    q = QueryFields(request.query)
+    paging = _paging(q)
+    projects = _project_scope(who, q)
+    organization_id = q.uuid("organization_id")
+    name = q.text("name")
+    tags = q.repeated("tags")
+    vpc_id = q.uuid("vpc_id")
+    pn_ids = q.uuid_list("private_network_ids")
+    q.flag("dhcp_enabled")
+    q.flag("object_storage_private_access_enabled")
+    q.finish()
+    if projects == set():
+        pns: list[PrivateNetwork] = []
+    else:
+        pns = await ipam_of(request).networks.list_private_networks(
+            region, projects, organization_id, name, tags, vpc_id, pn_ids)
+    return _listing(pns, paging, "private_networks", private_network_json)
+
+
+@routes.get(_BASE + "/private-networks/{private_network_id}")
+async def get_private_network(request: web.Request) -> web.Response:
+    region = served_region(request)
+    pn_id = path_uuid(request, "private_network_id", "private_network_id")
+    pn = await _visible_pn(request, principal(request), pn_id, region)
+    return web.json_response(private_network_json(pn))
+
+
+@routes.patch(_BASE + "/private-networks/{private_network_id}")
+async def update_private_network(request: web.Request) -> web.Response:
+    region = served_region(request)
+    who = principal(request)
+    pn_id = path_uuid(request, "private_network_id", "private_network_id")
+    body = await read_body(request, empty_ok=True)
+    name = body.text("name")
+    tags = body.text_list("tags")
+    body.flag("default_route_propagation_enabled")
+    body.finish()
+    pn = await _visible_pn(request, who, pn_id, region)
+    who.check_write("private_network", pn.project_id)
+    updated = await ipam_of(request).networks.update_private_network(pn_id, name=name,
+                                                                     tags=tags)
+    return web.json_response(private_network_json(updated))
+
+
+@routes.delete(_BASE + "/private-networks/{private_network_id}")
+async def delete_private_network(request: web.Request) -> web.Response:
+    region = served_region(request)
+    who = principal(request)
+    pn_id = path_uuid(request, "private_network_id", "private_network_id")
+    pn = await _visible_pn(request, who, pn_id, region)
+    who.check_write("private_network", pn.project_id)
+    await ipam_of(request).networks.delete_private_network(pn_id)
+    return web.Response(status=204)
+
+
+# -- subnets ---------------------------------------------------------------------------------
+
+
+@routes.get(_BASE + "/subnets")
+async def list_subnets(request: web.Request) -> web.Response:
+    region = served_region(request)
+    who = principal(request)
+    q = QueryFields(request.query)
+    paging = _paging(q, ("created_at_asc", "created_at_desc"))
+    projects = _project_scope(who, q)
+    organization_id = q.uuid("organization_id")
+    vpc_id = q.uuid("vpc_id")
+    subnet_ids = q.uuid_list("subnet_ids")
+    private_network_id = q.uuid("private_network_id")
+    q.finish()
+    subnets = [] if projects == set() else await ipam_of(request).networks.list_subnets(
+        region, projects, organization_id, vpc_id, private_network_id, subnet_ids)
+    return _listing(subnets, paging, "subnets", subnet_json)
