@@ -30,6 +30,7 @@ from .errors import (
     PermissionDenied,
     PoolExhausted,
     PreconditionFailed,
+    StoreError,
 )
 from .keys import Keys
 from .listing import IPFilter
@@ -104,6 +105,18 @@ class IPAM:
         """Stop every engine's watch and close the etcd channels."""
         await asyncio.gather(*(e.close() for e in self._engines.values()))
         await self.store.close()
+
+    async def readiness(self, timeout: float = 2.0) -> tuple[bool, list[tuple[str, bool]]]:
+        """(a quorum answers a linearizable read, [(endpoint, answered)]) for /readyz."""
+        async def quorum() -> bool:
+            try:
+                await asyncio.wait_for(self.store.count(self.keys.prefix), timeout)
+                return True
+            except (TimeoutError, StoreError):
+                return False
+
+        ready, members = await asyncio.gather(quorum(), self.store.status())
+        return ready, members
 
     def engine_stats(self) -> dict[str, Any]:
         return {sid: e.stats for sid, e in self._engines.items()}

@@ -13,7 +13,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from typing import Any
 
 from aiohttp import web
@@ -129,17 +128,7 @@ async def healthz(request: web.Request) -> web.Response:
 @routes.get("/readyz")
 async def readyz(request: web.Request) -> web.Response:
     """Ready when etcd answers a linearizable read, i.e. a quorum is reachable."""
-    ipam = ipam_of(request)
-    members, quorum = await asyncio.gather(ipam.store.status(), _quorum_read(request))
+    quorum, members = await ipam_of(request).readiness(READY_TIMEOUT)
     body = {"status": "ready" if quorum else "unavailable",
             "etcd": [{"endpoint": ep, "answered": ok} for ep, ok in members]}
     return web.json_response(body, status=200 if quorum else 503)
-
-
-async def _quorum_read(request: web.Request) -> bool:
-    ipam = ipam_of(request)
-    try:
-        await asyncio.wait_for(ipam.store.range(ipam.keys.prefix + "readyz"), READY_TIMEOUT)
-        return True
-    except Exception:  # noqa: BLE001 - any failure means "not ready"
-        return False
