@@ -121,7 +121,8 @@ async def serve(config: cfg.GatewayConfig, out: Any = None) -> int:
     supervisor = asyncio.ensure_future(_supervise(cluster, stop)) if cluster else None
     try:
         ipam = await IPAM.connect(endpoints, prefix=config.etcd_prefix,
-                                  timeout=config.etcd_timeout)
+                                  timeout=config.etcd_timeout,
+                                  security=config.etcd_security)
         runner = web.AppRunner(create_app(ipam, config, close_ipam=True), access_log=None)
         await runner.setup()
         site = web.TCPSite(runner, config.host, config.port,

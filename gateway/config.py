@@ -15,6 +15,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from allocator.store import EtcdSecurity
+
 _REGION = re.compile(r"^[a-z]{2}-[a-z]{3}$")
 _ZONE = re.compile(r"^[a-z]{2}-[a-z]{3}-[1-9]$")
 
@@ -50,6 +52,11 @@ SETTINGS: tuple[Setting, ...] = (
             "none: run an embedded single-member etcd under --data-dir"),
     Setting("etcd_prefix", "/ipam/", "key prefix of this deployment in etcd"),
     Setting("etcd_timeout", "3.0", "deadline of one etcd call, in seconds"),
+    Setting("etcd_ca_file", None, "PEM CA that signed etcd's server certificates (TLS)"),
+    Setting("etcd_cert_file", None, "PEM client certificate for etcd (mutual TLS)"),
+    Setting("etcd_key_file", None, "PEM key of --etcd-cert-file"),
+    Setting("etcd_username", None, "etcd user, when etcd auth is enabled"),
+    Setting("etcd_password", None, "password of --etcd-username (prefer the variable)"),
     Setting("region", "fr-par", "the region this node serves"),
     Setting("zones", None, "comma-separated zones of the region (default: REGION-1,2,3)"),
     Setting("data_dir", "./.ipam", "where the embedded etcd and the admin secret live"),
@@ -71,6 +78,7 @@ class GatewayConfig:
     etcd_endpoints: tuple[str, ...] = ()
     etcd_prefix: str = "/ipam/"
     etcd_timeout: float = 3.0
+    etcd_security: EtcdSecurity = field(default_factory=EtcdSecurity)
     data_dir: Path = field(default_factory=lambda: Path("./.ipam"))
     admin_secret_key: str | None = None
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
@@ -93,6 +101,16 @@ class GatewayConfig:
             except ValueError:
                 raise ConfigError("the admin secret key must be a UUID "
                                   "(--admin-secret-key/IPAM_ADMIN_SECRET_KEY)") from None
+        sec = self.etcd_security
+        if bool(sec.cert_file) != bool(sec.key_file):
+            raise ConfigError("--etcd-cert-file and --etcd-key-file go together "
+                              "(IPAM_ETCD_CERT_FILE/IPAM_ETCD_KEY_FILE)")
+        if bool(sec.username) != bool(sec.password):
+            raise ConfigError("--etcd-username and --etcd-password go together "
+                              "(IPAM_ETCD_USERNAME/IPAM_ETCD_PASSWORD)")
+        for path in (sec.ca_file, sec.cert_file, sec.key_file):
+            if path and not Path(path).is_file():
+                raise ConfigError(f"etcd TLS file {path} does not exist")
         if self.max_body_bytes < 1024:
             raise ConfigError("--max-body-bytes/IPAM_MAX_BODY_BYTES must be at least 1024")
 
@@ -144,6 +162,10 @@ def load(args: argparse.Namespace | None = None,
         etcd_endpoints=_split(raw["etcd_endpoints"]),
         etcd_prefix=raw["etcd_prefix"] or "/ipam/",
         etcd_timeout=float(number("etcd_timeout", float)),
+        etcd_security=EtcdSecurity(
+            ca_file=raw["etcd_ca_file"], cert_file=raw["etcd_cert_file"],
+            key_file=raw["etcd_key_file"], username=raw["etcd_username"],
+            password=raw["etcd_password"]),
         data_dir=Path(raw["data_dir"] or "./.ipam"),
         admin_secret_key=raw["admin_secret_key"],
         max_body_bytes=int(number("max_body_bytes", int)),

@@ -1,0 +1,50 @@
+"""Configuration: flags and IPAM_* variables mirror each other, and bad values say which."""
+
+from __future__ import annotations
+
+import argparse
+
+import pytest
+
+from gateway.config import ConfigError, add_arguments, load
+
+
+def parse(*argv: str) -> argparse.Namespace:
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    return parser.parse_args(list(argv))
+
+
+def test_a_flag_wins_over_the_environment_which_wins_over_the_default():
+    env = {"IPAM_PORT": "9000", "IPAM_REGION": "nl-ams", "IPAM_ETCD_ENDPOINTS": "a:1, b:2"}
+    config = load(parse("--port", "9100"), env)
+    assert config.port == 9100
+    assert config.region == "nl-ams" and config.zones == ("nl-ams-1", "nl-ams-2", "nl-ams-3")
+    assert config.etcd_endpoints == ("a:1", "b:2")
+    assert load(parse(), {}).port == 8080
+
+
+def test_etcd_security_settings_come_from_flags_or_variables(tmp_path):
+    ca = tmp_path / "ca.pem"
+    ca.write_text("x")
+    config = load(parse("--etcd-ca-file", str(ca), "--etcd-username", "ipam"),
+                  {"IPAM_ETCD_PASSWORD": "secret"})
+    sec = config.etcd_security
+    assert (sec.ca_file, sec.username, sec.password) == (str(ca), "ipam", "secret")
+    assert sec.tls
+
+
+@pytest.mark.parametrize("argv, env, names", [
+    (["--port", "eighty"], {}, "--port/IPAM_PORT"),
+    (["--region", "paris"], {}, "--region/IPAM_REGION"),
+    (["--zones", "fr-par-1,nl-ams-1"], {}, "--zones/IPAM_ZONES"),
+    (["--admin-secret-key", "nope"], {}, "IPAM_ADMIN_SECRET_KEY"),
+    (["--etcd-username", "ipam"], {}, "IPAM_ETCD_PASSWORD"),
+    (["--etcd-cert-file", "/nonexistent.pem"], {}, "IPAM_ETCD_KEY_FILE"),
+    (["--etcd-ca-file", "/nonexistent.pem"], {}, "does not exist"),
+    ([], {"IPAM_MAX_BODY_BYTES": "10"}, "IPAM_MAX_BODY_BYTES"),
+])
+def test_bad_settings_name_the_flag_and_the_variable(argv, env, names):
+    with pytest.raises(ConfigError) as err:
+        load(parse(*argv), env)
+    assert names in str(err.value)
