@@ -21,7 +21,7 @@ import secrets
 import string
 import uuid
 from dataclasses import asdict, dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from . import store as st
@@ -96,7 +96,11 @@ class ApiKey:
 
 def check_key_spec(role: Any, organization_id: Any, project_ids: Any, resource_types: Any,
                    description: Any, expires_at: Any) -> ApiKey:
-    """A validated ApiKey (without access key yet) from untrusted input; InvalidArgument."""
+    """A validated ApiKey (without access key yet) from untrusted input; InvalidArgument.
+
+    Fields that a role would ignore are refused rather than stored: an admin key with
+    projects, or a project key with resource types, reads as narrower than it is.
+    """
     if role not in ROLES:
         raise InvalidArgument("role", f"must be one of {', '.join(ROLES)}",
                               "required" if role is None else "constraint")
@@ -109,6 +113,9 @@ def check_key_spec(role: Any, organization_id: Any, project_ids: Any, resource_t
     if role in (PROJECT_MEMBER, PROJECT_READER) and not projects:
         raise InvalidArgument("project_ids", f"a {role} key needs at least one project",
                               "required")
+    if role == ADMIN and projects:
+        raise InvalidArgument("project_ids", "an admin key acts on every project: give no "
+                                             "project_ids, or use a project_member key")
     if resource_types is None:
         resource_types = []
     if not isinstance(resource_types, list) or not all(
@@ -119,6 +126,9 @@ def check_key_spec(role: Any, organization_id: Any, project_ids: Any, resource_t
     if role == PRODUCT and not resource_types:
         raise InvalidArgument("resource_types", "a product key needs its resource types",
                               "required")
+    if role != PRODUCT and resource_types:
+        raise InvalidArgument("resource_types", f"only a product key has resource types; "
+                                                f"give none for a {role} key")
     if description is None:
         description = ""
     if not isinstance(description, str) or len(description) > 255:
@@ -131,6 +141,8 @@ def check_key_spec(role: Any, organization_id: Any, project_ids: Any, resource_t
             raise InvalidArgument("expires_at", "must be an RFC 3339 time", "format") from None
         if parsed.tzinfo is None:
             raise InvalidArgument("expires_at", "must carry a time zone", "format")
+        if parsed <= datetime.now(UTC):
+            raise InvalidArgument("expires_at", "must be in the future")
     return ApiKey(access_key="", role=role, organization_id=org, project_ids=projects,
                   resource_types=tuple(dict.fromkeys(resource_types)), description=description,
                   expires_at=expires_at)

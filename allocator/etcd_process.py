@@ -119,6 +119,18 @@ def _child_environment() -> dict[str, str]:
     }
 
 
+def _process_state(pid: int) -> str | None:
+    """"T" once every thread of the process is stopped, another letter before, None if unknown."""
+    try:
+        states = set()
+        for task in os.listdir(f"/proc/{pid}/task"):
+            with open(f"/proc/{pid}/task/{task}/stat") as f:
+                states.add(f.read().rsplit(")", 1)[1].split()[0])
+    except (OSError, IndexError):
+        return None
+    return "T" if states <= {"T", "t"} else "R"
+
+
 def _die_with_parent_prefix() -> list[str]:
     setpriv = shutil.which("setpriv")
     return [setpriv, "--pdeathsig", "KILL", "--"] if setpriv else []
@@ -246,8 +258,14 @@ class EtcdMember:
 
     def pause(self) -> None:
         """SIGSTOP the process: it keeps its sockets but answers nothing, like a hung node."""
-        self._require_running().send_signal(signal.SIGSTOP)
+        process = self._require_running()
+        process.send_signal(signal.SIGSTOP)
         self.paused = True
+        # A group stop reaches every thread of a Go process a moment later, and a
+        # thread may still answer one request meanwhile: wait until it is stopped.
+        deadline = time.monotonic() + 2.0
+        while _process_state(process.pid) not in ("T", None) and time.monotonic() < deadline:
+            time.sleep(0.001)
 
     def resume(self) -> None:
         """SIGCONT a paused process."""

@@ -44,11 +44,19 @@ def entry(fp: str, record: IPRecord) -> bytes:
 
 
 async def replay(store: EtcdStore, keys: Any, value: bytes, fp: str) -> IPRecord:
-    """The first result stored under a key, if the request is the same one."""
+    """The first result stored under a key, if the request is the same one.
+
+    A replay must not hand out an IP that no longer exists as if it were held: when
+    the IP of the first answer was released since, the retry is refused.
+    """
     data = json.loads(value)
     if data.get("fingerprint") != fp:
         raise Conflict("this idempotency key was already used for a different request")
-    return IPRecord.from_json(data["result"])
+    first = IPRecord.from_json(data["result"])
+    if await store.get(keys.ip(first.id)) is None:
+        raise Conflict(f"the IP {first.id} ({first.address}) of the first request with this "
+                       "idempotency key has been released since")
+    return first
 
 
 class LeaseClock:

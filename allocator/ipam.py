@@ -239,7 +239,16 @@ class IPAM:
                 return await self._engine(src).book(booking)
             except PoolExhausted:
                 if src is order[-1]:
-                    raise PoolExhausted(req.zonal or src.id)
+                    raise PoolExhausted(req.zonal or req.private_network_id or src.id)
+            except NotFound:
+                # The source went away (deleted through another node): answer in the
+                # caller's terms and forget what this node cached.
+                self._sources.pop(src.id, None)
+                if req.private_network_id:
+                    self.networks.forget(req.private_network_id)
+                    raise NotFound("private_network", req.private_network_id)
+                raise NotFound("zonal_pool" if req.zonal else "subnet",
+                               str(req.zonal or src.id))
         raise AssertionError("unreachable")  # pragma: no cover
 
     # -- reading -----------------------------------------------------------------------------

@@ -63,6 +63,8 @@ def check_tags(tags: Any, argument: str = "tags") -> tuple[str, ...]:
     for t in tags:
         if not t or len(t) > _TAG_MAX:
             raise InvalidArgument(argument, f"each tag must be 1 to {_TAG_MAX} characters")
+        if not t.isprintable():
+            raise InvalidArgument(argument, "tags must not hold control characters", "format")
     return tuple(dict.fromkeys(tags))
 
 

@@ -86,10 +86,11 @@ class Source:
         size = self.size
         first, last = self.bookable_range
         reasons: list[ReservedAddress] = []
+        high = _RESERVED_HIGH_V6 if net.version == 6 else _RESERVED_HIGH
         for offset in range(min(first, size)):
             reasons.append(ReservedAddress(str(net[offset]), _RESERVED_LOW[offset]))
         for offset in range(max(last + 1, first), size):
-            reasons.append(ReservedAddress(str(net[offset]), _RESERVED_HIGH[size - 1 - offset]))
+            reasons.append(ReservedAddress(str(net[offset]), high[size - 1 - offset]))
         return reasons
 
     def offset_of(self, address: str) -> int:
@@ -135,6 +136,11 @@ class Source:
 # Scaleway keeps the first two and the last two addresses of every subnet.
 _RESERVED_LOW = ["network address", "gateway address"]
 _RESERVED_HIGH = ["broadcast address", "reserved by the provider"]
+_RESERVED_HIGH_V6 = ["last address of the subnet, reserved by the provider",
+                     "reserved by the provider"]
+# Private Networks carry private addresses only, as Scaleway requires.
+PRIVATE_RANGES = [netaddr.IPNetwork(c) for c in
+                  ("10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "fc00::/7")]
 
 
 def reserved_edges(size: int) -> tuple[int, int]:
@@ -157,6 +163,13 @@ def parse_cidr(cidr: str, argument: str = "subnet") -> netaddr.IPNetwork:
     if net.version == 6 and not 48 <= net.prefixlen <= 125:
         raise InvalidArgument(argument, "an IPv6 source must be between /48 and /125")
     return net
+
+
+def check_private(net: netaddr.IPNetwork, argument: str = "subnets") -> None:
+    """InvalidArgument unless `net` lies in RFC 1918 (IPv4) or the ULA range (IPv6)."""
+    if not any(net in p for p in PRIVATE_RANGES):
+        raise InvalidArgument(argument, f"{net} is not a private range: use 10.0.0.0/8, "
+                                        "172.16.0.0/12, 192.168.0.0/16 or fc00::/7")
 
 
 def overlapping(cidr: str, others: dict[str, str]) -> str | None:

@@ -45,7 +45,8 @@ _CHANNEL_OPTIONS = [
     # GOAWAY "too_many_pings", which breaks watches: stay above it.
     ("grpc.keepalive_time_ms", 10_000),
     ("grpc.keepalive_timeout_ms", 5_000),
-    ("grpc.keepalive_permit_without_calls", 1),
+    # etcd's enforcement policy refuses pings on a connection with no open stream.
+    ("grpc.keepalive_permit_without_calls", 0),
     ("grpc.http2.max_pings_without_data", 0),
     ("grpc.initial_reconnect_backoff_ms", 100),
     ("grpc.max_reconnect_backoff_ms", 1000),

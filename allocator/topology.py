@@ -20,7 +20,7 @@ from . import store as st
 from .errors import AlreadyExists, Conflict, InvalidArgument, NotFound, PreconditionFailed
 from .keys import Keys
 from .records import check_tags, check_uuid, new_id, now
-from .sources import SUBNET, ZONAL, Source, overlapping, parse_cidr
+from .sources import SUBNET, ZONAL, Source, check_private, overlapping, parse_cidr
 
 AUTO_IPV4_POOL = netaddr.IPNetwork("172.16.0.0/12")
 AUTO_IPV4_PREFIX = 22
@@ -258,6 +258,8 @@ class Topology:
         if subnets is not None and not isinstance(subnets, list):
             raise InvalidArgument("subnets", "must be a list of CIDRs", "format")
         nets = [parse_cidr(c, "subnets") for c in subnets or []]
+        for net in nets:
+            check_private(net)
         for i, a in enumerate(nets):
             for b in nets[i + 1:]:
                 if a.version == b.version and a.first <= b.last and b.first <= a.last:
@@ -323,6 +325,10 @@ class Topology:
         pn = PrivateNetwork.from_json(json.loads(kv.value))
         self._pn_cache[pn_id] = pn
         return pn
+
+    def forget(self, pn_id: str) -> None:
+        """Drop a Private Network from this node's cache (it was deleted elsewhere)."""
+        self._pn_cache.pop(pn_id, None)
 
     async def cached_private_network(self, pn_id: str) -> PrivateNetwork:
         """The PN from this node's cache (its subnets never change), else from etcd."""

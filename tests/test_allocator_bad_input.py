@@ -40,6 +40,7 @@ async def _refused(ipam, call, error=InvalidArgument, argument: str | None = Non
 @pytest.mark.parametrize("cidr, argument", [
     ("10.0.0.0/33", "subnets"), ("10.0.0.1/24", "subnets"), ("banana", "subnets"),
     ("10.0.0.0", "subnets"), ("10.0.0.0/8", "subnets"), ("fd00::/20", "subnets"),
+    ("8.8.8.0/24", "subnets"), ("2001:db8::/64", "subnets"), ("100.64.0.0/24", "subnets"),
 ])
 async def test_invalid_cidr_is_refused(ipam, project, cidr, argument):
     await _refused(ipam, ipam.networks.create_private_network(REGION, project, None, "x",
@@ -118,6 +119,7 @@ async def test_bad_tags_reverses_and_pages_are_refused(ipam, pn, project):
     ip = await ipam.book(book_in(pn, project))
     await _refused(ipam, ipam.update_ip(ip.id, tags="web"))
     await _refused(ipam, ipam.update_ip(ip.id, tags=[""]))
+    await _refused(ipam, ipam.update_ip(ip.id, tags=["nul\x00inside"]))
     await _refused(ipam, ipam.update_ip(ip.id, reverses=[{"hostname": "bad host!"}]))
     await _refused(ipam, ipam.update_ip(ip.id, reverses=[{"hostname": "a.example.com",
                                                           "address": "10.60.0.99"}]))

@@ -171,8 +171,9 @@ async def test_exhausted_pool_answers_typed_error_and_writes_nothing(ipam, proje
     await asyncio.gather(*(ipam.book(book_in(pn, project)) for _ in range(4)))
     _, before = await ipam.store.count(ipam.keys.prefix)
     for _ in range(3):
-        with pytest.raises(PoolExhausted):
+        with pytest.raises(PoolExhausted) as err:
             await ipam.book(book_in(pn, project))
+        assert err.value.source_id == pn.id  # named as the caller named it
     _, after = await ipam.store.count(ipam.keys.prefix)
     assert after == before
 
@@ -223,6 +224,11 @@ async def test_idempotent_booking_returns_the_first_result(ipam, pn, project):
         await ipam.book(
             book_in(pn, project, tags=["x"], idempotency_key="req-1", idempotency_scope="k1")
         )
+    # A replay never hands back an IP that was released since as if it were held.
+    await ipam.release(first.id)
+    with pytest.raises(Conflict) as err:
+        await ipam.book(req)
+    assert "released" in err.value.message
     # The key is scoped: another caller's "req-1" is a different booking.
     other_scope = await ipam.book(
         book_in(pn, project, idempotency_key="req-1", idempotency_scope="k2")
@@ -350,8 +356,10 @@ async def test_booking_in_a_deleted_network_is_refused_on_a_warm_node(ipam, proj
     await ipam.release(ip.id)
     async with connected(ipam.store.endpoints, ipam.keys.prefix) as other:
         await other.networks.delete_private_network(pn.id)
-    with pytest.raises(NotFound):
-        await ipam.book(book_in(pn, project))  # cached PN, but the source guard refuses
+    for _ in range(2):  # cached PN, but the source guard refuses; then the cache is gone
+        with pytest.raises(NotFound) as err:
+            await ipam.book(book_in(pn, project))
+        assert (err.value.resource, err.value.resource_id) == ("private_network", pn.id)
     await clean_audit(ipam)
 
 

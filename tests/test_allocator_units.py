@@ -37,6 +37,11 @@ def test_offsets_round_trip_and_keys_sort_in_address_order():
     assert not v6.is_dense and s.is_dense
 
 
+def test_ipv6_reserved_addresses_are_not_called_broadcast():
+    reasons = [r.reason for r in source("fd00::/64").reserved_addresses()]
+    assert len(reasons) == 4 and not any("broadcast" in r for r in reasons)
+
+
 def test_reserved_edges_match_scaleway():
     assert reserved_edges(256) == (2, 253)
 
