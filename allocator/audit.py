@@ -103,7 +103,7 @@ async def audit(store: EtcdStore, keys: Keys) -> AuditReport:
 
 
 def _index_keys(keys: Keys, rec: dict) -> list[str]:
-    out = [keys.by_project(rec["project_id"], rec["id"]),
+    out = [keys.by_project(rec["project_id"], rec["region"], rec["created_at"], rec["id"]),
            keys.created(rec["source_id"], rec["created_at"], rec["id"])]
     res = rec.get("resource")
     if res:

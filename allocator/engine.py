@@ -301,7 +301,8 @@ class SourceEngine:
         success = [
             st.put(addr_key, record.id),
             st.put(ip_key, json.dumps(record.to_json())),
-            st.put(k.by_project(record.project_id, record.id), ""),
+            st.put(k.by_project(record.project_id, record.region, record.created_at, record.id),
+                   ""),
             st.put(k.created(self.source.id, record.created_at, record.id), ""),
         ]
         failure = [st.get(addr_key), st.get(ip_key)]

@@ -359,7 +359,7 @@ class IPAM:
 
     async def _deletes(self, r: IPRecord) -> list[Any]:
         return [st.delete(self.keys.ip(r.id)), st.delete(await self._address_key(r)),
-                st.delete(self.keys.by_project(r.project_id, r.id)),
+                st.delete(self.keys.by_project(r.project_id, r.region, r.created_at, r.id)),
                 st.delete(self.keys.created(r.source_id, r.created_at, r.id))]
 
     async def release_set(self, ip_ids: Sequence[str]) -> None:

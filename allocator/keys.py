@@ -8,7 +8,7 @@
     {p}src/{source_id}/c/{inverted time}/{ip_id}  IPs of a source, newest first (listing)
     {p}zone/{region}/{zone}/{source_id}   zonal pools of a zone
     {p}ip/{ip_id}                         IP record
-    {p}ix/project/{project_id}/{ip_id}    IPs of a project
+    {p}ix/project/{project_id}/{region}/{inverted time}/{ip_id}   IPs of a project
     {p}ix/res/{resource_id}/{ip_id}       IPs attached to a resource
     {p}ix/mac/{mac}/{scope}               the IP holding a MAC in a Private Network or zone
     {p}idem/{scope}/{key}                 idempotency key -> first result (leased, 24 h)
@@ -67,8 +67,14 @@ class Keys:
     def ip(self, ip_id: str = "") -> str:
         return f"{self.prefix}ip/{ip_id}"
 
-    def by_project(self, project_id: str, ip_id: str = "") -> str:
-        return f"{self.prefix}ix/project/{project_id}/{ip_id}"
+    def by_project(self, project_id: str, region: str = "", created_at: str = "",
+                   ip_id: str = "") -> str:
+        """IPs of a project, per region, newest first in key order (listing)."""
+        if not region:
+            return f"{self.prefix}ix/project/{project_id}/"
+        if not created_at:
+            return f"{self.prefix}ix/project/{project_id}/{region}/"
+        return f"{self.prefix}ix/project/{project_id}/{region}/{newest_first(created_at)}/{ip_id}"
 
     def by_resource(self, resource_id: str, ip_id: str = "") -> str:
         return f"{self.prefix}ix/res/{resource_id}/{ip_id}"

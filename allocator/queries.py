@@ -24,10 +24,13 @@ from .sources import SUBNET, Source
 from .store import EtcdStore
 from .topology import Topology
 
-_PAGED_ORDERS = {"created_at_desc", "created_at_asc", "ip_address_asc", "ip_address_desc"}
+_CREATION_ORDERS = {"created_at_desc", "created_at_asc"}
+_ADDRESS_ORDERS = {"ip_address_asc", "ip_address_desc"}
 # Filters that the choice of sources already settles (every IP of a subnet shares them).
 _SETTLED_BY_SOURCE = {"project_ids", "project_id", "region", "private_network_id", "subnet_id",
                       "source_vpc_id", "vpc_id", "is_ipv6"}
+# Filters that the per-project, per-region creation index settles.
+_SETTLED_BY_PROJECT = {"project_ids", "project_id", "region"}
 
 
 class Queries:
@@ -40,8 +43,19 @@ class Queries:
                        page_size: int) -> tuple[list[IPRecord], int]:
         """One page of the IPs that match `flt`, and how many match in all."""
         check_page(order_by, page, page_size)
-        if order_by in _PAGED_ORDERS and self._paged(flt):
-            return await self._paged_list(flt, order_by, page, page_size)
+        if order_by in _CREATION_ORDERS | _ADDRESS_ORDERS and self._by_source(flt):
+            sources = await self._sources(flt)
+            counts = [(await self.store.count(self.keys.addresses(s.id)))[0] for s in sources]
+            if order_by in _CREATION_ORDERS:
+                return await self._paged(
+                    [self.keys.created(s.id) for s in sources], counts, order_by, page,
+                    page_size)
+            return await self._paged_by_address(sources, counts, order_by, page, page_size)
+        if order_by in _CREATION_ORDERS and self._by_project(flt):
+            prefixes = [self.keys.by_project(p, str(flt.region))
+                        for p in sorted(self._projects(flt))]
+            counts = [(await self.store.count(p))[0] for p in prefixes]
+            return await self._paged(prefixes, counts, order_by, page, page_size)
         ids = await self._narrow(flt)
         if ids is None:
             kvs, _ = await self.store.scan(self.keys.ip())
@@ -52,14 +66,27 @@ class Queries:
         return select(records, flt, order_by, page, page_size)
 
     @staticmethod
-    def _paged(flt: IPFilter) -> bool:
-        if not (flt.private_network_id or flt.subnet_id):
-            return False
-        for f in fields(flt):
-            value = getattr(flt, f.name)
-            if f.name not in _SETTLED_BY_SOURCE and value not in (None, (), ""):
-                return False
-        return True
+    def _only(flt: IPFilter, settled: set[str]) -> bool:
+        """Whether `flt` uses no filter beyond `settled`."""
+        return all(getattr(flt, f.name) in (None, (), "") for f in fields(flt)
+                   if f.name not in settled)
+
+    @classmethod
+    def _by_source(cls, flt: IPFilter) -> bool:
+        return bool(flt.private_network_id or flt.subnet_id) and cls._only(
+            flt, _SETTLED_BY_SOURCE)
+
+    @classmethod
+    def _by_project(cls, flt: IPFilter) -> bool:
+        return bool(flt.region) and (flt.project_id is not None or flt.project_ids is not None) \
+            and cls._only(flt, _SETTLED_BY_PROJECT)
+
+    @staticmethod
+    def _projects(flt: IPFilter) -> set[str]:
+        if flt.project_id:
+            visible = flt.project_ids is None or flt.project_id in flt.project_ids
+            return {flt.project_id} if visible else set()
+        return set(flt.project_ids or ())
 
     async def _sources(self, flt: IPFilter) -> list[Source]:
         """The sources whose every IP matches `flt` (which only names source-wide filters)."""
@@ -87,38 +114,36 @@ class Queries:
             keep.append(s)
         return keep
 
-    async def _paged_list(self, flt: IPFilter, order_by: str, page: int,
-                          page_size: int) -> tuple[list[IPRecord], int]:
-        sources = await self._sources(flt)
-        counts = [(await self.store.count(self.keys.addresses(s.id)))[0] for s in sources]
-        start, descending = (page - 1) * page_size, order_by.endswith("_desc")
-        if start >= sum(counts):
-            return [], sum(counts)
-        if order_by.startswith("created_at"):
-            ids = await self._by_creation(sources, start + page_size, descending)
-        else:
-            ids = await self._by_address(sources, counts, start, page_size, descending)
-        page_ids = ids[start:] if order_by.startswith("created_at") else ids
-        page_ids = page_ids[:page_size]
-        found = await self.store.get_many(self.keys.ip(i) for i in page_ids)
-        records = [IPRecord.from_json(json.loads(found[self.keys.ip(i)].value))
-                   for i in page_ids if self.keys.ip(i) in found]
-        return records, sum(counts)
-
-    async def _by_creation(self, sources: list[Source], limit: int,
-                           descending: bool) -> list[str]:
-        """The first `limit` IP ids of the sources in creation order (merged).
-
-        The index sorts newest first, so the default order is a plain limited range.
-        """
+    async def _paged(self, prefixes: list[str], counts: list[int], order_by: str, page: int,
+                     page_size: int) -> tuple[list[IPRecord], int]:
+        """A page in creation order, merged from creation indexes (newest first in key order)."""
+        start, total = (page - 1) * page_size, sum(counts)
+        if start >= total:
+            return [], total
+        descending = order_by.endswith("_desc")
         entries: list[tuple[str, str]] = []
-        for s in sources:
-            for kv in await self.store.first_keys(self.keys.created(s.id), limit,
+        for prefix in prefixes:
+            for kv in await self.store.first_keys(prefix, start + page_size,
                                                   descending=not descending):
                 inverted_time, ip_id = kv.key.rsplit("/", 2)[1:]
                 entries.append((inverted_time, ip_id))
         entries.sort(reverse=not descending)
-        return [ip_id for _, ip_id in entries[:limit]]
+        return await self._records([i for _, i in entries[start:start + page_size]]), total
+
+    async def _paged_by_address(self, sources: list[Source], counts: list[int], order_by: str,
+                                page: int, page_size: int) -> tuple[list[IPRecord], int]:
+        start, total = (page - 1) * page_size, sum(counts)
+        if start >= total:
+            return [], total
+        ids = await self._by_address(sources, counts, start, page_size,
+                                     order_by.endswith("_desc"))
+        return await self._records(ids), total
+
+    async def _records(self, ids: list[str]) -> list[IPRecord]:
+        """The records of `ids`, in that order (one that vanished meanwhile is skipped)."""
+        found = await self.store.get_many(self.keys.ip(i) for i in ids)
+        return [IPRecord.from_json(json.loads(found[self.keys.ip(i)].value))
+                for i in ids if self.keys.ip(i) in found]
 
     async def _by_address(self, sources: list[Source], counts: list[int], start: int,
                           size: int, descending: bool) -> list[str]:

@@ -31,7 +31,7 @@ async def test_paged_listing_matches_a_full_sort(filled, order, is_ipv6):
     flt = IPFilter(private_network_id=pn.id, project_ids=frozenset({project}), is_ipv6=is_ipv6)
     everything, total = await ipam.list_ips(IPFilter(project_id=project, is_ipv6=is_ipv6),
                                             order_by="created_at_asc", page=1, page_size=100)
-    assert Queries._paged(flt)
+    assert Queries._by_source(flt)
     for page in range(1, 9):
         got, got_total = await ipam.list_ips(flt, order_by=order, page=page, page_size=7)
         expected, _ = select(everything, IPFilter(), order, page, 7)
@@ -54,3 +54,29 @@ async def test_listing_another_projects_network_shows_nothing(filled):
     got, total = await ipam.list_ips(IPFilter(private_network_id=pn.id,
                                               project_ids=frozenset({new_project()})))
     assert (got, total) == ([], 0)
+
+
+async def test_project_wide_listing_is_paged_and_matches_a_full_sort(filled):
+    ipam, pn, project = filled
+    other_pn = await make_pn(ipam, project, "10.91.0.0/24")
+    await asyncio.gather(*(ipam.book(book_in(other_pn, project)) for _ in range(10)))
+    second = new_project()
+    second_pn = await make_pn(ipam, second, "10.92.0.0/24")
+    await asyncio.gather(*(ipam.book(book_in(second_pn, second)) for _ in range(8)))
+    both = frozenset({project, second})
+    everything, total = await ipam.list_ips(IPFilter(project_ids=both), order_by="ip_address_asc",
+                                            page_size=100)
+    assert total == 45 + 10 + 8
+    for flt in (IPFilter(project_ids=both, region="fr-par"),
+                IPFilter(project_id=project, region="fr-par", project_ids=both)):
+        assert Queries._by_project(flt)
+        expected_all = [r for r in everything if flt.project_id in (None, r.project_id)]
+        for order in ("created_at_desc", "created_at_asc"):
+            for page in range(1, 9):
+                got, got_total = await ipam.list_ips(flt, order_by=order, page=page,
+                                                     page_size=9)
+                expected, n = select(expected_all, IPFilter(), order, page, 9)
+                assert got_total == n
+                assert [r.id for r in got] == [r.id for r in expected], (flt, order, page)
+    hidden = IPFilter(project_id=second, region="fr-par", project_ids=frozenset({project}))
+    assert await ipam.list_ips(hidden) == ([], 0)
