@@ -2,15 +2,19 @@
 
     ipam serve [--host H --port P --etcd-endpoints A,B,C --region R --zones Z1,Z2 ...]
     ipam keys create --role project_member --project-ids P1,P2 [--organization-id O]
+                     [--expires-at 2027-01-01T00:00:00Z]
     ipam keys list
     ipam keys revoke SCWXXXXXXXXXXXXXXXXX
     ipam pools add --zone fr-par-1 --subnet 51.15.0.0/24
     ipam pools list
     ipam pools delete POOL_ID
 
-`ipam serve` without `--etcd-endpoints` starts and supervises an embedded
-single-member etcd under `--data-dir`, and on first start generates an admin
-secret key, stores it there with mode 0600 and prints it once. Admin commands
+`ipam serve` without `--etcd-endpoints` locks `--data-dir` (one `ipam serve`
+per directory), starts and supervises an embedded single-member etcd under it,
+and on first start generates an admin secret key, stores it there with mode
+0600 and prints it once. On SIGTERM or SIGINT a node drains (see
+`gateway.drain`) for `--drain-seconds`, then stops accepting, gives in-flight
+requests `--shutdown-timeout`, and closes etcd. Admin commands
 find the gateway with `--url` / `IPAM_URL` and authenticate with
 `--secret-key` / `IPAM_SECRET_KEY`, else `IPAM_ADMIN_SECRET_KEY`, else the
 secret stored in the data directory.
@@ -21,6 +25,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import dataclasses
+import fcntl
 import json
 import logging
 import os
@@ -31,17 +36,45 @@ import urllib.request
 import uuid
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from . import config as cfg
+
+if TYPE_CHECKING:
+    from aiohttp import web
 
 log = logging.getLogger("ipam")
 
 ADMIN_SECRET_FILE = "admin_secret_key"
+LOCK_FILE = "serve.lock"
 SUPERVISE_SECONDS = 1.0
 
 
 # -- serve ------------------------------------------------------------------------------
+
+
+class DataDirBusy(RuntimeError):
+    """Another `ipam serve` holds the data directory."""
+
+
+def lock_data_dir(data_dir: Path) -> int:
+    """Hold `data_dir` for this process (the returned descriptor); DataDirBusy if taken.
+
+    Two nodes on one directory would share the embedded etcd's files: etcd refuses
+    too, but only after a 30 s wait, and then blames its peer port. The lock goes
+    with the descriptor, which no child process inherits, so it dies with us.
+    """
+    data_dir.mkdir(parents=True, exist_ok=True)
+    fd = os.open(data_dir / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.read(fd, 32).decode(errors="replace").strip() or "unknown"
+        os.close(fd)
+        raise DataDirBusy(f"another ipam serve is using {data_dir} (pid {holder})") from None
+    os.ftruncate(fd, 0)
+    os.write(fd, f"{os.getpid()}\n".encode())
+    return fd
 
 
 def admin_secret(config: cfg.GatewayConfig, out: Any = None) -> str:
@@ -96,8 +129,19 @@ async def _supervise(cluster: Any, stop: asyncio.Event) -> None:
 
 
 async def serve(config: cfg.GatewayConfig, out: Any = None) -> int:
-    """Run one gateway node until SIGTERM or SIGINT, then shut down gracefully."""
-    out = out or sys.stdout
+    """Run one gateway node until SIGTERM or SIGINT, then drain it and shut down gracefully."""
+    lock = lock_data_dir(config.data_dir) if config.embedded_etcd else None
+    try:
+        return await _serve(config, out or sys.stdout)
+    finally:
+        if lock is not None:
+            os.close(lock)
+
+
+_STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+
+async def _serve(config: cfg.GatewayConfig, out: Any) -> int:
     from aiohttp import web
 
     from allocator import IPAM
@@ -115,7 +159,7 @@ async def serve(config: cfg.GatewayConfig, out: Any = None) -> int:
                     "administer this deployment")
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
+    for sig in _STOP_SIGNALS:
         loop.add_signal_handler(sig, stop.set)
     runner: web.AppRunner | None = None
     supervisor = asyncio.ensure_future(_supervise(cluster, stop)) if cluster else None
@@ -123,27 +167,45 @@ async def serve(config: cfg.GatewayConfig, out: Any = None) -> int:
         ipam = await IPAM.connect(endpoints, prefix=config.etcd_prefix,
                                   timeout=config.etcd_timeout,
                                   security=config.etcd_security)
-        runner = web.AppRunner(create_app(ipam, config, close_ipam=True), access_log=None)
+        runner = web.AppRunner(create_app(ipam, config, close_ipam=True), access_log=None,
+                               shutdown_timeout=config.shutdown_timeout)
         await runner.setup()
-        site = web.TCPSite(runner, config.host, config.port,
-                           shutdown_timeout=config.shutdown_timeout)
+        site = web.TCPSite(runner, config.host, config.port)
         await site.start()
         port = _bound_port(site, config.port)
         print(f"ipam gateway serving region {config.region} on http://{config.host}:{port} "
               f"(etcd: {','.join(endpoints)})", file=out, flush=True)
         await stop.wait()
+        await _drain(runner.app, config.drain_seconds)
         log.info("shutting down: no new connections, finishing in-flight requests")
     finally:
-        for sig in (signal.SIGTERM, signal.SIGINT):
+        for sig in _STOP_SIGNALS:
             loop.remove_signal_handler(sig)
         if runner is not None:
-            await runner.cleanup()  # stops accepting, drains, closes the IPAM
+            await runner.cleanup()  # stops accepting, waits for handlers, closes the IPAM
         if supervisor:
             stop.set()
             await supervisor
         if cluster is not None:
             await asyncio.to_thread(cluster.stop)
     return 0
+
+
+async def _drain(app: web.Application, seconds: float) -> None:
+    """Keep serving for `seconds` while draining `app`; a second signal cuts it short."""
+    from .drain import drain_of
+
+    drain_of(app).begin()
+    log.info("draining for %.1f s: /readyz answers 503 and every answer closes its "
+             "connection", seconds)
+    hurry = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in _STOP_SIGNALS:
+        loop.add_signal_handler(sig, hurry.set)
+    try:
+        await asyncio.wait_for(hurry.wait(), seconds)
+    except TimeoutError:
+        pass
 
 
 def _bound_port(site: Any, default: int) -> int:
@@ -171,17 +233,37 @@ class AdminClient:
             with self._opener.open(req, timeout=30) as resp:
                 raw = resp.read()
         except urllib.error.HTTPError as err:
-            raw = err.read()
-            try:
-                detail = json.loads(raw)
-            except ValueError:
-                detail = {"message": raw.decode(errors="replace")}
-            raise SystemExit(f"error {err.code} {detail.get('type', '')}: "
-                             f"{detail.get('message', '')}"
-                             + "".join(f"\n  {d}" for d in detail.get("details", [])))
+            raise SystemExit(error_text(err.code, err.read()))
         except urllib.error.URLError as err:
             raise SystemExit(f"cannot reach {self.url}: {err.reason}")
         return json.loads(raw) if raw else None
+
+
+def error_text(status: int, raw: bytes) -> str:
+    """An error answer as lines a person reads: `error 409 already_exists: message`,
+    then one line per detail (`argument: help (reason)`), never a dict."""
+    try:
+        body = json.loads(raw)
+    except ValueError:
+        body = None
+    if not isinstance(body, dict):
+        return f"error {status}: {raw.decode(errors='replace').strip() or 'no message'}"
+    line = f"error {status} {body.get('type') or 'unknown'}: {body.get('message') or ''}"
+    if body.get("resource") and body.get("resource_id"):
+        line += f" ({body['resource']} {body['resource_id']})"
+    lines = [line.rstrip()]
+    details = body.get("details")
+    for d in details if isinstance(details, list) else ():
+        if isinstance(d, dict) and "argument_name" in d:
+            lines.append(f"  {d['argument_name']}: {d.get('help_message') or ''} "
+                         f"({d.get('reason') or 'invalid'})")
+        elif isinstance(d, dict):
+            lines.append("  " + ", ".join(f"{k} {v}" for k, v in d.items()))
+        else:
+            lines.append(f"  {d}")
+    if body.get("help_message") and body.get("help_message") != body.get("message"):
+        lines.append(f"  {body['help_message']}")
+    return "\n".join(lines)
 
 
 def table(rows: Sequence[dict[str, Any]], columns: Sequence[str]) -> str:
@@ -200,7 +282,7 @@ def table(rows: Sequence[dict[str, Any]], columns: Sequence[str]) -> str:
 
 
 _KEY_COLUMNS = ("access_key", "role", "organization_id", "project_ids", "resource_types",
-                "description", "created_at")
+                "description", "created_at", "expires_at")
 _POOL_COLUMNS = ("id", "zone", "subnet", "created_at")
 
 
@@ -233,7 +315,7 @@ def run_admin(args: argparse.Namespace, out: Any = None) -> int:
                 "role": args.role, "organization_id": args.organization_id,
                 "project_ids": _split(args.project_ids),
                 "resource_types": _split(args.resource_types),
-                "description": args.description or ""})
+                "description": args.description or "", "expires_at": args.expires_at})
             print(table([key], _KEY_COLUMNS), file=out)
             print(f"\nsecret key (shown once): {key['secret_key']}", file=out)
         elif args.action == "list":
@@ -281,6 +363,8 @@ def parser() -> argparse.ArgumentParser:
     create.add_argument("--resource-types", help="comma-separated resource types (product)")
     create.add_argument("--organization-id")
     create.add_argument("--description")
+    create.add_argument("--expires-at", help="when the key stops working, RFC 3339 with a "
+                                             "time zone (2027-01-01T00:00:00Z); default never")
     keys.add_parser("list", parents=[common], help="list keys (never their secrets)")
     revoke = keys.add_parser("revoke", parents=[common],
                              help="revoke a key at once on every node")

@@ -21,6 +21,9 @@ _REGION = re.compile(r"^[a-z]{2}-[a-z]{3}$")
 _ZONE = re.compile(r"^[a-z]{2}-[a-z]{3}-[1-9]$")
 
 DEFAULT_MAX_BODY_BYTES = 256 * 1024
+# aiohttp refuses a longer request line or header in text/plain, which the SDK cannot
+# parse; 16 KiB lets through the long tokens and cookies proxies add in front of us.
+MAX_HEADER_BYTES = 16 * 1024
 
 
 class ConfigError(ValueError):
@@ -62,7 +65,11 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("data_dir", "./.ipam", "where the embedded etcd and the admin secret live"),
     Setting("admin_secret_key", None, "a UUID that is accepted as an admin secret key"),
     Setting("max_body_bytes", str(DEFAULT_MAX_BODY_BYTES), "largest request body accepted"),
-    Setting("shutdown_timeout", "10.0", "seconds given to in-flight requests on SIGTERM"),
+    Setting("drain_seconds", "2.0",
+            "seconds a node keeps serving after SIGTERM, with /readyz at 503 and every "
+            "answer closing its connection, before it stops accepting"),
+    Setting("shutdown_timeout", "10.0",
+            "seconds given to in-flight requests once the node stops accepting"),
     Setting("log_level", "info", "debug, info, warning or error"),
 )
 
@@ -82,6 +89,7 @@ class GatewayConfig:
     data_dir: Path = field(default_factory=lambda: Path("./.ipam"))
     admin_secret_key: str | None = None
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
+    drain_seconds: float = 2.0
     shutdown_timeout: float = 10.0
     log_level: str = "info"
 
@@ -113,6 +121,10 @@ class GatewayConfig:
                 raise ConfigError(f"etcd TLS file {path} does not exist")
         if self.max_body_bytes < 1024:
             raise ConfigError("--max-body-bytes/IPAM_MAX_BODY_BYTES must be at least 1024")
+        if self.drain_seconds < 0:
+            raise ConfigError("--drain-seconds/IPAM_DRAIN_SECONDS must not be negative")
+        if self.shutdown_timeout < 0:
+            raise ConfigError("--shutdown-timeout/IPAM_SHUTDOWN_TIMEOUT must not be negative")
 
     @property
     def embedded_etcd(self) -> bool:
@@ -169,6 +181,7 @@ def load(args: argparse.Namespace | None = None,
         data_dir=Path(raw["data_dir"] or "./.ipam"),
         admin_secret_key=raw["admin_secret_key"],
         max_body_bytes=int(number("max_body_bytes", int)),
+        drain_seconds=float(number("drain_seconds", float)),
         shutdown_timeout=float(number("shutdown_timeout", float)),
         log_level=(raw["log_level"] or "info").lower(),
     )

@@ -227,7 +227,8 @@ PATHS: dict[str, Any] = {
         "delete": _op("Delete an empty zonal pool (admin)", [_REGION, _p("pool_id")], None),
     },
     "/healthz": {"get": _op("The process is up", [], "{object}", public=True)},
-    "/readyz": {"get": _op("etcd is reachable", [], "{object}", public=True)},
+    "/readyz": {"get": _op("etcd is reachable and the node is not draining", [], "{object}",
+                           public=True)},
     "/openapi.json": {"get": _op("This document", [], "{object}", public=True)},
 }
 

@@ -8,7 +8,8 @@
     GET    /ipam/admin/v1/regions/{region}/zonal-pools      ?zone=
     DELETE /ipam/admin/v1/regions/{region}/zonal-pools/{id} only while it holds no IP
     GET    /healthz   the process is up
-    GET    /readyz    etcd answers a linearizable read (a quorum is reachable)
+    GET    /readyz    etcd answers a linearizable read (a quorum is reachable) and the
+                      node is not draining
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from allocator.credentials import ApiKey, check_key_spec, is_access_key
 
 from .auth import principal
 from .context import CREDENTIALS_KEY, config_of, ipam_of, served_region, served_zone
+from .drain import drain_of
 from .errors import invalid_argument
 from .wire import QueryFields, path_uuid, read_body
 
@@ -127,7 +129,9 @@ async def healthz(request: web.Request) -> web.Response:
 
 @routes.get("/readyz")
 async def readyz(request: web.Request) -> web.Response:
-    """Ready when etcd answers a linearizable read, i.e. a quorum is reachable."""
+    """Ready when etcd answers a linearizable read (a quorum is reachable), until a drain."""
+    if drain_of(request.app).active:  # a load balancer must stop sending here at once
+        return web.json_response({"status": "draining"}, status=503)
     quorum, members = await ipam_of(request).readiness(READY_TIMEOUT)
     body = {"status": "ready" if quorum else "unavailable",
             "etcd": [{"endpoint": ep, "answered": ok} for ep, ok in members]}

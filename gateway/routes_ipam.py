@@ -44,6 +44,18 @@ def _resource(fields: Fields | None) -> Resource | None:
     return Resource.product(kind, rid, mac, name)
 
 
+def _check_one_source(*given: str | None) -> None:
+    """400 unless exactly one source is named, before any permission is judged on one.
+
+    The allocator refuses the same, but only after the zonal permission check would
+    have answered a member key 403 for a body that is simply malformed.
+    """
+    named = [g for g in given if g is not None]
+    if len(named) != 1:
+        raise invalid_argument("source", "give exactly one of zonal, private_network_id, "
+                                         "subnet_id", "constraint" if named else "required")
+
+
 def _idempotency(request: web.Request, who: Principal) -> tuple[str | None, str]:
     """The Idempotency-Key header, scoped to the caller's access key."""
     key = request.headers.get(IDEMPOTENCY_HEADER)
@@ -90,6 +102,7 @@ async def book_ip(request: web.Request) -> web.Response:
     if regional:
         raise invalid_argument("source.regional", "regional IPs are not offered here; book "
                                                   "from a Private Network or a zone")
+    _check_one_source(zonal, pn_id, subnet_id, vpc_id)
     if zonal is not None:
         served_zone(zonal, "source.zonal", request)
         if not (who.is_admin or who.is_product):  # zonal IPs are products' to book

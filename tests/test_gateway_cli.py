@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import selectors
@@ -9,6 +10,7 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.request
 import uuid
 from pathlib import Path
 from typing import Any
@@ -25,15 +27,20 @@ ROOT = Path(__file__).resolve().parent.parent
 START_TIMEOUT = 60.0
 
 
-class Served:
-    """`scripts/run.sh` as a child process, with its stdout read line by line."""
+def clean_env() -> dict[str, str]:
+    """This environment without IPAM_* variables, so flags alone configure a child."""
+    return {k: v for k, v in os.environ.items() if not k.startswith("IPAM_")}
 
-    def __init__(self, data_dir: Path) -> None:
-        env = {k: v for k, v in os.environ.items() if not k.startswith("IPAM_")}
+
+class Served:
+    """A gateway child process (`scripts/run.sh` by default), its stdout read line by line."""
+
+    def __init__(self, cwd: Path, *args: str, command: list[str] | None = None,
+                 stderr: int = subprocess.DEVNULL) -> None:
+        command = command or ["bash", str(ROOT / "scripts" / "run.sh")]
         self.proc = subprocess.Popen(
-            ["bash", str(ROOT / "scripts" / "run.sh"), "--port", "0", "--data-dir",
-             str(data_dir)], cwd=data_dir, env=env, stdout=subprocess.PIPE,
-            stderr=subprocess.DEVNULL, text=True)
+            [*command, "--port", "0", *args], cwd=cwd, env=clean_env(),
+            stdout=subprocess.PIPE, stderr=stderr, text=True)
         self.lines: list[str] = []
 
     def read_until(self, pattern: str) -> re.Match[str]:
@@ -54,16 +61,23 @@ class Served:
                 return match
         raise AssertionError(f"no line matching {pattern!r}; got {self.lines!r}")
 
+    def port(self) -> int:
+        """Wait for the readiness line and return the port it names."""
+        return int(self.read_until(r"serving region fr-par on http://127.0.0.1:(\d+)")[1])
+
     def terminate(self) -> int:
         self.proc.send_signal(signal.SIGTERM)
         return self.proc.wait(30)
 
 
+SERVE = [sys.executable, "-m", "gateway.cli", "serve"]
+
+
 def test_readme_run_command_boots_prints_the_admin_secret_once_and_books(
         tmp_path: Path) -> None:
-    first = Served(tmp_path)
+    first = Served(tmp_path, "--data-dir", str(tmp_path))
     try:
-        port = int(first.read_until(r"serving region fr-par on http://127.0.0.1:(\d+)")[1])
+        port = first.port()
         secrets = [ln.strip() for ln in first.lines
                    if re.fullmatch(r"\s*[0-9a-f-]{36}\s*", ln)]
         assert len(secrets) == 1
@@ -79,9 +93,9 @@ def test_readme_run_command_boots_prints_the_admin_secret_once_and_books(
         assert ip.address.startswith("172.")
     finally:
         assert first.terminate() == 0
-    second = Served(tmp_path)
+    second = Served(tmp_path, "--data-dir", str(tmp_path))
     try:
-        port = int(second.read_until(r"serving region fr-par on http://127.0.0.1:(\d+)")[1])
+        port = second.port()
         assert not any(secret in ln for ln in second.lines)
         client = sdk_client(f"http://127.0.0.1:{port}", "SCW" + "B" * 17, secret,
                             ip.project_id)
@@ -99,7 +113,7 @@ def test_admin_commands_print_tables(gateway: GatewayNode,  # noqa: F811
     out = capsys.readouterr().out
     assert out.splitlines()[0].split() == ["ACCESS_KEY", "ROLE", "ORGANIZATION_ID",
                                            "PROJECT_IDS", "RESOURCE_TYPES", "DESCRIPTION",
-                                           "CREATED_AT"]
+                                           "CREATED_AT", "EXPIRES_AT"]
     access_key = re.search(r"(SCW[A-Z0-9]{17})", out)[1]  # type: ignore[index]
     assert re.search(r"secret key \(shown once\): [0-9a-f-]{36}", out)
     assert main(["keys", "list", *common]) == 0
@@ -183,3 +197,172 @@ async def test_sigterm_lets_in_flight_bookings_finish(etcd_single: Any,
     finally:
         await ipam.close()
     assert held == answered.count(200) >= 1
+
+
+async def test_sigterm_drains_keep_alive_clients_so_no_answer_is_lost(
+        etcd_single: Any, key_prefix: str) -> None:
+    """Keep-alive clients booking in a loop through a SIGTERM: /readyz turns to draining,
+    bookings go on being answered (each with Connection: close) for the drain window, and
+    the only failures are refused connections once the node stops accepting; every IP
+    held in etcd afterwards was answered 200."""
+    import asyncio
+
+    import aiohttp
+
+    from allocator import IPAM, IPFilter
+
+    clients, drain_seconds = 32, 2.0
+    proc = await asyncio.create_subprocess_exec(
+        *SERVE, "--port", "0", "--etcd-endpoints", ",".join(etcd_single.endpoints),
+        "--etcd-prefix", key_prefix, "--admin-secret-key", ADMIN_SECRET,
+        "--drain-seconds", str(drain_seconds), cwd=ROOT, env=clean_env(),
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL)
+    assert proc.stdout is not None
+    line = (await asyncio.wait_for(proc.stdout.readline(), START_TIMEOUT)).decode()
+    url = re.search(r"(http://127\.0\.0\.1:\d+)", line)[1]  # type: ignore[index]
+    headers = {"X-Auth-Token": ADMIN_SECRET}
+    project = str(uuid.uuid4())
+    async with aiohttp.ClientSession(headers=headers) as http, http.post(
+            f"{url}/vpc/v2/regions/fr-par/private-networks",
+            json={"project_id": project, "subnets": ["10.80.0.0/16"]}) as r:
+        pn = await r.json()
+    body = {"source": {"private_network_id": pn["id"]}, "is_ipv6": False,
+            "project_id": project}
+
+    statuses: list[int] = []
+    closing_answers = 0  # answers that carried Connection: close
+    refused_at: list[float] = []  # when a request failed before any byte of its answer
+    cut_mid_answer: list[str] = []
+    warmed_up = asyncio.Event()
+    sigterm_sent = asyncio.Event()
+
+    async def client() -> None:
+        nonlocal closing_answers
+        connector = aiohttp.TCPConnector(limit=1)  # one keep-alive connection per client
+        async with aiohttp.ClientSession(connector=connector, headers=headers) as http:
+            while True:
+                try:
+                    resp = await http.post(f"{url}/ipam/v1/regions/fr-par/ips", json=body)
+                except aiohttp.ClientConnectionError:
+                    refused_at.append(time.monotonic())
+                    if sigterm_sent.is_set():
+                        return
+                    continue
+                async with resp:
+                    try:
+                        await resp.read()
+                    except aiohttp.ClientError as err:
+                        cut_mid_answer.append(repr(err))
+                        return
+                statuses.append(resp.status)
+                closing_answers += resp.headers.get("Connection", "").lower() == "close"
+                if len(statuses) >= 4 * clients:
+                    warmed_up.set()
+
+    async def watch_readiness() -> tuple[float, int, dict[str, Any], str]:
+        """Poll /readyz from SIGTERM on until it says draining: (when, status, body, Connection)."""
+        async with aiohttp.ClientSession() as probe:
+            while True:
+                async with probe.get(f"{url}/readyz") as resp:
+                    answer = await resp.json()
+                    if answer.get("status") != "ready":
+                        return (time.monotonic(), resp.status, answer,
+                                resp.headers.get("Connection", ""))
+
+    tasks = [asyncio.ensure_future(client()) for _ in range(clients)]
+    await asyncio.wait_for(warmed_up.wait(), START_TIMEOUT)
+    assert closing_answers == 0 and not refused_at  # keep-alive, and nothing lost, so far
+    proc.send_signal(signal.SIGTERM)
+    sigterm_sent.set()
+    draining_seen, ready_status, ready_body, ready_connection = await asyncio.wait_for(
+        watch_readiness(), drain_seconds)
+    answered_before_draining = len(statuses)
+    await asyncio.wait_for(asyncio.gather(*tasks), 60)
+    assert await asyncio.wait_for(proc.wait(), 30) == 0
+
+    assert (ready_status, ready_body, ready_connection.lower()) == (
+        503, {"status": "draining"}, "close")
+    assert not cut_mid_answer
+    assert set(statuses) == {200}
+    assert len(statuses) > answered_before_draining  # it kept serving while draining
+    assert closing_answers >= clients  # every keep-alive client was told to reconnect
+    # Connections were refused only once the node stopped accepting, after the window.
+    assert len(refused_at) == clients
+    assert min(refused_at) - draining_seen > drain_seconds / 2
+    ipam = await IPAM.connect(etcd_single.endpoints, prefix=key_prefix)
+    try:
+        _, held = await ipam.list_ips(IPFilter(private_network_id=pn["id"]), page_size=1)
+    finally:
+        await ipam.close()
+    assert held == len(statuses)
+
+
+def test_a_second_serve_on_the_same_data_dir_exits_at_once_naming_the_first(
+        tmp_path: Path) -> None:
+    first = Served(tmp_path, "--data-dir", str(tmp_path), command=SERVE)
+    try:
+        port = first.port()
+        started = time.monotonic()
+        second = subprocess.run([*SERVE, "--port", "0", "--data-dir", str(tmp_path)],
+                                cwd=tmp_path, env=clean_env(), capture_output=True,
+                                text=True, timeout=30, check=False)
+        assert time.monotonic() - started < 10
+        assert second.returncode == 1
+        assert second.stderr.strip() == (f"ipam serve: another ipam serve is using {tmp_path} "
+                                         f"(pid {first.proc.pid})")
+        assert second.stdout == ""  # no secret generated, no etcd started
+        healthz = urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=10)
+        assert json.loads(healthz.read())["status"] == "ok"  # the first one serves on
+    finally:
+        assert first.terminate() == 0
+    again = Served(tmp_path, "--data-dir", str(tmp_path), command=SERVE)
+    try:
+        again.port()  # the lock went with the first process
+    finally:
+        assert again.terminate() == 0
+
+
+def test_run_sh_keeps_its_data_where_it_is_called_so_ipam_keys_finds_the_secret(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    served = Served(tmp_path)  # no --data-dir: ./.ipam of the caller's directory
+    try:
+        port = served.port()
+        stored = tmp_path / ".ipam" / "admin_secret_key"
+        assert stored.read_text().strip() in "".join(served.lines)
+        for name in [k for k in os.environ if k.startswith("IPAM_")]:
+            monkeypatch.delenv(name)
+        monkeypatch.chdir(tmp_path)
+        assert main(["keys", "create", "--url", f"http://127.0.0.1:{port}",
+                     "--role", "project_reader", "--project-ids", str(uuid.uuid4())]) == 0
+        assert "secret key (shown once)" in capsys.readouterr().out
+    finally:
+        assert served.terminate() == 0
+
+
+def test_keys_create_takes_an_expiry_and_errors_read_as_lines(
+        gateway: GatewayNode, capsys: pytest.CaptureFixture[str]) -> None:  # noqa: F811
+    common = ["--url", gateway.url, "--secret-key", ADMIN_SECRET]
+    assert main(["keys", "create", *common, "--role", "admin",
+                 "--expires-at", "2999-01-01T00:00:00+00:00"]) == 0
+    assert "2999-01-01T00:00:00+00:00" in capsys.readouterr().out
+    with pytest.raises(SystemExit) as past:
+        main(["keys", "create", *common, "--role", "admin",
+              "--expires-at", "2020-01-01T00:00:00Z"])
+    assert past.value.code == ("error 400 invalid_arguments: invalid argument(s)\n"
+                               "  expires_at: must be in the future (constraint)")
+    with pytest.raises(SystemExit) as admin_with_projects:
+        main(["keys", "create", *common, "--role", "admin", "--project-ids",
+              str(uuid.uuid4())])
+    assert str(admin_with_projects.value.code).startswith(
+        "error 400 invalid_arguments: invalid argument(s)\n  project_ids: an admin key ")
+    assert main(["pools", "add", *common, "--zone", "fr-par-1", "--subnet",
+                 "51.15.8.0/24"]) == 0
+    with pytest.raises(SystemExit) as clash:
+        main(["pools", "add", *common, "--zone", "fr-par-1", "--subnet", "51.15.8.0/25"])
+    message = str(clash.value.code)
+    assert re.fullmatch(r"error 409 already_exists: [^\n{}]+", message), message
+    with pytest.raises(SystemExit) as missing:
+        main(["keys", "revoke", *common, "SCW" + "Z" * 17])
+    assert missing.value.code == ("error 404 not_found: resource is not found "
+                                  f"(api_key SCW{'Z' * 17})")

@@ -24,6 +24,12 @@ def test_a_flag_wins_over_the_environment_which_wins_over_the_default():
     assert load(parse(), {}).port == 8080
 
 
+def test_the_drain_window_is_a_setting_like_the_others():
+    assert load(parse(), {}).drain_seconds == 2.0
+    assert load(parse(), {"IPAM_DRAIN_SECONDS": "5"}).drain_seconds == 5.0
+    assert load(parse("--drain-seconds", "0.5"), {"IPAM_DRAIN_SECONDS": "5"}).drain_seconds == 0.5
+
+
 def test_etcd_security_settings_come_from_flags_or_variables(tmp_path):
     ca = tmp_path / "ca.pem"
     ca.write_text("x")
@@ -43,6 +49,9 @@ def test_etcd_security_settings_come_from_flags_or_variables(tmp_path):
     (["--etcd-cert-file", "/nonexistent.pem"], {}, "IPAM_ETCD_KEY_FILE"),
     (["--etcd-ca-file", "/nonexistent.pem"], {}, "does not exist"),
     ([], {"IPAM_MAX_BODY_BYTES": "10"}, "IPAM_MAX_BODY_BYTES"),
+    (["--drain-seconds", "soon"], {}, "--drain-seconds/IPAM_DRAIN_SECONDS"),
+    ([], {"IPAM_DRAIN_SECONDS": "-1"}, "--drain-seconds/IPAM_DRAIN_SECONDS"),
+    ([], {"IPAM_SHUTDOWN_TIMEOUT": "-1"}, "--shutdown-timeout/IPAM_SHUTDOWN_TIMEOUT"),
 ])
 def test_bad_settings_name_the_flag_and_the_variable(argv, env, names):
     with pytest.raises(ConfigError) as err:

@@ -196,12 +196,59 @@ def test_bad_api_key_specs_are_refused(admin: Http) -> None:
     assert admin("GET", "/ipam/admin/v1/api-keys").json()["total_count"] == 0
 
 
-def test_expired_key_is_denied_with_reason_expired(admin: Http,
-                                                   gateway: GatewayNode) -> None:  # noqa: F811
-    key = admin("POST", "/ipam/admin/v1/api-keys",
-                {"role": "admin", "expires_at": "2020-01-01T00:00:00Z"}).json()
-    resp = Http(gateway.url, key["secret_key"])("GET", IPS)
+@pytest.mark.parametrize("body, argument, help_words", [
+    ({"role": "admin", "expires_at": "2020-01-01T00:00:00Z"}, "expires_at", "in the future"),
+    ({"role": "admin", "project_ids": [str(uuid.uuid4())]}, "project_ids", "every project"),
+    ({"role": "project_member", "project_ids": [str(uuid.uuid4())],
+      "resource_types": ["instance_server"]}, "resource_types", "only a product key"),
+    ({"role": "admin", "resource_types": ["instance_server"]}, "resource_types",
+     "only a product key"),
+])
+def test_api_key_fields_its_role_would_ignore_or_a_past_expiry_are_400(
+        admin: Http, body: dict[str, Any], argument: str, help_words: str) -> None:
+    resp = admin("POST", "/ipam/admin/v1/api-keys", body)
+    assert resp.status_code == 400, resp.text
+    (detail,) = resp.json()["details"]
+    assert detail["argument_name"] == argument and help_words in detail["help_message"]
+    assert admin("GET", "/ipam/admin/v1/api-keys").json()["total_count"] == 0
+
+
+def test_an_api_key_expiring_in_the_future_is_created_and_works(
+        admin: Http, gateway: GatewayNode) -> None:  # noqa: F811
+    resp = admin("POST", "/ipam/admin/v1/api-keys",
+                 {"role": "admin", "expires_at": "2999-01-01T00:00:00+00:00"})
+    assert resp.status_code == 200, resp.text
+    assert resp.json()["expires_at"] == "2999-01-01T00:00:00+00:00"
+    assert Http(gateway.url, resp.json()["secret_key"])("GET", IPS).status_code == 200
+
+
+def test_expired_key_is_denied_with_reason_expired(gateway: GatewayNode) -> None:  # noqa: F811
+    from allocator.credentials import ADMIN, ApiKey, Credentials
+
+    assert gateway.ipam is not None
+    # The API refuses a past expiry, so the key that has outlived it is stored directly.
+    credentials = Credentials(gateway.ipam.store, gateway.ipam.keys)
+    _, secret = gateway.call(credentials.create(
+        ApiKey(access_key="", role=ADMIN, expires_at="2020-01-01T00:00:00+00:00")))
+    resp = Http(gateway.url, secret)("GET", IPS)
     assert resp.status_code == 401 and resp.json()["reason"] == "expired"
+
+
+def test_a_member_naming_two_sources_is_told_400_on_source_not_403(
+        gateway: GatewayNode, keys: ApiKeys) -> None:  # noqa: F811
+    user, project = member(gateway, keys)
+    pn = user("POST", "/vpc/v2/regions/fr-par/private-networks",
+              {"project_id": project, "subnets": ["10.45.0.0/24"]}).json()
+    for source in ({"zonal": "fr-par-1", "private_network_id": pn["id"]},
+                   {"zonal": "fr-par-1", "subnet_id": pn["subnets"][0]["id"]},
+                   {"private_network_id": pn["id"], "subnet_id": pn["subnets"][0]["id"]}):
+        resp = user("POST", IPS, {"source": source, "project_id": project})
+        assert resp.status_code == 400, (source, resp.text)
+        assert resp.json()["type"] == "invalid_arguments"
+        assert [d["argument_name"] for d in resp.json()["details"]] == ["source"]
+    zonal_only = user("POST", IPS, {"source": {"zonal": "fr-par-1"}, "project_id": project})
+    assert zonal_only.status_code == 403  # one source: now the permission is judged
+    assert user("GET", IPS).json()["total_count"] == 0
 
 
 def test_reserved_ips_lists_the_addresses_never_handed_out(gateway: GatewayNode,  # noqa: F811
