@@ -41,6 +41,8 @@ class VPC:
     is_default: bool = False
     tags: tuple[str, ...] = ()
     private_network_count: int = 0
+    routing_enabled: bool = True
+    transitivity_enabled: bool = False
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -48,8 +50,10 @@ class VPC:
             "project_id": self.project_id, "organization_id": self.organization_id,
             "tags": list(self.tags), "is_default": self.is_default,
             "private_network_count": self.private_network_count,
-            "routing_enabled": True, "custom_routes_propagation_enabled": True,
-            "transitivity_enabled": False, "object_storage_private_access_enabled": False,
+            "routing_enabled": self.routing_enabled,
+            "custom_routes_propagation_enabled": False,
+            "transitivity_enabled": self.transitivity_enabled,
+            "object_storage_private_access_enabled": False,
             "created_at": self.created_at, "updated_at": self.updated_at,
         }
 
@@ -60,7 +64,8 @@ class VPC:
     def from_stored(cls, d: dict[str, Any]) -> VPC:
         return cls(d["id"], d["name"], d["region"], d["project_id"], d.get("organization_id"),
                    d["ipv6_prefix"], d["created_at"], d["updated_at"], d.get("is_default", False),
-                   tuple(d.get("tags") or ()))
+                   tuple(d.get("tags") or ()), routing_enabled=d.get("routing_enabled", True),
+                   transitivity_enabled=d.get("transitivity_enabled", False))
 
 
 @dataclass(frozen=True)
@@ -90,6 +95,7 @@ class PrivateNetwork:
     updated_at: str
     tags: tuple[str, ...] = ()
     subnets: tuple[Subnet, ...] = field(default_factory=tuple)
+    default_route_propagation_enabled: bool = False
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -97,7 +103,7 @@ class PrivateNetwork:
             "project_id": self.project_id, "organization_id": self.organization_id,
             "vpc_id": self.vpc_id, "tags": list(self.tags),
             "subnets": [s.to_json() for s in self.subnets], "dhcp_enabled": True,
-            "default_route_propagation_enabled": False,
+            "default_route_propagation_enabled": self.default_route_propagation_enabled,
             "has_object_storage_private_access": False,
             "created_at": self.created_at, "updated_at": self.updated_at,
         }
@@ -106,7 +112,8 @@ class PrivateNetwork:
     def from_json(cls, d: dict[str, Any]) -> PrivateNetwork:
         return cls(d["id"], d["name"], d["region"], d["project_id"], d.get("organization_id"),
                    d["vpc_id"], d["created_at"], d["updated_at"], tuple(d.get("tags") or ()),
-                   tuple(Subnet(**s) for s in d.get("subnets") or ()))
+                   tuple(Subnet(**s) for s in d.get("subnets") or ()),
+                   bool(d.get("default_route_propagation_enabled", False)))
 
     def source(self, subnet: Subnet) -> Source:
         return Source(id=subnet.id, kind=SUBNET, cidr=subnet.subnet, region=self.region,
@@ -140,12 +147,14 @@ class Topology:
 
     async def create_vpc(self, region: str, project_id: str, organization_id: str | None,
                          name: str | None = None, tags: Any = (),
-                         is_default: bool = False) -> VPC:
+                         is_default: bool = False, enable_routing: bool = True,
+                         enable_transitivity: bool = False) -> VPC:
         """A new VPC with its own IPv6 ULA /48."""
         check_uuid(project_id, "project_id")
         ts = now()
         vpc = VPC(new_id(), _name(name, "vpc"), region, project_id, organization_id, _ula48(),
-                  ts, ts, is_default, check_tags(tags))
+                  ts, ts, is_default, check_tags(tags), routing_enabled=enable_routing,
+                  transitivity_enabled=enable_transitivity)
         ops = [st.put(self.keys.vpc(vpc.id), json.dumps(vpc.stored()))]
         guards = []
         if is_default:
@@ -216,8 +225,9 @@ class Topology:
         return await self.get_vpc(vpc_id)
 
     async def _rename(self, key: str, resource: str, object_id: str, name: str | None,
-                      tags: Any, decode: Any, encode: Any) -> Any:
-        """Change the name and/or tags of a stored object, guarded on its revision."""
+                      tags: Any, decode: Any, encode: Any, **flags: bool | None) -> Any:
+        """Change the name, tags and/or flags of a stored object, guarded on its revision."""
+        changes = {k: v for k, v in flags.items() if v is not None}
         new_tags = check_tags(tags) if tags is not None else None
         for _ in range(_RETRIES):
             kv = await self.store.get(key)
@@ -225,7 +235,8 @@ class Topology:
                 raise NotFound(resource, object_id)
             obj = decode(json.loads(kv.value))
             obj = replace(obj, name=_name(name, resource) if name is not None else obj.name,
-                          tags=new_tags if new_tags is not None else obj.tags, updated_at=now())
+                          tags=new_tags if new_tags is not None else obj.tags, updated_at=now(),
+                          **changes)
             resp = await self.store.txn([st.unchanged(key, kv.mod_revision)],
                                         [st.put(key, json.dumps(encode(obj)))])
             if resp.succeeded:
@@ -249,7 +260,7 @@ class Topology:
     async def create_private_network(
         self, region: str, project_id: str, organization_id: str | None,
         name: str | None = None, tags: Any = (), vpc_id: str | None = None,
-        subnets: list[str] | None = None,
+        subnets: list[str] | None = None, default_route_propagation_enabled: bool = False,
     ) -> PrivateNetwork:
         """A Private Network with its subnets; subnets never overlap others of the VPC."""
         check_uuid(project_id, "project_id")
@@ -286,7 +297,8 @@ class Topology:
             pn_id = new_id()
             pn = PrivateNetwork(pn_id, pn_name, region, project_id, organization_id, vpc.id, ts,
                                 ts, tags, tuple(Subnet(new_id(), c, project_id, pn_id, vpc.id,
-                                                       region, ts, ts) for c in chosen))
+                                                       region, ts, ts) for c in chosen),
+                                default_route_propagation_enabled)
             ops = [st.put(self.keys.private_network(pn.id), json.dumps(pn.to_json())),
                    st.put(self._vpc_pns(vpc.id) + pn.id, "")]
             for s in pn.subnets:
@@ -357,11 +369,14 @@ class Topology:
         return sorted(out, key=lambda p: p.created_at)
 
     async def update_private_network(self, pn_id: str, name: str | None = None,
-                                     tags: Any = None) -> PrivateNetwork:
+                                     tags: Any = None,
+                                     default_route_propagation_enabled: bool | None = None
+                                     ) -> PrivateNetwork:
         check_uuid(pn_id, "private_network_id")
         pn: PrivateNetwork = await self._rename(
             self.keys.private_network(pn_id), "private_network", pn_id, name, tags,
-            PrivateNetwork.from_json, PrivateNetwork.to_json)
+            PrivateNetwork.from_json, PrivateNetwork.to_json,
+            default_route_propagation_enabled=default_route_propagation_enabled)
         self._pn_cache[pn_id] = pn
         return pn
 

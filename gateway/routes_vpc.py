@@ -93,13 +93,15 @@ async def create_vpc(request: web.Request) -> web.Response:
     name = body.text("name")
     project_id = body.uuid("project_id")
     tags = body.text_list("tags") or []
-    body.flag("enable_routing")  # routing is always on here
-    body.flag("enable_transitivity")
+    enable_routing = body.flag("enable_routing")
+    enable_transitivity = body.flag("enable_transitivity")
     body.finish()
     project_id = _project_for_create(who, project_id)
     who.check_write("vpc", project_id)
     vpc = await ipam_of(request).networks.create_vpc(
-        region, project_id, who.organization_for(project_id), name, tags)
+        region, project_id, who.organization_for(project_id), name, tags,
+        enable_routing=True if enable_routing is None else enable_routing,
+        enable_transitivity=bool(enable_transitivity))
     return web.json_response(vpc_json(vpc))
 
 
@@ -172,7 +174,7 @@ async def create_private_network(request: web.Request) -> web.Response:
     tags = body.text_list("tags") or []
     subnets = body.text_list("subnets")
     vpc_id = body.uuid("vpc_id")
-    body.flag("default_route_propagation_enabled")  # accepted, no routing here
+    propagation = body.flag("default_route_propagation_enabled")
     body.finish()
     project_id = _project_for_create(who, project_id)
     if vpc_id is not None:
@@ -180,7 +182,7 @@ async def create_private_network(request: web.Request) -> web.Response:
     who.check_write("private_network", project_id)
     pn = await ipam_of(request).networks.create_private_network(
         region, project_id, who.organization_for(project_id), name, tags, vpc_id,
-        subnets or None)
+        subnets or None, default_route_propagation_enabled=bool(propagation))
     return web.json_response(private_network_json(pn))
 
 
@@ -223,12 +225,12 @@ async def update_private_network(request: web.Request) -> web.Response:
     body = await read_body(request, empty_ok=True)
     name = body.text("name")
     tags = body.text_list("tags")
-    body.flag("default_route_propagation_enabled")
+    propagation = body.flag("default_route_propagation_enabled")
     body.finish()
     pn = await _visible_pn(request, who, pn_id, region)
     who.check_write("private_network", pn.project_id)
-    updated = await ipam_of(request).networks.update_private_network(pn_id, name=name,
-                                                                     tags=tags)
+    updated = await ipam_of(request).networks.update_private_network(
+        pn_id, name=name, tags=tags, default_route_propagation_enabled=propagation)
     return web.json_response(private_network_json(updated))
 
 

@@ -307,3 +307,19 @@ def test_book_with_a_custom_resource_attaches_at_once_and_a_mac_holds_one_ip(
     status, body = error_of(exc)
     assert status == 409 and body["type"] == "already_exists"
     assert tenant.ipam.list_i_ps(private_network_id=pn.id).total_count == 1
+
+
+def test_routing_and_propagation_flags_are_kept_as_asked(tenant: Tenant) -> None:
+    vpc = tenant.vpc.create_vpc(enable_routing=True, enable_transitivity=True, name="t")
+    assert (vpc.routing_enabled, vpc.transitivity_enabled) == (True, True)
+    assert tenant.vpc.get_vpc(vpc_id=vpc.id).transitivity_enabled is True
+    plain = tenant.vpc.create_vpc(enable_routing=False, enable_transitivity=False)
+    assert (plain.routing_enabled, plain.transitivity_enabled) == (False, False)
+    pn = tenant.vpc.create_private_network(default_route_propagation_enabled=True,
+                                           vpc_id=vpc.id, subnets=["10.77.0.0/24"])
+    assert pn.default_route_propagation_enabled is True
+    off = tenant.vpc.update_private_network(private_network_id=pn.id,
+                                            default_route_propagation_enabled=False)
+    assert off.default_route_propagation_enabled is False
+    renamed = tenant.vpc.update_private_network(private_network_id=pn.id, name="x")
+    assert renamed.default_route_propagation_enabled is False and renamed.name == "x"
