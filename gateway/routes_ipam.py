@@ -256,26 +256,25 @@ async def _check_change(request: web.Request, who: Principal, ip_id: str) -> Non
 @routes.post(_BASE + "/ips/{ip_id}/attach")
 async def attach_ip(request: web.Request) -> web.Response:
     """Attach a detached IP to a custom resource (or, for a product key, its resource)."""
-    who, ip_id, body = await _prepare_change(request)
-    resource = _resource(body.obj("resource", required=True))
-    body.finish()
-    assert resource is not None
-    await _check_change(request, who, ip_id)
-    key, scope = _idempotency(request, who)
-    record = await ipam_of(request).attach(ip_id, resource, who.caller(), key, scope)
-    return web.json_response(ip_json(record))
+    return await _attachment(request, "attach")
 
 
 @routes.post(_BASE + "/ips/{ip_id}/detach")
 async def detach_ip(request: web.Request) -> web.Response:
     """Detach an IP from the resource it is attached to (named in the body)."""
+    return await _attachment(request, "detach")
+
+
+async def _attachment(request: web.Request, action: str) -> web.Response:
+    """Attach or detach: the body names one resource; the allocator does the rest."""
     who, ip_id, body = await _prepare_change(request)
     resource = _resource(body.obj("resource", required=True))
     body.finish()
     assert resource is not None
     await _check_change(request, who, ip_id)
     key, scope = _idempotency(request, who)
-    record = await ipam_of(request).detach(ip_id, resource, who.caller(), key, scope)
+    change = ipam_of(request).attach if action == "attach" else ipam_of(request).detach
+    record = await change(ip_id, resource, who.caller(), key, scope)
     return web.json_response(ip_json(record))
 
 

@@ -8,10 +8,11 @@ Tests that break members take ``etcd_cluster3_fresh`` instead.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 
 import pytest
 
+from allocator import IPAM
 from allocator.etcd_process import EtcdCluster
 
 
@@ -40,3 +41,19 @@ def etcd_cluster3_fresh() -> Iterator[EtcdCluster]:
 def key_prefix() -> str:
     """A key prefix no other test uses, so tests sharing a cluster stay isolated."""
     return f"/t/{uuid.uuid4().hex[:12]}/"
+
+
+@pytest.fixture
+async def ipam(etcd_single: EtcdCluster, key_prefix: str) -> AsyncIterator[IPAM]:
+    """An allocator on the shared single member, under this test's own prefix."""
+    ipam = await IPAM.connect(etcd_single.endpoints, prefix=key_prefix)
+    try:
+        yield ipam
+    finally:
+        await ipam.close()
+
+
+@pytest.fixture
+def project() -> str:
+    """A fresh project id."""
+    return str(uuid.uuid4())

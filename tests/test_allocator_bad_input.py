@@ -3,21 +3,10 @@
 from __future__ import annotations
 
 import pytest
-from allocator_support import REGION, book_in, connected, make_pn, new_project, revision
+from allocator_support import REGION, book_in, make_pn, new_project, revision
 
 from allocator import BookRequest, Caller, IPFilter, Resource
 from allocator.errors import AlreadyExists, InvalidArgument, NotFound, PermissionDenied
-
-
-@pytest.fixture
-async def ipam(etcd_single, key_prefix):
-    async with connected(etcd_single.endpoints, key_prefix) as ipam:
-        yield ipam
-
-
-@pytest.fixture
-def project():
-    return new_project()
 
 
 @pytest.fixture

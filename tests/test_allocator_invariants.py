@@ -23,17 +23,6 @@ LB = Caller(product_types=frozenset({"lb_server"}))
 
 
 @pytest.fixture
-async def ipam(etcd_single, key_prefix):
-    async with connected(etcd_single.endpoints, key_prefix) as ipam:
-        yield ipam
-
-
-@pytest.fixture
-def project():
-    return new_project()
-
-
-@pytest.fixture
 async def pn(ipam, project):
     return await make_pn(ipam, project, "10.1.0.0/24", "fd00:1:2:3::/64")
 
