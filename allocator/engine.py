@@ -110,6 +110,7 @@ class SourceEngine:
         self._queue: deque[Booking] = deque()
         self._parked: list[Booking] = []
         self._checking: asyncio.Task[None] | None = None
+        self._full_at: int | None = None  # revision a count last found the source full at
         self._inflight = 0
         self._tasks: set[asyncio.Task[Any]] = set()
         self._addr_prefix = keys.addresses(source.id)
@@ -256,11 +257,21 @@ class SourceEngine:
         parked, self._parked = self._parked, []
         try:
             self.stats.exhaustion_checks += 1
-            held, _ = await self.store.count(self._addr_prefix)
+            if self._full_at is not None:
+                # Full at revision R, and no release since (every release writes the
+                # marker): still full now. One key, not a count of the whole pool.
+                marker = await self.store.get(self.keys.freed(self.source.id))
+                if marker is None or marker.mod_revision <= self._full_at:
+                    for b in parked:
+                        b.fail(PoolExhausted(self.source.id))
+                    return
+            held, revision = await self.store.count(self._addr_prefix)
             if held >= self.source.bookable_count:
+                self._full_at = revision
                 for b in parked:
                     b.fail(PoolExhausted(self.source.id))
                 return
+            self._full_at = None
             # etcd has room this cache does not see (releases not yet watched, or
             # another node's bookings still in flight): re-read the source, retry.
             await self._load()

@@ -47,9 +47,20 @@ _ZONE_CACHE_SECONDS = 2.0
 
 @dataclass(frozen=True)
 class Caller:
-    """Who asks, as far as the allocator cares: a product key and its resource types."""
+    """Who asks, as far as the allocator cares.
+
+    `product_types`: a product key's resource types (None: not a product).
+    `projects` / `region`: what the caller may see (None: everything); an IP outside
+    is answered NotFound, exactly like an absent one.
+    """
 
     product_types: frozenset[str] | None = None
+    projects: frozenset[str] | None = None
+    region: str | None = None
+
+    def sees(self, record: IPRecord) -> bool:
+        return (self.projects is None or record.project_id in self.projects) and (
+            self.region is None or record.region == self.region)
 
     def may_manage(self, resource_type: str) -> bool:
         """Custom resources are anyone's; product resources only their product's."""
@@ -210,7 +221,8 @@ class IPAM:
         sources, mac_scope = await self._candidate_sources(req)
         chosen = sources[0].offset_of(req.address) if req.address else None
         fp = idem.fingerprint("book", {k: v for k, v in req.__dict__.items()
-                                       if k not in ("idempotency_key", "caller")})
+                                       if k not in ("idempotency_key", "caller")}
+                              ) if req.idempotency_key else ""
         idem_key = (self.keys.idempotency(req.idempotency_scope, req.idempotency_key)
                     if req.idempotency_key else None)
         if idem_key:
@@ -292,7 +304,7 @@ class IPAM:
         return kv, found.get(idem_key) if idem_key else None
 
     async def _change(self, op: str, ip_id: str, payload: dict[str, Any],
-                      decide: Any, idem_key_name: str | None = None,
+                      decide: Any, caller: Caller, idem_key_name: str | None = None,
                       idem_scope: str = "") -> IPRecord:
         """Read the record, let `decide` build the change, commit it guarded; retry on races.
 
@@ -304,6 +316,8 @@ class IPAM:
         if idem_key_name is not None:
             idem_key = self.keys.idempotency(idem_scope, idem.check_key(idem_key_name))
         kv, seen_idem = await self._read(ip_id, idem_key)
+        if not caller.sees(IPRecord.from_json(json.loads(kv.value))):
+            raise NotFound("ip", ip_id)
         if seen_idem is not None:
             return await idem.replay(self.store, self.keys, seen_idem.value, fp)
         ip_key = self.keys.ip(ip_id)
@@ -333,7 +347,8 @@ class IPAM:
             kv = st._kv(ip_kvs[0])
         raise Conflict(f"IP {ip_id} kept changing; try again")
 
-    async def update_ip(self, ip_id: str, tags: Any = None, reverses: Any = None) -> IPRecord:
+    async def update_ip(self, ip_id: str, tags: Any = None, reverses: Any = None,
+                        caller: Caller = Caller()) -> IPRecord:
         """Change an IP's tags and/or reverse DNS entries."""
         new_tags = check_tags(tags) if tags is not None else None
 
@@ -347,22 +362,23 @@ class IPAM:
 
         if reverses is not None and not isinstance(reverses, (list, tuple)):
             raise InvalidArgument("reverses", "must be a list", "format")
-        return await self._change("update", ip_id, {}, decide)
+        return await self._change("update", ip_id, {}, decide, caller)
 
-    async def release(self, ip_id: str) -> None:
+    async def release(self, ip_id: str, caller: Caller = Caller()) -> None:
         """Release a detached IP: its address is free again."""
         async def decide(r: IPRecord) -> Any:
             _check_detached(r)
-            return None, [], await self._deletes(r)
+            return None, [], [*await self._deletes(r), st.put(self.keys.freed(r.source_id),
+                                                              r.id)]
 
-        await self._change("release", ip_id, {}, decide)
+        await self._change("release", ip_id, {}, decide, caller)
 
     async def _deletes(self, r: IPRecord) -> list[Any]:
         return [st.delete(self.keys.ip(r.id)), st.delete(await self._address_key(r)),
                 st.delete(self.keys.by_project(r.project_id, r.region, r.created_at, r.id)),
                 st.delete(self.keys.created(r.source_id, r.created_at, r.id))]
 
-    async def release_set(self, ip_ids: Sequence[str]) -> None:
+    async def release_set(self, ip_ids: Sequence[str], caller: Caller = Caller()) -> None:
         """Release several detached IPs atomically: all of them, or none."""
         if not isinstance(ip_ids, (list, tuple)) or not ip_ids:
             raise InvalidArgument("ip_ids", "must be a non-empty list of IP ids", "required")
@@ -372,14 +388,19 @@ class IPAM:
         for _ in range(_RETRIES):
             found = await self.store.get_many(self.keys.ip(i) for i in ids)
             guards, deletes = [], []
+            freed: dict[str, str] = {}
             for i in ids:
                 kv = found.get(self.keys.ip(i))
                 if kv is None:
                     raise NotFound("ip", i)
                 r = IPRecord.from_json(json.loads(kv.value))
+                if not caller.sees(r):
+                    raise NotFound("ip", i)
                 _check_detached(r)
                 guards.append(st.unchanged(self.keys.ip(i), kv.mod_revision))
                 deletes += await self._deletes(r)
+                freed[r.source_id] = r.id
+            deletes += [st.put(self.keys.freed(sid), ip) for sid, ip in freed.items()]
             room = st.MAX_TXN_OPS - len(guards)
             chunks = [st.nested([], deletes[j:j + room]) for j in range(0, len(deletes), room)]
             resp = await self.store.txn(guards, chunks)
@@ -404,7 +425,7 @@ class IPAM:
             return r.with_changes(resource=resource, attached_at=now()), guards, ops
 
         return await self._change("attach", ip_id, {"resource": resource.__dict__}, decide,
-                                  idempotency_key, idempotency_scope)
+                                  caller, idempotency_key, idempotency_scope)
 
     async def detach(self, ip_id: str, resource: Resource, caller: Caller = Caller(),
                      idempotency_key: str | None = None,
@@ -416,7 +437,7 @@ class IPAM:
                     self._detach_ops(r, current))
 
         return await self._change("detach", ip_id, {"resource": resource.__dict__}, decide,
-                                  idempotency_key, idempotency_scope)
+                                  caller, idempotency_key, idempotency_scope)
 
     async def move(self, ip_id: str, from_resource: Resource, to_resource: Resource | None,
                    caller: Caller = Caller(), idempotency_key: str | None = None,
@@ -443,7 +464,7 @@ class IPAM:
         return await self._change(
             "move", ip_id, {"from": from_resource.__dict__,
                             "to": to_resource.__dict__ if to_resource else None},
-            decide, idempotency_key, idempotency_scope)
+            decide, caller, idempotency_key, idempotency_scope)
 
     def _mac_key(self, r: IPRecord, res: Resource) -> str | None:
         if not res.mac_address:

@@ -5,6 +5,7 @@
     {p}vpcnet/{vpc_id}/{subnet_id}        CIDR of each subnet of a VPC (overlap checks)
     {p}src/{source_id}/meta               source (subnet or zonal pool)
     {p}src/{source_id}/a/{offset}         held address -> IP id (offset in fixed-width hex)
+    {p}src/{source_id}/freed              last release in the source (cheap "still full?")
     {p}src/{source_id}/c/{inverted time}/{ip_id}  IPs of a source, newest first (listing)
     {p}zone/{region}/{zone}/{source_id}   zonal pools of a zone
     {p}ip/{ip_id}                         IP record
@@ -50,6 +51,10 @@ class Keys:
 
     def address(self, source_id: str, offset_hex: str) -> str:
         return f"{self.prefix}src/{source_id}/a/{offset_hex}"
+
+    def freed(self, source_id: str) -> str:
+        """Written by every release in the source: its revision says "nothing freed since"."""
+        return f"{self.prefix}src/{source_id}/freed"
 
     def created(self, source_id: str, created_at: str = "", ip_id: str = "") -> str:
         """Creation index of a source, newest first in key order (the default list order)."""

@@ -11,6 +11,7 @@ Which addresses are never handed out is decided here and nowhere else.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any
 
 import netaddr
@@ -49,8 +50,9 @@ class Source:
     zone: str | None = None
     tags: tuple[str, ...] = field(default_factory=tuple)
 
-    @property
+    @cached_property
     def network(self) -> netaddr.IPNetwork:
+        # Parsed once per Source: the booking path asks for it several times.
         return netaddr.IPNetwork(self.cidr)
 
     @property

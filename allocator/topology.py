@@ -388,7 +388,7 @@ class Topology:
                st.delete(self._vpc_pns(pn.vpc_id) + pn_id)]
         for s in pn.subnets:
             guards.append(st.prefix_empty(self.keys.addresses(s.id)))
-            ops += [st.delete(self.keys.source(s.id)),
+            ops += [st.delete(self.keys.source(s.id)), st.delete(self.keys.freed(s.id)),
                     st.delete(self.keys.vpc_network(pn.vpc_id, s.id))]
         resp = await self.store.txn(guards, ops)
         if not resp.succeeded:
@@ -459,7 +459,7 @@ class Topology:
             raise NotFound("zonal_pool", pool_id)
         resp = await self.store.txn(
             [st.present(self.keys.source(pool_id)), st.prefix_empty(self.keys.addresses(pool_id))],
-            [st.delete(self.keys.source(pool_id)),
+            [st.delete(self.keys.source(pool_id)), st.delete(self.keys.freed(pool_id)),
              st.delete(self.keys.zone_pool(pool.region, pool.zone, pool_id))])
         if not resp.succeeded:
             raise PreconditionFailed(STILL_IN_USE, "the zonal pool still holds IPs")

@@ -78,11 +78,10 @@ class Principal:
         projects = self.visible_projects
         return projects is None or project_id in projects
 
-    def caller(self) -> Caller:
-        """How the allocator knows who acts (product keys carry their resource types)."""
-        if self.is_product:
-            return Caller(product_types=frozenset(self.key.resource_types))
-        return Caller()
+    def caller(self, region: str | None = None) -> Caller:
+        """How the allocator knows who acts: a product's resource types, what it may see."""
+        types = frozenset(self.key.resource_types) if self.is_product else None
+        return Caller(product_types=types, projects=self.visible_projects, region=region)
 
     def organization_for(self, project_id: str) -> str:
         """The organization of objects this key creates in `project_id`.

@@ -411,3 +411,35 @@ async def test_vpc_and_private_network_rename_and_retag(ipam, pn):
     with pytest.raises(NotFound):
         await ipam.networks.update_private_network("00000000-0000-4000-8000-000000000000",
                                                    name="x")
+
+
+async def test_a_full_pool_is_confirmed_by_one_key_read_until_something_is_released(ipam,
+                                                                                     project):
+    pn = await make_pn(ipam, project, "10.9.4.0/28")
+    ips = await asyncio.gather(*(ipam.book(book_in(pn, project)) for _ in range(12)))
+    with pytest.raises(PoolExhausted):
+        await ipam.book(book_in(pn, project))  # counted once: full
+    before = ipam.store.requests
+    with pytest.raises(PoolExhausted):
+        await ipam.book(book_in(pn, project))
+    assert ipam.store.requests - before == 1  # the release marker, not a count of the pool
+    # A release through another node is seen at once, watch or no watch.
+    async with connected(ipam.store.endpoints, ipam.keys.prefix) as other:
+        await other.release(ips[5].id)
+    again = await ipam.book(book_in(pn, project))
+    assert again.address == ips[5].address
+    with pytest.raises(PoolExhausted):
+        await ipam.book(book_in(pn, project))
+    await ipam.release_set([ips[0].id, ips[1].id])
+    assert len(await asyncio.gather(*(ipam.book(book_in(pn, project)) for _ in range(2)))) == 2
+    with pytest.raises(PoolExhausted):
+        await ipam.book(book_in(pn, project))
+    await ipam.release_set([ip.id for ip in await _all(ipam, pn)])
+    await ipam.networks.delete_private_network(pn.id)
+    leftovers, _ = await ipam.store.scan(ipam.keys.prefix + f"src/{pn.subnets[0].id}/")
+    assert leftovers == []
+
+
+async def _all(ipam, pn):
+    got, _ = await ipam.list_ips(IPFilter(private_network_id=pn.id), page_size=100)
+    return got

@@ -132,8 +132,14 @@ def test_another_projects_objects_are_not_found_and_not_listed(
                                            subnets=["10.23.0.0/24"])
     ip = tenant.ipam.book_ip(source=Source(private_network_id=pn.id), is_ipv6=False)
     other = Tenant(gateway, keys)
+    mac = CustomResource(mac_address="02:00:00:00:00:33")
     for call, resource in ((lambda: other.ipam.get_ip(ip_id=ip.id), "ip"),
                            (lambda: other.ipam.release_ip(ip_id=ip.id), "ip"),
+                           (lambda: other.ipam.update_ip(ip_id=ip.id, tags=["x"]), "ip"),
+                           (lambda: other.ipam.attach_ip(ip_id=ip.id, resource=mac), "ip"),
+                           (lambda: other.ipam.detach_ip(ip_id=ip.id, resource=mac), "ip"),
+                           (lambda: other.ipam.move_ip(ip_id=ip.id, from_resource=mac), "ip"),
+                           (lambda: other.ipam.release_ip_set(ip_ids=[ip.id]), "ip"),
                            (lambda: other.vpc.get_private_network(private_network_id=pn.id),
                             "private_network"),
                            (lambda: other.vpc.get_vpc(vpc_id=pn.vpc_id), "vpc")):
@@ -147,7 +153,8 @@ def test_another_projects_objects_are_not_found_and_not_listed(
     with pytest.raises(ScalewayException) as exc:
         other.ipam.book_ip(source=Source(private_network_id=pn.id), is_ipv6=False)
     assert error_of(exc)[0] == 404
-    assert tenant.ipam.get_ip(ip_id=ip.id).id == ip.id
+    untouched = tenant.ipam.get_ip(ip_id=ip.id)
+    assert (untouched.id, untouched.tags, untouched.resource) == (ip.id, [], None)
 
 
 def test_vpc_lifecycle_and_delete_refused_while_it_holds_private_networks(
