@@ -31,6 +31,7 @@ from . import store as st
 from .errors import (
     AlreadyExists,
     Conflict,
+    CredentialRevoked,
     IPAMError,
     NotFound,
     OutcomeUnknown,
@@ -61,6 +62,7 @@ class Booking:
     fingerprint: str = ""
     mac_key: str | None = None
     resource_key: str | None = None
+    credential_key: str | None = None  # must exist for the booking to apply (API key)
     future: asyncio.Future[IPRecord] = field(default_factory=lambda: asyncio.get_running_loop()
                                               .create_future())
     candidate: int | None = None
@@ -317,6 +319,9 @@ class SourceEngine:
             st.put(k.created(self.source.id, record.created_at, record.id), ""),
         ]
         failure = [st.get(addr_key), st.get(ip_key)]
+        if b.credential_key:
+            compare.append(st.present(b.credential_key))
+            failure.append(st.get(b.credential_key))
         if b.resource_key:
             success.append(st.put(b.resource_key, ""))
         idem_value = idem.entry(b.fingerprint, record) if b.idempotency_key else b""
@@ -366,12 +371,16 @@ class SourceEngine:
             return
         addr_kvs, ip_kvs = r.responses[0].response_range.kvs, r.responses[1].response_range.kvs
         extra = [x.response_range.kvs for x in r.responses[2:]]
+        credential_gone = bool(b.credential_key) and not extra.pop(0)
         if cache:
             (cache.settle_held if addr_kvs else cache.give_back)(offset)
         b.candidate = None
         if ip_kvs:  # an earlier attempt of this very booking was applied
             self.stats.bookings += 1
             b.succeed(IPRecord.from_json(json.loads(ip_kvs[0].value)))
+            return
+        if credential_gone:
+            b.fail(CredentialRevoked())
             return
         i = 0
         if b.idempotency_key:
@@ -397,7 +406,8 @@ class SourceEngine:
     async def _replay(self, b: Booking, value: bytes) -> None:
         """The idempotency key was used before: answer what the first request got."""
         try:
-            b.succeed(await idem.replay(self.store, self.keys, value, b.fingerprint))
+            b.succeed(await idem.replay(self.store, self.keys, value, b.fingerprint,
+                                        b.credential_key))
         except IPAMError as err:
             b.fail(err)
 

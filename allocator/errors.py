@@ -10,6 +10,7 @@ The tree, and how callers are meant to treat each branch:
     ├── PreconditionFailed         the object is in a state that forbids the change
     │                              (still attached, still holding IPs, wrong resource)
     ├── PermissionDenied           the caller may not do this (detach of a product resource)
+    │   └── CredentialRevoked      the caller's API key was revoked before the change applied
     ├── Conflict                   a concurrent change won; bounded retries ran out
     └── StoreError                 etcd could not be reached
         └── OutcomeUnknown         a write may or may not have been applied, and even the
@@ -105,6 +106,15 @@ class PermissionDenied(IPAMError):
         super().__init__(message)
         self.action = action
         self.resource = resource
+
+
+class CredentialRevoked(PermissionDenied):
+    """The API key a change was made with no longer exists; nothing was written."""
+
+    code = "credential_revoked"
+
+    def __init__(self) -> None:
+        super().__init__("authenticate", "api_key", "the API key was revoked")
 
 
 class Conflict(IPAMError):

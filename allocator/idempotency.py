@@ -15,7 +15,7 @@ import json
 import time
 from typing import Any
 
-from .errors import Conflict, InvalidArgument
+from .errors import Conflict, CredentialRevoked, InvalidArgument
 from .records import IPRecord
 from .store import EtcdStore
 
@@ -43,7 +43,8 @@ def entry(fp: str, record: IPRecord) -> bytes:
     return json.dumps({"fingerprint": fp, "result": record.to_json()}).encode()
 
 
-async def replay(store: EtcdStore, keys: Any, value: bytes, fp: str) -> IPRecord:
+async def replay(store: EtcdStore, keys: Any, value: bytes, fp: str,
+                 credential: str | None = None) -> IPRecord:
     """The first result stored under a key, if the request is the same one.
 
     A replay must not hand out an IP that no longer exists as if it were held: when
@@ -53,7 +54,10 @@ async def replay(store: EtcdStore, keys: Any, value: bytes, fp: str) -> IPRecord
     if data.get("fingerprint") != fp:
         raise Conflict("this idempotency key was already used for a different request")
     first = IPRecord.from_json(data["result"])
-    if await store.get(keys.ip(first.id)) is None:
+    found = await store.get_many([keys.ip(first.id), *([credential] if credential else [])])
+    if credential and credential not in found:
+        raise CredentialRevoked()
+    if keys.ip(first.id) not in found:
         raise Conflict(f"the IP {first.id} ({first.address}) of the first request with this "
                        "idempotency key has been released since")
     return first

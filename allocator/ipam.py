@@ -25,6 +25,7 @@ from .engine import Booking, SourceEngine
 from .errors import (
     STILL_ATTACHED,
     Conflict,
+    CredentialRevoked,
     InvalidArgument,
     NotFound,
     PermissionDenied,
@@ -57,6 +58,9 @@ class Caller:
     product_types: frozenset[str] | None = None
     projects: frozenset[str] | None = None
     region: str | None = None
+    # An etcd key that must still exist for a change to apply (the caller's API key):
+    # a key revoked on any node stops every change made with it, in the same transaction.
+    credential: str | None = None
 
     def sees(self, record: IPRecord) -> bool:
         return (self.projects is None or record.project_id in self.projects) and (
@@ -228,7 +232,8 @@ class IPAM:
         if idem_key:
             kv = await self.store.get(idem_key)
             if kv is not None:
-                return await idem.replay(self.store, self.keys, kv.value, fp)
+                return await idem.replay(self.store, self.keys, kv.value, fp,
+                                         req.caller.credential)
         lease = await self._leases.lease() if idem_key else 0
         order = list(sources)
         self._rng.shuffle(order)
@@ -243,6 +248,7 @@ class IPAM:
                 vpc_id=src.vpc_id, private_network_id=src.private_network_id, resource=res,
                 attached_at=ts if res else None, tags=tags)
             booking = Booking(record=record, chosen=chosen, fingerprint=fp,
+                              credential_key=req.caller.credential,
                               idempotency_key=idem_key, idempotency_lease=lease,
                               mac_key=self.keys.mac(res.mac_address, mac_scope)
                               if res and res.mac_address else None,
@@ -319,13 +325,17 @@ class IPAM:
         if not caller.sees(IPRecord.from_json(json.loads(kv.value))):
             raise NotFound("ip", ip_id)
         if seen_idem is not None:
-            return await idem.replay(self.store, self.keys, seen_idem.value, fp)
+            return await idem.replay(self.store, self.keys, seen_idem.value, fp,
+                                     caller.credential)
         ip_key = self.keys.ip(ip_id)
         for _ in range(_RETRIES):
             current = IPRecord.from_json(json.loads(kv.value))
             new, guards, ops = await decide(current)
             guards = [st.unchanged(ip_key, kv.mod_revision), *guards]
             failure = [st.get(ip_key)]
+            if caller.credential:
+                guards.append(st.present(caller.credential))
+                failure.append(st.get(caller.credential))
             if new is not None:
                 ops = [st.put(ip_key, json.dumps(new.to_json())), *ops]
             if idem_key and new is not None:
@@ -336,9 +346,12 @@ class IPAM:
             if resp.succeeded:
                 return new if new is not None else current
             ip_kvs = resp.responses[0].response_range.kvs
-            if idem_key and resp.responses[1].response_range.kvs:
-                return await idem.replay(self.store, self.keys,
-                                         resp.responses[1].response_range.kvs[0].value, fp)
+            seen = [r.response_range.kvs for r in resp.responses[1:]]
+            if caller.credential and not seen.pop(0):
+                raise CredentialRevoked()
+            if idem_key and seen[0]:
+                return await idem.replay(self.store, self.keys, seen[0][0].value, fp,
+                                         caller.credential)
             if not ip_kvs:
                 raise NotFound("ip", ip_id)
             if ip_kvs[0].mod_revision == kv.mod_revision:
@@ -386,8 +399,11 @@ class IPAM:
             raise InvalidArgument("ip_ids", f"at most {MAX_RELEASE_SET} IPs at once")
         ids = list(dict.fromkeys(check_uuid(i, "ip_ids") for i in ip_ids))
         for _ in range(_RETRIES):
-            found = await self.store.get_many(self.keys.ip(i) for i in ids)
-            guards, deletes = [], []
+            extra = [caller.credential] if caller.credential else []
+            found = await self.store.get_many([*(self.keys.ip(i) for i in ids), *extra])
+            if caller.credential and caller.credential not in found:
+                raise CredentialRevoked()
+            guards, deletes = [st.present(k) for k in extra], []
             freed: dict[str, str] = {}
             for i in ids:
                 kv = found.get(self.keys.ip(i))

@@ -46,6 +46,14 @@ def create_app(ipam: IPAM, config: GatewayConfig | None = None, *,
     app.add_routes(routes_vpc.routes)
     app.add_routes(routes_admin.routes)
     app.router.add_get("/openapi.json", openapi.serve)
+    async def start_credentials(_: web.Application) -> None:
+        await credentials.start()
+
+    async def close_credentials(_: web.Application) -> None:
+        await credentials.close()
+
+    app.on_startup.append(start_credentials)
+    app.on_cleanup.append(close_credentials)
     if close_ipam:
         async def close(_: web.Application) -> None:
             await ipam.close()

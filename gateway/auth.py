@@ -47,9 +47,14 @@ TOKEN_HEADER = "X-Auth-Token"
 
 @dataclass(frozen=True)
 class Principal:
-    """The authenticated caller of one request."""
+    """The authenticated caller of one request.
+
+    `credential`: the etcd key of its API key, guarded by the changes it makes (None
+    for the bootstrap admin, which lives in configuration, not in etcd).
+    """
 
     key: ApiKey
+    credential: str | None = None
 
     @property
     def access_key(self) -> str:
@@ -81,7 +86,8 @@ class Principal:
     def caller(self, region: str | None = None) -> Caller:
         """How the allocator knows who acts: a product's resource types, what it may see."""
         types = frozenset(self.key.resource_types) if self.is_product else None
-        return Caller(product_types=types, projects=self.visible_projects, region=region)
+        return Caller(product_types=types, projects=self.visible_projects, region=region,
+                      credential=self.credential)
 
     def organization_for(self, project_id: str) -> str:
         """The organization of objects this key creates in `project_id`.
@@ -135,7 +141,12 @@ class Authenticator:
             description="bootstrap admin (IPAM_ADMIN_SECRET_KEY)", created_at="",
         ) if admin_secret_key else None
 
-    async def authenticate(self, token: str | None) -> Principal:
+    async def authenticate(self, token: str | None, guarded: bool = False) -> Principal:
+        """The caller of `token`, or a 401.
+
+        `guarded`: the request only makes changes that carry the key's guard, so this
+        node's cache may answer instead of an etcd read (see allocator.credentials).
+        """
         if not token:
             raise denied_authentication("invalid_argument",
                                         f"the {TOKEN_HEADER} header is required")
@@ -146,12 +157,14 @@ class Authenticator:
         if self._admin_hash and hmac.compare_digest(secret_hash(secret), self._admin_hash):
             assert self._admin_key is not None
             return Principal(self._admin_key)
-        key = await self.credentials.lookup(secret)
+        key = self.credentials.cached(secret) if guarded else None
+        if key is None:
+            key = await self.credentials.lookup(secret)
         if key is None:
             raise denied_authentication("not_found", "authentication is denied")
         if key.is_expired():
             raise denied_authentication("expired", "the API key has expired")
-        return Principal(key)
+        return Principal(key, self.credentials.guard(secret))
 
 
 AUTHENTICATOR = web.AppKey("authenticator", Authenticator)
@@ -165,9 +178,23 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
     """Authenticate every request but the public ones; the principal goes in request."""
     if request.path not in PUBLIC_PATHS:
         authenticator = request.app[AUTHENTICATOR]
+        guarded = getattr(request.match_info.handler, GUARDED, False)
         request[PRINCIPAL_KEY] = await authenticator.authenticate(
-            request.headers.get(TOKEN_HEADER))
+            request.headers.get(TOKEN_HEADER), guarded)
     return await handler(request)
+
+
+GUARDED = "ipam_guarded_change"
+
+
+def guarded_change(handler: Handler) -> Handler:
+    """Mark a route whose every etcd change carries the caller's key as a guard.
+
+    Such routes authenticate from this node's cache; a key revoked elsewhere still
+    stops them, in the transaction itself.
+    """
+    setattr(handler, GUARDED, True)
+    return handler
 
 
 def principal(request: web.Request) -> Principal:

@@ -98,6 +98,8 @@ def from_ipam_error(err: e.IPAMError) -> ApiError:
     if isinstance(err, e.PreconditionFailed):
         return ApiError(412, {"type": "precondition_failed", "message": err.message,
                               "precondition": err.precondition, "help_message": err.message})
+    if isinstance(err, e.CredentialRevoked):
+        return denied_authentication("not_found", "authentication is denied")
     if isinstance(err, e.PermissionDenied):
         return permissions_denied(err.action, err.resource, err.message)
     if isinstance(err, e.Conflict):

@@ -12,7 +12,7 @@ from allocator import BookRequest, Caller, IPFilter, Resource
 from allocator.listing import ORDERS
 from allocator.records import CUSTOM, normalize_mac
 
-from .auth import Principal, principal
+from .auth import Principal, guarded_change, principal
 from .context import ipam_of, served_region, served_zone
 from .errors import invalid_argument, not_found, permissions_denied
 from .wire import Fields, QueryFields, ip_json, path_uuid, read_body
@@ -64,6 +64,7 @@ def _idempotency(request: web.Request, who: Principal) -> tuple[str | None, str]
 
 
 @routes.post(_BASE + "/ips")
+@guarded_change
 async def book_ip(request: web.Request) -> web.Response:
     """Book an IP from a Private Network, one of its subnets, or a zonal pool."""
     region = served_region(request)
@@ -172,6 +173,7 @@ async def get_ip(request: web.Request) -> web.Response:
 
 
 @routes.patch(_BASE + "/ips/{ip_id}")
+@guarded_change
 async def update_ip(request: web.Request) -> web.Response:
     """Change an IP's tags and reverse DNS entries."""
     region = served_region(request)
@@ -192,6 +194,7 @@ async def update_ip(request: web.Request) -> web.Response:
 
 
 @routes.delete(_BASE + "/ips/{ip_id}")
+@guarded_change
 async def release_ip(request: web.Request) -> web.Response:
     """Release a detached IP (412 resource_still_in_use while attached)."""
     region = served_region(request)
@@ -203,6 +206,7 @@ async def release_ip(request: web.Request) -> web.Response:
 
 
 @routes.post(_BASE + "/ip-sets/release")
+@guarded_change
 async def release_ip_set(request: web.Request) -> web.Response:
     """Release several detached IPs: all of them, or none."""
     region = served_region(request)
@@ -232,12 +236,14 @@ def _changer(request: web.Request, who: Principal) -> Caller:
 
 
 @routes.post(_BASE + "/ips/{ip_id}/attach")
+@guarded_change
 async def attach_ip(request: web.Request) -> web.Response:
     """Attach a detached IP to a custom resource (or, for a product key, its resource)."""
     return await _attachment(request, "attach")
 
 
 @routes.post(_BASE + "/ips/{ip_id}/detach")
+@guarded_change
 async def detach_ip(request: web.Request) -> web.Response:
     """Detach an IP from the resource it is attached to (named in the body)."""
     return await _attachment(request, "detach")
@@ -257,6 +263,7 @@ async def _attachment(request: web.Request, action: str) -> web.Response:
 
 
 @routes.post(_BASE + "/ips/{ip_id}/move")
+@guarded_change
 async def move_ip(request: web.Request) -> web.Response:
     """Move an IP from the resource it is attached to, to another one (or to none)."""
     who, ip_id, body = await _prepare_change(request)

@@ -443,3 +443,32 @@ async def test_a_full_pool_is_confirmed_by_one_key_read_until_something_is_relea
 async def _all(ipam, pn):
     got, _ = await ipam.list_ips(IPFilter(private_network_id=pn.id), page_size=100)
     return got
+
+
+async def test_changes_made_with_a_revoked_credential_fail_in_etcd_and_write_nothing(
+        ipam, pn, project):
+    from allocator import store as st
+    from allocator.errors import CredentialRevoked
+
+    credential = ipam.keys.auth("secret/test-credential")
+    await ipam.store.txn([], [st.put(credential, "{}")])
+    who = Caller(credential=credential)
+    ip = await ipam.book(book_in(pn, project, caller=who))
+    attached = await ipam.attach(ip.id, vm(4), who, idempotency_key="k-att")
+    await ipam.store.txn([], [st.delete(credential)])  # revoked, e.g. on another node
+    _, before = await ipam.store.count(ipam.keys.prefix)
+    calls = [
+        ipam.book(book_in(pn, project, caller=who)),
+        ipam.book(book_in(pn, project, caller=who, address="10.1.0.99")),
+        ipam.detach(ip.id, vm(4), who),
+        ipam.move(ip.id, vm(4), vm(5), who),
+        ipam.update_ip(ip.id, tags=["x"], caller=who),
+        ipam.attach(ip.id, vm(4), who, idempotency_key="k-att"),  # even a replay
+        ipam.release_set([ip.id], who),
+    ]
+    for call in calls:
+        with pytest.raises(CredentialRevoked):
+            await call
+    _, after = await ipam.store.count(ipam.keys.prefix)
+    assert after == before
+    assert await ipam.get_ip(ip.id) == attached

@@ -31,6 +31,29 @@ def test_a_key_revoked_on_one_node_is_refused_on_the_other_at_once(
         assert resp.status_code == 401 and resp.json()["reason"] == "not_found"
 
 
+def test_a_key_revoked_on_one_node_books_nothing_on_the_other(
+        gateway_pair: tuple[GatewayNode, GatewayNode]) -> None:  # noqa: F811
+    """Bookings authenticate from each node's cache: the revocation must still hold."""
+    a, b = gateway_pair
+    project = str(uuid.uuid4())
+    access, secret = ApiKeys(a.url).create("project_member", [project])
+    headers = {"X-Auth-Token": secret}
+    pn = requests.post(f"{a.url}/vpc/v2/regions/fr-par/private-networks", headers=headers,
+                       json={"project_id": project, "subnets": ["10.52.0.0/24"]},
+                       timeout=10).json()
+    body = {"source": {"private_network_id": pn["id"]}, "project_id": project}
+    assert requests.post(b.url + IPS, headers=headers, json=body, timeout=10).status_code == 200
+    assert requests.delete(f"{a.url}/ipam/admin/v1/api-keys/{access}", timeout=10,
+                           headers={"X-Auth-Token": ADMIN_SECRET}).status_code == 204
+    for node in (b, a, b):
+        resp = requests.post(node.url + IPS, headers=headers, json=body, timeout=10)
+        assert resp.status_code == 401 and resp.json()["reason"] == "not_found"
+    admin = {"X-Auth-Token": ADMIN_SECRET}
+    listed = requests.get(b.url + IPS, headers=admin, timeout=10,
+                          params={"private_network_id": pn["id"]}).json()
+    assert listed["total_count"] == 1
+
+
 async def test_300_concurrent_bookings_across_two_nodes_fill_a_24_exactly_once(
         gateway_pair: tuple[GatewayNode, GatewayNode]) -> None:  # noqa: F811
     a, b = gateway_pair
