@@ -28,6 +28,7 @@ from typing import Any
 
 from . import idempotency as idem
 from . import store as st
+from .committer import Committer
 from .errors import (
     AlreadyExists,
     Conflict,
@@ -45,8 +46,7 @@ from .sources import Source
 
 log = logging.getLogger(__name__)
 
-# Outer request: one op per booking; each nested one may use what is left.
-MAX_BATCH = 64
+MAX_BATCH = 64  # bookings of one source per batch (the committer packs batches)
 MAX_ATTEMPTS = 200
 BOOKING_DEADLINE = 30.0
 
@@ -98,10 +98,12 @@ class SourceEngine:
     """Serves every booking of one source on this node."""
 
     def __init__(self, store: st.EtcdStore, keys: Keys, source: Source, *,
+                 committer: Committer | None = None,
                  pipeline: int = 2, rng: random.Random | None = None,
                  fetch_record: Callable[[str], Any] | None = None) -> None:
         self.store, self.keys, self.source = store, keys, source
         self.pipeline = pipeline
+        self.committer = committer or Committer(store, inflight=pipeline)
         self.rng = rng or random.Random()
         self.stats = EngineStats()
         self._fetch_record = fetch_record
@@ -310,7 +312,8 @@ class SourceEngine:
         k = self.keys
         addr_key = k.address(self.source.id, self.source.offset_key(b.candidate))
         ip_key = k.ip(record.id)
-        compare = [st.absent(addr_key), st.absent(ip_key)]
+        meta_key = k.source(self.source.id)
+        compare = [st.absent(addr_key), st.absent(ip_key), st.present(meta_key)]
         success = [
             st.put(addr_key, record.id),
             st.put(ip_key, json.dumps(record.to_json())),
@@ -318,7 +321,7 @@ class SourceEngine:
                    ""),
             st.put(k.created(self.source.id, record.created_at, record.id), ""),
         ]
-        failure = [st.get(addr_key), st.get(ip_key)]
+        failure = [st.get(addr_key), st.get(ip_key), st.get(meta_key)]
         if b.credential_key:
             compare.append(st.present(b.credential_key))
             failure.append(st.get(b.credential_key))
@@ -336,19 +339,14 @@ class SourceEngine:
     async def _commit(self, batch: list[Booking]) -> None:
         try:
             self.stats.batches += 1
+            unique = frozenset(k for b in batch for k in (b.idempotency_key, b.mac_key) if k)
             try:
-                resp = await self.store.txn([st.present(self.keys.source(self.source.id))],
-                                            [self._ops(b) for b in batch])
+                responses = await self.committer.commit([self._ops(b) for b in batch], unique)
             except StoreError:
                 await self._settle_unknown(batch)
                 return
-            if not resp.succeeded:
-                self._closed = True
-                for b in batch:
-                    b.fail(NotFound("source", self.source.id))
-                return
-            for b, op in zip(batch, resp.responses):
-                await self._settle(b, op.response_txn)
+            for b, r in zip(batch, responses, strict=True):
+                await self._settle(b, r)
         except Exception as err:  # never leave a caller hanging
             log.exception("source %s: commit failed", self.source.id)
             for b in batch:
@@ -371,6 +369,7 @@ class SourceEngine:
             return
         addr_kvs, ip_kvs = r.responses[0].response_range.kvs, r.responses[1].response_range.kvs
         extra = [x.response_range.kvs for x in r.responses[2:]]
+        source_gone = not extra.pop(0)
         credential_gone = bool(b.credential_key) and not extra.pop(0)
         if cache:
             (cache.settle_held if addr_kvs else cache.give_back)(offset)
@@ -378,6 +377,10 @@ class SourceEngine:
         if ip_kvs:  # an earlier attempt of this very booking was applied
             self.stats.bookings += 1
             b.succeed(IPRecord.from_json(json.loads(ip_kvs[0].value)))
+            return
+        if source_gone:
+            self._closed = True
+            b.fail(NotFound("source", self.source.id))
             return
         if credential_gone:
             b.fail(CredentialRevoked())

@@ -21,6 +21,7 @@ import netaddr
 
 from . import idempotency as idem
 from . import store as st
+from .committer import Committer
 from .engine import Booking, SourceEngine
 from .errors import (
     STILL_ATTACHED,
@@ -100,6 +101,8 @@ class IPAM:
         self.keys = Keys(prefix)
         self.networks = Topology(store, self.keys)
         self.pipeline = pipeline
+        # One committer per node: batches of all sources share its etcd requests.
+        self.committer = Committer(store, inflight=pipeline)
         self._engines: dict[str, SourceEngine] = {}
         self._sources: dict[str, Source] = {}
         self._zones: dict[tuple[str, str], tuple[float, list[Source]]] = {}
@@ -147,8 +150,9 @@ class IPAM:
     def _engine(self, source: Source) -> SourceEngine:
         eng = self._engines.get(source.id)
         if eng is None or eng._closed:
-            eng = self._engines[source.id] = SourceEngine(self.store, self.keys, source,
-                                                          pipeline=self.pipeline, rng=self._rng)
+            eng = self._engines[source.id] = SourceEngine(
+                self.store, self.keys, source, committer=self.committer,
+                pipeline=self.pipeline, rng=self._rng)
         return eng
 
     async def _zone_pools(self, region: str, zone: str) -> list[Source]:
