@@ -33,6 +33,17 @@ class _Waiting:
         default_factory=lambda: asyncio.get_running_loop().create_future())
 
 
+def written_keys(ops: Sequence[st.rpc.RequestOp]) -> frozenset[str]:
+    """Every key `ops` put or delete: changes sharing one must not share a request."""
+    keys = set()
+    for op in ops:
+        if op.HasField("request_put"):
+            keys.add(op.request_put.key.decode())
+        elif op.HasField("request_delete_range"):
+            keys.add(op.request_delete_range.key.decode())
+    return frozenset(keys)
+
+
 class Committer:
     """Sends the nested transactions of many batches in as few etcd requests as it can."""
 

@@ -21,7 +21,7 @@ import netaddr
 
 from . import idempotency as idem
 from . import store as st
-from .committer import Committer
+from .committer import Committer, written_keys
 from .engine import Booking, SourceEngine
 from .errors import (
     STILL_ATTACHED,
@@ -346,7 +346,9 @@ class IPAM:
                 guards.append(st.absent(idem_key))
                 ops.append(st.put(idem_key, idem.entry(fp, new), await self._leases.lease()))
                 failure.append(st.get(idem_key))
-            resp = await self.store.txn(guards, ops, failure)
+            # Rides the node's committer with the bookings and other changes in flight.
+            [resp] = await self.committer.commit([st.nested(guards, ops, failure)],
+                                                 written_keys(ops))
             if resp.succeeded:
                 return new if new is not None else current
             ip_kvs = resp.responses[0].response_range.kvs

@@ -11,7 +11,7 @@ import asyncio
 import pytest
 
 from allocator import store as st
-from allocator.committer import Committer
+from allocator.committer import Committer, written_keys
 from allocator.errors import StoreError
 
 
@@ -84,3 +84,8 @@ async def test_a_failed_request_fails_every_batch_on_it():
     assert all(isinstance(r, StoreError) for r in results)
     with pytest.raises(StoreError):
         await committer.commit([nested("again")])
+
+
+def test_written_keys_are_the_puts_and_deletes():
+    ops = [st.put("/a", "1"), st.delete("/b"), st.get("/c")]
+    assert written_keys(ops) == frozenset({"/a", "/b"})

@@ -472,3 +472,22 @@ async def test_changes_made_with_a_revoked_credential_fail_in_etcd_and_write_not
     _, after = await ipam.store.count(ipam.keys.prefix)
     assert after == before
     assert await ipam.get_ip(ip.id) == attached
+
+
+async def test_concurrent_lifecycle_changes_share_requests_and_stay_exact(ipam, pn, project):
+    ips = await asyncio.gather(*(ipam.book(book_in(pn, project)) for _ in range(40)))
+    # Forty attaches at once ride few etcd requests; each IP gets its own resource.
+    attached = await asyncio.gather(*(ipam.attach(ip.id, vm(n + 1))
+                                      for n, ip in enumerate(ips)))
+    assert [a.resource.mac_address for a in attached] == [vm(n + 1).mac_address
+                                                          for n in range(40)]
+    # Ten resources race for one IP: one wins, the others are told it is taken.
+    free = await ipam.book(book_in(pn, project))
+    racers = await asyncio.gather(*(ipam.attach(free.id, vm(200 + n)) for n in range(10)),
+                                  return_exceptions=True)
+    assert sum(not isinstance(r, Exception) for r in racers) == 1
+    assert all(isinstance(r, PreconditionFailed) for r in racers if isinstance(r, Exception))
+    await asyncio.gather(*(ipam.detach(ip.id, vm(n + 1)) for n, ip in enumerate(ips)))
+    await asyncio.gather(*(ipam.release(ip.id) for ip in ips))
+    report = await clean_audit(ipam)
+    assert report.records == 1
