@@ -141,6 +141,13 @@ class IPAM:
 
     # -- sources --------------------------------------------------------------------------
 
+    async def source(self, source_id: str) -> Source:
+        """A source (subnet or zonal pool) from this node's cache, else etcd.
+
+        A source never changes; one deleted since is caught by its bookings' guard.
+        """
+        return await self._source(source_id)
+
     async def _source(self, source_id: str) -> Source:
         src = self._sources.get(source_id)
         if src is None:

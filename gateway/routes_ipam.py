@@ -109,7 +109,7 @@ async def book_ip(request: web.Request) -> web.Response:
         who.check_visible("private_network", pn_id, pn.project_id)
         organization_id = pn.organization_id
     if subnet_id is not None and who.visible_projects is not None:
-        src = await ipam.networks.get_source(subnet_id)
+        src = await ipam.source(subnet_id)  # cached: no etcd read on the hot path
         who.check_visible("subnet", subnet_id, src.project_id or "")
         organization_id = src.organization_id
     record = await ipam.book(BookRequest(

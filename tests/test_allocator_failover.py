@@ -33,6 +33,22 @@ class Ledger:
     failed: dict[str, IPAMError] = field(default_factory=dict)
     unknown_retries: int = 0
     success_times: list[float] = field(default_factory=list)
+    changed: asyncio.Condition = field(default_factory=asyncio.Condition)
+
+    async def record(self, key: str, ip: IPRecord) -> None:
+        self.booked[key] = ip
+        self.success_times.append(time.monotonic())
+        async with self.changed:
+            self.changed.notify_all()
+
+    async def wait_for(self, predicate, timeout: float) -> bool:
+        """Await `predicate()` (checked at each success), at most `timeout` seconds."""
+        try:
+            async with self.changed:
+                await asyncio.wait_for(self.changed.wait_for(predicate), timeout)
+            return True
+        except TimeoutError:
+            return False
 
     def first_success_after(self, t: float) -> float | None:
         later = [s for s in self.success_times if s > t]
@@ -49,8 +65,7 @@ async def _client(
         req = book_in(pn, project, idempotency_key=key, idempotency_scope="failover")
         for _ in range(20):  # an unknown outcome is settled by retrying the same key
             try:
-                ledger.booked[key] = await node.book(req)
-                ledger.success_times.append(time.monotonic())
+                await ledger.record(key, await node.book(req))
                 break
             except OutcomeUnknown:
                 ledger.unknown_retries += 1
@@ -64,9 +79,8 @@ async def _client(
 async def _fault(cluster, ledger: Ledger, action, undo, hold: float = 0.0) -> float:
     t = time.monotonic()
     await asyncio.to_thread(action)
-    deadline = t + max(RECOVERY_SECONDS, hold)
-    while ledger.first_success_after(t) is None and time.monotonic() < deadline:
-        await asyncio.sleep(0.1)
+    await ledger.wait_for(lambda: ledger.first_success_after(t) is not None,
+                          max(RECOVERY_SECONDS, hold))
     recovered = ledger.first_success_after(t)
     if hold:
         await asyncio.sleep(max(0.0, t + hold - time.monotonic()))
@@ -95,8 +109,7 @@ async def test_bookings_survive_kill_leader_kill_and_hang(etcd_cluster3_fresh, k
             for i in range(WORKERS)
         ]
         try:
-            while len(ledger.booked) < 50:
-                await asyncio.sleep(0.05)
+            assert await ledger.wait_for(lambda: len(ledger.booked) >= 50, 30)
             m0 = cluster.members[0]
             kill_any = await _fault(cluster, ledger, m0.kill, m0.start)
             leader = cluster.members[cluster.wait_healthy(30)]
@@ -105,8 +118,8 @@ async def test_bookings_survive_kill_leader_kill_and_hang(etcd_cluster3_fresh, k
             hung = cluster.members[(leader_index + 1) % 3]
             hang = await _fault(cluster, ledger, hung.pause, hung.resume, hold=10.0)
             booked_before_end = len(ledger.booked)
-            await asyncio.sleep(1.0)
-            assert len(ledger.booked) > booked_before_end  # still flowing at the end
+            assert await ledger.wait_for(lambda: len(ledger.booked) > booked_before_end + 20,
+                                         RECOVERY_SECONDS)  # still flowing at the end
         finally:
             stop.set()
             await asyncio.wait_for(asyncio.gather(*clients), 60)
