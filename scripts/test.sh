@@ -5,7 +5,7 @@ set -euo pipefail
 
 cd "$(dirname "$(readlink -f "${BASH_SOURCE[0]}")")/.."
 
-if ! command -v etcd >/dev/null 2>&1; then
+if ! { command -v etcd && command -v etcdctl && command -v haproxy; } >/dev/null 2>&1; then
     export DEBIAN_FRONTEND=noninteractive
     apt-get update
     apt-get install -y etcd-server etcd-client haproxy
