@@ -8,8 +8,9 @@ transaction, up to what one etcd request may carry, while at most `inflight`
 requests are out; a batch waits only while the node's requests are all in flight.
 
 Sibling nested transactions must not write the same key (etcd refuses the whole
-request), so batches that share a unique key (an idempotency key, a MAC in a
-Private Network) never ride the same request.
+request), so batches that write a common key (an address, an IP, an idempotency
+key, a MAC, a release marker) never ride the same request; and a request stays
+under etcd's size limit.
 """
 
 from __future__ import annotations
@@ -23,12 +24,15 @@ from .errors import StoreError
 
 # Outer request: one op per nested transaction; each nested one may use what is left.
 MAX_NESTED = 64
+# etcd refuses requests over --max-request-bytes (1.5 MiB by default): stay well below.
+REQUEST_BYTES = 1024 * 1024
 
 
 @dataclass
 class _Waiting:
     ops: list[st.rpc.RequestOp]
     unique: frozenset[str]
+    size: int = 0
     future: asyncio.Future[list[st.rpc.TxnResponse]] = field(
         default_factory=lambda: asyncio.get_running_loop().create_future())
 
@@ -59,7 +63,7 @@ class Committer:
     async def commit(self, ops: Sequence[st.rpc.RequestOp],
                      unique: frozenset[str] = frozenset()) -> list[st.rpc.TxnResponse]:
         """Commit nested transactions; their responses, in order. StoreError: unknown."""
-        waiting = _Waiting(list(ops), unique)
+        waiting = _Waiting(list(ops), unique, sum(op.ByteSize() for op in ops))
         self._waiting.append(waiting)
         self._kick()
         return await waiting.future
@@ -68,15 +72,17 @@ class Committer:
         while self._inflight < self.inflight_limit and self._waiting:
             packed: list[_Waiting] = []
             used: set[str] = set()
-            size = 0
+            count = size = 0
             for w in list(self._waiting):
-                if packed and (size + len(w.ops) > self.max_nested or w.unique & used):
+                if packed and (count + len(w.ops) > self.max_nested or w.unique & used
+                               or size + w.size > REQUEST_BYTES):
                     continue
                 packed.append(w)
                 used |= w.unique
-                size += len(w.ops)
+                count += len(w.ops)
+                size += w.size
                 self._waiting.remove(w)
-                if size >= self.max_nested:
+                if count >= self.max_nested:
                     break
             self._inflight += 1
             asyncio.ensure_future(self._send(packed))
@@ -88,7 +94,8 @@ class Committer:
             start = 0
             for w in packed:
                 end = start + len(w.ops)
-                w.future.set_result([r.response_txn for r in resp.responses[start:end]])
+                if not w.future.done():  # its caller may have gone away meanwhile
+                    w.future.set_result([r.response_txn for r in resp.responses[start:end]])
                 start = end
         except StoreError as err:
             for w in packed:

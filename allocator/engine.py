@@ -28,7 +28,7 @@ from typing import Any
 
 from . import idempotency as idem
 from . import store as st
-from .committer import Committer
+from .committer import REQUEST_BYTES, Committer, written_keys
 from .errors import (
     AlreadyExists,
     Conflict,
@@ -116,6 +116,7 @@ class SourceEngine:
         self._checking: asyncio.Task[None] | None = None
         self._full_at: int | None = None  # revision a count last found the source full at
         self._inflight = 0
+        self._riding: list[list[Booking]] = []  # batches whose transaction is out
         self._tasks: set[asyncio.Task[Any]] = set()
         self._addr_prefix = keys.addresses(source.id)
         self._closed = False
@@ -135,7 +136,7 @@ class SourceEngine:
         """Load the cache and start the watch, once (concurrent callers share the load)."""
         if self._cache is not None:
             return
-        if self._loading is None or self._loading.done() and self._loading.exception():
+        if self._loading is None or self._loading.done():
             self._loading = asyncio.ensure_future(self._load())
         await asyncio.shield(self._loading)
 
@@ -161,8 +162,14 @@ class SourceEngine:
 
     async def _load(self) -> None:
         kvs, revision = await self.store.scan(self._addr_prefix, keys_only=True)
-        self._cache = free_set_for(self._first, self._last, self.source.is_dense,
-                                   (self._offset(kv.key) for kv in kvs))
+        cache = free_set_for(self._first, self._last, self.source.is_dense,
+                             (self._offset(kv.key) for kv in kvs))
+        # Candidates already handed to queued or riding bookings stay out of the new
+        # set: a node must never hand one address to two of its own bookings.
+        for b in [*self._queue, *(b for batch in self._riding for b in batch)]:
+            if b.candidate is not None:
+                cache.claim(b.candidate)
+        self._cache = cache
         self.stats.reloads += 1
         if self._watch is not None:
             self._watch.cancel()
@@ -174,23 +181,39 @@ class SourceEngine:
                 cache = self._cache
                 if cache is None:
                     continue
+                freed = False
                 for ev in events:
                     offset = self._offset(ev.key)
                     if ev.deleted:
                         cache.freed(offset)
+                        freed = True
                     else:
                         cache.held(offset)
+                if freed and self._parked:
+                    # Released addresses: parked bookings try them before any count.
+                    parked, self._parked = self._parked, []
+                    self._queue.extend(parked)
                 if events and self._queue:
                     self._kick()
-        except st.Compacted:
-            log.info("source %s: watch history compacted, reloading", self.source.id)
-            self._cache = None
-            self._loading = asyncio.ensure_future(self._load())
         except asyncio.CancelledError:
             raise
-        except Exception:  # pragma: no cover - logged, the next booking reloads
-            log.exception("source %s: watch failed", self.source.id)
+        except Exception as err:  # noqa: BLE001 - whatever ended it, reload
+            # Compaction, or a watch that could not be re-established: read the source
+            # again (with backoff) rather than leave it without a cache.
+            log.warning("source %s: watch ended (%s), reloading", self.source.id, err)
             self._cache = None
+            self._loading = asyncio.ensure_future(self._reload_with_backoff())
+
+    async def _reload_with_backoff(self) -> None:
+        delay = 0.05
+        while not self._closed:
+            try:
+                await self._load()
+                self._kick()
+                return
+            except IPAMError:
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 2.0)
 
     # -- batching -----------------------------------------------------------------------
 
@@ -200,10 +223,12 @@ class SourceEngine:
             if not batch:
                 break
             self._inflight += 1
+            self._riding.append(batch)
             task = asyncio.ensure_future(self._commit(batch))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
-        if self._cache is None and self._queue and not self._closed:
+        if self._cache is None and self._queue and not self._closed and (
+                self._loading is None or self._loading.done()):
             task = asyncio.ensure_future(self._reload_then_kick())
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
@@ -226,10 +251,13 @@ class SourceEngine:
         deferred: list[Booking] = []
         while self._queue and len(batch) < MAX_BATCH:
             b = self._queue.popleft()
-            if b.future.done():
+            if b.future.done():  # its caller went away: free what it held
+                if b.candidate is not None:
+                    cache.give_back(b.candidate)
                 continue
             unique = [k for k in (b.idempotency_key, b.mac_key) if k]
-            if any(k in used for k in unique):
+            if any(k in used for k in unique) or (
+                    b.candidate is not None and f"@{b.candidate}" in used):
                 deferred.append(b)
                 continue
             if b.candidate is None:
@@ -245,6 +273,7 @@ class SourceEngine:
                         continue
                     b.candidate = offset
             used.update(unique)
+            used.add(f"@{b.candidate}")
             batch.append(b)
         self._queue.extendleft(reversed(deferred))
         return batch
@@ -339,23 +368,46 @@ class SourceEngine:
     async def _commit(self, batch: list[Booking]) -> None:
         try:
             self.stats.batches += 1
-            unique = frozenset(k for b in batch for k in (b.idempotency_key, b.mac_key) if k)
-            try:
-                responses = await self.committer.commit([self._ops(b) for b in batch], unique)
-            except StoreError:
-                await self._settle_unknown(batch)
-                return
-            for b, r in zip(batch, responses, strict=True):
-                await self._settle(b, r)
+            ops = [self._ops(b) for b in batch]
+            # One etcd request holds at most REQUEST_BYTES: a batch of large records
+            # (many long tags) goes in several parts, each settled on its own.
+            parts: list[tuple[list[Booking], list[st.rpc.RequestOp]]] = [([], [])]
+            size = 0
+            for b, op in zip(batch, ops, strict=True):
+                n = op.ByteSize()
+                if parts[-1][0] and size + n > REQUEST_BYTES:
+                    parts.append(([], []))
+                    size = 0
+                parts[-1][0].append(b)
+                parts[-1][1].append(op)
+                size += n
+            await asyncio.gather(*(self._commit_part(p, o) for p, o in parts))
+        except asyncio.CancelledError:
+            for b in batch:  # shutting down: never leave a caller hanging
+                b.fail(OutcomeUnknown("the node stopped while booking; retry with the "
+                                      "same idempotency key"))
+            raise
         except Exception as err:  # never leave a caller hanging
             log.exception("source %s: commit failed", self.source.id)
             for b in batch:
                 b.fail(err if isinstance(err, IPAMError) else StoreError(str(err)))
         finally:
             self._inflight -= 1
+            if batch in self._riding:
+                self._riding.remove(batch)
             if self._parked and self._checking is None and self._inflight == 0:
                 self._checking = asyncio.ensure_future(self._confirm_exhaustion())
             self._kick()
+
+    async def _commit_part(self, batch: list[Booking], ops: list[st.rpc.RequestOp]) -> None:
+        try:
+            responses = await self.committer.commit(
+                ops, frozenset().union(*(written_keys(op.request_txn.success) for op in ops)))
+        except StoreError:
+            await self._settle_unknown(batch)
+            return
+        for b, r in zip(batch, responses, strict=True):
+            await self._settle(b, r)
 
     async def _settle(self, b: Booking, r: st.rpc.TxnResponse) -> None:
         cache = self._cache

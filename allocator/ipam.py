@@ -29,6 +29,7 @@ from .errors import (
     CredentialRevoked,
     InvalidArgument,
     NotFound,
+    OutcomeUnknown,
     PermissionDenied,
     PoolExhausted,
     PreconditionFailed,
@@ -354,8 +355,14 @@ class IPAM:
                 ops.append(st.put(idem_key, idem.entry(fp, new), await self._leases.lease()))
                 failure.append(st.get(idem_key))
             # Rides the node's committer with the bookings and other changes in flight.
-            [resp] = await self.committer.commit([st.nested(guards, ops, failure)],
-                                                 written_keys(ops))
+            try:
+                [resp] = await self.committer.commit([st.nested(guards, ops, failure)],
+                                                     written_keys(ops))
+            except StoreError:
+                settled = await self._read_back(ip_key, kv, new)
+                if settled is None:
+                    continue  # not applied: try again
+                return settled
             if resp.succeeded:
                 return new if new is not None else current
             ip_kvs = resp.responses[0].response_range.kvs
@@ -372,6 +379,28 @@ class IPAM:
                 raise _mac_taken(new)
             kv = st._kv(ip_kvs[0])
         raise Conflict(f"IP {ip_id} kept changing; try again")
+
+    async def _read_back(self, ip_key: str, seen: st.KV, new: IPRecord | None
+                         ) -> IPRecord | None:
+        """After an unknown outcome: the result if the change applied, None if it did not.
+
+        The record's value is the token: a changed record carries a fresh updated_at,
+        and a release removes it. Anything else cannot be told apart: OutcomeUnknown.
+        """
+        try:
+            now_kv = await self.store.get(ip_key)
+        except StoreError:
+            raise OutcomeUnknown("etcd unreachable during a change; read the IP to see "
+                                 "whether it applied, or retry with the idempotency key")
+        if now_kv is not None and now_kv.mod_revision == seen.mod_revision:
+            return None
+        if new is None and now_kv is None:
+            return IPRecord.from_json(json.loads(seen.value))  # released
+        if new is not None and now_kv is not None and \
+                json.loads(now_kv.value) == new.to_json():
+            return new
+        raise OutcomeUnknown("the IP changed while etcd was failing; read it to see whether "
+                             "this change applied")
 
     async def update_ip(self, ip_id: str, tags: Any = None, reverses: Any = None,
                         caller: Caller = Caller()) -> IPRecord:
@@ -432,7 +461,21 @@ class IPAM:
             deletes += [st.put(self.keys.freed(sid), ip) for sid, ip in freed.items()]
             room = st.MAX_TXN_OPS - len(guards)
             chunks = [st.nested([], deletes[j:j + room]) for j in range(0, len(deletes), room)]
-            resp = await self.store.txn(guards, chunks)
+            try:
+                resp = await self.store.txn(guards, chunks)
+            except StoreError:
+                # Unknown outcome: all gone means it applied (it is all or none).
+                try:
+                    left = await self.store.get_many(self.keys.ip(i) for i in ids)
+                except StoreError:
+                    raise OutcomeUnknown("etcd unreachable while releasing; list the IPs "
+                                         "to see whether they were released")
+                if not left:
+                    return
+                if all(left.get(self.keys.ip(i)) == found.get(self.keys.ip(i))
+                       for i in ids):
+                    continue  # nothing applied: try again
+                raise OutcomeUnknown("the IPs changed while etcd was failing")
             if resp.succeeded:
                 return
         raise Conflict("the IPs kept changing; try again")
@@ -481,12 +524,15 @@ class IPAM:
             if to_resource is None:
                 return r.with_changes(resource=None, attached_at=None), [], detach_ops
             guards, attach_ops = self._attach_ops(r, to_resource)
-            old_mac = self._mac_key(r, current)
-            new_mac = self._mac_key(r, to_resource)
-            if old_mac and old_mac == new_mac:  # same MAC: keep its key, no guard
-                guards = [g for g in guards if g.key.decode() != new_mac]
-                detach_ops = [o for o in detach_ops if o.request_delete_range.key.decode()
-                              != old_mac]
+            # A key both deleted and written in one transaction is refused by etcd:
+            # what stays the same (the resource id, the MAC) keeps its key as it is.
+            kept = {k for k in (self._mac_key(r, current), self.keys.by_resource(current.id, r.id))
+                    if k and k in {self._mac_key(r, to_resource),
+                                   self.keys.by_resource(to_resource.id, r.id)}}
+            guards = [g for g in guards if g.key.decode() not in kept]
+            detach_ops = [o for o in detach_ops
+                          if o.request_delete_range.key.decode() not in kept]
+            attach_ops = [o for o in attach_ops if o.request_put.key.decode() not in kept]
             return (r.with_changes(resource=to_resource, attached_at=now()), guards,
                     detach_ops + attach_ops)
 

@@ -20,6 +20,7 @@ _MAC = re.compile(r"^[0-9a-f]{2}(:[0-9a-f]{2}){5}$")
 _RESOURCE_TYPE = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
 _TAG_MAX = 128
 _TAGS_MAX = 64
+_REVERSES_MAX = 16
 
 
 def now() -> str:
@@ -138,6 +139,8 @@ def check_reverses(reverses: Any, ip_address: str) -> tuple[Reverse, ...]:
     """Reverses as value objects; each hostname valid, each address the IP's own."""
     if not isinstance(reverses, (list, tuple)):
         raise InvalidArgument("reverses", "must be a list", "format")
+    if len(reverses) > _REVERSES_MAX:
+        raise InvalidArgument("reverses", f"at most {_REVERSES_MAX} reverses")
     bare = ip_address.split("/")[0]
     out = []
     for r in reverses:

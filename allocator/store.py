@@ -480,6 +480,9 @@ class EtcdStore:
                     if resp.compact_revision:
                         raise Compacted(resp.compact_revision)
                     if resp.canceled:
+                        # etcd cancels a watch whose auth token it no longer accepts
+                        # (instead of failing the call): renew before resuming.
+                        auth_failed = bool(self.security.username)
                         break
                     backoff = 0.05
                     if resp.events:
