@@ -431,7 +431,10 @@ class SourceEngine:
             b.succeed(IPRecord.from_json(json.loads(ip_kvs[0].value)))
             return
         if source_gone:
-            self._closed = True
+            if not self._closed:  # the source was deleted: stop following it
+                self._closed = True
+                if self._watch is not None:
+                    self._watch.cancel()
             b.fail(NotFound("source", self.source.id))
             return
         if credential_gone:
