@@ -35,8 +35,8 @@ async def test_moving_an_ip_to_the_same_resource_renamed_or_remacced_works(ipam,
 
 async def test_a_release_and_a_booking_of_its_address_racing_never_break_a_request(
         ipam, pn, project):
-    for round_ in range(5):
-        ip = await ipam.book(book_in(pn, project, address=f"10.1.0.{50 + round_}"))
+    for _ in range(5):
+        ip = await ipam.book(book_in(pn, project))
         bystanders = [ipam.book(book_in(pn, project)) for _ in range(5)]
         results = await asyncio.gather(
             ipam.release(ip.id), ipam.book(book_in(pn, project, address=ip.address[:-3])),
