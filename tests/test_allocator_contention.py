@@ -65,44 +65,25 @@ async def test_300_bookings_on_a_24_from_three_members(etcd_cluster3, key_prefix
 
 
 @pytest.mark.cluster
-@pytest.mark.slow
-async def test_2000_bookings_on_a_16_from_three_members(etcd_cluster3, key_prefix):
+@pytest.mark.parametrize("cidr, asked, bookable", [
+    pytest.param("10.30.0.0/16", 2000, 2000, marks=pytest.mark.slow, id="2000 on a /16"),
+    pytest.param("fd00:20::/64", 600, 600, id="600 on an IPv6 /64"),
+    pytest.param("10.21.0.0/26", 240, 60, id="a /26 asked 4x over"),
+])
+async def test_concurrent_bookings_from_three_members_hold_each_address_once(
+        etcd_cluster3, key_prefix, cidr, asked, bookable):
     async with AsyncExitStack() as stack:
         nodes = await _nodes(stack, etcd_cluster3, key_prefix)
         project = new_project()
-        pn = await make_pn(nodes[0], project, "10.30.0.0/16")
-        ok, exhausted, other = _split(await _storm(nodes, pn, project, 2000))
-        assert other == [] and exhausted == []
-        assert len(ok) == 2000 and len({r.address for r in ok}) == 2000
-        report = await clean_audit(nodes[2])
-        assert report.records == report.held_addresses == 2000
-
-
-@pytest.mark.cluster
-async def test_bookings_on_an_ipv6_64_from_three_members(etcd_cluster3, key_prefix):
-    async with AsyncExitStack() as stack:
-        nodes = await _nodes(stack, etcd_cluster3, key_prefix)
-        project = new_project()
-        pn = await make_pn(nodes[0], project, "fd00:20::/64")
-        ok, exhausted, other = _split(await _storm(nodes, pn, project, 600, is_ipv6=True))
-        assert other == [] and exhausted == []
-        assert len(ok) == 600 and len({r.address for r in ok}) == 600
-        assert all(r.address.endswith("/64") and r.is_ipv6 for r in ok)
-        report = await clean_audit(nodes[0])
-        assert report.records == report.held_addresses == 600
-
-
-@pytest.mark.cluster
-async def test_fill_a_small_pool_to_the_last_address_under_contention(etcd_cluster3, key_prefix):
-    """A /26 asked 4x over by three nodes: every address once, the rest exhausted."""
-    async with AsyncExitStack() as stack:
-        nodes = await _nodes(stack, etcd_cluster3, key_prefix)
-        project = new_project()
-        pn = await make_pn(nodes[0], project, "10.21.0.0/26")
-        ok, exhausted, other = _split(await _storm(nodes, pn, project, 240))
+        pn = await make_pn(nodes[0], project, cidr)
+        v6 = ":" in cidr
+        ok, exhausted, other = _split(await _storm(nodes, pn, project, asked, is_ipv6=v6))
         assert other == []
-        assert len(ok) == 60 and len(exhausted) == 180
-        await clean_audit(nodes[0])
+        assert len(ok) == bookable and len(exhausted) == asked - bookable
+        assert len({r.address for r in ok}) == bookable
+        assert all(r.address.endswith(cidr[cidr.index("/"):]) and r.is_ipv6 == v6 for r in ok)
+        report = await clean_audit(nodes[2])
+        assert report.records == report.held_addresses == bookable
 
 
 @pytest.mark.cluster
