@@ -61,9 +61,15 @@ class Committer:
         self._inflight = 0
 
     async def commit(self, ops: Sequence[st.rpc.RequestOp],
-                     unique: frozenset[str] = frozenset()) -> list[st.rpc.TxnResponse]:
-        """Commit nested transactions; their responses, in order. StoreError: unknown."""
-        waiting = _Waiting(list(ops), unique, sum(op.ByteSize() for op in ops))
+                     unique: frozenset[str] = frozenset(),
+                     size: int | None = None) -> list[st.rpc.TxnResponse]:
+        """Commit nested transactions; their responses, in order. StoreError: unknown.
+
+        `size`: their encoded bytes, when the caller has counted them already.
+        """
+        if size is None:
+            size = sum(op.ByteSize() for op in ops)
+        waiting = _Waiting(list(ops), unique, size)
         self._waiting.append(waiting)
         self._kick()
         return await waiting.future

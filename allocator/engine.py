@@ -22,7 +22,6 @@ import logging
 import random
 import time
 from collections import deque
-from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -99,14 +98,12 @@ class SourceEngine:
 
     def __init__(self, store: st.EtcdStore, keys: Keys, source: Source, *,
                  committer: Committer | None = None,
-                 pipeline: int = 2, rng: random.Random | None = None,
-                 fetch_record: Callable[[str], Any] | None = None) -> None:
+                 pipeline: int = 2, rng: random.Random | None = None) -> None:
         self.store, self.keys, self.source = store, keys, source
         self.pipeline = pipeline
         self.committer = committer or Committer(store, inflight=pipeline)
         self.rng = rng or random.Random()
         self.stats = EngineStats()
-        self._fetch_record = fetch_record
         self._first, self._last = source.bookable_range
         self._cache: FreeSet | None = None
         self._loading: asyncio.Task[None] | None = None
@@ -371,17 +368,16 @@ class SourceEngine:
             ops = [self._ops(b) for b in batch]
             # One etcd request holds at most REQUEST_BYTES: a batch of large records
             # (many long tags) goes in several parts, each settled on its own.
-            parts: list[tuple[list[Booking], list[st.rpc.RequestOp]]] = [([], [])]
-            size = 0
+            parts: list[tuple[list[Booking], list[st.rpc.RequestOp], int]] = [([], [], 0)]
             for b, op in zip(batch, ops, strict=True):
                 n = op.ByteSize()
-                if parts[-1][0] and size + n > REQUEST_BYTES:
-                    parts.append(([], []))
-                    size = 0
-                parts[-1][0].append(b)
-                parts[-1][1].append(op)
-                size += n
-            await asyncio.gather(*(self._commit_part(p, o) for p, o in parts))
+                if parts[-1][0] and parts[-1][2] + n > REQUEST_BYTES:
+                    parts.append(([], [], 0))
+                bookings, part_ops, size = parts[-1]
+                bookings.append(b)
+                part_ops.append(op)
+                parts[-1] = (bookings, part_ops, size + n)
+            await asyncio.gather(*(self._commit_part(p, o, n) for p, o, n in parts))
         except asyncio.CancelledError:
             for b in batch:  # shutting down: never leave a caller hanging
                 b.fail(OutcomeUnknown("the node stopped while booking; retry with the "
@@ -399,10 +395,12 @@ class SourceEngine:
                 self._checking = asyncio.ensure_future(self._confirm_exhaustion())
             self._kick()
 
-    async def _commit_part(self, batch: list[Booking], ops: list[st.rpc.RequestOp]) -> None:
+    async def _commit_part(self, batch: list[Booking], ops: list[st.rpc.RequestOp],
+                           size: int) -> None:
         try:
             responses = await self.committer.commit(
-                ops, frozenset().union(*(written_keys(op.request_txn.success) for op in ops)))
+                ops, frozenset().union(*(written_keys(op.request_txn.success) for op in ops)),
+                size)
         except StoreError:
             await self._settle_unknown(batch)
             return

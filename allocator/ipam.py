@@ -25,6 +25,7 @@ from .committer import Committer, written_keys
 from .engine import Booking, SourceEngine
 from .errors import (
     STILL_ATTACHED,
+    AlreadyExists,
     Conflict,
     CredentialRevoked,
     InvalidArgument,
@@ -601,8 +602,6 @@ def _check_attached_to(r: IPRecord, named: Resource, caller: Caller, action: str
 
 
 def _mac_taken(new: IPRecord | None) -> Exception:
-    from .errors import AlreadyExists
-
     mac = new.resource.mac_address if new and new.resource else ""
     return AlreadyExists("mac_address", mac or "", "this MAC address already has an IP in this "
                                                    "Private Network")

@@ -179,10 +179,6 @@ class IPRecord:
     reverses: tuple[Reverse, ...] = field(default_factory=tuple)
 
     @property
-    def offset_source(self) -> str:
-        return self.source_id
-
-    @property
     def source(self) -> dict[str, Any]:
         """The Scaleway `Source` one-of: zonal, or the subnet it came from."""
         if self.source_kind == "zonal":

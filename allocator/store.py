@@ -127,11 +127,6 @@ def get(key: str) -> rpc.RequestOp:
     return rpc.RequestOp(request_range=rpc.RangeRequest(key=_b(key)))
 
 
-def get_prefix(prefix: str, keys_only: bool = False) -> rpc.RequestOp:
-    return rpc.RequestOp(request_range=rpc.RangeRequest(
-        key=_b(prefix), range_end=prefix_end(prefix), keys_only=keys_only))
-
-
 def delete(key: str) -> rpc.RequestOp:
     return rpc.RequestOp(request_delete_range=rpc.DeleteRangeRequest(key=_b(key)))
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import random
+from collections import Counter
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -130,6 +131,16 @@ def _name(name: Any, default_prefix: str) -> str:
     return name
 
 
+def _listed(obj: VPC | PrivateNetwork, region: str, project_ids: set[str] | None,
+            organization_id: str | None, name: str | None, tags: Any) -> bool:
+    """The filters VPC and Private Network lists share (name matches as a substring)."""
+    return (obj.region == region
+            and (project_ids is None or obj.project_id in project_ids)
+            and (not organization_id or obj.organization_id == organization_id)
+            and (not name or name in obj.name)
+            and (not tags or bool(set(tags) & set(obj.tags))))
+
+
 def _ula48() -> str:
     """A random Unique Local Address /48 (RFC 4193), the IPv6 space of one VPC."""
     global_id = random.getrandbits(40)
@@ -200,23 +211,17 @@ class Topology:
     async def list_vpcs(self, region: str, project_ids: set[str] | None = None,
                         organization_id: str | None = None, name: str | None = None,
                         tags: Any = (), is_default: bool | None = None) -> list[VPC]:
+        if project_ids is not None and not project_ids:
+            return []  # the caller sees no project: nothing to read
         kvs, _ = await self.store.scan(self.keys.vpc())
-        vpcs = [VPC.from_stored(json.loads(kv.value)) for kv in kvs]
-        out = []
-        for v in vpcs:
-            if v.region != region or (project_ids is not None and v.project_id not in project_ids):
-                continue
-            if organization_id and v.organization_id != organization_id:
-                continue
-            if name and name not in v.name:
-                continue
-            if tags and not set(tags) & set(v.tags):
-                continue
-            if is_default is not None and v.is_default != is_default:
-                continue
-            count, _ = await self.store.count(self._vpc_pns(v.id))
-            out.append(replace(v, private_network_count=count))
-        return sorted(out, key=lambda v: v.created_at)
+        vpcs = [v for v in (VPC.from_stored(json.loads(kv.value)) for kv in kvs)
+                if _listed(v, region, project_ids, organization_id, name, tags)
+                and (is_default is None or v.is_default == is_default)]
+        # One keys-only read counts the Private Networks of every VPC at once.
+        pn_keys, _ = await self.store.scan(f"{self.keys.prefix}vpcpn/", keys_only=True)
+        counts = Counter(kv.key.rsplit("/", 2)[1] for kv in pn_keys)
+        return sorted((replace(v, private_network_count=counts[v.id]) for v in vpcs),
+                      key=lambda v: v.created_at)
 
     async def update_vpc(self, vpc_id: str, name: str | None = None, tags: Any = None) -> VPC:
         check_uuid(vpc_id, "vpc_id")
@@ -352,21 +357,14 @@ class Topology:
                                     name: str | None = None, tags: Any = (),
                                     vpc_id: str | None = None,
                                     private_network_ids: Any = ()) -> list[PrivateNetwork]:
+        if project_ids is not None and not project_ids:
+            return []  # the caller sees no project: nothing to read
         kvs, _ = await self.store.scan(self.keys.private_network())
-        out = []
         ids = set(private_network_ids or ())
-        for kv in kvs:
-            pn = PrivateNetwork.from_json(json.loads(kv.value))
-            if pn.region != region or (project_ids is not None and
-                                       pn.project_id not in project_ids):
-                continue
-            if (organization_id and pn.organization_id != organization_id) or (
-                    vpc_id and pn.vpc_id != vpc_id) or (ids and pn.id not in ids):
-                continue
-            if (name and name not in pn.name) or (tags and not set(tags) & set(pn.tags)):
-                continue
-            out.append(pn)
-        return sorted(out, key=lambda p: p.created_at)
+        pns = [pn for pn in (PrivateNetwork.from_json(json.loads(kv.value)) for kv in kvs)
+               if _listed(pn, region, project_ids, organization_id, name, tags)
+               and (not vpc_id or pn.vpc_id == vpc_id) and (not ids or pn.id in ids)]
+        return sorted(pns, key=lambda p: p.created_at)
 
     async def update_private_network(self, pn_id: str, name: str | None = None,
                                      tags: Any = None,

@@ -8,6 +8,7 @@ and cut into pages here.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 from aiohttp import web
@@ -48,6 +49,24 @@ def _paging(q: QueryFields, orders: tuple[str, ...] = _ORDERS) -> tuple[str, int
     order_by = q.choice("order_by", orders, "created_at_asc")
     page, page_size = q.page()
     return order_by, page, page_size
+
+
+@dataclass
+class _ListQuery:
+    """What every VPC-side list reads from its query: the rest is read by the route."""
+
+    region: str
+    q: QueryFields
+    paging: tuple[str, int, int]
+    projects: set[str] | None
+    organization_id: str | None
+
+
+def _list_query(request: web.Request, orders: tuple[str, ...] = _ORDERS) -> _ListQuery:
+    region = served_region(request)
+    q = QueryFields(request.query)
+    return _ListQuery(region, q, _paging(q, orders), _project_scope(principal(request), q),
+                      q.uuid("organization_id"))
 
 
 def _listing(items: list[Any], paging: tuple[str, int, int], key: str,
@@ -107,24 +126,14 @@ async def create_vpc(request: web.Request) -> web.Response:
 
 @routes.get(_BASE + "/vpcs")
 async def list_vpcs(request: web.Request) -> web.Response:
-    region = served_region(request)
-    who = principal(request)
-    q = QueryFields(request.query)
-    paging = _paging(q)
-    projects = _project_scope(who, q)
-    organization_id = q.uuid("organization_id")
-    name = q.text("name")
-    tags = q.repeated("tags")
-    is_default = q.flag("is_default")
-    q.flag("routing_enabled")
-    q.flag("object_storage_private_access_enabled")
-    q.finish()
-    if projects == set():
-        vpcs: list[VPC] = []
-    else:
-        vpcs = await ipam_of(request).networks.list_vpcs(
-            region, projects, organization_id, name, tags, is_default)
-    return _listing(vpcs, paging, "vpcs", vpc_json)
+    lq = _list_query(request)
+    name, tags, is_default = lq.q.text("name"), lq.q.repeated("tags"), lq.q.flag("is_default")
+    lq.q.flag("routing_enabled")
+    lq.q.flag("object_storage_private_access_enabled")
+    lq.q.finish()
+    vpcs = await ipam_of(request).networks.list_vpcs(
+        lq.region, lq.projects, lq.organization_id, name, tags, is_default)
+    return _listing(vpcs, lq.paging, "vpcs", vpc_json)
 
 
 @routes.get(_BASE + "/vpcs/{vpc_id}")
@@ -188,25 +197,15 @@ async def create_private_network(request: web.Request) -> web.Response:
 
 @routes.get(_BASE + "/private-networks")
 async def list_private_networks(request: web.Request) -> web.Response:
-    region = served_region(request)
-    who = principal(request)
-    q = QueryFields(request.query)
-    paging = _paging(q)
-    projects = _project_scope(who, q)
-    organization_id = q.uuid("organization_id")
-    name = q.text("name")
-    tags = q.repeated("tags")
-    vpc_id = q.uuid("vpc_id")
-    pn_ids = q.uuid_list("private_network_ids")
-    q.flag("dhcp_enabled")
-    q.flag("object_storage_private_access_enabled")
-    q.finish()
-    if projects == set():
-        pns: list[PrivateNetwork] = []
-    else:
-        pns = await ipam_of(request).networks.list_private_networks(
-            region, projects, organization_id, name, tags, vpc_id, pn_ids)
-    return _listing(pns, paging, "private_networks", private_network_json)
+    lq = _list_query(request)
+    name, tags = lq.q.text("name"), lq.q.repeated("tags")
+    vpc_id, pn_ids = lq.q.uuid("vpc_id"), lq.q.uuid_list("private_network_ids")
+    lq.q.flag("dhcp_enabled")
+    lq.q.flag("object_storage_private_access_enabled")
+    lq.q.finish()
+    pns = await ipam_of(request).networks.list_private_networks(
+        lq.region, lq.projects, lq.organization_id, name, tags, vpc_id, pn_ids)
+    return _listing(pns, lq.paging, "private_networks", private_network_json)
 
 
 @routes.get(_BASE + "/private-networks/{private_network_id}")
@@ -250,16 +249,10 @@ async def delete_private_network(request: web.Request) -> web.Response:
 
 @routes.get(_BASE + "/subnets")
 async def list_subnets(request: web.Request) -> web.Response:
-    region = served_region(request)
-    who = principal(request)
-    q = QueryFields(request.query)
-    paging = _paging(q, ("created_at_asc", "created_at_desc"))
-    projects = _project_scope(who, q)
-    organization_id = q.uuid("organization_id")
-    vpc_id = q.uuid("vpc_id")
-    subnet_ids = q.uuid_list("subnet_ids")
-    private_network_id = q.uuid("private_network_id")
-    q.finish()
-    subnets = [] if projects == set() else await ipam_of(request).networks.list_subnets(
-        region, projects, organization_id, vpc_id, private_network_id, subnet_ids)
-    return _listing(subnets, paging, "subnets", subnet_json)
+    lq = _list_query(request, ("created_at_asc", "created_at_desc"))
+    vpc_id, subnet_ids = lq.q.uuid("vpc_id"), lq.q.uuid_list("subnet_ids")
+    private_network_id = lq.q.uuid("private_network_id")
+    lq.q.finish()
+    subnets = await ipam_of(request).networks.list_subnets(
+        lq.region, lq.projects, lq.organization_id, vpc_id, private_network_id, subnet_ids)
+    return _listing(subnets, lq.paging, "subnets", subnet_json)

@@ -316,6 +316,14 @@ async def test_auto_subnets_are_an_ipv4_22_and_an_ipv6_64(ipam, project):
     ]
     vpcs = {pn.vpc_id for pn in pns}
     assert len(vpcs) == 1  # the project's default VPC, created once
+    other = await ipam.networks.create_vpc(REGION, project, None, "other")
+    listed = await ipam.networks.list_vpcs(REGION, {project})
+    assert [(v.id, v.private_network_count) for v in listed] == [(pns[0].vpc_id, 3),
+                                                               (other.id, 0)]
+    before = ipam.store.requests
+    assert await ipam.networks.list_vpcs(REGION, set()) == []  # sees no project: no read
+    assert await ipam.networks.list_private_networks(REGION, set()) == []
+    assert ipam.store.requests == before
     import netaddr
 
     v4 = [netaddr.IPNetwork(s.subnet) for pn in pns for s in pn.subnets if ":" not in s.subnet]

@@ -8,7 +8,7 @@ import pytest
 from allocator_support import book_in, clean_audit, make_pn
 
 from allocator import Caller, IPRecord, Resource
-from allocator.errors import AlreadyExists, InvalidArgument, StoreError
+from allocator.errors import AlreadyExists, InvalidArgument, OutcomeUnknown, StoreError
 
 SERVER = Caller(product_types=frozenset({"instance_server"}))
 
@@ -99,3 +99,65 @@ async def test_too_many_reverses_are_refused(ipam, pn, project):
     with pytest.raises(InvalidArgument):
         await ipam.update_ip(ip.id, reverses=[{"hostname": f"h{n}.example.com"}
                                               for n in range(17)])
+
+
+def _lose_answers(ipam, *, apply: bool, times: int = 1):
+    """Make the next `times` commits fail with StoreError after (or instead of) applying."""
+    real = ipam.committer.commit
+    left = times
+
+    async def commit(ops, unique=frozenset(), size=None):
+        nonlocal left
+        if left:
+            left -= 1
+            if apply:
+                await real(ops, unique, size)
+            raise StoreError("connection lost before the answer")
+        return await real(ops, unique, size)
+
+    ipam.committer.commit = commit  # type: ignore[method-assign]
+
+
+@pytest.mark.parametrize("apply", [True, False], ids=["applied", "not applied"])
+async def test_changes_whose_answer_was_lost_are_settled_by_reading_back(ipam, pn, project,
+                                                                        apply):
+    ip = await ipam.book(book_in(pn, project))
+    _lose_answers(ipam, apply=apply)
+    updated = await ipam.update_ip(ip.id, tags=["after"])
+    assert updated.tags == ("after",) and (await ipam.get_ip(ip.id)).tags == ("after",)
+    _lose_answers(ipam, apply=apply)
+    await ipam.release(ip.id)
+    others = await asyncio.gather(*(ipam.book(book_in(pn, project)) for _ in range(3)))
+    store_txn = ipam.store.txn
+    calls = 0
+
+    async def lossy_txn(compare, *args, **kwargs):  # release_set writes to the store
+        nonlocal calls
+        calls += bool(compare)  # the guarded write, not the reads around it
+        if compare and calls == 1:
+            if apply:
+                await store_txn(compare, *args, **kwargs)
+            raise StoreError("connection lost before the answer")
+        return await store_txn(compare, *args, **kwargs)
+
+    ipam.store.txn = lossy_txn  # type: ignore[method-assign]
+    await ipam.release_set([o.id for o in others])
+    ipam.store.txn = store_txn  # type: ignore[method-assign]
+    assert calls == (1 if apply else 2)  # applied: read back, no second write
+    report = await clean_audit(ipam)
+    assert report.records == 0
+
+
+async def test_a_change_racing_a_lost_answer_is_reported_unknown(ipam, pn, project):
+    ip = await ipam.book(book_in(pn, project))
+    real = ipam.committer.commit
+
+    async def commit(ops, unique=frozenset(), size=None):
+        await real(ops, unique, size)
+        ipam.committer.commit = real  # type: ignore[method-assign]
+        await ipam.update_ip(ip.id, tags=["someone-else"])  # lands before we look
+        raise StoreError("connection lost before the answer")
+
+    ipam.committer.commit = commit  # type: ignore[method-assign]
+    with pytest.raises(OutcomeUnknown):
+        await ipam.update_ip(ip.id, tags=["mine"])

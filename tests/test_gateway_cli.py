@@ -73,6 +73,19 @@ class Served:
 SERVE = [sys.executable, "-m", "gateway.cli", "serve"]
 
 
+async def serve_on(etcd: Any, prefix: str, *flags: str) -> tuple[Any, str]:
+    """An `ipam serve` subprocess on `etcd` under `prefix`, and the URL it printed."""
+    import asyncio
+
+    proc = await asyncio.create_subprocess_exec(
+        *SERVE, "--port", "0", "--etcd-endpoints", ",".join(etcd.endpoints),
+        "--etcd-prefix", prefix, "--admin-secret-key", ADMIN_SECRET, *flags, cwd=ROOT,
+        env=clean_env(), stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL)
+    assert proc.stdout is not None
+    line = (await asyncio.wait_for(proc.stdout.readline(), START_TIMEOUT)).decode()
+    return proc, re.search(r"(http://127\.0\.0\.1:\d+)", line)[1]  # type: ignore[index]
+
+
 def test_readme_run_command_boots_prints_the_admin_secret_once_and_books(
         tmp_path: Path) -> None:
     first = Served(tmp_path, "--data-dir", str(tmp_path))
@@ -160,15 +173,7 @@ async def test_sigterm_lets_in_flight_bookings_finish(etcd_single: Any,
 
     from allocator import IPAM, IPFilter
 
-    env = {k: v for k, v in os.environ.items() if not k.startswith("IPAM_")}
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "gateway.cli", "serve", "--port", "0",
-        "--etcd-endpoints", ",".join(etcd_single.endpoints), "--etcd-prefix", key_prefix,
-        "--admin-secret-key", ADMIN_SECRET, cwd=ROOT, env=env,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL)
-    assert proc.stdout is not None
-    line = (await asyncio.wait_for(proc.stdout.readline(), START_TIMEOUT)).decode()
-    url = re.search(r"(http://127\.0\.0\.1:\d+)", line)[1]  # type: ignore[index]
+    proc, url = await serve_on(etcd_single, key_prefix)
     headers = {"X-Auth-Token": ADMIN_SECRET}
     project = str(uuid.uuid4())
     connector = aiohttp.TCPConnector(limit=0, force_close=True)
@@ -212,14 +217,7 @@ async def test_sigterm_drains_keep_alive_clients_so_no_answer_is_lost(
     from allocator import IPAM, IPFilter
 
     clients, drain_seconds = 32, 2.0
-    proc = await asyncio.create_subprocess_exec(
-        *SERVE, "--port", "0", "--etcd-endpoints", ",".join(etcd_single.endpoints),
-        "--etcd-prefix", key_prefix, "--admin-secret-key", ADMIN_SECRET,
-        "--drain-seconds", str(drain_seconds), cwd=ROOT, env=clean_env(),
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL)
-    assert proc.stdout is not None
-    line = (await asyncio.wait_for(proc.stdout.readline(), START_TIMEOUT)).decode()
-    url = re.search(r"(http://127\.0\.0\.1:\d+)", line)[1]  # type: ignore[index]
+    proc, url = await serve_on(etcd_single, key_prefix, "--drain-seconds", str(drain_seconds))
     headers = {"X-Auth-Token": ADMIN_SECRET}
     project = str(uuid.uuid4())
     async with aiohttp.ClientSession(headers=headers) as http, http.post(
