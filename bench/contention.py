@@ -32,8 +32,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from allocator import IPAM, BookRequest, Caller, Resource
 from allocator import store as st
+from allocator.contract import IPAM, BookRequest, Caller, Resource
 from allocator.errors import IPAMError
 
 from . import ceiling, report

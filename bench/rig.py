@@ -1,6 +1,6 @@
 """The reference topology as the bench uses it, and what the bench reads from it.
 
-`Rig` wraps `scripts/topology.py`'s `LocalTopology` (3 etcd members, the gateway
+`Rig` wraps `devcluster.topology.LocalTopology` (3 etcd members, the gateway
 nodes, haproxy) and adds: HTTP set-up calls (API keys, Private Networks), etcd's
 own request counters (`/metrics` of every member), CPU time and memory of every
 process, and one extra gateway node started later (the cold-start scenario).
@@ -21,12 +21,9 @@ import urllib.request
 from pathlib import Path
 from typing import Any, Self
 
-ROOT = Path(__file__).resolve().parent.parent
-for _p in (ROOT, ROOT / "scripts"):
-    if str(_p) not in sys.path:
-        sys.path.insert(0, str(_p))
+from devcluster.topology import LocalTopology
 
-from topology import LocalTopology  # scripts/topology.py
+ROOT = Path(__file__).resolve().parent.parent
 
 _HTTP = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 _HANDLED = re.compile(r'^grpc_server_handled_total\{[^}]*grpc_method="(\w+)"[^}]*\} (\S+)$',

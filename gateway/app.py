@@ -11,10 +11,9 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from allocator import IPAM
-from allocator.credentials import Credentials
+from allocator.contract import IPAM, Credentials
 
-from . import openapi, routes_admin, routes_ipam, routes_vpc
+from . import health, openapi, routes_admin, routes_ipam, routes_vpc
 from .auth import AUTHENTICATOR, Authenticator, auth_middleware
 from .config import MAX_HEADER_BYTES, GatewayConfig
 from .context import CONFIG_KEY, CREDENTIALS_KEY, IPAM_KEY
@@ -45,6 +44,7 @@ def create_app(ipam: IPAM, config: GatewayConfig | None = None, *,
     app.add_routes(routes_ipam.routes)
     app.add_routes(routes_vpc.routes)
     app.add_routes(routes_admin.routes)
+    app.add_routes(health.routes)
     app.router.add_get("/openapi.json", openapi.serve)
     async def start_credentials(_: web.Application) -> None:
         await credentials.start()

@@ -26,13 +26,13 @@ from dataclasses import dataclass
 
 from aiohttp import web
 
-from allocator import Caller
-from allocator.credentials import (
+from allocator.contract import (
     ADMIN,
     PRODUCT,
     PROJECT_MEMBER,
     PROJECT_READER,
     ApiKey,
+    Caller,
     Credentials,
     access_key_for_secret,
     secret_hash,

@@ -97,7 +97,7 @@ def admin_secret(config: cfg.GatewayConfig, out: Any = None) -> str:
 
 def start_embedded_etcd(data_dir: Path) -> Any:
     """A single-member etcd whose data lives under `data_dir/etcd` (kept across restarts)."""
-    from allocator.etcd_process import EtcdCluster
+    from devcluster.etcd import EtcdCluster
 
     base = data_dir / "etcd"
     base.mkdir(parents=True, exist_ok=True)
@@ -144,7 +144,7 @@ _STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 async def _serve(config: cfg.GatewayConfig, out: Any) -> int:
     from aiohttp import web
 
-    from allocator import IPAM
+    from allocator.contract import IPAM
 
     from .app import create_app
 

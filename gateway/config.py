@@ -15,7 +15,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from allocator.store import EtcdSecurity
+from allocator.contract import EtcdSecurity
 
 _REGION = re.compile(r"^[a-z]{2}-[a-z]{3}$")
 _ZONE = re.compile(r"^[a-z]{2}-[a-z]{3}-[1-9]$")

@@ -7,8 +7,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from allocator import IPAM
-from allocator.credentials import Credentials
+from allocator.contract import IPAM, Credentials
 
 from .config import GatewayConfig
 from .errors import ApiError

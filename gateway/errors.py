@@ -28,7 +28,7 @@ from typing import Any
 
 from aiohttp import web
 
-from allocator import errors as e
+from allocator.contract import errors as e
 
 log = logging.getLogger(__name__)
 

@@ -1,4 +1,4 @@
-"""Operator routes (admin keys only) and the unauthenticated probes.
+"""Operator routes (admin keys only): API keys and zonal pools.
 
     POST   /ipam/admin/v1/api-keys                          create a key; the secret is shown once
     GET    /ipam/admin/v1/api-keys                          list keys, without secrets
@@ -7,9 +7,6 @@
     POST   /ipam/admin/v1/regions/{region}/zonal-pools      {"zone", "subnet"}
     GET    /ipam/admin/v1/regions/{region}/zonal-pools      ?zone=
     DELETE /ipam/admin/v1/regions/{region}/zonal-pools/{id} only while it holds no IP
-    GET    /healthz   the process is up
-    GET    /readyz    etcd answers a linearizable read (a quorum is reachable) and the
-                      node is not draining
 """
 
 from __future__ import annotations
@@ -18,18 +15,14 @@ from typing import Any
 
 from aiohttp import web
 
-from allocator import Source
-from allocator.credentials import ApiKey, check_key_spec, is_access_key
+from allocator.contract import ApiKey, Source, check_key_spec, is_access_key
 
 from .auth import principal
-from .context import CREDENTIALS_KEY, config_of, ipam_of, served_region, served_zone
-from .drain import drain_of
+from .context import CREDENTIALS_KEY, ipam_of, served_region, served_zone
 from .errors import invalid_argument
 from .wire import QueryFields, path_uuid, read_body
 
 routes = web.RouteTableDef()
-
-READY_TIMEOUT = 2.0
 
 
 def api_key_json(key: ApiKey) -> dict[str, Any]:
@@ -119,20 +112,3 @@ async def delete_zonal_pool(request: web.Request) -> web.Response:
     pool_id = path_uuid(request, "pool_id", "pool_id")
     await ipam_of(request).networks.delete_zonal_pool(pool_id)
     return web.Response(status=204)
-
-
-@routes.get("/healthz")
-async def healthz(request: web.Request) -> web.Response:
-    """The process is up and serving HTTP."""
-    return web.json_response({"status": "ok", "region": config_of(request).region})
-
-
-@routes.get("/readyz")
-async def readyz(request: web.Request) -> web.Response:
-    """Ready when etcd answers a linearizable read (a quorum is reachable), until a drain."""
-    if drain_of(request.app).active:  # a load balancer must stop sending here at once
-        return web.json_response({"status": "draining"}, status=503)
-    quorum, members = await ipam_of(request).readiness(READY_TIMEOUT)
-    body = {"status": "ready" if quorum else "unavailable",
-            "etcd": [{"endpoint": ep, "answered": ok} for ep, ok in members]}
-    return web.json_response(body, status=200 if quorum else 503)

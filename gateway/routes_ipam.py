@@ -8,9 +8,15 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from allocator import BookRequest, Caller, IPFilter, Resource
-from allocator.listing import ORDERS
-from allocator.records import CUSTOM, normalize_mac
+from allocator.contract import (
+    CUSTOM,
+    ORDERS,
+    BookRequest,
+    Caller,
+    IPFilter,
+    Resource,
+    normalize_mac,
+)
 
 from .auth import Principal, guarded_change, principal
 from .context import ipam_of, served_region, served_zone

@@ -13,7 +13,7 @@ from typing import Any
 
 from aiohttp import web
 
-from allocator import VPC, PrivateNetwork
+from allocator.contract import VPC, PrivateNetwork
 
 from .auth import Principal, principal
 from .context import ipam_of, served_region

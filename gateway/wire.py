@@ -21,8 +21,7 @@ from typing import Any
 from aiohttp import web
 from multidict import MultiMapping
 
-from allocator.errors import ArgumentProblem
-from allocator.listing import DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE
+from allocator.contract import DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE, ArgumentProblem
 
 from .errors import invalid_argument, invalid_arguments
 

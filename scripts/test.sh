@@ -15,4 +15,6 @@ if ! { command -v etcd && command -v etcdctl && command -v haproxy; } >/dev/null
 fi
 
 python3 -m pip install -q -e '.[test]'
+# The rooms' import rules (pyproject.toml [tool.importlinter]) before any test.
+lint-imports --no-cache
 exec python3 -m pytest -q "$@"

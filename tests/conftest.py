@@ -1,4 +1,4 @@
-"""Shared fixtures: real etcd members on loopback, started by allocator.etcd_process.
+"""Shared fixtures: real etcd members on loopback, started by devcluster.etcd.
 
 The session-scoped clusters are shared by every test, so tests that use them
 must not kill or pause members and must keep their keys under ``key_prefix``.
@@ -12,8 +12,8 @@ from collections.abc import AsyncIterator, Iterator
 
 import pytest
 
-from allocator import IPAM
-from allocator.etcd_process import EtcdCluster
+from allocator.contract import IPAM
+from devcluster.etcd import EtcdCluster
 
 
 @pytest.fixture(scope="session")

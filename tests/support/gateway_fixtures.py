@@ -19,7 +19,7 @@ import pytest
 import requests
 from aiohttp import web
 
-from allocator import IPAM
+from allocator.contract import IPAM
 from gateway.app import create_app
 from gateway.config import GatewayConfig
 

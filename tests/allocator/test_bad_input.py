@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from allocator_support import REGION, book_in, make_pn, new_project, revision
 
-from allocator import BookRequest, Caller, IPFilter, Resource
+from allocator.contract import BookRequest, Caller, IPFilter, Resource
 from allocator.errors import AlreadyExists, InvalidArgument, NotFound, PermissionDenied
 
 

@@ -14,7 +14,7 @@ from contextlib import AsyncExitStack
 import pytest
 from allocator_support import book_in, clean_audit, connected, make_pn, new_project
 
-from allocator import IPFilter, IPRecord
+from allocator.contract import IPFilter, IPRecord
 from allocator.errors import PoolExhausted
 
 

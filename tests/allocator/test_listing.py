@@ -7,7 +7,7 @@ import asyncio
 import pytest
 from allocator_support import book_in, connected, make_pn, new_project
 
-from allocator import IPFilter
+from allocator.contract import IPFilter
 from allocator.listing import select
 from allocator.queries import Queries
 

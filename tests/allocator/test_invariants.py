@@ -7,7 +7,7 @@ import asyncio
 import pytest
 from allocator_support import REGION, book_in, clean_audit, connected, make_pn, new_project
 
-from allocator import BookRequest, Caller, IPFilter, IPRecord, Resource
+from allocator.contract import BookRequest, Caller, IPFilter, IPRecord, Resource
 from allocator.errors import (
     AlreadyExists,
     Conflict,

@@ -1,4 +1,4 @@
-"""`python -m allocator`: a one-minute tour on an embedded single-member etcd.
+"""`python -m devcluster.tour`: the allocator alone, a one-minute tour on an embedded single-member etcd.
 
 Starts etcd in a temporary directory, creates a Private Network, books a few IPs
 (one chosen, one attached to a custom resource), lists them, and stops etcd.
@@ -11,8 +11,9 @@ import uuid
 
 import netaddr
 
-from . import IPAM, BookRequest, IPFilter, Resource
-from .etcd_process import EtcdCluster
+from allocator.contract import IPAM, BookRequest, IPFilter, Resource
+
+from .etcd import EtcdCluster
 
 
 async def tour(endpoints: list[str]) -> None:

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from bench.stats import percentile, summary
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_percentile_is_nearest_rank() -> None:

@@ -7,7 +7,7 @@ import asyncio
 import pytest
 from allocator_support import book_in, clean_audit, make_pn
 
-from allocator import Caller, IPRecord, Resource
+from allocator.contract import Caller, IPRecord, Resource
 from allocator.errors import AlreadyExists, InvalidArgument, OutcomeUnknown, StoreError
 
 SERVER = Caller(product_types=frozenset({"instance_server"}))

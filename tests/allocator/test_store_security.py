@@ -15,10 +15,10 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from allocator import EtcdSecurity
+from allocator.contract import EtcdSecurity
 from allocator.errors import StoreError
-from allocator.etcd_process import EtcdCluster, ServerTLS
 from allocator.store import EtcdStore
+from devcluster.etcd import EtcdCluster, ServerTLS
 
 
 def _write_cert(directory: Path, name: str, issuer_key, issuer_name, *, ca: bool = False,

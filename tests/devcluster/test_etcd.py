@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from allocator import etcd_process
-from allocator.etcd_process import EtcdCluster, EtcdStartError, find_etcd_binary
+from devcluster import etcd as etcd_process
+from devcluster.etcd import EtcdCluster, EtcdStartError, find_etcd_binary
 
 
 def etcdctl(endpoints: list[str], *args: str) -> str:

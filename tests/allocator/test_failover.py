@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 import pytest
 from allocator_support import book_in, clean_audit, connected, make_pn, new_project
 
-from allocator import IPRecord
+from allocator.contract import IPRecord
 from allocator.errors import IPAMError, OutcomeUnknown
 
 RECOVERY_SECONDS = 5.0

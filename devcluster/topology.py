@@ -5,7 +5,7 @@ Three etcd members (Debian's etcd), N gateway nodes (`ipam serve` each, given th
 whole cluster) and haproxy in front, round-robin with /readyz health checks: the
 same shape as docker-compose.yml, without a Docker engine.
 
-    python3 scripts/topology.py --gateways 3        # runs until Ctrl-C / SIGTERM
+    python3 -m devcluster.topology --gateways 3        # runs until Ctrl-C / SIGTERM
 
 As a library (tests, bench):
 
@@ -31,11 +31,9 @@ from pathlib import Path
 from types import TracebackType
 from typing import Self
 
-ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
+from .etcd import EtcdCluster
 
-from allocator.etcd_process import EtcdCluster
+ROOT = Path(__file__).resolve().parent.parent
 
 START_TIMEOUT = 30.0
 _LOOPBACK_HTTP = urllib.request.build_opener(urllib.request.ProxyHandler({}))

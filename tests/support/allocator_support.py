@@ -6,8 +6,8 @@ import uuid
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 
-from allocator import IPAM, BookRequest
 from allocator.audit import AuditReport, audit
+from allocator.contract import IPAM, BookRequest
 from allocator.topology import PrivateNetwork
 
 REGION = "fr-par"
