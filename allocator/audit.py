@@ -50,15 +50,15 @@ async def audit(store: EtcdStore, keys: Keys) -> AuditReport:
     held: dict[str, str] = {}  # address key -> ip id
     creation_index: list[str] = []
     for key, value in values.items():
-        rest = key[len(keys.prefix):]
-        if rest.startswith("src/") and rest.endswith("/meta"):
+        kind, _ = keys.kind(key)
+        if kind == "source":
             src = Source.from_json(json.loads(value))
             sources[src.id] = src
-        elif rest.startswith("src/") and "/a/" in rest:
+        elif kind == "address":
             held[key] = value.decode()
-        elif rest.startswith("src/") and "/c/" in rest:
+        elif kind == "created":
             creation_index.append(key)
-        elif rest.startswith("ip/"):
+        elif kind == "ip":
             rec = json.loads(value)
             records[rec["id"]] = rec
     report.records, report.held_addresses = len(records), len(held)
@@ -87,17 +87,17 @@ async def audit(store: EtcdStore, keys: Keys) -> AuditReport:
         if expected.get(key) != ip_id:
             report.addresses_without_record.append(key)
     for key in creation_index:
-        if key.rsplit("/", 1)[1] not in records:
+        if keys.last_segment(key) not in records:
             report.bad_index_keys.append(key)
     for key, value in values.items():
-        rest = key[len(keys.prefix):]
-        if rest.startswith(("ix/project/", "ix/res/")):
-            if key.rsplit("/", 1)[1] not in records:
+        kind, parts = keys.kind(key)
+        if kind in ("by_project", "by_resource"):
+            if keys.last_segment(key) not in records:
                 report.bad_index_keys.append(key)
-        elif rest.startswith("ix/mac/"):
+        elif kind == "mac":
             rec = records.get(value.decode())
             if rec is None or not rec.get("resource") or \
-                    rec["resource"].get("mac_address") != rest.split("/")[2]:
+                    rec["resource"].get("mac_address") != parts[2]:
                 report.bad_index_keys.append(key)
     return report
 

@@ -1,26 +1,26 @@
-"""Group commit across sources: one etcd request carries the batches of many sources.
+"""Group commit: the node's one packer of transactions into etcd requests.
 
-Each source's engine groups its own bookings into a batch (one nested transaction
-per booking). When many sources are busy at once, each of them has only a few
-bookings in hand; sending a request per source would cost a round trip per
-booking again. The committer packs the batches that are waiting into one outer
-transaction, up to what one etcd request may carry, while at most `inflight`
-requests are out; a batch waits only while the node's requests are all in flight.
+Every booking and lifecycle change of a node, whatever its source, hands its
+guarded transaction to the node's committer and waits for its outcome. While
+`max_inflight` requests are out, the transactions that arrive wait; as soon as a
+request returns, everything waiting leaves in the next one, each as a nested
+transaction (etcd >= 3.3): one round trip commits many changes, and each learns
+from its own failure reads what beat it.
 
-Sibling nested transactions must not write the same key (etcd refuses the whole
-request), so batches that write a common key (an address, an IP, an idempotency
-key, a MAC, a release marker) never ride the same request; and a request stays
-under etcd's size limit.
+What one request may carry is decided here and nowhere else:
+- at most MAX_NESTED nested transactions, and under etcd's request size limit;
+- never two transactions that write a common key (an address, an IP, an
+  idempotency key, a MAC, a release marker): etcd refuses the whole request.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from . import store as st
 from .errors import StoreError
+from .txn import GuardedTxn, TxnOutcome
 
 # Outer request: one op per nested transaction; each nested one may use what is left.
 MAX_NESTED = 64
@@ -30,88 +30,72 @@ REQUEST_BYTES = 1024 * 1024
 
 @dataclass
 class _Waiting:
-    ops: list[st.rpc.RequestOp]
-    unique: frozenset[str]
-    size: int = 0
-    future: asyncio.Future[list[st.rpc.TxnResponse]] = field(
+    txn: GuardedTxn
+    op: st.rpc.RequestOp
+    size: int
+    future: asyncio.Future[TxnOutcome] = field(
         default_factory=lambda: asyncio.get_running_loop().create_future())
 
 
-def written_keys(ops: Sequence[st.rpc.RequestOp]) -> frozenset[str]:
-    """Every key `ops` put or delete: changes sharing one must not share a request."""
-    keys = set()
-    for op in ops:
-        if op.HasField("request_put"):
-            keys.add(op.request_put.key.decode())
-        elif op.HasField("request_delete_range"):
-            keys.add(op.request_delete_range.key.decode())
-    return frozenset(keys)
-
-
 class Committer:
-    """Sends the nested transactions of many batches in as few etcd requests as it can."""
+    """Sends the guarded transactions of a node in as few etcd requests as it can."""
 
-    def __init__(self, store: st.EtcdStore, *, inflight: int = 2,
+    def __init__(self, store: st.EtcdStore, *, max_inflight: int = 2,
                  max_nested: int = MAX_NESTED) -> None:
         self.store = store
-        self.inflight_limit = inflight
+        self.max_inflight = max_inflight
         self.max_nested = max_nested
         self.requests = 0
         self._waiting: list[_Waiting] = []
         self._inflight = 0
 
-    async def commit(self, ops: Sequence[st.rpc.RequestOp],
-                     unique: frozenset[str] = frozenset(),
-                     size: int | None = None) -> list[st.rpc.TxnResponse]:
-        """Commit nested transactions; their responses, in order. StoreError: unknown.
-
-        `size`: their encoded bytes, when the caller has counted them already.
-        """
-        if size is None:
-            size = sum(op.ByteSize() for op in ops)
-        waiting = _Waiting(list(ops), unique, size)
+    async def commit(self, txn: GuardedTxn) -> TxnOutcome:
+        """Commit `txn` with whatever else is waiting; its outcome. StoreError: unknown."""
+        op = txn.request()
+        waiting = _Waiting(txn, op, op.ByteSize())
         self._waiting.append(waiting)
-        self._kick()
+        self._send_what_fits()
         return await waiting.future
 
-    def _kick(self) -> None:
-        while self._inflight < self.inflight_limit and self._waiting:
+    def _send_what_fits(self) -> None:
+        while self._inflight < self.max_inflight and self._waiting:
             packed: list[_Waiting] = []
-            used: set[str] = set()
-            count = size = 0
-            for w in list(self._waiting):
-                if packed and (count + len(w.ops) > self.max_nested or w.unique & used
-                               or size + w.size > REQUEST_BYTES):
+            written: set[str] = set()
+            size = 0
+            left: list[_Waiting] = []
+            for w in self._waiting:
+                if w.future.done():  # its caller went away meanwhile
+                    continue
+                keys = w.txn.written_keys
+                if len(packed) >= self.max_nested or keys & written or (
+                        packed and size + w.size > REQUEST_BYTES):
+                    left.append(w)
                     continue
                 packed.append(w)
-                used |= w.unique
-                count += len(w.ops)
+                written |= keys
                 size += w.size
-                self._waiting.remove(w)
-                if count >= self.max_nested:
-                    break
+            self._waiting = left
+            if not packed:
+                return
             self._inflight += 1
             asyncio.ensure_future(self._send(packed))
 
     async def _send(self, packed: list[_Waiting]) -> None:
         try:
             self.requests += 1
-            resp = await self.store.txn([], [op for w in packed for op in w.ops])
-            start = 0
-            for w in packed:
-                end = start + len(w.ops)
-                if not w.future.done():  # its caller may have gone away meanwhile
-                    w.future.set_result([r.response_txn for r in resp.responses[start:end]])
-                start = end
+            resp = await self.store.txn([], [w.op for w in packed])
+            for w, r in zip(packed, resp.responses, strict=True):
+                if not w.future.done():
+                    w.future.set_result(w.txn.outcome(r.response_txn))
         except StoreError as err:
             for w in packed:
                 if not w.future.done():
                     w.future.set_exception(err)
-        except BaseException as err:  # never leave a batch hanging
+        except BaseException as err:  # never leave a change hanging
             for w in packed:
                 if not w.future.done():
                     w.future.set_exception(StoreError(f"commit failed: {err!r}"))
             raise
         finally:
             self._inflight -= 1
-            self._kick()
+            self._send_what_fits()

@@ -6,11 +6,27 @@ own business and may change without notice.
 
     from allocator.contract import IPAM, AddressAsk, Caller
     ipam = await IPAM.connect(["127.0.0.1:2379"])
+    pn = await ipam.create_private_network("fr-par", project_id, None, "web")
+    ip = await ipam.book(AddressAsk(region="fr-par", project_id=project_id,
+                                    private_network_id=pn.id), Caller())
+
+`IPAM` composes the rooms of the allocator and forwards to them; it decides
+nothing itself:
+
+    lifecycle   book, update, release, release a set, attach, detach, move
+    queries     one IP, a list page, the reserved addresses of a Private Network
+    networks    VPCs, Private Networks, subnets and zonal pools
 """
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Sequence
+from typing import Any
+
 from . import errors
+from .asks import AddressAsk, Caller
+from .committer import Committer
 from .credentials import (
     ADMIN,
     PRODUCT,
@@ -23,18 +39,186 @@ from .credentials import (
     is_access_key,
     secret_hash,
 )
-from .errors import ArgumentProblem
-from .ipam import IPAM, BookRequest, Caller
+from .errors import ArgumentProblem, StoreError
+from .keys import Keys
+from .lifecycle import Lifecycle
 from .listing import DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE, ORDERS, IPFilter
+from .network_registry import NetworkRegistry
+from .networks import VPC, PrivateNetwork, Subnet
+from .queries import Queries
 from .records import CUSTOM, IPRecord, Resource, Reverse, normalize_mac
+from .resolution import SourceResolver
 from .sources import ReservedAddress, Source
-from .store import EtcdSecurity
-from .topology import VPC, PrivateNetwork, Subnet
+from .store import EtcdSecurity, EtcdStore
 
 __all__ = [
     "ADMIN", "CUSTOM", "DEFAULT_PAGE_SIZE", "IPAM", "MAX_PAGE_SIZE", "ORDERS", "PRODUCT",
-    "PROJECT_MEMBER", "PROJECT_READER", "VPC", "ApiKey", "ArgumentProblem", "BookRequest",
+    "PROJECT_MEMBER", "PROJECT_READER", "VPC", "AddressAsk", "ApiKey", "ArgumentProblem",
     "Caller", "Credentials", "EtcdSecurity", "IPFilter", "IPRecord", "PrivateNetwork",
     "ReservedAddress", "Resource", "Reverse", "Source", "Subnet", "access_key_for_secret",
     "check_key_spec", "errors", "is_access_key", "normalize_mac", "secret_hash",
 ]
+
+
+class IPAM:
+    """The allocator over one etcd cluster; one per process, shared by all requests.
+
+    `store` and `keys` are public for audits and tests; callers change state only
+    through the methods below.
+    """
+
+    def __init__(self, store: EtcdStore, prefix: str = "/ipam/", *,
+                 max_inflight: int = 2) -> None:
+        self.store = store
+        self.keys = Keys(prefix)
+        self.networks = NetworkRegistry(store, self.keys)
+        # One committer per node: the changes of every source share its etcd requests.
+        self.committer = Committer(store, max_inflight=max_inflight)
+        self.resolver = SourceResolver(self.networks)
+        self.lifecycle = Lifecycle(store, self.keys, self.resolver, self.committer)
+        self.queries = Queries(store, self.keys, self.networks)
+
+    @classmethod
+    async def connect(cls, endpoints: Sequence[str], prefix: str = "/ipam/",
+                      timeout: float = 3.0, eject_seconds: float = 5.0,
+                      security: EtcdSecurity | None = None, **kwargs: Any) -> IPAM:
+        """An IPAM on the etcd cluster reachable at `endpoints` (host:port each)."""
+        store = EtcdStore(list(endpoints), timeout=timeout, eject_seconds=eject_seconds,
+                          security=security)
+        return cls(store, prefix, **kwargs)
+
+    async def close(self) -> None:
+        """Stop every source's watch and close the etcd channels."""
+        for engine in self.lifecycle.engines.values():
+            engine.close()
+        await self.store.close()
+
+    def credentials(self) -> Credentials:
+        """The API keys kept in this cluster (the gateway's tenancy layer)."""
+        return Credentials(self.store, self.keys)
+
+    async def readiness(self, timeout: float = 2.0) -> tuple[bool, list[tuple[str, bool]]]:
+        """(a quorum answers a linearizable read, [(endpoint, answered)]) for /readyz."""
+        async def quorum() -> bool:
+            try:
+                await asyncio.wait_for(self.store.count(self.keys.prefix), timeout)
+                return True
+            except (TimeoutError, StoreError):
+                return False
+
+        ready, members = await asyncio.gather(quorum(), self.store.status())
+        return ready, members
+
+    def engine_stats(self) -> dict[str, Any]:
+        return {sid: e.stats for sid, e in self.lifecycle.engines.items()}
+
+    # -- IPs --------------------------------------------------------------------------
+
+    async def book(self, ask: AddressAsk, caller: Caller = Caller()) -> IPRecord:
+        """Book an address (any free one, or `ask.address`), optionally attached at once."""
+        return await self.lifecycle.book(ask, caller)
+
+    async def get_ip(self, ip_id: str) -> IPRecord:
+        """The IP record, or NotFound."""
+        return await self.queries.get_ip(ip_id)
+
+    async def list_ips(self, flt: IPFilter, order_by: str = "created_at_desc", page: int = 1,
+                       page_size: int = 50) -> tuple[list[IPRecord], int]:
+        """One page of the IPs that match `flt`, and how many match in all."""
+        return await self.queries.list_ips(flt, order_by, page, page_size)
+
+    async def reserved_ips(self, pn_id: str) -> list[dict[str, Any]]:
+        """For each subnet of the Private Network, the addresses never handed out and why."""
+        return await self.queries.reserved_ips(pn_id)
+
+    async def update_ip(self, ip_id: str, tags: Any = None, reverses: Any = None,
+                        caller: Caller = Caller()) -> IPRecord:
+        """Change an IP's tags and/or reverse DNS entries."""
+        return await self.lifecycle.update_ip(ip_id, tags, reverses, caller)
+
+    async def release(self, ip_id: str, caller: Caller = Caller()) -> None:
+        """Release a detached IP: its address is free again."""
+        await self.lifecycle.release(ip_id, caller)
+
+    async def release_set(self, ip_ids: Sequence[str], caller: Caller = Caller()) -> None:
+        """Release several detached IPs atomically: all of them, or none."""
+        await self.lifecycle.release_set(ip_ids, caller)
+
+    async def attach(self, ip_id: str, resource: Resource, caller: Caller = Caller(),
+                     idempotency_key: str | None = None,
+                     idempotency_scope: str = "") -> IPRecord:
+        """Attach a detached IP to a resource (a MAC holds one IP per Private Network)."""
+        return await self.lifecycle.attach(ip_id, resource, caller, idempotency_key,
+                                           idempotency_scope)
+
+    async def detach(self, ip_id: str, resource: Resource, caller: Caller = Caller(),
+                     idempotency_key: str | None = None,
+                     idempotency_scope: str = "") -> IPRecord:
+        """Detach an IP from the resource it is attached to (which the caller must name)."""
+        return await self.lifecycle.detach(ip_id, resource, caller, idempotency_key,
+                                           idempotency_scope)
+
+    async def move(self, ip_id: str, from_resource: Resource, to_resource: Resource | None,
+                   caller: Caller = Caller(), idempotency_key: str | None = None,
+                   idempotency_scope: str = "") -> IPRecord:
+        """Move an IP from the resource it is attached to, to another one (or to none)."""
+        return await self.lifecycle.move(ip_id, from_resource, to_resource, caller,
+                                         idempotency_key, idempotency_scope)
+
+    # -- where addresses come from ------------------------------------------------------
+
+    async def source(self, source_id: str) -> Source:
+        """A source (subnet or zonal pool), from this node's cache when it has it."""
+        return await self.resolver.source(source_id)
+
+    async def create_vpc(self, *args: Any, **kwargs: Any) -> VPC:
+        """A new VPC with its own IPv6 ULA /48 (see `NetworkRegistry.create_vpc`)."""
+        return await self.networks.create_vpc(*args, **kwargs)
+
+    async def get_vpc(self, vpc_id: str) -> VPC:
+        return await self.networks.get_vpc(vpc_id)
+
+    async def list_vpcs(self, *args: Any, **kwargs: Any) -> list[VPC]:
+        return await self.networks.list_vpcs(*args, **kwargs)
+
+    async def update_vpc(self, vpc_id: str, name: str | None = None, tags: Any = None) -> VPC:
+        return await self.networks.update_vpc(vpc_id, name, tags)
+
+    async def delete_vpc(self, vpc_id: str) -> None:
+        """Delete a VPC that has no Private Network left."""
+        await self.networks.delete_vpc(vpc_id)
+
+    async def create_private_network(self, *args: Any, **kwargs: Any) -> PrivateNetwork:
+        """A Private Network with its subnets; subnets never overlap others of the VPC."""
+        return await self.networks.create_private_network(*args, **kwargs)
+
+    async def get_private_network(self, pn_id: str) -> PrivateNetwork:
+        return await self.networks.get_private_network(pn_id)
+
+    async def cached_private_network(self, pn_id: str) -> PrivateNetwork:
+        """The Private Network from this node's cache (subnets never change), else etcd."""
+        return await self.networks.cached_private_network(pn_id)
+
+    async def list_private_networks(self, *args: Any, **kwargs: Any) -> list[PrivateNetwork]:
+        return await self.networks.list_private_networks(*args, **kwargs)
+
+    async def update_private_network(self, *args: Any, **kwargs: Any) -> PrivateNetwork:
+        return await self.networks.update_private_network(*args, **kwargs)
+
+    async def delete_private_network(self, pn_id: str) -> None:
+        """Delete a Private Network whose subnets hold no IP."""
+        await self.networks.delete_private_network(pn_id)
+
+    async def list_subnets(self, *args: Any, **kwargs: Any) -> list[Subnet]:
+        return await self.networks.list_subnets(*args, **kwargs)
+
+    async def create_zonal_pool(self, region: str, zone: str, cidr: str) -> Source:
+        """A public pool shared by every project of `zone`; pools of a region never overlap."""
+        return await self.networks.create_zonal_pool(region, zone, cidr)
+
+    async def list_zonal_pools(self, region: str, zone: str | None = None) -> list[Source]:
+        return await self.networks.list_zonal_pools(region, zone)
+
+    async def delete_zonal_pool(self, pool_id: str) -> None:
+        """Delete a zonal pool that holds no IP."""
+        await self.networks.delete_zonal_pool(pool_id)

@@ -33,10 +33,12 @@ from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+from . import retry
 from . import store as st
 from .errors import AlreadyExists, InvalidArgument, NotFound
 from .keys import Keys
 from .records import check_uuid, now
+from .txn import GuardedTxn, commit
 
 log = logging.getLogger(__name__)
 
@@ -222,16 +224,16 @@ class Credentials:
 
     async def create(self, spec: ApiKey) -> tuple[ApiKey, str]:
         """Store a new key for `spec` (from `check_key_spec`); returns (key, secret)."""
-        for _ in range(5):
+        async for _ in retry.NETWORK_RACES.attempts():
             key = ApiKey(**{**asdict(spec), "access_key": new_access_key(), "created_at": now()})
             secret = str(uuid.uuid4())
             digest = secret_hash(secret)
             record = json.dumps({**key.to_json(), "secret_hash": digest})
-            resp = await self.store.txn(
-                [st.absent(self._by_access(key.access_key)), st.absent(self._by_secret(digest))],
-                [st.put(self._by_access(key.access_key), digest),
-                 st.put(self._by_secret(digest), record)])
-            if resp.succeeded:
+            txn = (GuardedTxn().absent("access_key", self._by_access(key.access_key))
+                   .absent("secret", self._by_secret(digest))
+                   .put(self._by_access(key.access_key), digest)
+                   .put(self._by_secret(digest), record))
+            if (await commit(self.store, txn)).succeeded:
                 return key, secret
         raise AlreadyExists("api_key", key.access_key)
 
@@ -257,13 +259,12 @@ class Credentials:
 
     async def revoke(self, access_key: str) -> None:
         """Delete the key; every later lookup of its secret, on any node, finds nothing."""
-        for _ in range(5):
+        async for _ in retry.NETWORK_RACES.attempts():
             kv = await self.store.get(self._by_access(access_key))
             if kv is None:
                 raise NotFound("api_key", access_key)
-            resp = await self.store.txn(
-                [st.unchanged(kv.key, kv.mod_revision)],
-                [st.delete(kv.key), st.delete(self._by_secret(kv.value.decode()))])
-            if resp.succeeded:
+            txn = (GuardedTxn().unchanged("access_key", kv.key, kv.mod_revision)
+                   .delete(kv.key).delete(self._by_secret(kv.value.decode())))
+            if (await commit(self.store, txn)).succeeded:
                 return
         raise NotFound("api_key", access_key)

@@ -2,6 +2,8 @@
 
     {p}vpc/{vpc_id}                       VPC
     {p}pn/{pn_id}                         Private Network
+    {p}vpcdefault/{region}/{project_id}   the project's default VPC in a region -> VPC id
+    {p}vpcpn/{vpc_id}/{pn_id}             Private Networks of a VPC (counts, delete guard)
     {p}vpcnet/{vpc_id}/{subnet_id}        CIDR of each subnet of a VPC (overlap checks)
     {p}src/{source_id}/meta               source (subnet or zonal pool)
     {p}src/{source_id}/a/{offset}         held address -> IP id (offset in fixed-width hex)
@@ -16,7 +18,7 @@
     {p}auth/...                           API keys (owned by the gateway's tenancy layer)
 
 Every key of one held address is written in the same transaction, so an index
-never disagrees with the data.
+never disagrees with the data. Keys are built and taken apart here only.
 """
 
 from __future__ import annotations
@@ -36,6 +38,15 @@ class Keys:
 
     def private_network(self, pn_id: str = "") -> str:
         return f"{self.prefix}pn/{pn_id}"
+
+    def default_vpc(self, region: str, project_id: str) -> str:
+        return f"{self.prefix}vpcdefault/{region}/{project_id}"
+
+    def vpc_private_networks(self, vpc_id: str = "", pn_id: str = "") -> str:
+        """The Private Networks of a VPC (all VPCs' with no vpc_id)."""
+        if not vpc_id:
+            return f"{self.prefix}vpcpn/"
+        return f"{self.prefix}vpcpn/{vpc_id}/{pn_id}"
 
     def vpc_networks(self, vpc_id: str) -> str:
         return f"{self.prefix}vpcnet/{vpc_id}/"
@@ -92,6 +103,40 @@ class Keys:
 
     def auth(self, suffix: str = "") -> str:
         return f"{self.prefix}auth/{suffix}"
+
+    # -- taking keys apart ----------------------------------------------------------
+
+    @staticmethod
+    def last_segment(key: str) -> str:
+        """The id a key ends with: subnet of a `vpcnet` key, pool of a `zone` key, IP of an
+        index key, Private Network of a `vpcpn` key."""
+        return key.rsplit("/", 1)[1]
+
+    @staticmethod
+    def vpc_of_private_network_key(key: str) -> str:
+        """The VPC of a `vpcpn/{vpc_id}/{pn_id}` key."""
+        return key.rsplit("/", 2)[1]
+
+    @staticmethod
+    def address_offset(key: str) -> int:
+        """The offset of a held-address key `src/{source_id}/a/{offset}`."""
+        return int(key.rsplit("/", 1)[1], 16)
+
+    def kind(self, key: str) -> tuple[str, list[str]]:
+        """What a key under this prefix is, and its segments after the prefix:
+
+        `source`, `address`, `freed`, `created` (of a source), `ip`, `by_project`,
+        `by_resource`, `mac`, or the first segment for anything else.
+        """
+        parts = key[len(self.prefix):].split("/")
+        head = parts[0]
+        if head == "src" and len(parts) >= 3:
+            return {"meta": "source", "a": "address", "freed": "freed",
+                    "c": "created"}.get(parts[2], "src"), parts
+        if head == "ix" and len(parts) >= 2:
+            return {"project": "by_project", "res": "by_resource",
+                    "mac": "mac"}.get(parts[1], "ix"), parts
+        return head, parts
 
 
 def newest_first(created_at: str) -> str:

@@ -15,14 +15,15 @@ from __future__ import annotations
 
 import json
 from dataclasses import fields
+from typing import Any
 
 from .errors import NotFound
 from .keys import Keys
 from .listing import IPFilter, check_page, select
-from .records import IPRecord
+from .network_registry import NetworkRegistry
+from .records import IPRecord, check_uuid
 from .sources import SUBNET, Source
 from .store import EtcdStore
-from .topology import Topology
 
 _CREATION_ORDERS = {"created_at_desc", "created_at_asc"}
 _ADDRESS_ORDERS = {"ip_address_asc", "ip_address_desc"}
@@ -34,10 +35,25 @@ _SETTLED_BY_PROJECT = {"project_ids", "project_id", "region"}
 
 
 class Queries:
-    """Read side of IP listing."""
+    """The read side of IPs: one IP, a list page, the reserved addresses of a network."""
 
-    def __init__(self, store: EtcdStore, keys: Keys, networks: Topology) -> None:
+    def __init__(self, store: EtcdStore, keys: Keys, networks: NetworkRegistry) -> None:
         self.store, self.keys, self.networks = store, keys, networks
+
+    async def get_ip(self, ip_id: str) -> IPRecord:
+        """The IP record, or NotFound."""
+        check_uuid(ip_id, "ip_id")
+        kv = await self.store.get(self.keys.ip(ip_id))
+        if kv is None:
+            raise NotFound("ip", ip_id)
+        return IPRecord.from_json(json.loads(kv.value))
+
+    async def reserved_ips(self, pn_id: str) -> list[dict[str, Any]]:
+        """For each subnet of the Private Network, the addresses never handed out and why."""
+        pn = await self.networks.get_private_network(pn_id)
+        return [{"subnet_id": s.id, "subnet": s.subnet,
+                 "reserved": [r.__dict__ for r in pn.source(s).reserved_addresses()]}
+                for s in pn.subnets]
 
     async def list_ips(self, flt: IPFilter, order_by: str, page: int,
                        page_size: int) -> tuple[list[IPRecord], int]:

@@ -11,7 +11,8 @@ again. A hung member (alive, not answering) is the case this exists for: without
 ejection gRPC keeps sending to it.
 
 Writes are never retried here: when a transaction errors its outcome is unknown,
-and only the caller can tell (by reading back the token it wrote).
+and only the caller can tell (by reading back the token it wrote). Transactions are
+built in `txn` (guards with names); this module only sends them.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ import grpc
 from aetcd import rpc
 
 from .errors import StoreError
+from .retry import WATCH_RESUME
 
 log = logging.getLogger(__name__)
 
@@ -109,6 +111,10 @@ def _b(key: str | bytes) -> bytes:
     return key.encode() if isinstance(key, str) else key
 
 
+def _read(key: str) -> rpc.RequestOp:
+    return rpc.RequestOp(request_range=rpc.RangeRequest(key=_b(key)))
+
+
 def prefix_end(prefix: str | bytes) -> bytes:
     """The range end that covers every key starting with `prefix`."""
     p = bytearray(_b(prefix))
@@ -117,54 +123,6 @@ def prefix_end(prefix: str | bytes) -> bytes:
             p[i] += 1
             return bytes(p[: i + 1])
     return b"\0"
-
-
-def put(key: str, value: str | bytes, lease: int = 0) -> rpc.RequestOp:
-    return rpc.RequestOp(request_put=rpc.PutRequest(key=_b(key), value=_b(value), lease=lease))
-
-
-def get(key: str) -> rpc.RequestOp:
-    return rpc.RequestOp(request_range=rpc.RangeRequest(key=_b(key)))
-
-
-def delete(key: str) -> rpc.RequestOp:
-    return rpc.RequestOp(request_delete_range=rpc.DeleteRangeRequest(key=_b(key)))
-
-
-def nested(compare: Sequence[rpc.Compare], success: Sequence[rpc.RequestOp],
-           failure: Sequence[rpc.RequestOp] = ()) -> rpc.RequestOp:
-    return rpc.RequestOp(request_txn=rpc.TxnRequest(
-        compare=list(compare), success=list(success), failure=list(failure)))
-
-
-def absent(key: str) -> rpc.Compare:
-    """Guard: `key` does not exist."""
-    return rpc.Compare(key=_b(key), result=rpc.Compare.EQUAL, target=rpc.Compare.CREATE,
-                       create_revision=0)
-
-
-def present(key: str) -> rpc.Compare:
-    """Guard: `key` exists."""
-    return rpc.Compare(key=_b(key), result=rpc.Compare.GREATER, target=rpc.Compare.VERSION,
-                       version=0)
-
-
-def unchanged(key: str, mod_revision: int) -> rpc.Compare:
-    """Guard: `key` was last modified at `mod_revision` (0: it does not exist)."""
-    return rpc.Compare(key=_b(key), result=rpc.Compare.EQUAL, target=rpc.Compare.MOD,
-                       mod_revision=mod_revision)
-
-
-def prefix_empty(prefix: str) -> rpc.Compare:
-    """Guard: no key starts with `prefix` (a range compare, etcd >= 3.3)."""
-    return rpc.Compare(key=_b(prefix), range_end=prefix_end(prefix), result=rpc.Compare.EQUAL,
-                       target=rpc.Compare.CREATE, create_revision=0)
-
-
-def prefix_unchanged_since(prefix: str, revision: int) -> rpc.Compare:
-    """Guard: no key under `prefix` was created or modified after `revision`."""
-    return rpc.Compare(key=_b(prefix), range_end=prefix_end(prefix), result=rpc.Compare.LESS,
-                       target=rpc.Compare.MOD, mod_revision=revision + 1)
 
 
 # --- results -------------------------------------------------------------------
@@ -178,7 +136,7 @@ class KV:
     create_revision: int
 
 
-def _kv(kv: rpc.KeyValue) -> KV:
+def kv_of(kv: rpc.KeyValue) -> KV:
     return KV(kv.key.decode(), kv.value, kv.mod_revision, kv.create_revision)
 
 
@@ -363,7 +321,7 @@ class EtcdStore:
     async def get(self, key: str) -> KV | None:
         """The key's current value, or None."""
         resp = await self.range(key)
-        return _kv(resp.kvs[0]) if resp.kvs else None
+        return kv_of(resp.kvs[0]) if resp.kvs else None
 
     async def get_many(self, keys: Iterable[str]) -> dict[str, KV]:
         """Several keys in as few round trips as the op limit allows (one snapshot per txn)."""
@@ -371,10 +329,10 @@ class EtcdStore:
         found: dict[str, KV] = {}
 
         async def chunk(part: list[str]) -> None:
-            resp = await self.txn([], [get(k) for k in part], retry=True)
+            resp = await self.txn([], [_read(k) for k in part], retry=True)
             for r in resp.responses:
                 for kv in r.response_range.kvs:
-                    found[kv.key.decode()] = _kv(kv)
+                    found[kv.key.decode()] = kv_of(kv)
 
         await asyncio.gather(*(chunk(keys[i:i + MAX_TXN_OPS])
                                for i in range(0, len(keys), MAX_TXN_OPS)))
@@ -385,7 +343,7 @@ class EtcdStore:
         """The first (or, `descending`, the last) `limit` keys under `prefix`, in key order."""
         resp = await self.range(prefix, prefix_end(prefix), limit=limit, keys_only=keys_only,
                                 descending=descending)
-        return [_kv(kv) for kv in resp.kvs]
+        return [kv_of(kv) for kv in resp.kvs]
 
     async def count(self, prefix: str) -> tuple[int, int]:
         """(number of keys under `prefix`, revision), linearizable."""
@@ -402,7 +360,7 @@ class EtcdStore:
             resp = await self.range(start.decode(), end, limit=page, revision=revision,
                                     keys_only=keys_only)
             revision = revision or resp.header.revision
-            out.extend(_kv(kv) for kv in resp.kvs)
+            out.extend(kv_of(kv) for kv in resp.kvs)
             if not resp.more or not resp.kvs:
                 return out, revision
             start = resp.kvs[-1].key + b"\0"
@@ -435,7 +393,7 @@ class EtcdStore:
         needs is gone. Runs until cancelled.
         """
         next_rev = start_revision
-        backoff = 0.05
+        backoff = WATCH_RESUME.delay
         auth_failed = False
         while True:
             ep = self._pick()
@@ -479,7 +437,7 @@ class EtcdStore:
                         # (instead of failing the call): renew before resuming.
                         auth_failed = bool(self.security.username)
                         break
-                    backoff = 0.05
+                    backoff = WATCH_RESUME.delay
                     if resp.events:
                         events = [WatchEvent(e.kv.key.decode(), e.kv.value,
                                              e.type == rpc.Event.DELETE, e.kv.mod_revision)
@@ -505,4 +463,4 @@ class EtcdStore:
                 queue.put_nowait(None)
                 call.cancel()
             await asyncio.sleep(backoff)
-            backoff = min(backoff * 2, 1.0)
+            backoff = min(backoff * WATCH_RESUME.factor, WATCH_RESUME.max_delay)

@@ -15,6 +15,7 @@ import uuid
 from typing import Any
 
 from allocator import store as st
+from allocator.txn import GuardedTxn
 from allocator.store import EtcdStore
 
 from .stats import summary
@@ -40,7 +41,8 @@ async def measure(store: EtcdStore, concurrency: int, count: int, seconds: float
             issued += 1
             t0 = time.perf_counter()
             try:
-                resp = await store.txn([st.absent(key)], [st.put(key, value)])
+                txn = GuardedTxn().absent("key", key).put(key, value)
+                resp = await store.txn(txn.compares(), txn.writes)
             except st.StoreError:
                 failed += 1
                 continue

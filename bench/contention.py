@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from allocator import store as st
-from allocator.contract import IPAM, BookRequest, Caller, Resource
+from allocator.contract import IPAM, AddressAsk, Caller, Resource
 from allocator.errors import IPAMError
 
 from . import ceiling, report
@@ -168,10 +168,10 @@ class Context:
                     mac = "02:" + ":".join(f"{random.randrange(256):02x}" for _ in range(5))
                     res = Resource.product(PRODUCT, str(uuid.uuid4()), mac)
                 try:
-                    r = await self.ipam.book(BookRequest(
+                    r = await self.ipam.book(AddressAsk(
                         region=REGION, project_id=self.project_id, is_ipv6=is_ipv6,
                         organization_id=self.organization_id, private_network_id=pn,
-                        resource=res, caller=caller))
+                        resource=res), caller)
                 except IPAMError as err:
                     errors += 1
                     if errors <= 3:

@@ -11,7 +11,7 @@ import uuid
 
 import netaddr
 
-from allocator.contract import IPAM, BookRequest, IPFilter, Resource
+from allocator.contract import IPAM, AddressAsk, IPFilter, Resource
 
 from .etcd import EtcdCluster
 
@@ -26,12 +26,12 @@ async def tour(endpoints: list[str]) -> None:
         v4 = next(s for s in pn.subnets if ":" not in s.subnet)
         chosen = str(netaddr.IPNetwork(v4.subnet)[10])
         asks = [
-            BookRequest(region="fr-par", project_id=project, private_network_id=pn.id),
-            BookRequest(region="fr-par", project_id=project, private_network_id=pn.id,
+            AddressAsk(region="fr-par", project_id=project, private_network_id=pn.id),
+            AddressAsk(region="fr-par", project_id=project, private_network_id=pn.id,
                         address=chosen, tags=["chosen"]),
-            BookRequest(region="fr-par", project_id=project, private_network_id=pn.id,
+            AddressAsk(region="fr-par", project_id=project, private_network_id=pn.id,
                         resource=Resource.custom("02:00:00:00:00:01", "web-1")),
-            BookRequest(region="fr-par", project_id=project, private_network_id=pn.id,
+            AddressAsk(region="fr-par", project_id=project, private_network_id=pn.id,
                         is_ipv6=True),
         ]
         for ask in asks:

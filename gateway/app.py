@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from allocator.contract import IPAM, Credentials
+from allocator.contract import IPAM
 
 from . import health, openapi, routes_admin, routes_ipam, routes_vpc
 from .auth import AUTHENTICATOR, Authenticator, auth_middleware
@@ -35,7 +35,7 @@ def create_app(ipam: IPAM, config: GatewayConfig | None = None, *,
         # aiohttp answers a request line or header over its limit before any middleware
         # runs, in text/plain: the limit is raised so that real requests never meet it.
         handler_args={"max_line_size": MAX_HEADER_BYTES, "max_field_size": MAX_HEADER_BYTES})
-    credentials = Credentials(ipam.store, ipam.keys)
+    credentials = ipam.credentials()
     app[IPAM_KEY] = ipam
     app[CONFIG_KEY] = config
     app[CREDENTIALS_KEY] = credentials

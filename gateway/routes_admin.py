@@ -87,7 +87,7 @@ async def create_zonal_pool(request: web.Request) -> web.Response:
     body.finish()
     assert zone is not None and subnet is not None
     served_zone(zone, "zone", request)
-    pool = await ipam_of(request).networks.create_zonal_pool(region, zone, subnet)
+    pool = await ipam_of(request).create_zonal_pool(region, zone, subnet)
     return web.json_response(zonal_pool_json(pool))
 
 
@@ -100,7 +100,7 @@ async def list_zonal_pools(request: web.Request) -> web.Response:
     q.finish()
     if zone is not None:
         served_zone(zone, "zone", request)
-    pools = await ipam_of(request).networks.list_zonal_pools(region, zone)
+    pools = await ipam_of(request).list_zonal_pools(region, zone)
     return web.json_response({"zonal_pools": [zonal_pool_json(p) for p in pools],
                               "total_count": len(pools)})
 
@@ -110,5 +110,5 @@ async def delete_zonal_pool(request: web.Request) -> web.Response:
     served_region(request)
     principal(request).check_admin("zonal_pool")
     pool_id = path_uuid(request, "pool_id", "pool_id")
-    await ipam_of(request).networks.delete_zonal_pool(pool_id)
+    await ipam_of(request).delete_zonal_pool(pool_id)
     return web.Response(status=204)

@@ -11,7 +11,7 @@ from aiohttp import web
 from allocator.contract import (
     CUSTOM,
     ORDERS,
-    BookRequest,
+    AddressAsk,
     Caller,
     IPFilter,
     Resource,
@@ -109,21 +109,13 @@ async def book_ip(request: web.Request) -> web.Response:
             raise invalid_argument("project_id", "this field is required", "required")
     who.check_write("ip", project_id, products_allowed=True)
     key, scope = _idempotency(request, who)
-    organization_id = None
-    if pn_id is not None:  # cached on the node: no etcd read on the hot path
-        pn = await ipam.networks.cached_private_network(pn_id)
-        who.check_visible("private_network", pn_id, pn.project_id)
-        organization_id = pn.organization_id
-    if subnet_id is not None and who.visible_projects is not None:
-        src = await ipam.source(subnet_id)  # cached: no etcd read on the hot path
-        who.check_visible("subnet", subnet_id, src.project_id or "")
-        organization_id = src.organization_id
-    record = await ipam.book(BookRequest(
-        region=region, project_id=project_id,
-        organization_id=organization_id or who.organization_for(project_id),
+    # The allocator resolves the source, checks the caller sees it, and takes the
+    # organization of a Private Network's IPs from the network itself.
+    record = await ipam.book(AddressAsk(
+        region=region, project_id=project_id, organization_id=who.organization_for(project_id),
         is_ipv6=is_ipv6, zonal=zonal, private_network_id=pn_id, subnet_id=subnet_id,
         vpc_id=vpc_id, address=address, tags=tuple(tags), resource=resource,
-        caller=who.caller(), idempotency_key=key, idempotency_scope=scope))
+        idempotency_key=key, idempotency_scope=scope), who.caller())
     return web.json_response(ip_json(record))
 
 
@@ -290,7 +282,7 @@ async def reserved_ips(request: web.Request) -> web.Response:
     who = principal(request)
     pn_id = path_uuid(request, "private_network_id", "private_network_id")
     ipam = ipam_of(request)
-    pn = await ipam.networks.get_private_network(pn_id)
+    pn = await ipam.get_private_network(pn_id)
     who.check_visible("private_network", pn_id, pn.project_id)
     return web.json_response({"private_network_id": pn_id,
                               "subnets": await ipam.reserved_ips(pn_id)})

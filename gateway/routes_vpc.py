@@ -85,7 +85,7 @@ def _project_for_create(who: Principal, project_id: str | None) -> str:
 
 
 async def _visible_vpc(request: web.Request, who: Principal, vpc_id: str, region: str) -> VPC:
-    vpc = await ipam_of(request).networks.get_vpc(vpc_id)
+    vpc = await ipam_of(request).get_vpc(vpc_id)
     who.check_visible("vpc", vpc_id, vpc.project_id)
     if vpc.region != region:
         raise not_found("vpc", vpc_id)
@@ -94,7 +94,7 @@ async def _visible_vpc(request: web.Request, who: Principal, vpc_id: str, region
 
 async def _visible_pn(request: web.Request, who: Principal, pn_id: str,
                       region: str) -> PrivateNetwork:
-    pn = await ipam_of(request).networks.get_private_network(pn_id)
+    pn = await ipam_of(request).get_private_network(pn_id)
     who.check_visible("private_network", pn_id, pn.project_id)
     if pn.region != region:
         raise not_found("private_network", pn_id)
@@ -117,7 +117,7 @@ async def create_vpc(request: web.Request) -> web.Response:
     body.finish()
     project_id = _project_for_create(who, project_id)
     who.check_write("vpc", project_id)
-    vpc = await ipam_of(request).networks.create_vpc(
+    vpc = await ipam_of(request).create_vpc(
         region, project_id, who.organization_for(project_id), name, tags,
         enable_routing=True if enable_routing is None else enable_routing,
         enable_transitivity=bool(enable_transitivity))
@@ -131,7 +131,7 @@ async def list_vpcs(request: web.Request) -> web.Response:
     lq.q.flag("routing_enabled")
     lq.q.flag("object_storage_private_access_enabled")
     lq.q.finish()
-    vpcs = await ipam_of(request).networks.list_vpcs(
+    vpcs = await ipam_of(request).list_vpcs(
         lq.region, lq.projects, lq.organization_id, name, tags, is_default)
     return _listing(vpcs, lq.paging, "vpcs", vpc_json)
 
@@ -155,7 +155,7 @@ async def update_vpc(request: web.Request) -> web.Response:
     body.finish()
     vpc = await _visible_vpc(request, who, vpc_id, region)
     who.check_write("vpc", vpc.project_id)
-    updated = await ipam_of(request).networks.update_vpc(vpc_id, name=name, tags=tags)
+    updated = await ipam_of(request).update_vpc(vpc_id, name=name, tags=tags)
     return web.json_response(vpc_json(updated))
 
 
@@ -166,7 +166,7 @@ async def delete_vpc(request: web.Request) -> web.Response:
     vpc_id = path_uuid(request, "vpc_id", "vpc_id")
     vpc = await _visible_vpc(request, who, vpc_id, region)
     who.check_write("vpc", vpc.project_id)
-    await ipam_of(request).networks.delete_vpc(vpc_id)
+    await ipam_of(request).delete_vpc(vpc_id)
     return web.Response(status=204)
 
 
@@ -189,7 +189,7 @@ async def create_private_network(request: web.Request) -> web.Response:
     if vpc_id is not None:
         await _visible_vpc(request, who, vpc_id, region)
     who.check_write("private_network", project_id)
-    pn = await ipam_of(request).networks.create_private_network(
+    pn = await ipam_of(request).create_private_network(
         region, project_id, who.organization_for(project_id), name, tags, vpc_id,
         subnets or None, default_route_propagation_enabled=bool(propagation))
     return web.json_response(private_network_json(pn))
@@ -203,7 +203,7 @@ async def list_private_networks(request: web.Request) -> web.Response:
     lq.q.flag("dhcp_enabled")
     lq.q.flag("object_storage_private_access_enabled")
     lq.q.finish()
-    pns = await ipam_of(request).networks.list_private_networks(
+    pns = await ipam_of(request).list_private_networks(
         lq.region, lq.projects, lq.organization_id, name, tags, vpc_id, pn_ids)
     return _listing(pns, lq.paging, "private_networks", private_network_json)
 
@@ -228,7 +228,7 @@ async def update_private_network(request: web.Request) -> web.Response:
     body.finish()
     pn = await _visible_pn(request, who, pn_id, region)
     who.check_write("private_network", pn.project_id)
-    updated = await ipam_of(request).networks.update_private_network(
+    updated = await ipam_of(request).update_private_network(
         pn_id, name=name, tags=tags, default_route_propagation_enabled=propagation)
     return web.json_response(private_network_json(updated))
 
@@ -240,7 +240,7 @@ async def delete_private_network(request: web.Request) -> web.Response:
     pn_id = path_uuid(request, "private_network_id", "private_network_id")
     pn = await _visible_pn(request, who, pn_id, region)
     who.check_write("private_network", pn.project_id)
-    await ipam_of(request).networks.delete_private_network(pn_id)
+    await ipam_of(request).delete_private_network(pn_id)
     return web.Response(status=204)
 
 
@@ -253,6 +253,6 @@ async def list_subnets(request: web.Request) -> web.Response:
     vpc_id, subnet_ids = lq.q.uuid("vpc_id"), lq.q.uuid_list("subnet_ids")
     private_network_id = lq.q.uuid("private_network_id")
     lq.q.finish()
-    subnets = await ipam_of(request).networks.list_subnets(
+    subnets = await ipam_of(request).list_subnets(
         lq.region, lq.projects, lq.organization_id, vpc_id, private_network_id, subnet_ids)
     return _listing(subnets, lq.paging, "subnets", subnet_json)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from allocator_support import REGION, book_in, make_pn, new_project, revision
 
-from allocator.contract import BookRequest, Caller, IPFilter, Resource
+from allocator.contract import AddressAsk, Caller, IPFilter, Resource
 from allocator.errors import AlreadyExists, InvalidArgument, NotFound, PermissionDenied
 
 
@@ -54,18 +54,18 @@ async def test_bad_chosen_address_is_refused(ipam, pn, project, address, message
 
 async def test_ipv6_asked_on_an_ipv4_only_source_is_refused(ipam, pn, project):
     await _refused(ipam, ipam.book(book_in(pn, project, is_ipv6=True)), argument="is_ipv6")
-    await _refused(ipam, ipam.book(BookRequest(region=REGION, project_id=project,
+    await _refused(ipam, ipam.book(AddressAsk(region=REGION, project_id=project,
                                                subnet_id=pn.subnets[0].id, is_ipv6=True)),
                    argument="is_ipv6")
 
 
 async def test_unknown_sources_are_not_found(ipam, project):
     ghost = "00000000-0000-4000-8000-000000000000"
-    await _refused(ipam, ipam.book(BookRequest(region=REGION, project_id=project,
+    await _refused(ipam, ipam.book(AddressAsk(region=REGION, project_id=project,
                                                private_network_id=ghost)), NotFound)
-    await _refused(ipam, ipam.book(BookRequest(region=REGION, project_id=project,
+    await _refused(ipam, ipam.book(AddressAsk(region=REGION, project_id=project,
                                                subnet_id=ghost)), NotFound)
-    await _refused(ipam, ipam.book(BookRequest(region=REGION, project_id=project,
+    await _refused(ipam, ipam.book(AddressAsk(region=REGION, project_id=project,
                                                zonal="fr-par-3")), NotFound)
     await _refused(ipam, ipam.get_ip(ghost), NotFound)
     await _refused(ipam, ipam.release(ghost), NotFound)
@@ -73,9 +73,9 @@ async def test_unknown_sources_are_not_found(ipam, project):
 
 
 async def test_a_booking_needs_exactly_one_source(ipam, pn, project):
-    await _refused(ipam, ipam.book(BookRequest(region=REGION, project_id=project)),
+    await _refused(ipam, ipam.book(AddressAsk(region=REGION, project_id=project)),
                    argument="source")
-    await _refused(ipam, ipam.book(BookRequest(region=REGION, project_id=project,
+    await _refused(ipam, ipam.book(AddressAsk(region=REGION, project_id=project,
                                                private_network_id=pn.id,
                                                subnet_id=pn.subnets[0].id)),
                    argument="source")
@@ -96,9 +96,9 @@ def test_malformed_mac_is_refused(mac):
                                    "00000000-0000-4000-8000-00000000000g"])
 async def test_malformed_uuids_are_refused(ipam, pn, project, value):
     await _refused(ipam, ipam.get_ip(value))
-    await _refused(ipam, ipam.book(BookRequest(region=REGION, project_id=value,
+    await _refused(ipam, ipam.book(AddressAsk(region=REGION, project_id=value,
                                                private_network_id=pn.id)))
-    await _refused(ipam, ipam.book(BookRequest(region=REGION, project_id=project,
+    await _refused(ipam, ipam.book(AddressAsk(region=REGION, project_id=project,
                                                private_network_id=value)))
     with pytest.raises(InvalidArgument):
         Resource.product("instance_server", value)

@@ -7,7 +7,7 @@ import asyncio
 import pytest
 from allocator_support import REGION, book_in, clean_audit, connected, make_pn, new_project
 
-from allocator.contract import BookRequest, Caller, IPFilter, IPRecord, Resource
+from allocator.contract import AddressAsk, Caller, IPFilter, IPRecord, Resource
 from allocator.errors import (
     AlreadyExists,
     Conflict,
@@ -240,18 +240,18 @@ async def test_zonal_pool_books_for_any_project(ipam):
     got = []
     for _ in range(4):
         got.append(
-            await ipam.book(BookRequest(region=REGION, project_id=new_project(), zonal="fr-par-1"))
+            await ipam.book(AddressAsk(region=REGION, project_id=new_project(), zonal="fr-par-1"))
         )
     assert {g.zone for g in got} == {"fr-par-1"}
     assert all(g.source == {"zonal": "fr-par-1"} for g in got)
     with pytest.raises(PoolExhausted):
-        await ipam.book(BookRequest(region=REGION, project_id=new_project(), zonal="fr-par-1"))
+        await ipam.book(AddressAsk(region=REGION, project_id=new_project(), zonal="fr-par-1"))
     with pytest.raises(PreconditionFailed):
         await ipam.networks.delete_zonal_pool(pool.id)
     await ipam.release_set([g.id for g in got])
     await ipam.networks.delete_zonal_pool(pool.id)
     with pytest.raises(NotFound):
-        await ipam.book(BookRequest(region=REGION, project_id=new_project(), zonal="fr-par-1"))
+        await ipam.book(AddressAsk(region=REGION, project_id=new_project(), zonal="fr-par-1"))
 
 
 async def test_zonal_pools_of_a_region_do_not_overlap(ipam):
@@ -455,19 +455,19 @@ async def _all(ipam, pn):
 
 async def test_changes_made_with_a_revoked_credential_fail_in_etcd_and_write_nothing(
         ipam, pn, project):
-    from allocator import store as st
     from allocator.errors import CredentialRevoked
+    from allocator.txn import GuardedTxn, commit
 
     credential = ipam.keys.auth("secret/test-credential")
-    await ipam.store.txn([], [st.put(credential, "{}")])
+    await commit(ipam.store, GuardedTxn().put(credential, "{}"))
     who = Caller(credential=credential)
-    ip = await ipam.book(book_in(pn, project, caller=who))
+    ip = await ipam.book(book_in(pn, project), who)
     attached = await ipam.attach(ip.id, vm(4), who, idempotency_key="k-att")
-    await ipam.store.txn([], [st.delete(credential)])  # revoked, e.g. on another node
+    await commit(ipam.store, GuardedTxn().delete(credential))  # revoked, e.g. on another node
     _, before = await ipam.store.count(ipam.keys.prefix)
     calls = [
-        ipam.book(book_in(pn, project, caller=who)),
-        ipam.book(book_in(pn, project, caller=who, address="10.1.0.99")),
+        ipam.book(book_in(pn, project), who),
+        ipam.book(book_in(pn, project, address="10.1.0.99"), who),
         ipam.detach(ip.id, vm(4), who),
         ipam.move(ip.id, vm(4), vm(5), who),
         ipam.update_ip(ip.id, tags=["x"], caller=who),

@@ -58,7 +58,7 @@ async def test_large_records_are_split_across_requests_instead_of_failing(ipam, 
 
 async def test_a_source_whose_watch_dies_reloads_and_keeps_booking(ipam, pn, project):
     await ipam.book(book_in(pn, project))  # warm: cache and watch up
-    engine = next(iter(ipam._engines.values()))
+    cache = next(iter(ipam.lifecycle.engines.values())).cache
     real_watch = ipam.store.watch
     failures = 0
 
@@ -71,12 +71,12 @@ async def test_a_source_whose_watch_dies_reloads_and_keeps_booking(ipam, pn, pro
             yield item
 
     ipam.store.watch = broken_watch  # type: ignore[method-assign]
-    engine._watch.cancel()
-    engine._watch = asyncio.ensure_future(engine._follow(1))
+    cache._watch.cancel()
+    cache._watch = asyncio.ensure_future(cache._follow(1))
     got = await asyncio.wait_for(asyncio.gather(*(ipam.book(book_in(pn, project))
                                                   for _ in range(10))), 20)
     assert len({g.address for g in got}) == 10
-    assert failures == 2 and engine._cache is not None
+    assert failures == 2 and cache.free_count is not None
     await clean_audit(ipam)
 
 
@@ -106,14 +106,14 @@ def _lose_answers(ipam, *, apply: bool, times: int = 1):
     real = ipam.committer.commit
     left = times
 
-    async def commit(ops, unique=frozenset(), size=None):
+    async def commit(txn):
         nonlocal left
         if left:
             left -= 1
             if apply:
-                await real(ops, unique, size)
+                await real(txn)
             raise StoreError("connection lost before the answer")
-        return await real(ops, unique, size)
+        return await real(txn)
 
     ipam.committer.commit = commit  # type: ignore[method-assign]
 
@@ -152,8 +152,8 @@ async def test_a_change_racing_a_lost_answer_is_reported_unknown(ipam, pn, proje
     ip = await ipam.book(book_in(pn, project))
     real = ipam.committer.commit
 
-    async def commit(ops, unique=frozenset(), size=None):
-        await real(ops, unique, size)
+    async def commit(txn):
+        await real(txn)
         ipam.committer.commit = real  # type: ignore[method-assign]
         await ipam.update_ip(ip.id, tags=["someone-else"])  # lands before we look
         raise StoreError("connection lost before the answer")

@@ -7,8 +7,8 @@ from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 
 from allocator.audit import AuditReport, audit
-from allocator.contract import IPAM, BookRequest
-from allocator.topology import PrivateNetwork
+from allocator.contract import IPAM, AddressAsk
+from allocator.networks import PrivateNetwork
 
 REGION = "fr-par"
 
@@ -32,8 +32,8 @@ async def make_pn(ipam: IPAM, project: str, *subnets: str) -> PrivateNetwork:
     )
 
 
-def book_in(pn: PrivateNetwork, project: str, **kwargs) -> BookRequest:
-    return BookRequest(region=REGION, project_id=project, private_network_id=pn.id, **kwargs)
+def book_in(pn: PrivateNetwork, project: str, **kwargs) -> AddressAsk:
+    return AddressAsk(region=REGION, project_id=project, private_network_id=pn.id, **kwargs)
 
 
 async def revision(ipam: IPAM) -> int:

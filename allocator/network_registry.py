@@ -1,4 +1,4 @@
-"""Where addresses come from: VPCs, Private Networks and their subnets, zonal pools.
+"""Where addresses come from, in etcd: VPCs, Private Networks and their subnets, zonal pools.
 
 Each subnet and each zonal pool is a source (see `sources`). Writes here are rare
 and read-then-guarded: creating a subnet is guarded by a range compare over the
@@ -12,115 +12,23 @@ from __future__ import annotations
 import json
 import random
 from collections import Counter
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from typing import Any
 
 import netaddr
 
-from . import store as st
+from . import retry
 from .errors import AlreadyExists, Conflict, InvalidArgument, NotFound, PreconditionFailed
 from .keys import Keys
+from .networks import VPC, PrivateNetwork, Subnet
 from .records import check_tags, check_uuid, new_id, now
-from .sources import SUBNET, ZONAL, Source, check_private, overlapping, parse_cidr
+from .sources import ZONAL, Source, check_private, overlapping, parse_cidr
+from .store import EtcdStore
+from .txn import GuardedTxn, commit
 
 AUTO_IPV4_POOL = netaddr.IPNetwork("172.16.0.0/12")
 AUTO_IPV4_PREFIX = 22
-_RETRIES = 8
 STILL_IN_USE = "resource_still_in_use"
-
-
-@dataclass(frozen=True)
-class VPC:
-    id: str
-    name: str
-    region: str
-    project_id: str
-    organization_id: str | None
-    ipv6_prefix: str
-    created_at: str
-    updated_at: str
-    is_default: bool = False
-    tags: tuple[str, ...] = ()
-    private_network_count: int = 0
-    routing_enabled: bool = True
-    transitivity_enabled: bool = False
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "id": self.id, "name": self.name, "region": self.region,
-            "project_id": self.project_id, "organization_id": self.organization_id,
-            "tags": list(self.tags), "is_default": self.is_default,
-            "private_network_count": self.private_network_count,
-            "routing_enabled": self.routing_enabled,
-            "custom_routes_propagation_enabled": False,
-            "transitivity_enabled": self.transitivity_enabled,
-            "object_storage_private_access_enabled": False,
-            "created_at": self.created_at, "updated_at": self.updated_at,
-        }
-
-    def stored(self) -> dict[str, Any]:
-        return {**self.to_json(), "ipv6_prefix": self.ipv6_prefix}
-
-    @classmethod
-    def from_stored(cls, d: dict[str, Any]) -> VPC:
-        return cls(d["id"], d["name"], d["region"], d["project_id"], d.get("organization_id"),
-                   d["ipv6_prefix"], d["created_at"], d["updated_at"], d.get("is_default", False),
-                   tuple(d.get("tags") or ()), routing_enabled=d.get("routing_enabled", True),
-                   transitivity_enabled=d.get("transitivity_enabled", False))
-
-
-@dataclass(frozen=True)
-class Subnet:
-    id: str
-    subnet: str
-    project_id: str
-    private_network_id: str
-    vpc_id: str
-    region: str
-    created_at: str
-    updated_at: str
-
-    def to_json(self) -> dict[str, Any]:
-        return dict(self.__dict__)
-
-
-@dataclass(frozen=True)
-class PrivateNetwork:
-    id: str
-    name: str
-    region: str
-    project_id: str
-    organization_id: str | None
-    vpc_id: str
-    created_at: str
-    updated_at: str
-    tags: tuple[str, ...] = ()
-    subnets: tuple[Subnet, ...] = field(default_factory=tuple)
-    default_route_propagation_enabled: bool = False
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "id": self.id, "name": self.name, "region": self.region,
-            "project_id": self.project_id, "organization_id": self.organization_id,
-            "vpc_id": self.vpc_id, "tags": list(self.tags),
-            "subnets": [s.to_json() for s in self.subnets], "dhcp_enabled": True,
-            "default_route_propagation_enabled": self.default_route_propagation_enabled,
-            "has_object_storage_private_access": False,
-            "created_at": self.created_at, "updated_at": self.updated_at,
-        }
-
-    @classmethod
-    def from_json(cls, d: dict[str, Any]) -> PrivateNetwork:
-        return cls(d["id"], d["name"], d["region"], d["project_id"], d.get("organization_id"),
-                   d["vpc_id"], d["created_at"], d["updated_at"], tuple(d.get("tags") or ()),
-                   tuple(Subnet(**s) for s in d.get("subnets") or ()),
-                   bool(d.get("default_route_propagation_enabled", False)))
-
-    def source(self, subnet: Subnet) -> Source:
-        return Source(id=subnet.id, kind=SUBNET, cidr=subnet.subnet, region=self.region,
-                      created_at=subnet.created_at, project_id=self.project_id,
-                      organization_id=self.organization_id, vpc_id=self.vpc_id,
-                      private_network_id=self.id)
 
 
 def _name(name: Any, default_prefix: str) -> str:
@@ -147,10 +55,10 @@ def _ula48() -> str:
     return str(netaddr.IPNetwork(f"{netaddr.IPAddress((0xFD << 120) | (global_id << 80), 6)}/48"))
 
 
-class Topology:
+class NetworkRegistry:
     """VPCs, Private Networks, subnets and zonal pools, stored in etcd."""
 
-    def __init__(self, store: st.EtcdStore, keys: Keys) -> None:
+    def __init__(self, store: EtcdStore, keys: Keys) -> None:
         self.store, self.keys = store, keys
         self._pn_cache: dict[str, PrivateNetwork] = {}
 
@@ -166,25 +74,19 @@ class Topology:
         vpc = VPC(new_id(), _name(name, "vpc"), region, project_id, organization_id, _ula48(),
                   ts, ts, is_default, check_tags(tags), routing_enabled=enable_routing,
                   transitivity_enabled=enable_transitivity)
-        ops = [st.put(self.keys.vpc(vpc.id), json.dumps(vpc.stored()))]
-        guards = []
+        txn = GuardedTxn().put(self.keys.vpc(vpc.id), json.dumps(vpc.stored()))
         if is_default:
-            dkey = self._default_key(region, project_id)
-            guards.append(st.absent(dkey))
-            ops.append(st.put(dkey, vpc.id))
-        resp = await self.store.txn(guards, ops)
-        if not resp.succeeded:
+            dkey = self.keys.default_vpc(region, project_id)
+            txn.absent("default_vpc", dkey).put(dkey, vpc.id)
+        if not (await commit(self.store, txn)).succeeded:
             raise AlreadyExists("vpc", project_id, "the project already has a default VPC")
         return vpc
-
-    def _default_key(self, region: str, project_id: str) -> str:
-        return f"{self.keys.prefix}vpcdefault/{region}/{project_id}"
 
     async def default_vpc(self, region: str, project_id: str,
                           organization_id: str | None) -> VPC:
         """The project's default VPC in `region`, created on first use."""
-        for _ in range(_RETRIES):
-            kv = await self.store.get(self._default_key(region, project_id))
+        async for _ in retry.NETWORK_RACES.attempts():
+            kv = await self.store.get(self.keys.default_vpc(region, project_id))
             if kv is not None:
                 try:
                     return await self.get_vpc(kv.value.decode())
@@ -202,11 +104,8 @@ class Topology:
         kv = await self.store.get(self.keys.vpc(vpc_id))
         if kv is None:
             raise NotFound("vpc", vpc_id)
-        count, _ = await self.store.count(self._vpc_pns(vpc_id))
+        count, _ = await self.store.count(self.keys.vpc_private_networks(vpc_id))
         return replace(VPC.from_stored(json.loads(kv.value)), private_network_count=count)
-
-    def _vpc_pns(self, vpc_id: str) -> str:
-        return f"{self.keys.prefix}vpcpn/{vpc_id}/"
 
     async def list_vpcs(self, region: str, project_ids: set[str] | None = None,
                         organization_id: str | None = None, name: str | None = None,
@@ -219,22 +118,22 @@ class Topology:
                 and (is_default is None or v.is_default == is_default)]
         # One keys-only read counts the Private Networks of every VPC at once.
         pn_keys, _ = await self.store.scan(f"{self.keys.prefix}vpcpn/", keys_only=True)
-        counts = Counter(kv.key.rsplit("/", 2)[1] for kv in pn_keys)
+        counts = Counter(self.keys.vpc_of_private_network_key(kv.key) for kv in pn_keys)
         return sorted((replace(v, private_network_count=counts[v.id]) for v in vpcs),
                       key=lambda v: v.created_at)
 
     async def update_vpc(self, vpc_id: str, name: str | None = None, tags: Any = None) -> VPC:
         check_uuid(vpc_id, "vpc_id")
-        await self._rename(self.keys.vpc(vpc_id), "vpc", vpc_id, name, tags,
+        await self._update_guarded(self.keys.vpc(vpc_id), "vpc", vpc_id, name, tags,
                            lambda d: VPC.from_stored(d), lambda v: v.stored())
         return await self.get_vpc(vpc_id)
 
-    async def _rename(self, key: str, resource: str, object_id: str, name: str | None,
+    async def _update_guarded(self, key: str, resource: str, object_id: str, name: str | None,
                       tags: Any, decode: Any, encode: Any, **flags: bool | None) -> Any:
         """Change the name, tags and/or flags of a stored object, guarded on its revision."""
         changes = {k: v for k, v in flags.items() if v is not None}
         new_tags = check_tags(tags) if tags is not None else None
-        for _ in range(_RETRIES):
+        async for _ in retry.NETWORK_RACES.attempts():
             kv = await self.store.get(key)
             if kv is None:
                 raise NotFound(resource, object_id)
@@ -242,21 +141,20 @@ class Topology:
             obj = replace(obj, name=_name(name, resource) if name is not None else obj.name,
                           tags=new_tags if new_tags is not None else obj.tags, updated_at=now(),
                           **changes)
-            resp = await self.store.txn([st.unchanged(key, kv.mod_revision)],
-                                        [st.put(key, json.dumps(encode(obj)))])
-            if resp.succeeded:
+            txn = GuardedTxn().unchanged(resource, key, kv.mod_revision)
+            if (await commit(self.store, txn.put(key, json.dumps(encode(obj))))).succeeded:
                 return obj
         raise Conflict(f"the {resource} kept changing; try again")
 
     async def delete_vpc(self, vpc_id: str) -> None:
         """Delete a VPC that has no Private Network left."""
         vpc = await self.get_vpc(vpc_id)
-        ops = [st.delete(self.keys.vpc(vpc_id))]
+        txn = (GuardedTxn().present("vpc", self.keys.vpc(vpc_id))
+               .prefix_empty("private_networks", self.keys.vpc_private_networks(vpc_id))
+               .delete(self.keys.vpc(vpc_id)))
         if vpc.is_default:
-            ops.append(st.delete(self._default_key(vpc.region, vpc.project_id)))
-        resp = await self.store.txn([st.present(self.keys.vpc(vpc_id)),
-                                     st.prefix_empty(self._vpc_pns(vpc_id))], ops)
-        if not resp.succeeded:
+            txn.delete(self.keys.default_vpc(vpc.region, vpc.project_id))
+        if not (await commit(self.store, txn)).succeeded:
             await self.get_vpc(vpc_id)
             raise PreconditionFailed(STILL_IN_USE, "the VPC still has Private Networks")
 
@@ -288,9 +186,9 @@ class Topology:
                 raise InvalidArgument("vpc_id", "the VPC belongs to another project")
         if vpc.region != region:
             raise InvalidArgument("vpc_id", f"the VPC is in region {vpc.region}")
-        for _ in range(_RETRIES):
+        async for _ in retry.NETWORK_RACES.attempts():
             existing_kvs, rev = await self.store.scan(self.keys.vpc_networks(vpc.id))
-            existing = {kv.key.rsplit("/", 1)[1]: kv.value.decode() for kv in existing_kvs}
+            existing = {self.keys.last_segment(kv.key): kv.value.decode() for kv in existing_kvs}
             chosen = [str(n.cidr) for n in nets] if nets else self._auto_subnets(vpc, existing)
             for cidr in chosen:
                 clash = overlapping(cidr, existing)
@@ -304,15 +202,14 @@ class Topology:
                                 ts, tags, tuple(Subnet(new_id(), c, project_id, pn_id, vpc.id,
                                                        region, ts, ts) for c in chosen),
                                 default_route_propagation_enabled)
-            ops = [st.put(self.keys.private_network(pn.id), json.dumps(pn.to_json())),
-                   st.put(self._vpc_pns(vpc.id) + pn.id, "")]
+            txn = (GuardedTxn().present("vpc", self.keys.vpc(vpc.id))
+                   .prefix_unchanged_since("vpc_subnets", self.keys.vpc_networks(vpc.id), rev)
+                   .put(self.keys.private_network(pn.id), json.dumps(pn.to_json()))
+                   .put(self.keys.vpc_private_networks(vpc.id, pn.id), ""))
             for s in pn.subnets:
-                ops.append(st.put(self.keys.source(s.id), json.dumps(pn.source(s).to_json())))
-                ops.append(st.put(self.keys.vpc_network(vpc.id, s.id), s.subnet))
-            resp = await self.store.txn(
-                [st.present(self.keys.vpc(vpc.id)),
-                 st.prefix_unchanged_since(self.keys.vpc_networks(vpc.id), rev)], ops)
-            if resp.succeeded:
+                txn.put(self.keys.source(s.id), json.dumps(pn.source(s).to_json()))
+                txn.put(self.keys.vpc_network(vpc.id, s.id), s.subnet)
+            if (await commit(self.store, txn)).succeeded:
                 return pn
             await self.get_vpc(vpc.id)  # NotFound if it went away meanwhile
         raise Conflict("the VPC's subnets kept changing; try again")
@@ -371,7 +268,7 @@ class Topology:
                                      default_route_propagation_enabled: bool | None = None
                                      ) -> PrivateNetwork:
         check_uuid(pn_id, "private_network_id")
-        pn: PrivateNetwork = await self._rename(
+        pn: PrivateNetwork = await self._update_guarded(
             self.keys.private_network(pn_id), "private_network", pn_id, name, tags,
             PrivateNetwork.from_json, PrivateNetwork.to_json,
             default_route_propagation_enabled=default_route_propagation_enabled)
@@ -381,15 +278,14 @@ class Topology:
     async def delete_private_network(self, pn_id: str) -> None:
         """Delete a Private Network whose subnets hold no IP."""
         pn = await self.get_private_network(pn_id)
-        guards = [st.present(self.keys.private_network(pn_id))]
-        ops = [st.delete(self.keys.private_network(pn_id)),
-               st.delete(self._vpc_pns(pn.vpc_id) + pn_id)]
+        txn = (GuardedTxn().present("private_network", self.keys.private_network(pn_id))
+               .delete(self.keys.private_network(pn_id))
+               .delete(self.keys.vpc_private_networks(pn.vpc_id, pn_id)))
         for s in pn.subnets:
-            guards.append(st.prefix_empty(self.keys.addresses(s.id)))
-            ops += [st.delete(self.keys.source(s.id)), st.delete(self.keys.freed(s.id)),
-                    st.delete(self.keys.vpc_network(pn.vpc_id, s.id))]
-        resp = await self.store.txn(guards, ops)
-        if not resp.succeeded:
+            txn.prefix_empty(f"addresses of {s.id}", self.keys.addresses(s.id))
+            (txn.delete(self.keys.source(s.id)).delete(self.keys.freed(s.id))
+                .delete(self.keys.vpc_network(pn.vpc_id, s.id)))
+        if not (await commit(self.store, txn)).succeeded:
             await self.get_private_network(pn_id)
             raise PreconditionFailed(STILL_IN_USE, "the Private Network still holds IPs; "
                                                    "release them first")
@@ -422,26 +318,25 @@ class Topology:
             raise InvalidArgument("zone", f"must be a zone of region {region}, like {region}-1")
         net = parse_cidr(cidr)
         prefix = self.keys.zone_pools(region)
-        for _ in range(_RETRIES):
+        async for _ in retry.NETWORK_RACES.attempts():
             kvs, rev = await self.store.scan(prefix)
-            existing = {kv.key.rsplit("/", 1)[1]: kv.value.decode() for kv in kvs}
+            existing = {self.keys.last_segment(kv.key): kv.value.decode() for kv in kvs}
             clash = overlapping(str(net.cidr), existing)
             if clash:
                 raise AlreadyExists("zonal_pool", clash,
                                     f"{net.cidr} overlaps zonal pool {clash} ({existing[clash]})")
             pool = Source(id=new_id(), kind=ZONAL, cidr=str(net.cidr), region=region,
                           created_at=now(), zone=zone)
-            resp = await self.store.txn(
-                [st.prefix_unchanged_since(prefix, rev)],
-                [st.put(self.keys.source(pool.id), json.dumps(pool.to_json())),
-                 st.put(self.keys.zone_pool(region, zone, pool.id), pool.cidr)])
-            if resp.succeeded:
+            txn = (GuardedTxn().prefix_unchanged_since("zone_pools", prefix, rev)
+                   .put(self.keys.source(pool.id), json.dumps(pool.to_json()))
+                   .put(self.keys.zone_pool(region, zone, pool.id), pool.cidr))
+            if (await commit(self.store, txn)).succeeded:
                 return pool
         raise Conflict("the zone's pools kept changing; try again")
 
     async def list_zonal_pools(self, region: str, zone: str | None = None) -> list[Source]:
         kvs, _ = await self.store.scan(self.keys.zone_pools(region, zone or ""))
-        ids = [kv.key.rsplit("/", 1)[1] for kv in kvs]
+        ids = [self.keys.last_segment(kv.key) for kv in kvs]
         found = await self.store.get_many(self.keys.source(i) for i in ids)
         pools = [Source.from_json(json.loads(kv.value)) for kv in found.values()]
         return sorted(pools, key=lambda p: (p.zone or "", p.created_at))
@@ -455,9 +350,9 @@ class Topology:
         pool = Source.from_json(json.loads(kv.value))
         if pool.kind != ZONAL or pool.zone is None:
             raise NotFound("zonal_pool", pool_id)
-        resp = await self.store.txn(
-            [st.present(self.keys.source(pool_id)), st.prefix_empty(self.keys.addresses(pool_id))],
-            [st.delete(self.keys.source(pool_id)), st.delete(self.keys.freed(pool_id)),
-             st.delete(self.keys.zone_pool(pool.region, pool.zone, pool_id))])
-        if not resp.succeeded:
+        txn = (GuardedTxn().present("zonal_pool", self.keys.source(pool_id))
+               .prefix_empty("addresses", self.keys.addresses(pool_id))
+               .delete(self.keys.source(pool_id)).delete(self.keys.freed(pool_id))
+               .delete(self.keys.zone_pool(pool.region, pool.zone, pool_id)))
+        if not (await commit(self.store, txn)).succeeded:
             raise PreconditionFailed(STILL_IN_USE, "the zonal pool still holds IPs")

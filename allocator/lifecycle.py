@@ -1,0 +1,400 @@
+"""An IP's life: book, update, release (one or a set), attach, detach, move.
+
+Booking resolves the ask to its sources once, checks the idempotency key once,
+and hands one prepared `Booking` to the source's engine. Every other change is
+read-then-guarded-write (DESIGN.md section 3, point 4): the record is read, the
+change decided on it, and committed with `unchanged(record)` plus the guards of
+the keys it writes; the failure branch reads them all, so a retry needs no extra
+round trip and a refusal names its guard.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
+
+import netaddr
+
+from . import idempotency as idem
+from . import retry
+from .asks import AddressAsk, Caller
+from .committer import Committer
+from .engine import Booking, SourceEngine
+from .errors import (
+    STILL_ATTACHED,
+    AlreadyExists,
+    Conflict,
+    CredentialRevoked,
+    InvalidArgument,
+    NotFound,
+    OutcomeUnknown,
+    PermissionDenied,
+    PoolExhausted,
+    PreconditionFailed,
+    StoreError,
+)
+from .keys import Keys
+from .records import IPRecord, Resource, check_reverses, check_tags, check_uuid, new_id, now
+from .resolution import SourceResolver
+from .sources import Source
+from .store import KV, EtcdStore
+from .txn import GuardedTxn, commit
+
+MAX_RELEASE_SET = 100
+
+# decide(current record, txn to add guards and writes to) -> the new record (None: gone)
+Decide = Callable[[IPRecord, GuardedTxn], Awaitable[IPRecord | None]]
+
+
+class Lifecycle:
+    """Every change to IPs, on one node; shares the node's committer and engines."""
+
+    def __init__(self, store: EtcdStore, keys: Keys, resolver: SourceResolver,
+                 committer: Committer) -> None:
+        self.store, self.keys, self.resolver, self.committer = store, keys, resolver, committer
+        self.engines: dict[str, SourceEngine] = {}
+        self._leases = idem.LeaseClock(store)
+        self._rng = random.Random()
+
+    def _engine(self, source: Source) -> SourceEngine:
+        eng = self.engines.get(source.id)
+        if eng is None or eng.closed:
+            eng = self.engines[source.id] = SourceEngine(self.store, self.keys, source,
+                                                         self.committer, self._rng)
+        return eng
+
+    # -- booking ------------------------------------------------------------------------
+
+    async def book(self, ask: AddressAsk, caller: Caller) -> IPRecord:
+        """Book an address (any free one, or `ask.address`), optionally attached at once."""
+        check_uuid(ask.project_id, "project_id")
+        if not isinstance(ask.is_ipv6, bool):
+            raise InvalidArgument("is_ipv6", "must be a boolean", "format")
+        tags = check_tags(list(ask.tags))
+        if ask.resource:
+            _check_may_manage(ask.resource, caller, "attach")
+        idem_key = None
+        if ask.idempotency_key is not None:
+            idem_key = self.keys.idempotency(ask.idempotency_scope,
+                                             idem.check_key(ask.idempotency_key))
+        sources, mac_scope = await self.resolver.resolve(ask, caller)
+        chosen = sources[0].offset_of(ask.address) if ask.address else None
+        fp = idem.fingerprint("book", ask.fingerprint_fields()) if idem_key else ""
+        if idem_key:
+            kv = await self.store.get(idem_key)
+            if kv is not None:
+                return await idem.replay(self.store, self.keys, kv.value, fp, caller.credential)
+        lease = await self._leases.lease() if idem_key else 0
+        res = ask.resource
+        ip_id = new_id()
+        order = list(sources)
+        self._rng.shuffle(order)
+        for src in order:
+            ts = now()
+            record = IPRecord(
+                id=ip_id, address="", project_id=ask.project_id, is_ipv6=src.is_ipv6,
+                region=ask.region, source_id=src.id, source_kind=src.kind, created_at=ts,
+                updated_at=ts, organization_id=src.organization_id or ask.organization_id,
+                zone=src.zone, vpc_id=src.vpc_id, private_network_id=src.private_network_id,
+                resource=res, attached_at=ts if res else None, tags=tags)
+            booking = Booking(
+                record=record, chosen=chosen, fingerprint=fp, credential_key=caller.credential,
+                idempotency_key=idem_key, idempotency_lease=lease,
+                mac_key=self.keys.mac(res.mac_address, mac_scope)
+                if res and res.mac_address else None,
+                resource_key=self.keys.by_resource(res.id, ip_id) if res else None)
+            try:
+                return await self._engine(src).book(booking)
+            except PoolExhausted:
+                if src is order[-1]:
+                    raise PoolExhausted(ask.zonal or ask.private_network_id or src.id)
+            except NotFound as err:
+                if err.resource != "source":
+                    raise
+                # The source went away (deleted through another node): answer in the
+                # caller's terms and forget what this node cached.
+                self.resolver.forget(src)
+                if ask.private_network_id:
+                    raise NotFound("private_network", ask.private_network_id)
+                raise NotFound("zonal_pool" if ask.zonal else "subnet",
+                               str(ask.zonal or src.id))
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    # -- changes of one IP --------------------------------------------------------------
+
+    async def _change(self, op: str, ip_id: str, payload: dict[str, Any], decide: Decide,
+                      caller: Caller, idem_key_name: str | None = None,
+                      idem_scope: str = "") -> IPRecord:
+        """Read the record, let `decide` build the change, commit it guarded; retry on races."""
+        check_uuid(ip_id, "ip_id")
+        idem_key = None
+        fp = idem.fingerprint(op, {"ip_id": ip_id, **payload})
+        if idem_key_name is not None:
+            idem_key = self.keys.idempotency(idem_scope, idem.check_key(idem_key_name))
+        ip_key = self.keys.ip(ip_id)
+        found = await self.store.get_many([ip_key] + ([idem_key] if idem_key else []))
+        kv = found.get(ip_key)
+        if kv is None or not caller.sees(_record(kv)):
+            raise NotFound("ip", ip_id)
+        if idem_key and idem_key in found:
+            return await idem.replay(self.store, self.keys, found[idem_key].value, fp,
+                                     caller.credential)
+        async for _ in retry.RACES.attempts():
+            current = _record(kv)
+            txn = GuardedTxn().unchanged("record", ip_key, kv.mod_revision)
+            new = await decide(current, txn)
+            if caller.credential:
+                txn.present("credential", caller.credential)
+            if new is not None and new is not current:
+                txn.put(ip_key, json.dumps(new.to_json()))
+            if idem_key and new is not None:
+                txn.absent("idempotency", idem_key).put(
+                    idem_key, idem.entry(fp, new), await self._leases.lease())
+            # Rides the node's committer with the bookings and other changes in flight.
+            try:
+                out = await self.committer.commit(txn)
+            except StoreError:
+                settled = await self._read_back(ip_key, kv, new)
+                if settled is None:
+                    continue  # not applied: try again
+                return settled
+            if out.succeeded:
+                return new if new is not None else current
+            if "credential" in out.failed:
+                raise CredentialRevoked()
+            if "idempotency" in out.failed:
+                seen = out.found("idempotency")
+                assert seen is not None
+                return await idem.replay(self.store, self.keys, seen.value, fp,
+                                         caller.credential)
+            if "record" in out.failed:
+                changed = out.found("record")
+                if changed is None:
+                    raise NotFound("ip", ip_id)
+                kv = changed
+                continue
+            if "mac" in out.failed:
+                raise _mac_taken(new)
+            raise Conflict(f"IP {ip_id}: guard(s) {sorted(out.failed)} failed")
+        raise Conflict(f"IP {ip_id} kept changing; try again")
+
+    async def _read_back(self, ip_key: str, seen: KV, new: IPRecord | None
+                         ) -> IPRecord | None:
+        """After an unknown outcome: the result if the change applied, None if it did not.
+
+        The record's value is the token: a changed record carries a fresh updated_at,
+        and a release removes it. Anything else cannot be told apart: OutcomeUnknown.
+        """
+        try:
+            now_kv = await self.store.get(ip_key)
+        except StoreError:
+            raise OutcomeUnknown("etcd unreachable during a change; read the IP to see "
+                                 "whether it applied, or retry with the idempotency key")
+        if now_kv is not None and now_kv.mod_revision == seen.mod_revision:
+            return None
+        if new is None and now_kv is None:
+            return _record(seen)  # released
+        if new is not None and now_kv is not None and \
+                json.loads(now_kv.value) == new.to_json():
+            return new
+        raise OutcomeUnknown("the IP changed while etcd was failing; read it to see whether "
+                             "this change applied")
+
+    async def update_ip(self, ip_id: str, tags: Any = None, reverses: Any = None,
+                        caller: Caller = Caller()) -> IPRecord:
+        """Change an IP's tags and/or reverse DNS entries."""
+        new_tags = check_tags(tags) if tags is not None else None
+        if reverses is not None and not isinstance(reverses, (list, tuple)):
+            raise InvalidArgument("reverses", "must be a list", "format")
+
+        async def decide(r: IPRecord, txn: GuardedTxn) -> IPRecord:
+            changes: dict[str, Any] = {}
+            if new_tags is not None:
+                changes["tags"] = new_tags
+            if reverses is not None:
+                changes["reverses"] = check_reverses(reverses, r.address)
+            return r.with_changes(**changes)
+
+        return await self._change("update", ip_id, {}, decide, caller)
+
+    async def release(self, ip_id: str, caller: Caller = Caller()) -> None:
+        """Release a detached IP: its address is free again."""
+        async def decide(r: IPRecord, txn: GuardedTxn) -> None:
+            _check_detached(r)
+            await self._delete(txn, r)
+            txn.put(self.keys.freed(r.source_id), r.id)
+
+        await self._change("release", ip_id, {}, decide, caller)
+
+    async def _delete(self, txn: GuardedTxn, r: IPRecord) -> None:
+        src = await self.resolver.source(r.source_id)
+        offset = int(netaddr.IPNetwork(r.address).ip) - int(src.network.network)
+        (txn.delete(self.keys.ip(r.id))
+            .delete(self.keys.address(src.id, src.offset_key(offset)))
+            .delete(self.keys.by_project(r.project_id, r.region, r.created_at, r.id))
+            .delete(self.keys.created(r.source_id, r.created_at, r.id)))
+
+    async def release_set(self, ip_ids: Sequence[str], caller: Caller = Caller()) -> None:
+        """Release several detached IPs atomically: all of them, or none."""
+        if not isinstance(ip_ids, (list, tuple)) or not ip_ids:
+            raise InvalidArgument("ip_ids", "must be a non-empty list of IP ids", "required")
+        if len(ip_ids) > MAX_RELEASE_SET:
+            raise InvalidArgument("ip_ids", f"at most {MAX_RELEASE_SET} IPs at once")
+        ids = list(dict.fromkeys(check_uuid(i, "ip_ids") for i in ip_ids))
+        async for _ in retry.RACES.attempts():
+            extra = [caller.credential] if caller.credential else []
+            found = await self.store.get_many([*(self.keys.ip(i) for i in ids), *extra])
+            if caller.credential and caller.credential not in found:
+                raise CredentialRevoked()
+            txn = GuardedTxn()
+            if caller.credential:
+                txn.present("credential", caller.credential)
+            freed: dict[str, str] = {}
+            for i in ids:
+                kv = found.get(self.keys.ip(i))
+                if kv is None or not caller.sees(r := _record(kv)):
+                    raise NotFound("ip", i)
+                _check_detached(r)
+                txn.unchanged(f"record {i}", self.keys.ip(i), kv.mod_revision)
+                await self._delete(txn, r)
+                freed[r.source_id] = r.id
+            for sid, ip in freed.items():
+                txn.put(self.keys.freed(sid), ip)
+            try:
+                out = await commit(self.store, txn)
+            except StoreError:
+                # Unknown outcome: all gone means it applied (it is all or none).
+                try:
+                    left = await self.store.get_many(self.keys.ip(i) for i in ids)
+                except StoreError:
+                    raise OutcomeUnknown("etcd unreachable while releasing; list the IPs "
+                                         "to see whether they were released")
+                if not left:
+                    return
+                if all(left.get(self.keys.ip(i)) == found.get(self.keys.ip(i)) for i in ids):
+                    continue  # nothing applied: try again
+                raise OutcomeUnknown("the IPs changed while etcd was failing")
+            if out.succeeded:
+                return
+            if "credential" in out.failed:
+                raise CredentialRevoked()
+        raise Conflict("the IPs kept changing; try again")
+
+    async def attach(self, ip_id: str, resource: Resource, caller: Caller = Caller(),
+                     idempotency_key: str | None = None,
+                     idempotency_scope: str = "") -> IPRecord:
+        """Attach a detached IP to a resource (a MAC holds one IP per Private Network)."""
+        _check_resource(resource, caller, "attach")
+
+        async def decide(r: IPRecord, txn: GuardedTxn) -> IPRecord:
+            if r.resource is not None:
+                if r.resource.same_as(resource):
+                    return r
+                raise PreconditionFailed("resource_already_attached",
+                                         f"IP {r.id} is already attached to a resource; "
+                                         "detach it first")
+            self._attach(txn, r, resource)
+            return r.with_changes(resource=resource, attached_at=now())
+
+        return await self._change("attach", ip_id, {"resource": resource.__dict__}, decide,
+                                  caller, idempotency_key, idempotency_scope)
+
+    async def detach(self, ip_id: str, resource: Resource, caller: Caller = Caller(),
+                     idempotency_key: str | None = None,
+                     idempotency_scope: str = "") -> IPRecord:
+        """Detach an IP from the resource it is attached to (which the caller must name)."""
+        async def decide(r: IPRecord, txn: GuardedTxn) -> IPRecord:
+            self._detach(txn, r, _check_attached_to(r, resource, caller, "detach"))
+            return r.with_changes(resource=None, attached_at=None)
+
+        return await self._change("detach", ip_id, {"resource": resource.__dict__}, decide,
+                                  caller, idempotency_key, idempotency_scope)
+
+    async def move(self, ip_id: str, from_resource: Resource, to_resource: Resource | None,
+                   caller: Caller = Caller(), idempotency_key: str | None = None,
+                   idempotency_scope: str = "") -> IPRecord:
+        """Move an IP from the resource it is attached to, to another one (or to none)."""
+        if to_resource is not None:
+            _check_resource(to_resource, caller, "move")
+
+        async def decide(r: IPRecord, txn: GuardedTxn) -> IPRecord:
+            current = _check_attached_to(r, from_resource, caller, "move")
+            self._detach(txn, r, current)
+            if to_resource is None:
+                return r.with_changes(resource=None, attached_at=None)
+            self._attach(txn, r, to_resource)
+            # A key both deleted and written in one transaction is refused by etcd:
+            # what stays the same (the resource id, the MAC) keeps its key as it is.
+            before = {self._mac_key(r, current), self.keys.by_resource(current.id, r.id)}
+            after = {self._mac_key(r, to_resource), self.keys.by_resource(to_resource.id, r.id)}
+            txn.without({k for k in before & after if k})
+            return r.with_changes(resource=to_resource, attached_at=now())
+
+        return await self._change(
+            "move", ip_id, {"from": from_resource.__dict__,
+                            "to": to_resource.__dict__ if to_resource else None},
+            decide, caller, idempotency_key, idempotency_scope)
+
+    def _mac_key(self, r: IPRecord, res: Resource) -> str | None:
+        if not res.mac_address:
+            return None
+        scope = f"pn-{r.private_network_id}" if r.private_network_id else f"zone-{r.zone}"
+        return self.keys.mac(res.mac_address, scope)
+
+    def _attach(self, txn: GuardedTxn, r: IPRecord, res: Resource) -> None:
+        txn.put(self.keys.by_resource(res.id, r.id), "")
+        mac_key = self._mac_key(r, res)
+        if mac_key:
+            txn.absent("mac", mac_key).put(mac_key, r.id)
+
+    def _detach(self, txn: GuardedTxn, r: IPRecord, res: Resource) -> None:
+        txn.delete(self.keys.by_resource(res.id, r.id))
+        mac_key = self._mac_key(r, res)
+        if mac_key:
+            txn.delete(mac_key)
+
+
+def _record(kv: KV) -> IPRecord:
+    return IPRecord.from_json(json.loads(kv.value))
+
+
+def _check_detached(r: IPRecord) -> None:
+    if r.resource is not None:
+        raise PreconditionFailed(STILL_ATTACHED, f"IP {r.id} is attached to a resource; "
+                                                 "detach it before releasing it")
+
+
+def _check_may_manage(resource: Resource, caller: Caller, action: str) -> None:
+    if not caller.may_manage(resource.type):
+        raise PermissionDenied(action, resource.type,
+                               f"only the product managing {resource.type} resources may "
+                               f"{action} them")
+
+
+def _check_resource(resource: Resource, caller: Caller, action: str) -> None:
+    if not isinstance(resource, Resource):
+        raise InvalidArgument("resource", "is required", "required")
+    _check_may_manage(resource, caller, action)
+
+
+def _check_attached_to(r: IPRecord, named: Resource, caller: Caller, action: str) -> Resource:
+    if not isinstance(named, Resource):
+        raise InvalidArgument("resource", "is required", "required")
+    if r.resource is None:
+        raise PreconditionFailed("ip_not_attached", f"IP {r.id} is not attached")
+    if not caller.may_manage(r.resource.type):
+        raise PermissionDenied(action, r.resource.type,
+                               f"only the product managing {r.resource.type} resources may "
+                               f"{action} this IP")
+    if not r.resource.same_as(named):
+        raise PreconditionFailed("resource_mismatch",
+                                 f"IP {r.id} is attached to another resource")
+    return r.resource
+
+
+def _mac_taken(new: IPRecord | None) -> Exception:
+    mac = new.resource.mac_address if new and new.resource else ""
+    return AlreadyExists("mac_address", mac or "", "this MAC address already has an IP in this "
+                                                   "Private Network")

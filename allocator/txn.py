@@ -1,0 +1,218 @@
+"""Guarded transactions whose guards carry names, so a failure says which guard failed.
+
+Every change of the allocator is one etcd transaction: guards (compares), the
+writes to apply when they all hold, and, when one does not, reads of every
+guarded key in the same round trip. `GuardedTxn` builds such a transaction with
+a name on each guard; `TxnOutcome` decodes the answer by name:
+
+    txn = GuardedTxn()
+    txn.absent("address", addr_key).absent("ip", ip_key).present("source", meta_key)
+    txn.put(addr_key, ip_id).put(ip_key, record_json)
+    outcome = txn.outcome(response)
+    if "address" in outcome.failed: ...          # someone else holds it
+    outcome.found("ip")                          # the KV the failure branch read
+
+A guard's failure read is taken at the transaction's own revision, so `failed` is
+exact: it names the guards that did not hold, and nothing else.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Self
+
+from aetcd import rpc
+
+from .store import KV, MAX_TXN_OPS, EtcdStore, kv_of, prefix_end
+
+# The kinds of guard, and how a failure read tells whether each held.
+_ABSENT, _PRESENT, _UNCHANGED, _EMPTY, _QUIET = "absent", "present", "unchanged", "empty", "quiet"
+
+
+def _b(key: str | bytes) -> bytes:
+    return key.encode() if isinstance(key, str) else key
+
+
+def put(key: str, value: str | bytes, lease: int = 0) -> rpc.RequestOp:
+    return rpc.RequestOp(request_put=rpc.PutRequest(key=_b(key), value=_b(value), lease=lease))
+
+
+def get(key: str) -> rpc.RequestOp:
+    return rpc.RequestOp(request_range=rpc.RangeRequest(key=_b(key)))
+
+
+def delete(key: str) -> rpc.RequestOp:
+    return rpc.RequestOp(request_delete_range=rpc.DeleteRangeRequest(key=_b(key)))
+
+
+def nested(compare: Sequence[rpc.Compare], success: Sequence[rpc.RequestOp],
+           failure: Sequence[rpc.RequestOp] = ()) -> rpc.RequestOp:
+    """A transaction as one operation of an outer one (etcd >= 3.3)."""
+    return rpc.RequestOp(request_txn=rpc.TxnRequest(
+        compare=list(compare), success=list(success), failure=list(failure)))
+
+
+@dataclass(frozen=True)
+class _Guard:
+    name: str
+    kind: str
+    key: str
+    revision: int = 0
+
+    def compare(self) -> rpc.Compare:
+        key = _b(self.key)
+        if self.kind == _ABSENT:
+            return rpc.Compare(key=key, result=rpc.Compare.EQUAL, target=rpc.Compare.CREATE,
+                               create_revision=0)
+        if self.kind == _PRESENT:
+            return rpc.Compare(key=key, result=rpc.Compare.GREATER,
+                               target=rpc.Compare.VERSION, version=0)
+        if self.kind == _UNCHANGED:
+            return rpc.Compare(key=key, result=rpc.Compare.EQUAL, target=rpc.Compare.MOD,
+                               mod_revision=self.revision)
+        if self.kind == _EMPTY:  # a range compare: no key under the prefix
+            return rpc.Compare(key=key, range_end=prefix_end(key), result=rpc.Compare.EQUAL,
+                               target=rpc.Compare.CREATE, create_revision=0)
+        # _QUIET: nothing under the prefix was created or modified after `revision`
+        return rpc.Compare(key=key, range_end=prefix_end(key), result=rpc.Compare.LESS,
+                           target=rpc.Compare.MOD, mod_revision=self.revision + 1)
+
+    def read(self) -> rpc.RequestOp:
+        if self.kind in (_EMPTY, _QUIET):
+            return rpc.RequestOp(request_range=rpc.RangeRequest(
+                key=_b(self.key), range_end=prefix_end(self.key), keys_only=True))
+        return get(self.key)
+
+    def held(self, kvs: list[KV]) -> bool:
+        """Whether the guard held, judged from what its failure read found."""
+        if self.kind == _ABSENT:
+            return not kvs
+        if self.kind == _PRESENT:
+            return bool(kvs)
+        if self.kind == _UNCHANGED:
+            return (kvs[0].mod_revision if kvs else 0) == self.revision
+        if self.kind == _EMPTY:
+            return not kvs
+        return all(kv.mod_revision <= self.revision for kv in kvs)
+
+
+@dataclass(frozen=True)
+class TxnOutcome:
+    """What a guarded transaction did: applied, or which guards failed and what they read."""
+
+    succeeded: bool
+    failed: frozenset[str] = frozenset()
+    reads: dict[str, list[KV]] = field(default_factory=dict)
+
+    def found(self, name: str) -> KV | None:
+        """The key a failed transaction read under `name` (a guard's or an extra read)."""
+        kvs = self.reads.get(name)
+        return kvs[0] if kvs else None
+
+
+class GuardedTxn:
+    """One guarded etcd transaction, built by name; see the module docstring."""
+
+    def __init__(self) -> None:
+        self._guards: list[_Guard] = []
+        self._reads: list[tuple[str, str]] = []
+        self.writes: list[rpc.RequestOp] = []
+
+    # -- guards -------------------------------------------------------------------
+
+    def absent(self, name: str, key: str) -> Self:
+        """Guard `name`: `key` does not exist."""
+        return self._guard(_Guard(name, _ABSENT, key))
+
+    def present(self, name: str, key: str) -> Self:
+        """Guard `name`: `key` exists."""
+        return self._guard(_Guard(name, _PRESENT, key))
+
+    def unchanged(self, name: str, key: str, mod_revision: int) -> Self:
+        """Guard `name`: `key` was last modified at `mod_revision` (0: it does not exist)."""
+        return self._guard(_Guard(name, _UNCHANGED, key, mod_revision))
+
+    def prefix_empty(self, name: str, prefix: str) -> Self:
+        """Guard `name`: no key starts with `prefix`."""
+        return self._guard(_Guard(name, _EMPTY, prefix))
+
+    def prefix_unchanged_since(self, name: str, prefix: str, revision: int) -> Self:
+        """Guard `name`: no key under `prefix` was created or modified after `revision`."""
+        return self._guard(_Guard(name, _QUIET, prefix, revision))
+
+    def _guard(self, guard: _Guard) -> Self:
+        self._guards.append(guard)
+        return self
+
+    def without(self, keys: set[str]) -> Self:
+        """Drop the guards and writes on `keys` (a key both deleted and written in one
+        transaction is refused by etcd: what stays the same keeps its key as it is)."""
+        self._guards = [g for g in self._guards if g.key not in keys]
+        self.writes = [w for w in self.writes if _written_key(w) not in keys]
+        return self
+
+    # -- writes and extra reads -----------------------------------------------------
+
+    def put(self, key: str, value: str | bytes, lease: int = 0) -> Self:
+        self.writes.append(put(key, value, lease))
+        return self
+
+    def delete(self, key: str) -> Self:
+        self.writes.append(delete(key))
+        return self
+
+    def read(self, name: str, key: str) -> Self:
+        """On failure, also read `key` under `name` (no guard on it)."""
+        self._reads.append((name, key))
+        return self
+
+    # -- the request and its answer -------------------------------------------------
+
+    @property
+    def guard_names(self) -> list[str]:
+        return [g.name for g in self._guards]
+
+    @property
+    def written_keys(self) -> frozenset[str]:
+        """Every key this transaction writes: changes sharing one must not share a request."""
+        return frozenset(_written_key(w) for w in self.writes)
+
+    def compares(self) -> list[rpc.Compare]:
+        return [g.compare() for g in self._guards]
+
+    def failure_reads(self) -> list[rpc.RequestOp]:
+        return [g.read() for g in self._guards] + [get(k) for _, k in self._reads]
+
+    def request(self) -> rpc.RequestOp:
+        """This transaction as one nested operation of a larger request."""
+        return nested(self.compares(), self.writes, self.failure_reads())
+
+    def outcome(self, resp: rpc.TxnResponse) -> TxnOutcome:
+        """Decode etcd's answer: which guards failed, by name, and what each read."""
+        if resp.succeeded:
+            return TxnOutcome(True)
+        names = [g.name for g in self._guards] + [n for n, _ in self._reads]
+        reads = {name: [kv_of(kv) for kv in r.response_range.kvs]
+                 for name, r in zip(names, resp.responses, strict=True)}
+        failed = frozenset(g.name for g in self._guards if not g.held(reads[g.name]))
+        return TxnOutcome(False, failed, reads)
+
+
+def _written_key(op: rpc.RequestOp) -> str:
+    if op.HasField("request_put"):
+        return op.request_put.key.decode()
+    return op.request_delete_range.key.decode()
+
+
+async def commit(store: EtcdStore, txn: GuardedTxn) -> TxnOutcome:
+    """Send `txn` alone, as a top-level transaction (rare writers: networks, release sets).
+
+    Writes beyond what one level may carry go in nested chunks, all under the same guards.
+    """
+    room = MAX_TXN_OPS - len(txn.compares())
+    writes = txn.writes
+    if len(writes) > room:
+        writes = [nested([], writes[i:i + room]) for i in range(0, len(writes), room)]
+    resp = await store.txn(txn.compares(), writes, txn.failure_reads())
+    return txn.outcome(resp)

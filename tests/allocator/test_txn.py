@@ -1,0 +1,41 @@
+"""Guarded transactions report which guard failed, by name, against real etcd."""
+
+from __future__ import annotations
+
+from allocator.txn import GuardedTxn, commit
+
+
+async def test_a_failed_transaction_names_exactly_the_guards_that_failed(ipam):
+    k = ipam.keys.prefix
+    await commit(ipam.store, GuardedTxn().put(k + "held", "1").put(k + "dir/x", "1"))
+    held = await ipam.store.get(k + "held")
+    txn = (GuardedTxn()
+           .absent("taken", k + "held")
+           .absent("free", k + "nothing")
+           .present("gone", k + "missing")
+           .unchanged("same", k + "held", held.mod_revision)
+           .prefix_empty("busy", k + "dir/")
+           .prefix_unchanged_since("quiet", k + "dir/", held.mod_revision)
+           .read("extra", k + "held")
+           .put(k + "new", "1"))
+    out = await commit(ipam.store, txn)
+    assert not out.succeeded
+    assert out.failed == {"taken", "gone", "busy"}
+    assert out.found("taken").value == b"1" and out.found("extra").value == b"1"
+    assert out.found("free") is None
+    assert await ipam.store.get(k + "new") is None  # nothing was written
+
+
+async def test_a_transaction_whose_guards_hold_applies_every_write(ipam):
+    k = ipam.keys.prefix
+    out = await commit(ipam.store, GuardedTxn().absent("free", k + "a").put(k + "a", "1")
+                       .put(k + "b", "2"))
+    assert out.succeeded and out.failed == frozenset()
+    assert (await ipam.store.get(k + "b")).value == b"2"
+
+
+def test_written_keys_are_the_puts_and_deletes_and_without_drops_them():
+    txn = GuardedTxn().absent("mac", "/m").put("/a", "1").delete("/b").put("/m", "x")
+    assert txn.written_keys == {"/a", "/b", "/m"}
+    txn.without({"/m"})
+    assert txn.written_keys == {"/a", "/b"} and txn.guard_names == []
