@@ -33,6 +33,7 @@ class _Waiting:
     txn: GuardedTxn
     op: st.rpc.RequestOp
     size: int
+    written: frozenset[str]
     future: asyncio.Future[TxnOutcome] = field(
         default_factory=lambda: asyncio.get_running_loop().create_future())
 
@@ -52,7 +53,7 @@ class Committer:
     async def commit(self, txn: GuardedTxn) -> TxnOutcome:
         """Commit `txn` with whatever else is waiting; its outcome. StoreError: unknown."""
         op = txn.request()
-        waiting = _Waiting(txn, op, op.ByteSize())
+        waiting = _Waiting(txn, op, op.ByteSize(), txn.written_keys)
         self._waiting.append(waiting)
         self._send_what_fits()
         return await waiting.future
@@ -66,7 +67,7 @@ class Committer:
             for w in self._waiting:
                 if w.future.done():  # its caller went away meanwhile
                     continue
-                keys = w.txn.written_keys
+                keys = w.written
                 if len(packed) >= self.max_nested or keys & written or (
                         packed and size + w.size > REQUEST_BYTES):
                     left.append(w)

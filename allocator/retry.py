@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 
@@ -43,19 +42,40 @@ class RetryPolicy:
     max_delay: float = 0.0
     deadline: float | None = None
 
-    async def attempts(self) -> AsyncIterator[int]:
+    def attempts(self) -> _Attempts:
         """Yield 0, 1, 2, ... once per try, sleeping between tries, until the policy runs out."""
-        started = time.monotonic()
-        delay = self.delay
-        n = 0
-        while self.max_attempts is None or n < self.max_attempts:
-            if n and delay:
-                await asyncio.sleep(delay)
-                delay = min(delay * self.factor, self.max_delay) if self.max_delay else delay
-            if n and self.deadline is not None and time.monotonic() - started > self.deadline:
-                return
-            yield n
-            n += 1
+        return _Attempts(self)
+
+
+class _Attempts:
+    """The tries of one loop under a policy.
+
+    A plain async iterator, not an async generator: a loop that returns early leaves
+    nothing for the event loop to finalize (a generator would cost a task each time).
+    """
+
+    def __init__(self, policy: RetryPolicy) -> None:
+        self.policy = policy
+        self.n = 0
+        self.delay = policy.delay
+        self.started = time.monotonic()
+
+    def __aiter__(self) -> _Attempts:
+        return self
+
+    async def __anext__(self) -> int:
+        p = self.policy
+        n = self.n
+        if p.max_attempts is not None and n >= p.max_attempts:
+            raise StopAsyncIteration
+        if n:
+            if self.delay:
+                await asyncio.sleep(self.delay)
+                self.delay = min(self.delay * p.factor, p.max_delay or self.delay * p.factor)
+            if p.deadline is not None and time.monotonic() - self.started > p.deadline:
+                raise StopAsyncIteration
+        self.n = n + 1
+        return n
 
 
 RACES = RetryPolicy("races", max_attempts=16)

@@ -118,6 +118,7 @@ class GuardedTxn:
         self._guards: list[_Guard] = []
         self._reads: list[tuple[str, str]] = []
         self.writes: list[rpc.RequestOp] = []
+        self._written: list[str] = []  # the keys of `writes`, as given
 
     # -- guards -------------------------------------------------------------------
 
@@ -149,17 +150,21 @@ class GuardedTxn:
         """Drop the guards and writes on `keys` (a key both deleted and written in one
         transaction is refused by etcd: what stays the same keeps its key as it is)."""
         self._guards = [g for g in self._guards if g.key not in keys]
-        self.writes = [w for w in self.writes if _written_key(w) not in keys]
+        kept = [(k, w) for k, w in zip(self._written, self.writes, strict=True) if k not in keys]
+        self._written = [k for k, _ in kept]
+        self.writes = [w for _, w in kept]
         return self
 
     # -- writes and extra reads -----------------------------------------------------
 
     def put(self, key: str, value: str | bytes, lease: int = 0) -> Self:
         self.writes.append(put(key, value, lease))
+        self._written.append(key)
         return self
 
     def delete(self, key: str) -> Self:
         self.writes.append(delete(key))
+        self._written.append(key)
         return self
 
     def read(self, name: str, key: str) -> Self:
@@ -176,7 +181,7 @@ class GuardedTxn:
     @property
     def written_keys(self) -> frozenset[str]:
         """Every key this transaction writes: changes sharing one must not share a request."""
-        return frozenset(_written_key(w) for w in self.writes)
+        return frozenset(self._written)
 
     def compares(self) -> list[rpc.Compare]:
         return [g.compare() for g in self._guards]
@@ -197,12 +202,6 @@ class GuardedTxn:
                  for name, r in zip(names, resp.responses, strict=True)}
         failed = frozenset(g.name for g in self._guards if not g.held(reads[g.name]))
         return TxnOutcome(False, failed, reads)
-
-
-def _written_key(op: rpc.RequestOp) -> str:
-    if op.HasField("request_put"):
-        return op.request_put.key.decode()
-    return op.request_delete_range.key.decode()
 
 
 async def commit(store: EtcdStore, txn: GuardedTxn) -> TxnOutcome:

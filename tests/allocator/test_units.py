@@ -129,3 +129,12 @@ def test_record_json_round_trips():
 @pytest.mark.parametrize("mac", ["02-00-00-00-00-0A", " 02:00:00:00:00:0a "])
 def test_mac_addresses_are_normalised(mac):
     assert Resource.custom(mac).mac_address == "02:00:00:00:00:0a"
+
+
+async def test_a_retry_policy_is_bounded_in_count_and_in_time():
+    from allocator.retry import RetryPolicy
+
+    tries = [n async for n in RetryPolicy("t", max_attempts=4).attempts()]
+    assert tries == [0, 1, 2, 3]
+    slow = RetryPolicy("t", max_attempts=100, delay=0.01, deadline=0.03)
+    assert 2 <= len([n async for n in slow.attempts()]) < 100
