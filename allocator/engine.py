@@ -259,8 +259,14 @@ class SourceEngine:
         self.stats.exhaustion_checks += 1
         if self._full_at is not None:
             # Full at revision R, and no release since (every release writes the
-            # marker): still full now. One key, not a count of the whole pool.
-            marker = await self.store.get(self.keys.freed(self.source.id))
+            # marker): still full now. Two keys in one read, not a count of the pool;
+            # the source's own key tells a deleted source (whose marker is gone too).
+            freed, meta = self.keys.freed(self.source.id), self.keys.source(self.source.id)
+            found = await self.store.get_many([freed, meta])
+            if meta not in found:
+                self.close()
+                raise NotFound("source", self.source.id)
+            marker = found.get(freed)
             if marker is None or marker.mod_revision <= self._full_at:
                 raise PoolExhausted(self.source.id)
         held, revision = await self.store.count(self.keys.addresses(self.source.id))

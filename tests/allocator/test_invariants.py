@@ -499,3 +499,19 @@ async def test_concurrent_lifecycle_changes_share_requests_and_stay_exact(ipam, 
     await asyncio.gather(*(ipam.release(ip.id) for ip in ips))
     report = await clean_audit(ipam)
     assert report.records == 1
+
+
+async def test_a_full_pool_deleted_through_another_node_answers_not_found(
+        ipam, etcd_single, key_prefix):
+    pool = await ipam.create_zonal_pool(REGION, "fr-par-3", "51.17.0.0/29")
+    ask = AddressAsk(region=REGION, project_id=new_project(), zonal="fr-par-3")
+    held = [await ipam.book(ask) for _ in range(4)]
+    with pytest.raises(PoolExhausted):  # this node now knows the pool as full
+        await ipam.book(ask)
+    cache = ipam.lifecycle.engines[pool.id].cache
+    cache._watch.cancel()  # this node does not see what the other one does next
+    async with connected(etcd_single.endpoints, key_prefix) as other:
+        await other.release_set([h.id for h in held])
+        await other.delete_zonal_pool(pool.id)
+    with pytest.raises(NotFound):
+        await ipam.book(ask)
