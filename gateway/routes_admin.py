@@ -14,125 +14,130 @@
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Callable
 
 from aiohttp import web
 
-from allocator import Source
-from allocator.credentials import ApiKey, check_key_spec, is_access_key
+from allocator.credentials import check_key_spec
 
 from .auth import principal
-from .context import CREDENTIALS_KEY, config_of, ipam_of, served_region, served_zone
+from .context import CREDENTIALS_KEY, config_of, ipam_of, served_zone
 from .drain import drain_of
-from .errors import invalid_argument
-from .wire import QueryFields, path_uuid, read_body
+from .errors import ApiError
+from .models.admin import (
+    ApiKey,
+    ApiKeyPath,
+    ApiKeyWithSecret,
+    CreateApiKeyRequest,
+    CreateZonalPoolRequest,
+    Draining,
+    EtcdMember,
+    Health,
+    ListApiKeysResponse,
+    ListZonalPoolsQuery,
+    ListZonalPoolsResponse,
+    Readiness,
+    ZonalPool,
+    ZonalPoolPath,
+)
+from .models.fields import RegionPath
+from .wire import endpoint
 
 routes = web.RouteTableDef()
 
 READY_TIMEOUT = 2.0
 
 
-def api_key_json(key: ApiKey) -> dict[str, Any]:
-    return key.to_json()
+def _admin_only(resource: str) -> Callable[[web.Request], None]:
+    """A check refusing every key but an admin's, before the request is read."""
+    def check(request: web.Request) -> None:
+        principal(request).check_admin(resource)
+    return check
 
 
-def zonal_pool_json(pool: Source) -> dict[str, Any]:
-    return {"id": pool.id, "region": pool.region, "zone": pool.zone, "subnet": pool.cidr,
-            "is_ipv6": pool.is_ipv6, "created_at": pool.created_at}
+_API_KEYS = _admin_only("api_key")
+_ZONAL_POOLS = _admin_only("zonal_pool")
 
 
 @routes.post("/ipam/admin/v1/api-keys")
-async def create_api_key(request: web.Request) -> web.Response:
-    principal(request).check_admin("api_key")
-    body = await read_body(request)
-    raw = {k: body.data.get(k) for k in ("role", "organization_id", "project_ids",
-                                         "resource_types", "description", "expires_at")}
-    body.accept(*raw)
-    body.finish()
-    spec = check_key_spec(**raw)
+@endpoint(before=_API_KEYS)
+async def create_api_key(request: web.Request, body: CreateApiKeyRequest) -> ApiKeyWithSecret:
+    """Create an API key; its secret is shown in this answer only."""
+    spec = check_key_spec(role=body.role, organization_id=body.organization_id,
+                          project_ids=body.project_ids, resource_types=body.resource_types,
+                          description=body.description, expires_at=body.expires_at)
     key, secret = await request.app[CREDENTIALS_KEY].create(spec)
-    return web.json_response({**api_key_json(key), "secret_key": secret})
+    return ApiKeyWithSecret(**ApiKey.of(key).model_dump(), secret_key=secret)
 
 
 @routes.get("/ipam/admin/v1/api-keys")
-async def list_api_keys(request: web.Request) -> web.Response:
-    principal(request).check_admin("api_key")
+@endpoint(before=_API_KEYS)
+async def list_api_keys(request: web.Request) -> ListApiKeysResponse:
+    """List the API keys, without their secrets."""
     keys = await request.app[CREDENTIALS_KEY].list()
-    return web.json_response({"api_keys": [api_key_json(k) for k in keys],
-                              "total_count": len(keys)})
-
-
-def _access_key(request: web.Request) -> str:
-    access_key = request.match_info["access_key"]
-    if not is_access_key(access_key):
-        raise invalid_argument("access_key", "must be SCW followed by 17 letters or digits",
-                               "format")
-    return access_key
+    return ListApiKeysResponse(api_keys=[ApiKey.of(k) for k in keys], total_count=len(keys))
 
 
 @routes.get("/ipam/admin/v1/api-keys/{access_key}")
-async def get_api_key(request: web.Request) -> web.Response:
-    principal(request).check_admin("api_key")
-    key = await request.app[CREDENTIALS_KEY].get(_access_key(request))
-    return web.json_response(api_key_json(key))
+@endpoint(before=_API_KEYS)
+async def get_api_key(request: web.Request, path: ApiKeyPath) -> ApiKey:
+    """Get an API key, without its secret."""
+    return ApiKey.of(await request.app[CREDENTIALS_KEY].get(path.access_key))
 
 
 @routes.delete("/ipam/admin/v1/api-keys/{access_key}")
-async def revoke_api_key(request: web.Request) -> web.Response:
-    principal(request).check_admin("api_key")
-    await request.app[CREDENTIALS_KEY].revoke(_access_key(request))
-    return web.Response(status=204)
+@endpoint(before=_API_KEYS)
+async def revoke_api_key(request: web.Request, path: ApiKeyPath) -> None:
+    """Revoke an API key, at once on every node."""
+    await request.app[CREDENTIALS_KEY].revoke(path.access_key)
 
 
 @routes.post("/ipam/admin/v1/regions/{region}/zonal-pools")
-async def create_zonal_pool(request: web.Request) -> web.Response:
-    region = served_region(request)
-    principal(request).check_admin("zonal_pool")
-    body = await read_body(request)
-    zone = body.text("zone", required=True, max_length=32)
-    subnet = body.text("subnet", required=True, max_length=64)
-    body.finish()
-    assert zone is not None and subnet is not None
-    served_zone(zone, "zone", request)
-    pool = await ipam_of(request).networks.create_zonal_pool(region, zone, subnet)
-    return web.json_response(zonal_pool_json(pool))
+@endpoint(before=_ZONAL_POOLS)
+async def create_zonal_pool(request: web.Request, path: RegionPath,
+                            body: CreateZonalPoolRequest) -> ZonalPool:
+    """Add a pool of public addresses to a zone."""
+    served_zone(body.zone, "zone", request)
+    pool = await ipam_of(request).networks.create_zonal_pool(path.region, body.zone,
+                                                             body.subnet)
+    return ZonalPool.of(pool)
 
 
 @routes.get("/ipam/admin/v1/regions/{region}/zonal-pools")
-async def list_zonal_pools(request: web.Request) -> web.Response:
-    region = served_region(request)
-    principal(request).check_admin("zonal_pool")
-    q = QueryFields(request.query)
-    zone = q.text("zone")
-    q.finish()
-    if zone is not None:
-        served_zone(zone, "zone", request)
-    pools = await ipam_of(request).networks.list_zonal_pools(region, zone)
-    return web.json_response({"zonal_pools": [zonal_pool_json(p) for p in pools],
-                              "total_count": len(pools)})
+@endpoint(before=_ZONAL_POOLS)
+async def list_zonal_pools(request: web.Request, path: RegionPath,
+                           query: ListZonalPoolsQuery) -> ListZonalPoolsResponse:
+    """List the zonal pools of the region, or of one zone."""
+    if query.zone is not None:
+        served_zone(query.zone, "zone", request)
+    pools = await ipam_of(request).networks.list_zonal_pools(path.region, query.zone)
+    return ListZonalPoolsResponse(zonal_pools=[ZonalPool.of(p) for p in pools],
+                                  total_count=len(pools))
 
 
 @routes.delete("/ipam/admin/v1/regions/{region}/zonal-pools/{pool_id}")
-async def delete_zonal_pool(request: web.Request) -> web.Response:
-    served_region(request)
-    principal(request).check_admin("zonal_pool")
-    pool_id = path_uuid(request, "pool_id", "pool_id")
-    await ipam_of(request).networks.delete_zonal_pool(pool_id)
-    return web.Response(status=204)
+@endpoint(before=_ZONAL_POOLS)
+async def delete_zonal_pool(request: web.Request, path: ZonalPoolPath) -> None:
+    """Delete a zonal pool that holds no IP."""
+    await ipam_of(request).networks.delete_zonal_pool(path.pool_id)
 
 
 @routes.get("/healthz")
-async def healthz(request: web.Request) -> web.Response:
+@endpoint
+async def healthz(request: web.Request) -> Health:
     """The process is up and serving HTTP."""
-    return web.json_response({"status": "ok", "region": config_of(request).region})
+    return Health(region=config_of(request).region)
 
 
 @routes.get("/readyz")
-async def readyz(request: web.Request) -> web.Response:
+@endpoint(replies={503: Readiness | Draining})
+async def readyz(request: web.Request) -> Readiness:
     """Ready when etcd answers a linearizable read (a quorum is reachable), until a drain."""
     if drain_of(request.app).active:  # a load balancer must stop sending here at once
-        return web.json_response({"status": "draining"}, status=503)
+        raise ApiError(503, Draining())
     quorum, members = await ipam_of(request).readiness(READY_TIMEOUT)
-    body = {"status": "ready" if quorum else "unavailable",
-            "etcd": [{"endpoint": ep, "answered": ok} for ep, ok in members]}
-    return web.json_response(body, status=200 if quorum else 503)
+    ready = Readiness(status="ready" if quorum else "unavailable",
+                      etcd=[EtcdMember(endpoint=ep, answered=ok) for ep, ok in members])
+    if not quorum:
+        raise ApiError(503, ready)
+    return ready
