@@ -32,6 +32,7 @@ from .auth import PUBLIC_PATHS, TOKEN_HEADER
 from .context import CONFIG_KEY
 from .models import errors as m
 from .models.admin import Document
+from .models.fields import not_null
 from .wire import Endpoint, endpoint, endpoint_of
 
 _REF = "#/components/schemas/{model}"
@@ -111,7 +112,9 @@ def _parameters(schemas: _Schemas, spec: Endpoint) -> list[dict[str, Any]]:
         properties = schemas.properties(model)
         for name, f in model.model_fields.items():
             key = f.alias or name
-            schema = _not_null(properties[key])
+            schema = not_null(properties[key])
+            if where == "query":
+                schema = _or_empty(schema)
             param: dict[str, Any] = {"name": key, "in": where,
                                      "required": where == "path" or f.is_required(),
                                      "schema": schema}
@@ -123,14 +126,13 @@ def _parameters(schemas: _Schemas, spec: Endpoint) -> list[dict[str, Any]]:
     return out
 
 
-def _not_null(schema: dict[str, Any]) -> dict[str, Any]:
-    """A parameter is left out to say "none": null is not one of its values."""
-    options = schema.get("anyOf")
-    if options is None:
+def _or_empty(schema: dict[str, Any]) -> dict[str, Any]:
+    """An empty query value (`?vpc_id=`) is an absent one: say so where "" is not a value."""
+    if schema.get("type") == "array":
+        return {**schema, "items": _or_empty(schema["items"])}
+    if schema.get("type") == "string" and schema.keys() <= {"type", "title", "description"}:
         return schema
-    kept = [o for o in options if o.get("type") != "null"]
-    rest = {k: v for k, v in schema.items() if k not in ("anyOf", "default")}
-    return {**kept[0], **rest} if len(kept) == 1 else {**rest, "anyOf": kept}
+    return {"anyOf": [schema, {"const": ""}]}
 
 
 def _content(schema: dict[str, Any]) -> dict[str, Any]:

@@ -65,8 +65,10 @@ def endpoint(handler: Callable[..., Awaitable[Any]] | None = None, *,
     def wrap(typed: Callable[..., Awaitable[Any]]) -> Handler:
         hints = typing.get_type_hints(typed)
         parts = {p: hints[p] for p in PARTS if p in hints}
+        reply = hints.get("return")
         spec = Endpoint(typed.__name__, (typed.__doc__ or "").strip().split("\n")[0], parts,
-                        hints.get("return"), dict(replies or {}), not optional_body)
+                        None if reply is type(None) else reply, dict(replies or {}),
+                        not optional_body)
 
         @functools.wraps(typed)
         async def handle(request: web.Request) -> web.StreamResponse:

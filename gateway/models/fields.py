@@ -54,6 +54,34 @@ class Reply(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+def not_null(schema: dict[str, Any]) -> dict[str, Any]:
+    """A field's JSON Schema without its `null` alternative (and its null default)."""
+    options = schema.get("anyOf")
+    if options is None:
+        return schema
+    kept = [o for o in options if o.get("type") != "null"]
+    rest = {k: v for k, v in schema.items() if k not in ("anyOf", "default")}
+    return {**kept[0], **rest} if len(kept) == 1 else {**rest, "anyOf": kept}
+
+
+def shape(properties: dict[str, Any], required: list[str]) -> dict[str, Any]:
+    """One alternative shape of an object."""
+    return {"type": "object", "properties": properties, "required": required,
+            "additionalProperties": False}
+
+
+def project_required(schema: dict[str, Any]) -> None:
+    """json_schema_extra of a creation: `project_id` is required in the document.
+
+    A key of exactly one project may leave it out (its project is meant); every
+    other key must send it, so that is what the document says.
+    """
+    schema["properties"]["project_id"] = {
+        **not_null(schema["properties"]["project_id"]),
+        "description": "required, but for a key of exactly one project, which it defaults to"}
+    schema["required"] = [*schema.get("required", []), "project_id"]
+
+
 def as_uuid(value: Any) -> str | None:
     """`value` as a canonical lowercase UUID, or None."""
     if isinstance(value, str) and len(value) == 36:

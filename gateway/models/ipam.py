@@ -18,7 +18,6 @@ from .fields import (
     Mac,
     Page,
     PageSize,
-    Printable,
     Query,
     RegionPath,
     Reply,
@@ -26,6 +25,9 @@ from .fields import (
     Timestamp,
     Uuid,
     Zone,
+    not_null,
+    project_required,
+    shape,
 )
 
 IPOrder = Literal["created_at_desc", "created_at_asc", "updated_at_desc", "updated_at_asc",
@@ -41,9 +43,7 @@ class BookSource(Body):
     """Where to book from: exactly one of a zone, a Private Network, a subnet or a VPC."""
 
     # The SDK sends only the one it was given; null stands for absent, as everywhere.
-    model_config = ConfigDict(json_schema_extra={"oneOf": [
-        {"required": [kind], "properties": {kind: {"type": "string"}}}
-        for kind in _SOURCE_KINDS]})
+    model_config = ConfigDict(json_schema_extra=lambda schema: _one_source_shapes(schema))
 
     zonal: Zone | None = None
     private_network_id: Uuid | None = None
@@ -67,15 +67,20 @@ class BookSource(Body):
         return self
 
 
+def _one_source_shapes(schema: dict[str, Any]) -> None:
+    # A VPC source is read (the SDK has it) but always refused by the allocator: book in
+    # one of its Private Networks.
+    props = {**schema.pop("properties"), "vpc_id": {"type": "null"}}
+    bookable = [k for k in _SOURCE_KINDS if k != "vpc_id"]
+    schema["anyOf"] = [shape({**props, **{k: {"type": "null"} for k in bookable},
+                              kind: not_null(props[kind])}, [kind]) for kind in bookable]
+    schema.pop("additionalProperties")
+
+
 class CustomResource(Body):
     """A resource an IP is attached to: custom (a MAC) or, for a product key, its own."""
 
-    model_config = ConfigDict(json_schema_extra={"anyOf": [
-        {"required": ["mac_address"], "properties": {
-            "mac_address": {"type": "string"}, "type": {"enum": ["custom", None]}}},
-        {"required": ["type", "id"], "properties": {
-            "type": {"type": "string", "not": {"const": "custom"}},
-            "id": {"type": "string"}}}]})
+    model_config = ConfigDict(json_schema_extra=lambda schema: _resource_shapes(schema))
 
     mac_address: Mac | None = None
     name: str | None = Field(default=None, max_length=255)
@@ -95,7 +100,19 @@ class CustomResource(Body):
         return self
 
 
+def _resource_shapes(schema: dict[str, Any]) -> None:
+    props = schema.pop("properties")
+    custom = {**props, "mac_address": not_null(props["mac_address"]),
+              "type": {"enum": ["custom", None]}}
+    product = {**props, "type": {**not_null(props["type"]), "not": {"const": "custom"}},
+               "id": not_null(props["id"])}
+    schema["anyOf"] = [shape(custom, ["mac_address"]), shape(product, ["type", "id"])]
+    schema.pop("additionalProperties")
+
+
 class BookIPRequest(Body):
+    model_config = ConfigDict(json_schema_extra=project_required)
+
     source: BookSource
     is_ipv6: bool | None = None
     project_id: Uuid | None = None
@@ -139,8 +156,10 @@ class IdempotencyHeaders(BaseModel):
 
     model_config = ConfigDict(extra="ignore")
 
-    idempotency_key: Printable | None = Field(default=None, alias="Idempotency-Key",
-                                              max_length=256)
+    # Visible ASCII: what a header carries intact; HTTP trims spaces at either end.
+    idempotency_key: str | None = Field(default=None, alias="Idempotency-Key", min_length=1,
+                                        max_length=256,
+                                        pattern=r"^[\x21-\x7e]([\x20-\x7e]*[\x21-\x7e])?$")
 
 
 class ListIPsQuery(Query):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import Field
+from pydantic import ConfigDict, Field
 
 from allocator import VPC as DomainVPC
 from allocator import PrivateNetwork as DomainPrivateNetwork
@@ -23,6 +23,7 @@ from .fields import (
     Tags,
     Timestamp,
     Uuid,
+    project_required,
 )
 
 ObjectOrder = Literal["created_at_asc", "created_at_desc", "name_asc", "name_desc"]
@@ -32,6 +33,8 @@ SubnetOrder = Literal["created_at_asc", "created_at_desc"]
 
 
 class CreateVPCRequest(Body):
+    model_config = ConfigDict(json_schema_extra=project_required)
+
     name: Name | None = None
     project_id: Uuid | None = None
     tags: Tags | None = None
@@ -45,6 +48,8 @@ class UpdateVPCRequest(Body):
 
 
 class CreatePrivateNetworkRequest(Body):
+    model_config = ConfigDict(json_schema_extra=project_required)
+
     name: Name | None = None
     project_id: Uuid | None = None
     tags: Tags | None = None
