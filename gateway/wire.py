@@ -111,9 +111,14 @@ def problems(err: ValidationError) -> list[ArgumentProblem]:
         named = (e.get("ctx") or {}).get("field")  # a rule of a model, about one field
         if named:
             names.append(named)
-        out.append(ArgumentProblem(".".join(names) or "body", _reason(e["type"], e["input"]),
-                                   e["msg"]))
+        reason = _reason(e["type"], e["input"])
+        generic = e["type"] == "missing" and e["msg"] == "Field required"
+        message = _REQUIRED if reason == "required" and (generic or e["input"] is None) else e["msg"]
+        out.append(ArgumentProblem(".".join(names) or "body", reason, message))
     return out
+
+
+_REQUIRED = "this field is required"
 
 
 _FORMAT_ERRORS = ("_type", "_parsing", "_format", "_pattern_mismatch")

@@ -21,7 +21,6 @@ from typing import Any
 import pytest
 import requests
 from aiohttp import web
-
 from conformance import Conformance
 
 from allocator import IPAM

@@ -19,10 +19,10 @@ import pytest
 
 schemathesis = pytest.importorskip("schemathesis")
 
-import requests  # noqa: E402
-from gateway_fixtures import ADMIN_SECRET, GatewayNode, gateway  # noqa: E402, F401
-from hypothesis import HealthCheck, settings  # noqa: E402
-from hypothesis import strategies as st  # noqa: E402
+import requests
+from gateway_fixtures import ADMIN_SECRET, GatewayNode, gateway  # noqa: F401
+from hypothesis import HealthCheck, settings
+from hypothesis import strategies as st
 
 
 def _subnets(network: str, prefix: int) -> list[str]:

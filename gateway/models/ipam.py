@@ -110,8 +110,19 @@ def _resource_shapes(schema: dict[str, Any]) -> None:
     schema.pop("additionalProperties")
 
 
+def _book_shapes(schema: dict[str, Any]) -> None:
+    # The allocator books a given address only in a Private Network: from a zone, the
+    # address must be left out.
+    project_required(schema)
+    props, required = schema.pop("properties"), schema.pop("required")
+    zonal, *network = BookSource.model_json_schema()["anyOf"]
+    schema["anyOf"] = [shape({**props, "source": zonal, "address": {"type": "null"}}, required),
+                       shape({**props, "source": {"anyOf": network}}, required)]
+    schema.pop("additionalProperties")
+
+
 class BookIPRequest(Body):
-    model_config = ConfigDict(json_schema_extra=project_required)
+    model_config = ConfigDict(json_schema_extra=lambda schema: _book_shapes(schema))
 
     source: BookSource
     is_ipv6: bool | None = None
