@@ -45,7 +45,8 @@ def create_app(ipam: IPAM, config: GatewayConfig | None = None, *,
     app.add_routes(routes_vpc.routes)
     app.add_routes(routes_admin.routes)
     app.add_routes(health.routes)
-    app.router.add_get("/openapi.json", openapi.serve)
+    app.router.add_get("/openapi.json", openapi.openapi_json)
+    app.on_startup.append(openapi.prepare)
     async def start_credentials(_: web.Application) -> None:
         await credentials.start()
 

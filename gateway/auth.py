@@ -39,7 +39,7 @@ from allocator.contract import (
 )
 
 from .errors import denied_authentication, not_found, permissions_denied
-from .wire import as_uuid
+from .models.fields import as_uuid
 
 PUBLIC_PATHS = frozenset({"/healthz", "/readyz", "/openapi.json"})
 TOKEN_HEADER = "X-Auth-Token"

@@ -10,7 +10,7 @@ from aiohttp import web
 from allocator.contract import IPAM, Credentials
 
 from .config import GatewayConfig
-from .errors import ApiError
+from .errors import invalid_argument, not_found
 
 IPAM_KEY = web.AppKey("ipam", IPAM)
 CONFIG_KEY = web.AppKey("config", GatewayConfig)
@@ -30,15 +30,12 @@ def served_region(request: web.Request) -> str:
     region = request.match_info["region"]
     served = request.app[CONFIG_KEY].region
     if region != served:
-        raise ApiError(404, {"type": "not_found", "resource": "region", "resource_id": region,
-                             "message": f"this node serves region {served}, not {region!r}"})
+        raise not_found("region", region, f"this node serves region {served}, not {region!r}")
     return region
 
 
 def served_zone(zone: str, argument: str, request: web.Request) -> str:
     """A zone of the served region, or a 400 naming `argument`."""
-    from .errors import invalid_argument
-
     zones = request.app[CONFIG_KEY].zones
     if zone not in zones:
         raise invalid_argument(argument, f"must be one of the zones {', '.join(zones)}")

@@ -7,7 +7,7 @@ as Scaleway writes it, because the SDK calls `res.json()` on every error:
     401 denied_authentication method: api_key, reason: not_found|invalid_argument|expired
     403 permissions_denied    details: [{action, resource}]
     404 not_found             resource, resource_id
-    405 method_not_allowed
+    405 method_not_allowed    with the `Allow` header listing the path's methods
     409 already_exists        resource, resource_id (an address booked already)
     409 out_of_stock          resource: ip, source_id (a pool with no free address left)
     409 conflict              concurrent changes kept winning; retry
@@ -16,7 +16,8 @@ as Scaleway writes it, because the SDK calls `res.json()` on every error:
     503 service_unavailable   etcd unreachable; for an unknown outcome, retry with
                               the same Idempotency-Key
 
-A body never carries a stack trace: anything unexpected is logged here and
+Each body is a model of `gateway.models.errors`, so the OpenAPI document shows
+exactly what is sent. A body never carries a stack trace: anything unexpected is logged here and
 answered as a bare 500 `internal_error`.
 """
 
@@ -24,11 +25,13 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable, Iterable
-from typing import Any
 
 from aiohttp import web
+from pydantic import BaseModel
 
 from allocator.contract import errors as e
+
+from .models import errors as m
 
 log = logging.getLogger(__name__)
 
@@ -36,51 +39,60 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
 class ApiError(Exception):
-    """An HTTP error answer: its status and its Scaleway-shaped body."""
+    """An HTTP error answer: its status and its body (a model of `models.errors`)."""
 
-    def __init__(self, status: int, body: dict[str, Any]) -> None:
-        super().__init__(body.get("message", ""))
+    def __init__(self, status: int, body: BaseModel, headers: dict[str, str] | None = None
+                 ) -> None:
+        super().__init__(getattr(body, "message", ""))
         self.status = status
         self.body = body
+        self.headers = headers or {}
 
     def response(self) -> web.Response:
-        return web.json_response(self.body, status=self.status)
+        # exclude_none: an optional field of an error body is absent, never null
+        return web.json_response(self.body.model_dump(mode="json", exclude_none=True),
+                                 status=self.status, headers=self.headers)
 
 
 def invalid_arguments(problems: Iterable[e.ArgumentProblem]) -> ApiError:
     """400 with one detail per rejected argument."""
-    details = [{"argument_name": p.argument_name, "reason": p.reason,
-                "help_message": p.help_message} for p in problems]
-    return ApiError(400, {"type": "invalid_arguments", "message": "invalid argument(s)",
-                          "details": details})
+    details = [m.ArgumentDetail(argument_name=p.argument_name, reason=p.reason,  # type: ignore[arg-type]
+                                help_message=p.help_message) for p in problems]
+    return ApiError(400, m.InvalidArguments(details=details))
 
 
 def invalid_argument(argument: str, help_message: str, reason: str = "constraint") -> ApiError:
+    """400 for one argument."""
     return invalid_arguments([e.ArgumentProblem(argument, reason, help_message)])
 
 
 def denied_authentication(reason: str, message: str) -> ApiError:
     """401: the X-Auth-Token is missing, malformed, unknown, revoked or expired."""
-    return ApiError(401, {"type": "denied_authentication", "message": message,
-                          "method": "api_key", "reason": reason})
+    return ApiError(401, m.DeniedAuthentication(message=message, reason=reason))  # type: ignore[arg-type]
 
 
 def permissions_denied(action: str, resource: str, message: str | None = None) -> ApiError:
     """403: the key is valid but its role does not allow `action` on `resource`."""
-    return ApiError(403, {"type": "permissions_denied",
-                          "message": message or "insufficient permissions",
-                          "details": [{"action": action, "resource": resource}]})
+    detail = m.PermissionDetail(action=action, resource=resource)
+    return ApiError(403, m.PermissionsDenied(details=[detail], **(
+        {"message": message} if message else {})))
 
 
-def not_found(resource: str, resource_id: str) -> ApiError:
+def not_found(resource: str, resource_id: str, message: str | None = None) -> ApiError:
     """404 naming the object, in the same words whether it is absent or invisible."""
-    return ApiError(404, {"type": "not_found", "message": "resource is not found",
-                          "resource": resource, "resource_id": resource_id})
+    return ApiError(404, m.NotFound(resource=resource, resource_id=resource_id, **(
+        {"message": message} if message else {})))
 
 
 def route_not_found(path: str) -> ApiError:
-    return ApiError(404, {"type": "not_found", "message": f"no route for {path}",
-                          "resource": "route", "resource_id": path})
+    return not_found("route", path, f"no route for {path}")
+
+
+def method_not_allowed(request: web.Request, allowed: Iterable[str]) -> ApiError:
+    """405, with the `Allow` header HTTP requires (RFC 9110)."""
+    return ApiError(405, m.MethodNotAllowed(
+        message=f"{request.method} is not allowed on {request.path}"),
+        {"Allow": ", ".join(sorted(allowed))})
 
 
 def from_ipam_error(err: e.IPAMError) -> ApiError:
@@ -90,43 +102,41 @@ def from_ipam_error(err: e.IPAMError) -> ApiError:
     if isinstance(err, e.NotFound):
         return not_found(err.resource, err.resource_id)
     if isinstance(err, e.AlreadyExists):
-        return ApiError(409, {"type": "already_exists", "message": err.message,
-                              "resource": err.resource, "resource_id": err.resource_id})
+        return ApiError(409, m.AlreadyExists(message=err.message, resource=err.resource,
+                                             resource_id=err.resource_id))
     if isinstance(err, e.PoolExhausted):
-        return ApiError(409, {"type": "out_of_stock", "message": err.message,
-                              "resource": "ip", "source_id": err.source_id})
+        return ApiError(409, m.OutOfStock(message=err.message, source_id=err.source_id))
     if isinstance(err, e.PreconditionFailed):
-        return ApiError(412, {"type": "precondition_failed", "message": err.message,
-                              "precondition": err.precondition, "help_message": err.message})
+        return ApiError(412, m.PreconditionFailed(message=err.message,
+                                                  precondition=err.precondition,
+                                                  help_message=err.message))
     if isinstance(err, e.CredentialRevoked):
         return denied_authentication("not_found", "authentication is denied")
     if isinstance(err, e.PermissionDenied):
         return permissions_denied(err.action, err.resource, err.message)
     if isinstance(err, e.Conflict):
-        return ApiError(409, {"type": "conflict", "message": err.message})
+        return ApiError(409, m.Conflict(message=err.message))
     if isinstance(err, e.OutcomeUnknown):
-        return ApiError(503, {"type": "service_unavailable", "message": err.message,
-                              "help_message": "the change may have been applied: retry with "
-                                              "the same Idempotency-Key to find out"})
+        return ApiError(503, m.ServiceUnavailable(
+            message=err.message, help_message="the change may have been applied: retry with "
+                                              "the same Idempotency-Key to find out"))
     if isinstance(err, e.StoreError):
-        return ApiError(503, {"type": "service_unavailable",
-                              "message": "the datastore is unavailable, retry later"})
+        return ApiError(503, m.ServiceUnavailable(
+            message="the datastore is unavailable, retry later"))
     log.error("unmapped allocator error %s: %s", type(err).__name__, err.message)
-    return ApiError(500, {"type": "internal_error", "message": "internal error"})
+    return ApiError(500, m.InternalError())
 
 
 def _from_http_exception(exc: web.HTTPException, request: web.Request) -> ApiError:
     status = exc.status
     if status == 404:
         return route_not_found(request.path)
-    if status == 405:
-        return ApiError(405, {"type": "method_not_allowed",
-                              "message": f"{request.method} is not allowed on {request.path}"})
+    if isinstance(exc, web.HTTPMethodNotAllowed):
+        return method_not_allowed(request, exc.allowed_methods)
     if status == 413:
-        return ApiError(413, {"type": "request_entity_too_large",
-                              "message": "the request body is too large"})
+        return ApiError(413, m.RequestEntityTooLarge())
     if status >= 400:
-        return ApiError(status, {"type": "invalid_request", "message": exc.reason or "error"})
+        return ApiError(status, m.InvalidRequest(message=exc.reason or "error"))
     raise exc  # redirects and successes pass through
 
 
@@ -145,4 +155,4 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         return _from_http_exception(exc, request).response()
     except Exception:
         log.exception("unexpected error on %s %s", request.method, request.path)
-        return ApiError(500, {"type": "internal_error", "message": "internal error"}).response()
+        return ApiError(500, m.InternalError()).response()

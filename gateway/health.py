@@ -11,6 +11,9 @@ from aiohttp import web
 
 from .context import config_of, ipam_of
 from .drain import drain_of
+from .errors import ApiError
+from .models.health import Draining, EtcdMember, Health, Readiness
+from .wire import endpoint
 
 routes = web.RouteTableDef()
 
@@ -18,17 +21,21 @@ READY_TIMEOUT = 2.0
 
 
 @routes.get("/healthz")
-async def healthz(request: web.Request) -> web.Response:
+@endpoint
+async def healthz(request: web.Request) -> Health:
     """The process is up and serving HTTP."""
-    return web.json_response({"status": "ok", "region": config_of(request).region})
+    return Health(region=config_of(request).region)
 
 
 @routes.get("/readyz")
-async def readyz(request: web.Request) -> web.Response:
+@endpoint(replies={503: Readiness | Draining})
+async def readyz(request: web.Request) -> Readiness:
     """Ready when etcd answers a linearizable read (a quorum is reachable), until a drain."""
     if drain_of(request.app).active:  # a load balancer must stop sending here at once
-        return web.json_response({"status": "draining"}, status=503)
+        raise ApiError(503, Draining())
     quorum, members = await ipam_of(request).readiness(READY_TIMEOUT)
-    body = {"status": "ready" if quorum else "unavailable",
-            "etcd": [{"endpoint": ep, "answered": ok} for ep, ok in members]}
-    return web.json_response(body, status=200 if quorum else 503)
+    ready = Readiness(status="ready" if quorum else "unavailable",
+                      etcd=[EtcdMember(endpoint=ep, answered=ok) for ep, ok in members])
+    if not quorum:
+        raise ApiError(503, ready)
+    return ready

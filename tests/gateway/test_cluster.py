@@ -110,3 +110,4 @@ def test_a_node_whose_first_endpoint_is_dead_serves_from_the_others(
             "endpoint": "127.0.0.1:1", "answered": False}
     finally:
         node.stop()
+    node.assert_conformant()

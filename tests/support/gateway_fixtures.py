@@ -3,6 +3,9 @@
 The official SDK is synchronous (requests), so the gateway must not share the
 test's event loop: a node here owns a thread, an event loop, an IPAM connected to
 the given etcd endpoints under the test's key prefix, and a real TCP socket.
+
+Every answer a node sends is checked against its OpenAPI document (see
+`conformance`); the fixtures fail the test at teardown if one disagreed.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from typing import Any
 import pytest
 import requests
 from aiohttp import web
+from conformance import Conformance
 
 from allocator.contract import IPAM
 from gateway.app import create_app
@@ -39,6 +43,7 @@ class GatewayNode:
         self.loop = asyncio.new_event_loop()
         self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
         self.runner: web.AppRunner | None = None
+        self.conformance: Conformance | None = None
         self.ipam: IPAM | None = None
         self.port = 0
 
@@ -55,6 +60,8 @@ class GatewayNode:
     async def _start(self) -> None:
         self.ipam = await IPAM.connect(self.endpoints, prefix=self.prefix)
         app = create_app(self.ipam, self.config, close_ipam=True)
+        self.conformance = Conformance(app)
+        app.middlewares.insert(0, self.conformance.middleware)  # outermost: sees every answer
         self.runner = web.AppRunner(app)
         await self.runner.setup()
         site = web.TCPSite(self.runner, "127.0.0.1", 0)
@@ -73,6 +80,11 @@ class GatewayNode:
         self.loop.call_soon_threadsafe(self.loop.stop)
         self.thread.join(10)
         self.loop.close()
+
+    def assert_conformant(self) -> None:
+        """Fail when any answer of this node disagreed with its OpenAPI document."""
+        if self.conformance is not None:
+            self.conformance.assert_conformant()
 
 
 @dataclass
@@ -118,6 +130,7 @@ def gateway(etcd_single: Any, key_prefix: str) -> Iterator[GatewayNode]:
     node = GatewayNode(etcd_single.endpoints, key_prefix).start()
     yield node
     node.stop()
+    node.assert_conformant()
 
 
 @pytest.fixture
@@ -130,3 +143,5 @@ def gateway_pair(etcd_cluster3: Any, key_prefix: str) -> Iterator[tuple[GatewayN
     yield a, b
     a.stop()
     b.stop()
+    a.assert_conformant()
+    b.assert_conformant()

@@ -1,0 +1,278 @@
+"""IPAM API v1: the shapes of the SDK's `scaleway/ipam/v1/types.py`, plus our
+`reserved-ips` extension.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema, model_validator
+from pydantic_core import PydanticCustomError
+
+from allocator.contract import IPRecord
+
+from .fields import (
+    Body,
+    Flag,
+    IpAddress,
+    Mac,
+    Page,
+    PageSize,
+    Query,
+    RegionPath,
+    Reply,
+    Tags,
+    Timestamp,
+    Uuid,
+    Zone,
+    not_null,
+    project_required,
+    shape,
+)
+
+IPOrder = Literal["created_at_desc", "created_at_asc", "updated_at_desc", "updated_at_asc",
+                  "attached_at_desc", "attached_at_asc", "ip_address_desc", "ip_address_asc",
+                  "mac_address_desc", "mac_address_asc"]
+
+# -- requests -----------------------------------------------------------------------------
+
+_SOURCE_KINDS = ("zonal", "private_network_id", "subnet_id", "vpc_id")
+
+
+class BookSource(Body):
+    """Where to book from: exactly one of a zone, a Private Network, a subnet or a VPC."""
+
+    # The SDK sends only the one it was given; null stands for absent, as everywhere.
+    model_config = ConfigDict(json_schema_extra=lambda schema: _one_source_shapes(schema))
+
+    zonal: Zone | None = None
+    private_network_id: Uuid | None = None
+    subnet_id: Uuid | None = None
+    vpc_id: Uuid | None = None
+    # Regional IPs are not offered here: only false (or absent) is accepted.
+    regional: Annotated[bool | None, WithJsonSchema({"enum": [False, None]})] = None
+
+    @model_validator(mode="after")
+    def _one_source(self) -> BookSource:
+        if self.regional:
+            raise PydanticCustomError(
+                "regional", "regional IPs are not offered here; book from a Private "
+                            "Network or a zone", {"field": "regional"})
+        named = [k for k in _SOURCE_KINDS if getattr(self, k) is not None]
+        if len(named) != 1:
+            # "missing" when none is named: mapped to reason `required` like any other.
+            raise PydanticCustomError(
+                "one_of" if named else "missing",
+                "give exactly one of zonal, private_network_id, subnet_id")
+        return self
+
+
+def _one_source_shapes(schema: dict[str, Any]) -> None:
+    # A VPC source is read (the SDK has it) but always refused by the allocator: book in
+    # one of its Private Networks.
+    props = {**schema.pop("properties"), "vpc_id": {"type": "null"}}
+    bookable = [k for k in _SOURCE_KINDS if k != "vpc_id"]
+    schema["anyOf"] = [shape({**props, **{k: {"type": "null"} for k in bookable},
+                              kind: not_null(props[kind])}, [kind]) for kind in bookable]
+    schema.pop("additionalProperties")
+
+
+class CustomResource(Body):
+    """A resource an IP is attached to: custom (a MAC) or, for a product key, its own."""
+
+    model_config = ConfigDict(json_schema_extra=lambda schema: _resource_shapes(schema))
+
+    mac_address: Mac | None = None
+    name: str | None = Field(default=None, max_length=255)
+    type: str | None = Field(default=None, min_length=1, max_length=64,
+                             pattern=r"^[a-z][a-z0-9_]{0,63}$")
+    id: Uuid | None = None
+
+    @model_validator(mode="after")
+    def _identified(self) -> CustomResource:
+        if self.type in (None, "custom"):
+            if self.mac_address is None:
+                raise PydanticCustomError("missing", "a custom resource needs its MAC address",
+                                          {"field": "mac_address"})
+        elif self.id is None:
+            raise PydanticCustomError("missing", "a product resource needs its id",
+                                      {"field": "id"})
+        return self
+
+
+def _resource_shapes(schema: dict[str, Any]) -> None:
+    props = schema.pop("properties")
+    custom = {**props, "mac_address": not_null(props["mac_address"]),
+              "type": {"enum": ["custom", None]}}
+    product = {**props, "type": {**not_null(props["type"]), "not": {"const": "custom"}},
+               "id": not_null(props["id"])}
+    schema["anyOf"] = [shape(custom, ["mac_address"]), shape(product, ["type", "id"])]
+    schema.pop("additionalProperties")
+
+
+def _book_shapes(schema: dict[str, Any]) -> None:
+    # The allocator books a given address only in a Private Network: from a zone, the
+    # address must be left out.
+    project_required(schema)
+    props, required = schema.pop("properties"), schema.pop("required")
+    zonal, *network = BookSource.model_json_schema()["anyOf"]
+    schema["anyOf"] = [shape({**props, "source": zonal, "address": {"type": "null"}}, required),
+                       shape({**props, "source": {"anyOf": network}}, required)]
+    schema.pop("additionalProperties")
+
+
+class BookIPRequest(Body):
+    model_config = ConfigDict(json_schema_extra=lambda schema: _book_shapes(schema))
+
+    source: BookSource
+    is_ipv6: bool | None = None
+    project_id: Uuid | None = None
+    address: IpAddress | None = None
+    tags: Tags | None = None
+    resource: CustomResource | None = None
+
+
+class ReverseRequest(Body):
+    hostname: str = Field(min_length=1, max_length=253)
+    address: IpAddress | None = None
+
+
+class UpdateIPRequest(Body):
+    tags: Tags | None = None
+    reverses: list[ReverseRequest] | None = None
+
+
+class ReleaseIPSetRequest(Body):
+    ip_ids: list[Uuid] = Field(min_length=1)
+
+
+class AttachIPRequest(Body):
+    resource: CustomResource
+
+
+DetachIPRequest = AttachIPRequest
+
+
+class MoveIPRequest(Body):
+    from_resource: CustomResource
+    to_resource: CustomResource | None = None
+
+
+class IPPath(RegionPath):
+    ip_id: Uuid
+
+
+class IdempotencyHeaders(BaseModel):
+    """A retried change with the same key gets the first answer, and changes nothing more."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    # Visible ASCII: what a header carries intact; HTTP trims spaces at either end.
+    idempotency_key: str | None = Field(default=None, alias="Idempotency-Key", min_length=1,
+                                        max_length=256,
+                                        pattern=r"^[\x21-\x7e]([\x20-\x7e]*[\x21-\x7e])?$")
+
+
+class ListIPsQuery(Query):
+    order_by: IPOrder = "created_at_desc"
+    page: Page = 1
+    page_size: PageSize = 0
+    project_id: Uuid | None = None
+    organization_id: Uuid | None = None
+    zonal: str | None = None
+    private_network_id: Uuid | None = None
+    subnet_id: Uuid | None = None
+    source_vpc_id: Uuid | None = None
+    vpc_id: Uuid | None = None
+    attached: Flag | None = None
+    resource_id: Uuid | None = None
+    resource_ids: list[Uuid] = Field(default_factory=list)
+    resource_type: str | None = None
+    resource_types: list[str] = Field(default_factory=list)
+    resource_name: str | None = None
+    mac_address: Mac | None = None
+    tags: list[str] = Field(default_factory=list)
+    is_ipv6: Flag | None = None
+    ip_ids: list[Uuid] = Field(default_factory=list)
+    regional: Flag | None = None
+
+
+# -- answers ------------------------------------------------------------------------------
+
+
+class Resource(Reply):
+    type: str
+    id: str
+    mac_address: str | None
+    name: str | None
+
+
+class Reverse(Reply):
+    hostname: str
+    address: str | None
+
+
+class ZonalSource(Reply):
+    zonal: str | None
+
+
+class SubnetSource(Reply):
+    private_network_id: str | None
+    subnet_id: str
+    vpc_id: str | None
+
+
+class IP(Reply):
+    id: Uuid
+    address: str
+    project_id: str
+    is_ipv6: bool
+    created_at: Timestamp
+    updated_at: Timestamp
+    source: ZonalSource | SubnetSource
+    resource: Resource | None
+    tags: list[str]
+    reverses: list[Reverse]
+    region: str
+    zone: str | None
+
+    @classmethod
+    def of(cls, record: IPRecord) -> IP:
+        """The SDK's `IP` for a record."""
+        r = record.resource
+        return cls(
+            id=record.id, address=record.address, project_id=record.project_id,
+            is_ipv6=record.is_ipv6, created_at=record.created_at,
+            updated_at=record.updated_at, source=_source(record.source),
+            resource=None if r is None else Resource(
+                type=r.type, id=r.id, mac_address=r.mac_address, name=r.name),
+            tags=list(record.tags),
+            reverses=[Reverse(hostname=v.hostname, address=v.address) for v in record.reverses],
+            region=record.region, zone=record.zone)
+
+
+def _source(source: dict[str, Any]) -> ZonalSource | SubnetSource:
+    return ZonalSource(**source) if "zonal" in source else SubnetSource(**source)
+
+
+class ListIPsResponse(Reply):
+    ips: list[IP]
+    total_count: int = Field(ge=0)
+
+
+class ReservedAddress(Reply):
+    address: str
+    reason: str
+
+
+class ReservedSubnet(Reply):
+    subnet_id: str
+    subnet: str
+    reserved: list[ReservedAddress]
+
+
+class ReservedIPsResponse(Reply):
+    """Our extension: the addresses of each subnet that are never handed out, and why."""
+
+    private_network_id: Uuid
+    subnets: list[ReservedSubnet]
