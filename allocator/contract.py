@@ -21,7 +21,7 @@ nothing itself:
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+from collections.abc import Awaitable, Sequence
 from typing import Any
 
 from . import errors
@@ -114,9 +114,12 @@ class IPAM:
 
     # -- IPs --------------------------------------------------------------------------
 
-    async def book(self, ask: AddressAsk, caller: Caller = Caller()) -> IPRecord:
-        """Book an address (any free one, or `ask.address`), optionally attached at once."""
-        return await self.lifecycle.book(ask, caller)
+    def book(self, ask: AddressAsk, caller: Caller = Caller()) -> Awaitable[IPRecord]:
+        """Book an address (any free one, or `ask.address`), optionally attached at once.
+
+        Like every method here, it hands back the room's own coroutine instead of
+        awaiting it: the front door adds no frame to a booking's await chain."""
+        return self.lifecycle.book(ask, caller)
 
     async def get_ip(self, ip_id: str) -> IPRecord:
         """The IP record, or NotFound."""

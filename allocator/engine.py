@@ -112,7 +112,11 @@ class SourceEngine:
             if self.closed:
                 raise NotFound("source", self.source.id)
             if offset is None:
-                offset = await self._candidate(b)
+                # The common case without a coroutine: a warm cache with a free address.
+                if b.chosen is None and self.cache.free_count:
+                    offset = self.cache.take(self.rng)
+                if offset is None:
+                    offset = await self._candidate(b)
                 if offset is None:
                     continue
             txn = self._txn(b, offset)

@@ -53,12 +53,13 @@ def nested(compare: Sequence[rpc.Compare], success: Sequence[rpc.RequestOp],
         compare=list(compare), success=list(success), failure=list(failure)))
 
 
-@dataclass(frozen=True)
 class _Guard:
-    name: str
-    kind: str
-    key: str
-    revision: int = 0
+    """One named guard (a plain slotted class: a booking builds several, on the hot path)."""
+
+    __slots__ = ("name", "kind", "key", "revision")
+
+    def __init__(self, name: str, kind: str, key: str, revision: int = 0) -> None:
+        self.name, self.kind, self.key, self.revision = name, kind, key, revision
 
     def compare(self) -> rpc.Compare:
         key = _b(self.key)
@@ -109,6 +110,9 @@ class TxnOutcome:
         """The key a failed transaction read under `name` (a guard's or an extra read)."""
         kvs = self.reads.get(name)
         return kvs[0] if kvs else None
+
+
+APPLIED = TxnOutcome(True)
 
 
 class GuardedTxn:
@@ -196,7 +200,7 @@ class GuardedTxn:
     def outcome(self, resp: rpc.TxnResponse) -> TxnOutcome:
         """Decode etcd's answer: which guards failed, by name, and what each read."""
         if resp.succeeded:
-            return TxnOutcome(True)
+            return APPLIED
         names = [g.name for g in self._guards] + [n for n, _ in self._reads]
         reads = {name: [kv_of(kv) for kv in r.response_range.kvs]
                  for name, r in zip(names, resp.responses, strict=True)}

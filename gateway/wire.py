@@ -82,7 +82,8 @@ def endpoint(handler: Callable[..., Awaitable[Any]] | None = None, *,
             reply = await typed(request, **kwargs)
             if reply is None:
                 return web.Response(status=204)
-            return web.json_response(reply.model_dump(mode="json"))
+            # pydantic writes the JSON itself (in Rust): no dict, no json.dumps.
+            return web.Response(text=reply.model_dump_json(), content_type="application/json")
 
         setattr(handle, _WIRE, spec)
         return handle
