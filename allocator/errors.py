@@ -16,9 +16,9 @@ The tree, and how callers are meant to treat each branch:
         └── OutcomeUnknown         a write may or may not have been applied, and even the
                                    read-back failed: retry with the same idempotency key
 
-Each carries `code` (a stable snake_case name) and, where it helps the HTTP layer,
-the data to build Scaleway's error body. The gateway maps classes to bodies; it
-never parses messages.
+Each carries, where it helps the HTTP layer, the data to build Scaleway's error
+body. The gateway maps classes to bodies (one table, `gateway/errors.py`); it never
+parses messages.
 """
 
 from __future__ import annotations
@@ -29,7 +29,6 @@ from dataclasses import dataclass
 class IPAMError(Exception):
     """Base class of every error raised by the allocator."""
 
-    code = "ipam_error"
 
     def __init__(self, message: str) -> None:
         super().__init__(message)
@@ -48,7 +47,6 @@ class ArgumentProblem:
 class InvalidArgument(IPAMError):
     """The request is malformed or violates a constraint; nothing was written."""
 
-    code = "invalid_argument"
 
     def __init__(self, argument: str, help_message: str, reason: str = "constraint") -> None:
         super().__init__(f"{argument}: {help_message}")
@@ -58,7 +56,6 @@ class InvalidArgument(IPAMError):
 class NotFound(IPAMError):
     """The named object does not exist (or is not visible to the caller)."""
 
-    code = "not_found"
 
     def __init__(self, resource: str, resource_id: str) -> None:
         super().__init__(f"{resource} {resource_id!r} not found")
@@ -69,7 +66,6 @@ class NotFound(IPAMError):
 class AlreadyExists(IPAMError):
     """A unique thing (address, MAC in a Private Network) is already held."""
 
-    code = "already_exists"
 
     def __init__(self, resource: str, resource_id: str, message: str | None = None) -> None:
         super().__init__(message or f"{resource} {resource_id!r} already exists")
@@ -80,7 +76,6 @@ class AlreadyExists(IPAMError):
 class PoolExhausted(IPAMError):
     """No free address is left in the source(s) asked for."""
 
-    code = "pool_exhausted"
 
     def __init__(self, source_id: str) -> None:
         super().__init__(f"no free address left in source {source_id}")
@@ -90,7 +85,6 @@ class PoolExhausted(IPAMError):
 class PreconditionFailed(IPAMError):
     """The object's state forbids the change (e.g. releasing an attached IP)."""
 
-    code = "precondition_failed"
 
     def __init__(self, precondition: str, message: str) -> None:
         super().__init__(message)
@@ -100,7 +94,6 @@ class PreconditionFailed(IPAMError):
 class PermissionDenied(IPAMError):
     """The caller is not allowed to perform this action on this object."""
 
-    code = "permission_denied"
 
     def __init__(self, action: str, resource: str, message: str) -> None:
         super().__init__(message)
@@ -111,7 +104,6 @@ class PermissionDenied(IPAMError):
 class CredentialRevoked(PermissionDenied):
     """The API key a change was made with no longer exists; nothing was written."""
 
-    code = "credential_revoked"
 
     def __init__(self) -> None:
         super().__init__("authenticate", "api_key", "the API key was revoked")
@@ -120,13 +112,11 @@ class CredentialRevoked(PermissionDenied):
 class Conflict(IPAMError):
     """Concurrent changes kept winning and the bounded retries ran out."""
 
-    code = "conflict"
 
 
 class StoreError(IPAMError):
     """etcd could not be reached or answered with an error."""
 
-    code = "store_unavailable"
 
 
 class OutcomeUnknown(StoreError):
@@ -136,7 +126,6 @@ class OutcomeUnknown(StoreError):
     same transaction as the change, so the retry either finds it or applies once.
     """
 
-    code = "outcome_unknown"
 
 
 STILL_ATTACHED = "resource_still_in_use"

@@ -272,7 +272,7 @@ async def run_loadgen(job: dict[str, Any], quiet: bool) -> dict[str, Any]:
 # -- scenarios -----------------------------------------------------------------------------
 
 
-async def scenario_a(ctx: Context) -> None:
+async def empty_slash16(ctx: Context) -> None:
     """(a) an empty IPv4 /16, at every concurrency (a fresh /16 each)."""
     p = ctx.plan
     for c in p.concurrency:
@@ -282,7 +282,7 @@ async def scenario_a(ctx: Context) -> None:
             "seconds": p.run_seconds}, [pn], pool="/16", fill=0.0)
 
 
-async def scenario_b(ctx: Context) -> None:
+async def slash16_filled_to_full(ctx: Context) -> None:
     """(b) one /16 filled to each level, booked at the top concurrency, then until full."""
     p = ctx.plan
     c = max(p.concurrency)
@@ -326,7 +326,7 @@ async def scenario_b(ctx: Context) -> None:
         exhausted_probe=True)
 
 
-async def scenario_c(ctx: Context) -> None:
+async def pool_sizes_and_ipv6(ctx: Context) -> None:
     """(c) uncontended cost on a /24, a /16 and a /64; then the /64 under load."""
     p = ctx.plan
     pools = {"/24": ctx.private_network("10.250.0.0/24", "c-24"),
@@ -350,7 +350,7 @@ async def scenario_c(ctx: Context) -> None:
             "seconds": p.run_seconds, "is_ipv6": True}, [pools["/64"]], pool="/64", fill=0.0)
 
 
-async def scenario_d(ctx: Context) -> None:
+async def hundred_networks(ctx: Context) -> None:
     """(d) 100 Private Networks (/22 each), every booking from one picked at random."""
     p = ctx.plan
     t0 = time.monotonic()
@@ -363,7 +363,7 @@ async def scenario_d(ctx: Context) -> None:
             "seconds": p.run_seconds}, pns, pool="100x/22", fill=0.0)
 
 
-async def scenario_e(ctx: Context) -> None:
+async def lifecycle_loop(ctx: Context) -> None:
     """(e) book -> attach -> detach -> release, in a loop."""
     p = ctx.plan
     pn = ctx.new_slash16("e-lifecycle")
@@ -373,7 +373,7 @@ async def scenario_e(ctx: Context) -> None:
             "seconds": p.run_seconds}, [pn], pool="/16")
 
 
-async def scenario_f(ctx: Context) -> None:
+async def region_listing(ctx: Context) -> None:
     """(f) list in a region of `region_ips` IPs: a PN page by page, by MAC, by resource."""
     p = ctx.plan
     present, _ = await ctx.ipam.store.count(ctx.ipam.keys.ip())
@@ -409,7 +409,7 @@ async def scenario_f(ctx: Context) -> None:
                            and run["verify"]["walk_total_exact"])
 
 
-async def scenario_g(ctx: Context) -> None:
+async def cold_start(ctx: Context) -> None:
     """(g) a new gateway node: time to its first booking on a source of >= 60,000 IPs."""
     big = ctx.scenarios.get("b", {}).get("private_network_id")
     if big is None or ctx.held[big] < ctx.plan.cold_start_ips:
@@ -489,8 +489,9 @@ async def scenario_g(ctx: Context) -> None:
             f"{out['warm_sources']} /16 warm: {out['rss_ten_slash16_warm_mib']} MiB")
 
 
-RUNNERS = {"a": scenario_a, "b": scenario_b, "c": scenario_c, "d": scenario_d,
-           "e": scenario_e, "f": scenario_f, "g": scenario_g}
+# Each scenario by the letter the command line and the report use.
+RUNNERS = {"a": empty_slash16, "b": slash16_filled_to_full, "c": pool_sizes_and_ipv6,
+           "d": hundred_networks, "e": lifecycle_loop, "f": region_listing, "g": cold_start}
 
 
 # -- the whole run ---------------------------------------------------------------------------

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable, Iterable
+from typing import Any
 
 from aiohttp import web
 from pydantic import BaseModel
@@ -95,34 +96,35 @@ def method_not_allowed(request: web.Request, allowed: Iterable[str]) -> ApiError
         {"Allow": ", ".join(sorted(allowed))})
 
 
+# Each allocator error class and its answer; a subclass not listed takes its nearest
+# listed base's (CredentialRevoked before PermissionDenied, OutcomeUnknown before StoreError).
+_ANSWERS: dict[type[e.IPAMError], Callable[[Any], ApiError]] = {
+    e.InvalidArgument: lambda err: invalid_arguments(err.problems),
+    e.NotFound: lambda err: not_found(err.resource, err.resource_id),
+    e.AlreadyExists: lambda err: ApiError(409, m.AlreadyExists(
+        message=err.message, resource=err.resource, resource_id=err.resource_id)),
+    e.PoolExhausted: lambda err: ApiError(409, m.OutOfStock(message=err.message,
+                                                            source_id=err.source_id)),
+    e.PreconditionFailed: lambda err: ApiError(412, m.PreconditionFailed(
+        message=err.message, precondition=err.precondition, help_message=err.message)),
+    e.CredentialRevoked: lambda err: denied_authentication("not_found",
+                                                           "authentication is denied"),
+    e.PermissionDenied: lambda err: permissions_denied(err.action, err.resource, err.message),
+    e.Conflict: lambda err: ApiError(409, m.Conflict(message=err.message)),
+    e.OutcomeUnknown: lambda err: ApiError(503, m.ServiceUnavailable(
+        message=err.message, help_message="the change may have been applied: retry with "
+                                          "the same Idempotency-Key to find out")),
+    e.StoreError: lambda err: ApiError(503, m.ServiceUnavailable(
+        message="the datastore is unavailable, retry later")),
+}
+
+
 def from_ipam_error(err: e.IPAMError) -> ApiError:
     """The HTTP answer for an allocator error, chosen by its class alone."""
-    if isinstance(err, e.InvalidArgument):
-        return invalid_arguments(err.problems)
-    if isinstance(err, e.NotFound):
-        return not_found(err.resource, err.resource_id)
-    if isinstance(err, e.AlreadyExists):
-        return ApiError(409, m.AlreadyExists(message=err.message, resource=err.resource,
-                                             resource_id=err.resource_id))
-    if isinstance(err, e.PoolExhausted):
-        return ApiError(409, m.OutOfStock(message=err.message, source_id=err.source_id))
-    if isinstance(err, e.PreconditionFailed):
-        return ApiError(412, m.PreconditionFailed(message=err.message,
-                                                  precondition=err.precondition,
-                                                  help_message=err.message))
-    if isinstance(err, e.CredentialRevoked):
-        return denied_authentication("not_found", "authentication is denied")
-    if isinstance(err, e.PermissionDenied):
-        return permissions_denied(err.action, err.resource, err.message)
-    if isinstance(err, e.Conflict):
-        return ApiError(409, m.Conflict(message=err.message))
-    if isinstance(err, e.OutcomeUnknown):
-        return ApiError(503, m.ServiceUnavailable(
-            message=err.message, help_message="the change may have been applied: retry with "
-                                              "the same Idempotency-Key to find out"))
-    if isinstance(err, e.StoreError):
-        return ApiError(503, m.ServiceUnavailable(
-            message="the datastore is unavailable, retry later"))
+    for cls in type(err).__mro__:
+        answer = _ANSWERS.get(cls)
+        if answer is not None:
+            return answer(err)
     log.error("unmapped allocator error %s: %s", type(err).__name__, err.message)
     return ApiError(500, m.InternalError())
 
