@@ -1,41 +1,11 @@
-"""What is asked, and who asks: the two values a request carries down, parsed once at the edge."""
+"""What is asked: a booking's value, parsed once at the edge (who asks: `access.Caller`)."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from .records import CUSTOM, IPRecord, Resource
-
-
-@dataclass(frozen=True)
-class Caller:
-    """Who asks, as far as the allocator cares.
-
-    `product_types`: a product key's resource types (None: not a product).
-    `projects` / `region`: what the caller may see (None: everything); an IP outside
-    is answered NotFound, exactly like an absent one.
-    `credential`: an etcd key that must still exist for a change to apply (the
-    caller's API key): a key revoked on any node stops every change made with it, in
-    the same transaction.
-    """
-
-    product_types: frozenset[str] | None = None
-    projects: frozenset[str] | None = None
-    region: str | None = None
-    credential: str | None = None
-
-    def sees(self, record: IPRecord) -> bool:
-        return (self.projects is None or record.project_id in self.projects) and (
-            self.region is None or record.region == self.region)
-
-    def sees_project(self, project_id: str | None) -> bool:
-        return self.projects is None or project_id in self.projects
-
-    def may_manage(self, resource_type: str) -> bool:
-        """Custom resources are anyone's; product resources only their product's."""
-        return resource_type == CUSTOM or (
-            self.product_types is not None and resource_type in self.product_types)
+from .records import Resource
 
 
 @dataclass(frozen=True)

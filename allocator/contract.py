@@ -25,7 +25,8 @@ from collections.abc import Awaitable, Sequence
 from typing import Any
 
 from . import errors
-from .asks import AddressAsk, Caller
+from .access import OPERATE, RULES, WRITE_NETWORKS, Caller
+from .asks import AddressAsk
 from .committer import Committer
 from .credentials import (
     ADMIN,
@@ -52,7 +53,7 @@ from .sources import ReservedAddress, Source
 from .store import EtcdSecurity, EtcdStore
 
 __all__ = [
-    "ADMIN", "CUSTOM", "DEFAULT_PAGE_SIZE", "IPAM", "MAX_PAGE_SIZE", "ORDERS", "PRODUCT",
+    "ADMIN", "CUSTOM", "OPERATE", "RULES", "WRITE_NETWORKS", "DEFAULT_PAGE_SIZE", "IPAM", "MAX_PAGE_SIZE", "ORDERS", "PRODUCT",
     "PROJECT_MEMBER", "PROJECT_READER", "VPC", "AddressAsk", "ApiKey", "ArgumentProblem",
     "Caller", "Credentials", "EtcdSecurity", "IPFilter", "IPRecord", "PrivateNetwork",
     "ReservedAddress", "Resource", "Reverse", "Source", "Subnet", "access_key_for_secret",

@@ -19,7 +19,8 @@ import netaddr
 
 from . import idempotency as idem
 from . import retry
-from .asks import AddressAsk, Caller
+from .access import BOOK_ZONAL, WRITE_IPS, Caller
+from .asks import AddressAsk
 from .committer import Committer
 from .engine import Booking, SourceEngine
 from .errors import (
@@ -70,6 +71,9 @@ class Lifecycle:
     async def book(self, ask: AddressAsk, caller: Caller) -> IPRecord:
         """Book an address (any free one, or `ask.address`), optionally attached at once."""
         check_uuid(ask.project_id, "project_id")
+        caller.require(WRITE_IPS, "ip", ask.project_id)
+        if ask.zonal:  # zonal IPs are products' to book
+            caller.require(BOOK_ZONAL, "zonal_ip")
         if not isinstance(ask.is_ipv6, bool):
             raise InvalidArgument("is_ipv6", "must be a boolean", "format")
         tags = check_tags(list(ask.tags))
@@ -129,6 +133,7 @@ class Lifecycle:
                       idem_scope: str = "") -> IPRecord:
         """Read the record, let `decide` build the change, commit it guarded; retry on races."""
         check_uuid(ip_id, "ip_id")
+        caller.require(WRITE_IPS, "ip")
         idem_key = None
         fp = idem.fingerprint(op, {"ip_id": ip_id, **payload})
         if idem_key_name is not None:
@@ -240,6 +245,7 @@ class Lifecycle:
         """Release several detached IPs atomically: all of them, or none."""
         if not isinstance(ip_ids, (list, tuple)) or not ip_ids:
             raise InvalidArgument("ip_ids", "must be a non-empty list of IP ids", "required")
+        caller.require(WRITE_IPS, "ip")
         if len(ip_ids) > MAX_RELEASE_SET:
             raise InvalidArgument("ip_ids", f"at most {MAX_RELEASE_SET} IPs at once")
         ids = list(dict.fromkeys(check_uuid(i, "ip_ids") for i in ip_ids))

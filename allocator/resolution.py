@@ -11,7 +11,8 @@ import time
 
 import netaddr
 
-from .asks import AddressAsk, Caller
+from .access import Caller
+from .asks import AddressAsk
 from .errors import InvalidArgument, NotFound
 from .network_registry import NetworkRegistry
 from .records import check_uuid

@@ -155,7 +155,7 @@ class Context:
         made: list[dict[str, str]] = []
         errors = 0
         issued = 0
-        caller = Caller(product_types=frozenset({PRODUCT}))
+        caller = Caller(role="product", product_types=frozenset({PRODUCT}))
         deadline = time.monotonic() + max(60.0, count / 500)
         t0 = last = time.monotonic()
 

@@ -28,9 +28,10 @@ from aiohttp import web
 
 from allocator.contract import (
     ADMIN,
-    PRODUCT,
+    OPERATE,
     PROJECT_MEMBER,
     PROJECT_READER,
+    WRITE_NETWORKS,
     ApiKey,
     Caller,
     Credentials,
@@ -38,7 +39,7 @@ from allocator.contract import (
     secret_hash,
 )
 
-from .errors import denied_authentication, not_found, permissions_denied
+from .errors import denied_authentication
 from .models.fields import as_uuid
 
 PUBLIC_PATHS = frozenset({"/healthz", "/readyz", "/openapi.json"})
@@ -64,30 +65,17 @@ class Principal:
     def role(self) -> str:
         return self.key.role
 
-    @property
-    def is_admin(self) -> bool:
-        return self.key.role == ADMIN
-
-    @property
-    def is_product(self) -> bool:
-        return self.key.role == PRODUCT
+    def caller(self, region: str | None = None) -> Caller:
+        """Who acts, for the allocator's rules (`allocator.access`): role, projects,
+        a product's resource types, the key to guard changes with."""
+        return Caller(role=self.key.role, projects=frozenset(self.key.project_ids),
+                      product_types=frozenset(self.key.resource_types), region=region,
+                      credential=self.credential)
 
     @property
     def visible_projects(self) -> frozenset[str] | None:
         """The projects this key may see; None: all of them."""
-        if self.key.role in (ADMIN, PRODUCT):
-            return None
-        return frozenset(self.key.project_ids)
-
-    def sees(self, project_id: str) -> bool:
-        projects = self.visible_projects
-        return projects is None or project_id in projects
-
-    def caller(self, region: str | None = None) -> Caller:
-        """How the allocator knows who acts: a product's resource types, what it may see."""
-        types = frozenset(self.key.resource_types) if self.is_product else None
-        return Caller(product_types=types, projects=self.visible_projects, region=region,
-                      credential=self.credential)
+        return self.caller().visible_projects
 
     def organization_for(self, project_id: str) -> str:
         """The organization of objects this key creates in `project_id`.
@@ -100,28 +88,19 @@ class Principal:
             return self.key.organization_id
         return project_id
 
-    # -- checks that raise the HTTP answer -------------------------------------------
+    # -- the rules of allocator.access, asked before a route reads what it needs --------
 
     def check_visible(self, resource: str, resource_id: str, project_id: str) -> None:
         """404 (never 403) for an object of a project this key cannot see."""
-        if not self.sees(project_id):
-            raise not_found(resource, resource_id)
+        self.caller().require_visible(resource, resource_id, project_id)
 
-    def check_write(self, resource: str, project_id: str | None, *,
-                    products_allowed: bool = False) -> None:
-        """403 unless this key may change `resource` objects of `project_id`."""
-        role = self.key.role
-        if role == ADMIN:
-            return
-        if role == PRODUCT and products_allowed:
-            return
-        if role == PROJECT_MEMBER and (project_id is None or project_id in self.key.project_ids):
-            return
-        raise permissions_denied("write", resource)
+    def check_write(self, resource: str, project_id: str | None) -> None:
+        """403 unless this key may change VPC-side `resource` objects of `project_id`."""
+        self.caller().require(WRITE_NETWORKS, resource, project_id)
 
     def check_admin(self, resource: str) -> None:
-        if not self.is_admin:
-            raise permissions_denied("admin", resource)
+        """403 unless this key may operate the service (API keys, zonal pools)."""
+        self.caller().require(OPERATE, resource)
 
     def default_project(self) -> str | None:
         """The project implied when a request names none: the key's only project."""

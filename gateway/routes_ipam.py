@@ -12,7 +12,6 @@ from allocator.contract import (
     CUSTOM,
     DEFAULT_PAGE_SIZE,
     AddressAsk,
-    Caller,
     IPFilter,
     Resource,
     normalize_mac,
@@ -20,7 +19,7 @@ from allocator.contract import (
 
 from .auth import Principal, guarded_change, principal
 from .context import ipam_of, served_zone
-from .errors import invalid_argument, not_found, permissions_denied
+from .errors import invalid_argument, not_found
 from .models.fields import RegionPath
 from .models.ipam import (
     IP,
@@ -72,8 +71,6 @@ async def book_ip(request: web.Request, path: RegionPath, headers: IdempotencyHe
     source = body.source
     if source.zonal is not None:
         served_zone(source.zonal, "source.zonal", request)
-        if not (who.is_admin or who.is_product):  # zonal IPs are products' to book
-            raise permissions_denied("book", "zonal_ip")
     if body.address is not None and "/" in body.address:
         raise invalid_argument("address", "give the address without its prefix length",
                                "format")
@@ -82,11 +79,10 @@ async def book_ip(request: web.Request, path: RegionPath, headers: IdempotencyHe
         project_id = who.default_project()
         if project_id is None:
             raise invalid_argument("project_id", "this field is required", "required")
-    who.check_write("ip", project_id, products_allowed=True)
     key, scope = _idempotency(headers, who)
     pn_id, subnet_id = source.private_network_id, source.subnet_id
-    # The allocator resolves the source, checks the caller sees it, and takes the
-    # organization of a Private Network's IPs from the network itself.
+    # The allocator decides the rest, once: who may book where (allocator.access), the
+    # source and whether the caller sees it, the organization of a network's IPs.
     record = await ipam.book(AddressAsk(
         region=path.region, project_id=project_id,
         organization_id=who.organization_for(project_id),
@@ -152,7 +148,6 @@ async def update_ip(request: web.Request, path: IPPath, body: UpdateIPRequest) -
     who = principal(request)
     reverses = None if body.reverses is None else [
         {"hostname": r.hostname, "address": r.address} for r in body.reverses]
-    who.check_write("ip", None, products_allowed=True)
     updated = await ipam_of(request).update_ip(path.ip_id, tags=body.tags, reverses=reverses,
                                                caller=who.caller(path.region))
     return IP.of(updated)
@@ -163,9 +158,7 @@ async def update_ip(request: web.Request, path: IPPath, body: UpdateIPRequest) -
 @endpoint
 async def release_ip(request: web.Request, path: IPPath) -> None:
     """Release a detached IP (412 resource_still_in_use while attached)."""
-    who = principal(request)
-    who.check_write("ip", None, products_allowed=True)
-    await ipam_of(request).release(path.ip_id, who.caller(path.region))
+    await ipam_of(request).release(path.ip_id, principal(request).caller(path.region))
 
 
 @routes.post(_BASE + "/ip-sets/release")
@@ -174,15 +167,7 @@ async def release_ip(request: web.Request, path: IPPath) -> None:
 async def release_ip_set(request: web.Request, path: RegionPath,
                          body: ReleaseIPSetRequest) -> None:
     """Release several detached IPs: all of them, or none."""
-    who = principal(request)
-    who.check_write("ip", None, products_allowed=True)
-    await ipam_of(request).release_set(body.ip_ids, who.caller(path.region))
-
-
-def _changer(who: Principal, path: IPPath) -> Caller:
-    """Role check here; which IPs the key may touch is checked by the allocator as it reads."""
-    who.check_write("ip", None, products_allowed=True)
-    return who.caller(path.region)
+    await ipam_of(request).release_set(body.ip_ids, principal(request).caller(path.region))
 
 
 @routes.post(_BASE + "/ips/{ip_id}/attach")
@@ -195,7 +180,7 @@ async def attach_ip(request: web.Request, path: IPPath, headers: IdempotencyHead
     resource = _resource(body.resource)
     assert resource is not None
     key, scope = _idempotency(headers, who)
-    record = await ipam_of(request).attach(path.ip_id, resource, _changer(who, path), key,
+    record = await ipam_of(request).attach(path.ip_id, resource, who.caller(path.region), key,
                                            scope)
     return IP.of(record)
 
@@ -210,7 +195,7 @@ async def detach_ip(request: web.Request, path: IPPath, headers: IdempotencyHead
     resource = _resource(body.resource)
     assert resource is not None
     key, scope = _idempotency(headers, who)
-    record = await ipam_of(request).detach(path.ip_id, resource, _changer(who, path), key,
+    record = await ipam_of(request).detach(path.ip_id, resource, who.caller(path.region), key,
                                            scope)
     return IP.of(record)
 
@@ -225,7 +210,7 @@ async def move_ip(request: web.Request, path: IPPath, headers: IdempotencyHeader
     from_resource = _resource(body.from_resource)
     assert from_resource is not None
     to_resource = _resource(body.to_resource)
-    caller = _changer(who, path)
+    caller = who.caller(path.region)
     key, scope = _idempotency(headers, who)
     record = await ipam_of(request).move(path.ip_id, from_resource, to_resource, caller, key,
                                          scope)

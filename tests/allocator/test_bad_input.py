@@ -125,7 +125,7 @@ async def test_product_resource_attach_by_a_non_product_is_denied(ipam, pn, proj
     server = Resource.product("instance_server", "11111111-2222-4333-8444-555555555555")
     await _refused(ipam, ipam.book(book_in(pn, project, resource=server)), PermissionDenied)
     ip = await ipam.book(book_in(pn, project))
-    await _refused(ipam, ipam.attach(ip.id, server, Caller(frozenset({"lb_server"}))),
+    await _refused(ipam, ipam.attach(ip.id, server, Caller(role="product", product_types=frozenset({"lb_server"}))),
                    PermissionDenied)
 
 

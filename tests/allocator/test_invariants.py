@@ -18,8 +18,8 @@ from allocator.errors import (
 )
 
 SERVER = "instance_server"
-INSTANCE = Caller(product_types=frozenset({SERVER}))
-LB = Caller(product_types=frozenset({"lb_server"}))
+INSTANCE = Caller(role="product", product_types=frozenset({SERVER}))
+LB = Caller(role="product", product_types=frozenset({"lb_server"}))
 
 
 @pytest.fixture

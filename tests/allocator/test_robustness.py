@@ -10,7 +10,7 @@ from allocator_support import book_in, clean_audit, make_pn
 from allocator.contract import Caller, IPRecord, Resource
 from allocator.errors import AlreadyExists, InvalidArgument, OutcomeUnknown, StoreError
 
-SERVER = Caller(product_types=frozenset({"instance_server"}))
+SERVER = Caller(role="product", product_types=frozenset({"instance_server"}))
 
 
 @pytest.fixture
