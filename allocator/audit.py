@@ -16,7 +16,7 @@ import netaddr
 
 from .keys import Keys
 from .sources import Source
-from .store import EtcdStore
+from .store import Store
 
 
 @dataclass
@@ -40,7 +40,7 @@ class AuditReport:
                     or self.records_missing_index or self.reserved_held)
 
 
-async def audit(store: EtcdStore, keys: Keys) -> AuditReport:
+async def audit(store: Store, keys: Keys) -> AuditReport:
     """Read everything under `keys.prefix` at one revision and check the invariants."""
     kvs, revision = await store.scan(keys.prefix)
     report = AuditReport(revision=revision)

@@ -40,7 +40,7 @@ class _Waiting:
 class Committer:
     """Sends the guarded transactions of a node in as few etcd requests as it can."""
 
-    def __init__(self, store: st.EtcdStore, *, max_inflight: int = 2,
+    def __init__(self, store: st.Store, *, max_inflight: int = 2,
                  max_nested: int = MAX_NESTED) -> None:
         self.store = store
         self.max_inflight = max_inflight

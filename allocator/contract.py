@@ -50,13 +50,13 @@ from .queries import Queries
 from .records import CUSTOM, IPRecord, Resource, Reverse, normalize_mac
 from .resolution import SourceResolver
 from .sources import ReservedAddress, Source
-from .store import EtcdSecurity, EtcdStore
+from .store import EtcdSecurity, EtcdStore, Store
 
 __all__ = [
     "ADMIN", "CUSTOM", "OPERATE", "RULES", "WRITE_NETWORKS", "DEFAULT_PAGE_SIZE", "IPAM", "MAX_PAGE_SIZE", "ORDERS", "PRODUCT",
     "PROJECT_MEMBER", "PROJECT_READER", "VPC", "AddressAsk", "ApiKey", "ArgumentProblem",
     "Caller", "Credentials", "EtcdSecurity", "IPFilter", "IPRecord", "PrivateNetwork",
-    "ReservedAddress", "Resource", "Reverse", "Source", "Subnet", "access_key_for_secret",
+    "ReservedAddress", "Resource", "Reverse", "Source", "Store", "Subnet", "access_key_for_secret",
     "check_key_spec", "errors", "is_access_key", "normalize_mac", "secret_hash",
 ]
 
@@ -68,7 +68,7 @@ class IPAM:
     through the methods below.
     """
 
-    def __init__(self, store: EtcdStore, prefix: str = "/ipam/", *,
+    def __init__(self, store: Store, prefix: str = "/ipam/", *,
                  max_inflight: int = 2) -> None:
         self.store = store
         self.keys = Keys(prefix)

@@ -164,7 +164,7 @@ def check_key_spec(role: Any, organization_id: Any, project_ids: Any, resource_t
 class Credentials:
     """The API keys of one deployment, stored in etcd."""
 
-    def __init__(self, store: st.EtcdStore, keys: Keys) -> None:
+    def __init__(self, store: st.Store, keys: Keys) -> None:
         self.store = store
         self.keys = keys
         self._cache: dict[str, ApiKey] | None = None

@@ -41,7 +41,7 @@ from .keys import Keys
 from .records import IPRecord
 from .source_cache import SourceCache
 from .sources import Source
-from .store import EtcdStore
+from .store import Store
 from .txn import GuardedTxn, TxnOutcome
 
 log = logging.getLogger(__name__)
@@ -80,7 +80,7 @@ class EngineStats:
 class SourceEngine:
     """Serves every booking of one source on this node."""
 
-    def __init__(self, store: EtcdStore, keys: Keys, source: Source, committer: Committer,
+    def __init__(self, store: Store, keys: Keys, source: Source, committer: Committer,
                  rng: random.Random | None = None) -> None:
         self.store, self.keys, self.source = store, keys, source
         self.committer = committer

@@ -17,7 +17,7 @@ from typing import Any
 
 from .errors import Conflict, CredentialRevoked, InvalidArgument
 from .records import IPRecord
-from .store import EtcdStore
+from .store import Store
 
 RETENTION = 24 * 3600
 _ROTATE = 3600
@@ -43,7 +43,7 @@ def entry(fp: str, record: IPRecord) -> bytes:
     return json.dumps({"fingerprint": fp, "result": record.to_json()}).encode()
 
 
-async def replay(store: EtcdStore, keys: Any, value: bytes, fp: str,
+async def replay(store: Store, keys: Any, value: bytes, fp: str,
                  credential: str | None = None) -> IPRecord:
     """The first result stored under a key, if the request is the same one.
 
@@ -66,7 +66,7 @@ async def replay(store: EtcdStore, keys: Any, value: bytes, fp: str,
 class LeaseClock:
     """Hands out the shared lease of the current hour, granting a new one when it rotates."""
 
-    def __init__(self, store: EtcdStore) -> None:
+    def __init__(self, store: Store) -> None:
         self._store = store
         self._lease = 0
         self._granted = 0.0

@@ -40,7 +40,7 @@ from .keys import Keys
 from .records import IPRecord, Resource, check_reverses, check_tags, check_uuid, new_id, now
 from .resolution import SourceResolver
 from .sources import Source
-from .store import KV, EtcdStore
+from .store import KV, Store
 from .txn import GuardedTxn, commit
 
 MAX_RELEASE_SET = 100
@@ -52,7 +52,7 @@ Decide = Callable[[IPRecord, GuardedTxn], Awaitable[IPRecord | None]]
 class Lifecycle:
     """Every change to IPs, on one node; shares the node's committer and engines."""
 
-    def __init__(self, store: EtcdStore, keys: Keys, resolver: SourceResolver,
+    def __init__(self, store: Store, keys: Keys, resolver: SourceResolver,
                  committer: Committer) -> None:
         self.store, self.keys, self.resolver, self.committer = store, keys, resolver, committer
         self.engines: dict[str, SourceEngine] = {}

@@ -23,7 +23,7 @@ from .keys import Keys
 from .networks import VPC, PrivateNetwork, Subnet
 from .records import check_tags, check_uuid, new_id, now
 from .sources import ZONAL, Source, check_private, overlapping, parse_cidr
-from .store import EtcdStore
+from .store import Store
 from .txn import GuardedTxn, commit
 
 AUTO_IPV4_POOL = netaddr.IPNetwork("172.16.0.0/12")
@@ -58,7 +58,7 @@ def _ula48() -> str:
 class NetworkRegistry:
     """VPCs, Private Networks, subnets and zonal pools, stored in etcd."""
 
-    def __init__(self, store: EtcdStore, keys: Keys) -> None:
+    def __init__(self, store: Store, keys: Keys) -> None:
         self.store, self.keys = store, keys
         self._pn_cache: dict[str, PrivateNetwork] = {}
 

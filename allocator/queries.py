@@ -23,7 +23,7 @@ from .listing import IPFilter, check_page, select
 from .network_registry import NetworkRegistry
 from .records import IPRecord, check_uuid
 from .sources import SUBNET, Source
-from .store import EtcdStore
+from .store import Store
 
 _CREATION_ORDERS = {"created_at_desc", "created_at_asc"}
 _ADDRESS_ORDERS = {"ip_address_asc", "ip_address_desc"}
@@ -37,7 +37,7 @@ _SETTLED_BY_PROJECT = {"project_ids", "project_id", "region"}
 class Queries:
     """The read side of IPs: one IP, a list page, the reserved addresses of a network."""
 
-    def __init__(self, store: EtcdStore, keys: Keys, networks: NetworkRegistry) -> None:
+    def __init__(self, store: Store, keys: Keys, networks: NetworkRegistry) -> None:
         self.store, self.keys, self.networks = store, keys, networks
 
     async def get_ip(self, ip_id: str) -> IPRecord:

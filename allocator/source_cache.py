@@ -23,7 +23,7 @@ from .errors import IPAMError
 from .freeset import FreeSet, free_set_for
 from .keys import Keys
 from .sources import Source
-from .store import EtcdStore
+from .store import Store
 
 log = logging.getLogger(__name__)
 
@@ -31,7 +31,7 @@ log = logging.getLogger(__name__)
 class SourceCache:
     """The free set of one source on this node, and the watch that keeps it current."""
 
-    def __init__(self, store: EtcdStore, keys: Keys, source: Source) -> None:
+    def __init__(self, store: Store, keys: Keys, source: Source) -> None:
         self.store, self.keys, self.source = store, keys, source
         self.reloads = 0
         self._first, self._last = source.bookable_range

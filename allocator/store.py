@@ -23,6 +23,7 @@ import logging
 import time
 from collections.abc import AsyncIterator, Iterable, Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 import grpc
 from aetcd import rpc
@@ -161,6 +162,36 @@ class _Endpoint:
     maintenance: rpc.MaintenanceStub
     auth: rpc.AuthStub
     ejected_until: float = 0.0
+
+
+class Store(Protocol):
+    """What the allocator needs from etcd. `EtcdStore` is the store; a wrapper that
+    injects faults (`devcluster.faults.FaultyStore`) implements the same protocol."""
+
+    async def txn(self, compare: Sequence[rpc.Compare], success: Sequence[rpc.RequestOp],
+                  failure: Sequence[rpc.RequestOp] = (), *, retry: bool = False
+                  ) -> rpc.TxnResponse: ...
+
+    async def get(self, key: str) -> KV | None: ...
+
+    async def get_many(self, keys: Iterable[str]) -> dict[str, KV]: ...
+
+    async def first_keys(self, prefix: str, limit: int, *, descending: bool = False,
+                         keys_only: bool = True) -> list[KV]: ...
+
+    async def count(self, prefix: str) -> tuple[int, int]: ...
+
+    async def scan(self, prefix: str, *, keys_only: bool = False, revision: int = 0,
+                   page: int = 5000) -> tuple[list[KV], int]: ...
+
+    async def lease_grant(self, ttl: int) -> int: ...
+
+    async def status(self) -> list[tuple[str, bool]]: ...
+
+    def watch(self, prefix: str, start_revision: int
+              ) -> AsyncIterator[tuple[list[WatchEvent], int]]: ...
+
+    async def close(self) -> None: ...
 
 
 class EtcdStore:

@@ -24,7 +24,7 @@ from typing import Self
 
 from aetcd import rpc
 
-from .store import KV, MAX_TXN_OPS, EtcdStore, kv_of, prefix_end
+from .store import KV, MAX_TXN_OPS, Store, kv_of, prefix_end
 
 # The kinds of guard, and how a failure read tells whether each held.
 _ABSENT, _PRESENT, _UNCHANGED, _EMPTY, _QUIET = "absent", "present", "unchanged", "empty", "quiet"
@@ -208,7 +208,7 @@ class GuardedTxn:
         return TxnOutcome(False, failed, reads)
 
 
-async def commit(store: EtcdStore, txn: GuardedTxn) -> TxnOutcome:
+async def commit(store: Store, txn: GuardedTxn) -> TxnOutcome:
     """Send `txn` alone, as a top-level transaction (rare writers: networks, release sets).
 
     Writes beyond what one level may carry go in nested chunks, all under the same guards.

@@ -5,12 +5,36 @@ from __future__ import annotations
 import asyncio
 
 import pytest
-from allocator_support import book_in, clean_audit, make_pn
+from allocator_support import book_in, clean_audit, connected, make_pn
 
-from allocator.contract import Caller, IPRecord, Resource
-from allocator.errors import AlreadyExists, InvalidArgument, OutcomeUnknown, StoreError
+from allocator.contract import IPAM, Caller, IPRecord, Resource
+from allocator.errors import (
+    AlreadyExists,
+    InvalidArgument,
+    OutcomeUnknown,
+    PoolExhausted,
+    StoreError,
+)
+from allocator.store import EtcdStore
+from devcluster.faults import FaultyStore
 
 SERVER = Caller(role="product", product_types=frozenset({"instance_server"}))
+
+
+@pytest.fixture
+async def faults(etcd_single):
+    """The shared member behind a store that fails on demand (real etcd underneath)."""
+    store = FaultyStore(EtcdStore(etcd_single.endpoints))
+    yield store
+
+
+@pytest.fixture
+async def faulty_ipam(faults, key_prefix):
+    ipam = IPAM(faults, key_prefix)
+    try:
+        yield ipam
+    finally:
+        await ipam.close()
 
 
 @pytest.fixture
@@ -56,27 +80,52 @@ async def test_large_records_are_split_across_requests_instead_of_failing(ipam, 
     await clean_audit(ipam)
 
 
-async def test_a_source_whose_watch_dies_reloads_and_keeps_booking(ipam, pn, project):
+async def test_a_source_whose_watch_dies_reloads_and_keeps_booking(
+        faulty_ipam, faults, project, etcd_single, key_prefix):
+    ipam = faulty_ipam
+    pn = await make_pn(ipam, project, "10.1.0.0/24")
     await ipam.book(book_in(pn, project))  # warm: cache and watch up
-    cache = next(iter(ipam.lifecycle.engines.values())).cache
-    real_watch = ipam.store.watch
-    failures = 0
-
-    async def broken_watch(prefix, start):
-        nonlocal failures
-        if failures < 2:
-            failures += 1
-            raise StoreError("watch could not be re-established")
-        async for item in real_watch(prefix, start):
-            yield item
-
-    ipam.store.watch = broken_watch  # type: ignore[method-assign]
-    cache._watch.cancel()
-    cache._watch = asyncio.ensure_future(cache._follow(1))
+    cache = ipam.lifecycle.engines[pn.subnets[0].id].cache
+    loads = cache.reloads
+    faults.fail_watches(2)  # the next two watches cannot be set up
+    faults.break_watches()  # and the open one ends now
     got = await asyncio.wait_for(asyncio.gather(*(ipam.book(book_in(pn, project))
                                                   for _ in range(10))), 20)
     assert len({g.address for g in got}) == 10
-    assert failures == 2 and cache.free_count is not None
+    # Following again once both failed watches are behind it: another node's booking
+    # reaches this node's cache.
+    for _ in range(20):  # bounded: each wait ends at the next change, or after 0.5 s
+        if faults.watches_failed == 2 and cache.free_count is not None:
+            break
+        await cache.changed(cache.generation, 0.5)
+    async with connected(etcd_single.endpoints, key_prefix) as other:
+        await other.book(book_in(pn, project))
+    for _ in range(20):
+        if cache.free_count == 252 - 12:
+            break
+        await cache.changed(cache.generation, 0.5)
+    assert faults.watches_failed == 2 and cache.reloads >= loads + 3
+    assert cache.free_count == 252 - 12
+    await clean_audit(ipam)
+
+
+async def test_a_compacted_watch_reloads_the_source_and_sees_what_it_missed(
+        faulty_ipam, faults, project, etcd_single, key_prefix):
+    ipam = faulty_ipam
+    pn = await make_pn(ipam, project, "10.1.0.0/29")
+    await ipam.book(book_in(pn, project))
+    cache = ipam.lifecycle.engines[pn.subnets[0].id].cache
+    loads = cache.reloads
+    async with connected(etcd_single.endpoints, key_prefix) as other:
+        taken = [await other.book(book_in(pn, project)) for _ in range(2)]
+    seen = cache.generation
+    faults.compact_watches()
+    await cache.changed(seen, 5.0)  # the reload the compaction causes
+    assert cache.reloads == loads + 1
+    last = await asyncio.wait_for(ipam.book(book_in(pn, project)), 20)
+    assert last.address not in {t.address for t in taken}
+    with pytest.raises(PoolExhausted):  # 4 bookable in a /29: all held now
+        await ipam.book(book_in(pn, project))
     await clean_audit(ipam)
 
 
@@ -101,63 +150,62 @@ async def test_too_many_reverses_are_refused(ipam, pn, project):
                                               for n in range(17)])
 
 
-def _lose_answers(ipam, *, apply: bool, times: int = 1):
-    """Make the next `times` commits fail with StoreError after (or instead of) applying."""
-    real = ipam.committer.commit
-    left = times
-
-    async def commit(txn):
-        nonlocal left
-        if left:
-            left -= 1
-            if apply:
-                await real(txn)
-            raise StoreError("connection lost before the answer")
-        return await real(txn)
-
-    ipam.committer.commit = commit  # type: ignore[method-assign]
-
-
 @pytest.mark.parametrize("apply", [True, False], ids=["applied", "not applied"])
-async def test_changes_whose_answer_was_lost_are_settled_by_reading_back(ipam, pn, project,
-                                                                        apply):
+async def test_changes_whose_answer_was_lost_are_settled_by_reading_back(faulty_ipam, faults,
+                                                                        project, apply):
+    ipam = faulty_ipam
+    pn = await make_pn(ipam, project, "10.1.0.0/24")
     ip = await ipam.book(book_in(pn, project))
-    _lose_answers(ipam, apply=apply)
+    faults.lose_answers(applied=apply)
     updated = await ipam.update_ip(ip.id, tags=["after"])
     assert updated.tags == ("after",) and (await ipam.get_ip(ip.id)).tags == ("after",)
-    _lose_answers(ipam, apply=apply)
+    faults.lose_answers(applied=apply)
     await ipam.release(ip.id)
     others = await asyncio.gather(*(ipam.book(book_in(pn, project)) for _ in range(3)))
-    store_txn = ipam.store.txn
-    calls = 0
-
-    async def lossy_txn(compare, *args, **kwargs):  # release_set writes to the store
-        nonlocal calls
-        calls += bool(compare)  # the guarded write, not the reads around it
-        if compare and calls == 1:
-            if apply:
-                await store_txn(compare, *args, **kwargs)
-            raise StoreError("connection lost before the answer")
-        return await store_txn(compare, *args, **kwargs)
-
-    ipam.store.txn = lossy_txn  # type: ignore[method-assign]
+    before = faults.writes_seen
+    faults.lose_answers(applied=apply)
     await ipam.release_set([o.id for o in others])
-    ipam.store.txn = store_txn  # type: ignore[method-assign]
-    assert calls == (1 if apply else 2)  # applied: read back, no second write
+    assert faults.writes_seen - before == (1 if apply else 2)  # applied: read back only
     report = await clean_audit(ipam)
     assert report.records == 0
 
 
-async def test_a_change_racing_a_lost_answer_is_reported_unknown(ipam, pn, project):
+async def test_a_booking_whose_answer_was_lost_is_settled_by_reading_back(faulty_ipam, faults,
+                                                                         project):
+    ipam = faulty_ipam
+    pn = await make_pn(ipam, project, "10.1.0.0/24")
+    faults.lose_answers(applied=True)
+    first = await ipam.book(book_in(pn, project))
+    faults.lose_answers(applied=False)
+    second = await ipam.book(book_in(pn, project))
+    assert first.address != second.address and faults.answers_lost == 2
+    report = await clean_audit(ipam)
+    assert report.records == 2
+
+
+async def test_a_change_racing_a_lost_answer_is_reported_unknown(faulty_ipam, faults, project):
+    ipam = faulty_ipam
+    pn = await make_pn(ipam, project, "10.1.0.0/24")
     ip = await ipam.book(book_in(pn, project))
-    real = ipam.committer.commit
 
-    async def commit(txn):
-        await real(txn)
-        ipam.committer.commit = real  # type: ignore[method-assign]
-        await ipam.update_ip(ip.id, tags=["someone-else"])  # lands before we look
-        raise StoreError("connection lost before the answer")
+    async def someone_else() -> None:  # lands before we look
+        await ipam.update_ip(ip.id, tags=["someone-else"])
 
-    ipam.committer.commit = commit  # type: ignore[method-assign]
+    faults.lose_answers(applied=True, meanwhile=someone_else)
     with pytest.raises(OutcomeUnknown):
         await ipam.update_ip(ip.id, tags=["mine"])
+
+
+async def test_an_outage_fails_fast_and_the_node_recovers_by_itself(faulty_ipam, faults,
+                                                                    project):
+    ipam = faulty_ipam
+    pn = await make_pn(ipam, project, "10.1.0.0/24")
+    ip = await ipam.book(book_in(pn, project))
+    faults.outage()
+    with pytest.raises(StoreError):
+        await ipam.update_ip(ip.id, tags=["during"])
+    with pytest.raises(StoreError):
+        await ipam.get_ip(ip.id)
+    faults.heal()
+    assert (await ipam.update_ip(ip.id, tags=["after"])).tags == ("after",)
+    await clean_audit(ipam)
