@@ -172,8 +172,8 @@ class Credentials:
 
     async def start(self) -> None:
         """Load every key into this node's cache and follow changes with a watch."""
-        kvs, revision = await self.store.scan(self.keys.auth("secret/"))
-        self._cache = {kv.key.rsplit("/", 1)[1]: ApiKey.from_json(json.loads(kv.value))
+        kvs, revision = await self.store.scan(self.keys.api_key_by_secret())
+        self._cache = {self.keys.last_segment(kv.key): ApiKey.from_json(json.loads(kv.value))
                        for kv in kvs}
         self._follow = asyncio.ensure_future(self._watch(revision + 1))
 
@@ -184,12 +184,12 @@ class Credentials:
 
     async def _watch(self, start: int) -> None:
         try:
-            async for events, _ in self.store.watch(self.keys.auth("secret/"), start):
+            async for events, _ in self.store.watch(self.keys.api_key_by_secret(), start):
                 cache = self._cache
                 if cache is None:
                     return
                 for ev in events:
-                    digest = ev.key.rsplit("/", 1)[1]
+                    digest = self.keys.last_segment(ev.key)
                     if ev.deleted:
                         cache.pop(digest, None)
                     else:
@@ -217,10 +217,10 @@ class Credentials:
         return self._by_secret(secret_hash(secret_key))
 
     def _by_secret(self, digest: str) -> str:
-        return self.keys.auth(f"secret/{digest}")
+        return self.keys.api_key_by_secret(digest)
 
     def _by_access(self, access_key: str) -> str:
-        return self.keys.auth(f"key/{access_key}")
+        return self.keys.api_key_by_access(access_key)
 
     async def create(self, spec: ApiKey) -> tuple[ApiKey, str]:
         """Store a new key for `spec` (from `check_key_spec`); returns (key, secret)."""
@@ -253,7 +253,7 @@ class Credentials:
 
     async def list(self) -> list[ApiKey]:
         """Every key, oldest first, without secrets."""
-        kvs, _ = await self.store.scan(self.keys.auth("secret/"))
+        kvs, _ = await self.store.scan(self.keys.api_key_by_secret())
         found = [ApiKey.from_json(json.loads(kv.value)) for kv in kvs]
         return sorted(found, key=lambda k: (k.created_at, k.access_key))
 

@@ -15,7 +15,8 @@
     {p}ix/res/{resource_id}/{ip_id}       IPs attached to a resource
     {p}ix/mac/{mac}/{scope}               the IP holding a MAC in a Private Network or zone
     {p}idem/{scope}/{key}                 idempotency key -> first result (leased, 24 h)
-    {p}auth/...                           API keys (owned by the gateway's tenancy layer)
+    {p}auth/secret/{sha256 of secret}     API key record, found by its secret
+    {p}auth/key/{access_key}              the hash of its secret, found by access key
 
 Every key of one held address is written in the same transaction, so an index
 never disagrees with the data. Keys are built and taken apart here only.
@@ -104,6 +105,14 @@ class Keys:
     def auth(self, suffix: str = "") -> str:
         return f"{self.prefix}auth/{suffix}"
 
+    def api_key_by_secret(self, secret_digest: str = "") -> str:
+        """An API key's record, found by the hash of its secret (all of them without one)."""
+        return f"{self.prefix}auth/secret/{secret_digest}"
+
+    def api_key_by_access(self, access_key: str) -> str:
+        """The hash of an API key's secret, found by its access key."""
+        return f"{self.prefix}auth/key/{access_key}"
+
     # -- taking keys apart ----------------------------------------------------------
 
     @staticmethod
@@ -116,6 +125,12 @@ class Keys:
     def vpc_of_private_network_key(key: str) -> str:
         """The VPC of a `vpcpn/{vpc_id}/{pn_id}` key."""
         return key.rsplit("/", 2)[1]
+
+    @staticmethod
+    def created_entry(key: str) -> tuple[str, str]:
+        """(inverted time, IP id) of a creation-index key (of a source or a project)."""
+        inverted_time, ip_id = key.rsplit("/", 2)[1:]
+        return inverted_time, ip_id
 
     @staticmethod
     def address_offset(key: str) -> int:

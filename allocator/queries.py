@@ -141,8 +141,7 @@ class Queries:
         for prefix in prefixes:
             for kv in await self.store.first_keys(prefix, start + page_size,
                                                   descending=not descending):
-                inverted_time, ip_id = kv.key.rsplit("/", 2)[1:]
-                entries.append((inverted_time, ip_id))
+                entries.append(self.keys.created_entry(kv.key))
         entries.sort(reverse=not descending)
         return await self._records([i for _, i in entries[start:start + page_size]]), total
 
@@ -190,7 +189,7 @@ class Queries:
             out: list[str] = []
             for rid in rids:
                 kvs, _ = await self.store.scan(self.keys.by_resource(rid), keys_only=True)
-                out += [kv.key.rsplit("/", 1)[1] for kv in kvs]
+                out += [self.keys.last_segment(kv.key) for kv in kvs]
             return out
         if flt.mac_address:
             kvs, _ = await self.store.scan(self.keys.mac(flt.mac_address))
@@ -216,6 +215,6 @@ class Queries:
             out = []
             for pid in sorted(projects):
                 kvs, _ = await self.store.scan(self.keys.by_project(pid), keys_only=True)
-                out += [kv.key.rsplit("/", 1)[1] for kv in kvs]
+                out += [self.keys.last_segment(kv.key) for kv in kvs]
             return out
         return None

@@ -20,7 +20,7 @@ async def tour(endpoints: list[str]) -> None:
     ipam = await IPAM.connect(endpoints)
     try:
         project = str(uuid.uuid4())
-        pn = await ipam.networks.create_private_network("fr-par", project, None, "demo")
+        pn = await ipam.create_private_network("fr-par", project, None, "demo")
         print(f"Private Network {pn.id} with subnets "
               f"{', '.join(s.subnet for s in pn.subnets)}")
         v4 = next(s for s in pn.subnets if ":" not in s.subnet)

@@ -32,13 +32,13 @@ async def _refused(ipam, call, error=InvalidArgument, argument: str | None = Non
     ("8.8.8.0/24", "subnets"), ("2001:db8::/64", "subnets"), ("100.64.0.0/24", "subnets"),
 ])
 async def test_invalid_cidr_is_refused(ipam, project, cidr, argument):
-    await _refused(ipam, ipam.networks.create_private_network(REGION, project, None, "x",
+    await _refused(ipam, ipam.create_private_network(REGION, project, None, "x",
                                                               subnets=[cidr]),
                    argument=argument)
 
 
 async def test_overlapping_subnets_in_one_request_are_refused(ipam, project):
-    await _refused(ipam, ipam.networks.create_private_network(
+    await _refused(ipam, ipam.create_private_network(
         REGION, project, None, "x", subnets=["10.70.0.0/24", "10.70.0.128/25"]))
 
 
@@ -69,7 +69,7 @@ async def test_unknown_sources_are_not_found(ipam, project):
                                                zonal="fr-par-3")), NotFound)
     await _refused(ipam, ipam.get_ip(ghost), NotFound)
     await _refused(ipam, ipam.release(ghost), NotFound)
-    await _refused(ipam, ipam.networks.get_vpc(ghost), NotFound)
+    await _refused(ipam, ipam.get_vpc(ghost), NotFound)
 
 
 async def test_a_booking_needs_exactly_one_source(ipam, pn, project):
@@ -135,7 +135,7 @@ async def test_taken_chosen_address_is_already_exists_and_writes_nothing(ipam, p
 
 
 async def test_bad_zone_for_a_pool_is_refused(ipam):
-    await _refused(ipam, ipam.networks.create_zonal_pool(REGION, "nl-ams-1", "51.1.0.0/24"),
+    await _refused(ipam, ipam.create_zonal_pool(REGION, "nl-ams-1", "51.1.0.0/24"),
                    argument="zone")
-    await _refused(ipam, ipam.networks.create_zonal_pool(REGION, "fr-par-1", "51.1.0.0/33"),
+    await _refused(ipam, ipam.create_zonal_pool(REGION, "fr-par-1", "51.1.0.0/33"),
                    argument="subnet")

@@ -236,7 +236,7 @@ async def test_idempotent_attach_returns_the_first_result(ipam, pn, project):
 
 
 async def test_zonal_pool_books_for_any_project(ipam):
-    pool = await ipam.networks.create_zonal_pool(REGION, "fr-par-1", "51.15.0.0/29")
+    pool = await ipam.create_zonal_pool(REGION, "fr-par-1", "51.15.0.0/29")
     got = []
     for _ in range(4):
         got.append(
@@ -247,42 +247,42 @@ async def test_zonal_pool_books_for_any_project(ipam):
     with pytest.raises(PoolExhausted):
         await ipam.book(AddressAsk(region=REGION, project_id=new_project(), zonal="fr-par-1"))
     with pytest.raises(PreconditionFailed):
-        await ipam.networks.delete_zonal_pool(pool.id)
+        await ipam.delete_zonal_pool(pool.id)
     await ipam.release_set([g.id for g in got])
-    await ipam.networks.delete_zonal_pool(pool.id)
+    await ipam.delete_zonal_pool(pool.id)
     with pytest.raises(NotFound):
         await ipam.book(AddressAsk(region=REGION, project_id=new_project(), zonal="fr-par-1"))
 
 
 async def test_zonal_pools_of_a_region_do_not_overlap(ipam):
-    pool = await ipam.networks.create_zonal_pool(REGION, "fr-par-2", "51.16.0.0/24")
+    pool = await ipam.create_zonal_pool(REGION, "fr-par-2", "51.16.0.0/24")
     with pytest.raises(AlreadyExists) as err:
-        await ipam.networks.create_zonal_pool(REGION, "fr-par-1", "51.16.0.128/25")
+        await ipam.create_zonal_pool(REGION, "fr-par-1", "51.16.0.128/25")
     assert pool.id in err.value.message
 
 
 async def test_subnets_of_one_vpc_do_not_overlap(ipam, project):
-    vpc = await ipam.networks.create_vpc(REGION, project, None, "v")
-    first = await ipam.networks.create_private_network(
+    vpc = await ipam.create_vpc(REGION, project, None, "v")
+    first = await ipam.create_private_network(
         REGION, project, None, "a", vpc_id=vpc.id, subnets=["10.5.0.0/22"]
     )
     with pytest.raises(AlreadyExists) as err:
-        await ipam.networks.create_private_network(
+        await ipam.create_private_network(
             REGION, project, None, "b", vpc_id=vpc.id, subnets=["10.5.2.0/24"]
         )
     assert first.subnets[0].id in err.value.message  # names the subnet it collides with
     # Another VPC may reuse the range.
-    other = await ipam.networks.create_vpc(REGION, project, None, "w")
-    await ipam.networks.create_private_network(
+    other = await ipam.create_vpc(REGION, project, None, "w")
+    await ipam.create_private_network(
         REGION, project, None, "c", vpc_id=other.id, subnets=["10.5.2.0/24"]
     )
 
 
 async def test_concurrent_overlapping_subnets_one_wins(ipam, project):
-    vpc = await ipam.networks.create_vpc(REGION, project, None, "race")
+    vpc = await ipam.create_vpc(REGION, project, None, "race")
     results = await asyncio.gather(
         *(
-            ipam.networks.create_private_network(
+            ipam.create_private_network(
                 REGION,
                 project,
                 None,
@@ -297,7 +297,7 @@ async def test_concurrent_overlapping_subnets_one_wins(ipam, project):
     created = [r for r in results if not isinstance(r, Exception)]
     cidrs = [
         s.subnet
-        for pn in await ipam.networks.list_private_networks(REGION)
+        for pn in await ipam.list_private_networks(REGION)
         if pn.vpc_id == vpc.id
         for s in pn.subnets
     ]
@@ -312,17 +312,17 @@ async def test_concurrent_overlapping_subnets_one_wins(ipam, project):
 
 async def test_auto_subnets_are_an_ipv4_22_and_an_ipv6_64(ipam, project):
     pns = [
-        await ipam.networks.create_private_network(REGION, project, None, f"n{i}") for i in range(3)
+        await ipam.create_private_network(REGION, project, None, f"n{i}") for i in range(3)
     ]
     vpcs = {pn.vpc_id for pn in pns}
     assert len(vpcs) == 1  # the project's default VPC, created once
-    other = await ipam.networks.create_vpc(REGION, project, None, "other")
-    listed = await ipam.networks.list_vpcs(REGION, {project})
+    other = await ipam.create_vpc(REGION, project, None, "other")
+    listed = await ipam.list_vpcs(REGION, {project})
     assert [(v.id, v.private_network_count) for v in listed] == [(pns[0].vpc_id, 3),
                                                                (other.id, 0)]
     before = ipam.store.requests
-    assert await ipam.networks.list_vpcs(REGION, set()) == []  # sees no project: no read
-    assert await ipam.networks.list_private_networks(REGION, set()) == []
+    assert await ipam.list_vpcs(REGION, set()) == []  # sees no project: no read
+    assert await ipam.list_private_networks(REGION, set()) == []
     assert ipam.store.requests == before
     import netaddr
 
@@ -336,15 +336,15 @@ async def test_auto_subnets_are_an_ipv4_22_and_an_ipv6_64(ipam, project):
 async def test_deleting_a_network_that_holds_ips_fails(ipam, pn, project):
     ip = await ipam.book(book_in(pn, project))
     with pytest.raises(PreconditionFailed) as err:
-        await ipam.networks.delete_private_network(pn.id)
+        await ipam.delete_private_network(pn.id)
     assert err.value.precondition == "resource_still_in_use"
     with pytest.raises(PreconditionFailed):
-        await ipam.networks.delete_vpc(pn.vpc_id)
+        await ipam.delete_vpc(pn.vpc_id)
     await ipam.release(ip.id)
-    await ipam.networks.delete_private_network(pn.id)
+    await ipam.delete_private_network(pn.id)
     with pytest.raises(NotFound):
         await ipam.book(book_in(pn, project))
-    await ipam.networks.delete_vpc(pn.vpc_id)
+    await ipam.delete_vpc(pn.vpc_id)
 
 
 async def test_booking_in_a_deleted_network_is_refused_on_a_warm_node(ipam, project):
@@ -352,7 +352,7 @@ async def test_booking_in_a_deleted_network_is_refused_on_a_warm_node(ipam, proj
     ip = await ipam.book(book_in(pn, project))
     await ipam.release(ip.id)
     async with connected(ipam.store.endpoints, ipam.keys.prefix) as other:
-        await other.networks.delete_private_network(pn.id)
+        await other.delete_private_network(pn.id)
     for _ in range(2):  # cached PN, but the source guard refuses; then the cache is gone
         with pytest.raises(NotFound) as err:
             await ipam.book(book_in(pn, project))
@@ -410,14 +410,14 @@ async def test_records_and_indexes_agree_after_a_mixed_workload(ipam, pn, projec
 
 
 async def test_vpc_and_private_network_rename_and_retag(ipam, pn):
-    vpc = await ipam.networks.update_vpc(pn.vpc_id, name="prod", tags=["a"])
+    vpc = await ipam.update_vpc(pn.vpc_id, name="prod", tags=["a"])
     assert (vpc.name, vpc.tags, vpc.private_network_count) == ("prod", ("a",), 1)
-    renamed = await ipam.networks.update_private_network(pn.id, name="web", tags=["b", "b"])
+    renamed = await ipam.update_private_network(pn.id, name="web", tags=["b", "b"])
     assert (renamed.name, renamed.tags) == ("web", ("b",))
     assert renamed.subnets == pn.subnets  # subnets never change
-    assert (await ipam.networks.get_private_network(pn.id)).name == "web"
+    assert (await ipam.get_private_network(pn.id)).name == "web"
     with pytest.raises(NotFound):
-        await ipam.networks.update_private_network("00000000-0000-4000-8000-000000000000",
+        await ipam.update_private_network("00000000-0000-4000-8000-000000000000",
                                                    name="x")
 
 
@@ -443,7 +443,7 @@ async def test_a_full_pool_is_confirmed_by_one_key_read_until_something_is_relea
     with pytest.raises(PoolExhausted):
         await ipam.book(book_in(pn, project))
     await ipam.release_set([ip.id for ip in await _all(ipam, pn)])
-    await ipam.networks.delete_private_network(pn.id)
+    await ipam.delete_private_network(pn.id)
     leftovers, _ = await ipam.store.scan(ipam.keys.prefix + f"src/{pn.subnets[0].id}/")
     assert leftovers == []
 
@@ -458,7 +458,7 @@ async def test_changes_made_with_a_revoked_credential_fail_in_etcd_and_write_not
     from allocator.errors import CredentialRevoked
     from allocator.txn import GuardedTxn, commit
 
-    credential = ipam.keys.auth("secret/test-credential")
+    credential = ipam.keys.api_key_by_secret("test-credential")
     await commit(ipam.store, GuardedTxn().put(credential, "{}"))
     who = Caller(credential=credential)
     ip = await ipam.book(book_in(pn, project), who)

@@ -27,7 +27,7 @@ async def connected(endpoints: Sequence[str], prefix: str, **kwargs) -> AsyncIte
 
 
 async def make_pn(ipam: IPAM, project: str, *subnets: str) -> PrivateNetwork:
-    return await ipam.networks.create_private_network(
+    return await ipam.create_private_network(
         REGION, project, None, "pn", subnets=list(subnets) or None
     )
 
