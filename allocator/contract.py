@@ -45,6 +45,7 @@ from .keys import Keys
 from .lifecycle import Lifecycle
 from .listing import DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE, ORDERS, IPFilter
 from .network_registry import NetworkRegistry
+from .network_view import Lease, NetworkInfo, NetworkView, SubnetInfo
 from .networks import VPC, PrivateNetwork, Subnet
 from .queries import Queries
 from .records import CUSTOM, IPRecord, Resource, Reverse, normalize_mac
@@ -55,7 +56,8 @@ from .store import EtcdSecurity, EtcdStore, Store
 __all__ = [
     "ADMIN", "CUSTOM", "OPERATE", "RULES", "WRITE_NETWORKS", "DEFAULT_PAGE_SIZE", "IPAM", "MAX_PAGE_SIZE", "ORDERS", "PRODUCT",
     "PROJECT_MEMBER", "PROJECT_READER", "VPC", "AddressAsk", "ApiKey", "ArgumentProblem",
-    "Caller", "Credentials", "EtcdSecurity", "IPFilter", "IPRecord", "PrivateNetwork",
+    "Caller", "Credentials", "EtcdSecurity", "IPFilter", "IPRecord", "Lease", "NetworkInfo",
+    "NetworkView", "PrivateNetwork", "SubnetInfo",
     "ReservedAddress", "Resource", "Reverse", "Source", "Store", "Subnet", "access_key_for_secret",
     "check_key_spec", "errors", "is_access_key", "normalize_mac", "secret_hash",
 ]
@@ -168,6 +170,13 @@ class IPAM:
         """Move an IP from the resource it is attached to, to another one (or to none)."""
         return await self.lifecycle.move(ip_id, from_resource, to_resource, caller,
                                          idempotency_key, idempotency_scope)
+
+    async def network_view(self, pn_ids: Sequence[str]) -> NetworkView:
+        """A live view of these Private Networks and their IPs (DHCP and DNS read it),
+        loaded now and kept current by etcd watches until `close()`."""
+        view = NetworkView(self.store, self.keys, pn_ids)
+        await view.start()
+        return view
 
     # -- where addresses come from ------------------------------------------------------
 

@@ -265,13 +265,16 @@ class NetworkRegistry:
 
     async def update_private_network(self, pn_id: str, name: str | None = None,
                                      tags: Any = None,
-                                     default_route_propagation_enabled: bool | None = None
-                                     ) -> PrivateNetwork:
+                                     default_route_propagation_enabled: bool | None = None,
+                                     dhcp_enabled: bool | None = None) -> PrivateNetwork:
         check_uuid(pn_id, "private_network_id")
+        if dhcp_enabled is not None and not isinstance(dhcp_enabled, bool):
+            raise InvalidArgument("dhcp_enabled", "must be a boolean", "format")
         pn: PrivateNetwork = await self._update_guarded(
             self.keys.private_network(pn_id), "private_network", pn_id, name, tags,
             PrivateNetwork.from_json, PrivateNetwork.to_json,
-            default_route_propagation_enabled=default_route_propagation_enabled)
+            default_route_propagation_enabled=default_route_propagation_enabled,
+            dhcp_enabled=dhcp_enabled)
         self._pn_cache[pn_id] = pn
         return pn
 

@@ -79,13 +79,15 @@ class PrivateNetwork:
     tags: tuple[str, ...] = ()
     subnets: tuple[Subnet, ...] = field(default_factory=tuple)
     default_route_propagation_enabled: bool = False
+    # Whether the network's DHCP and DNS answer (the agent answers nothing when false).
+    dhcp_enabled: bool = True
 
     def to_json(self) -> dict[str, Any]:
         return {
             "id": self.id, "name": self.name, "region": self.region,
             "project_id": self.project_id, "organization_id": self.organization_id,
             "vpc_id": self.vpc_id, "tags": list(self.tags),
-            "subnets": [s.to_json() for s in self.subnets], "dhcp_enabled": True,
+            "subnets": [s.to_json() for s in self.subnets], "dhcp_enabled": self.dhcp_enabled,
             "default_route_propagation_enabled": self.default_route_propagation_enabled,
             "has_object_storage_private_access": False,
             "created_at": self.created_at, "updated_at": self.updated_at,
@@ -96,7 +98,8 @@ class PrivateNetwork:
         return cls(d["id"], d["name"], d["region"], d["project_id"], d.get("organization_id"),
                    d["vpc_id"], d["created_at"], d["updated_at"], tuple(d.get("tags") or ()),
                    tuple(Subnet(**s) for s in d.get("subnets") or ()),
-                   bool(d.get("default_route_propagation_enabled", False)))
+                   bool(d.get("default_route_propagation_enabled", False)),
+                   bool(d.get("dhcp_enabled", True)))
 
     def source(self, subnet: Subnet) -> Source:
         return Source(id=subnet.id, kind=SUBNET, cidr=subnet.subnet, region=self.region,

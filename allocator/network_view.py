@@ -1,0 +1,268 @@
+"""A live, read-only view of some Private Networks and their IPs, for DHCP and DNS.
+
+There is no lease database: an IP attached to a resource with a MAC in a Private
+Network *is* that NIC's lease (DESIGN.md section 2b). The view is loaded at one etcd
+revision (the networks and every IP record) and kept current by watches of the
+`pn/` and `ip/` prefixes from the next revision; a compacted watch reloads it.
+
+    view = await ipam.network_view([pn_id])       # loaded and following
+    view.lease(pn_id, "02:00:00:00:00:01", is_ipv6=False)   # -> Lease | None
+    view.named(pn_id, "web-1"); view.at("10.0.0.5")
+    await view.changed(since=view.revision, timeout=1.0)
+
+Lookups are O(1) dictionaries rebuilt incrementally on each event: answering a DHCP
+or DNS query reads no etcd.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+import netaddr
+
+from . import retry
+from .errors import IPAMError
+from .keys import Keys
+from .networks import PrivateNetwork
+from .records import IPRecord
+from .store import Store
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Lease:
+    """An IP of a Private Network as DHCP and DNS serve it."""
+
+    ip_id: str
+    private_network_id: str
+    address: str  # without prefix length: 10.0.0.5
+    prefixlen: int
+    is_ipv6: bool
+    mac: str | None  # lowercase, colon-separated; None when not attached to a NIC
+    name: str | None  # the resource's name; None when not attached or unnamed
+    reverses: tuple[str, ...]  # the IP's reverse DNS hostnames (PTR), when set
+
+    @classmethod
+    def of(cls, record: IPRecord) -> Lease:
+        net = netaddr.IPNetwork(record.address)
+        res = record.resource
+        return cls(record.id, record.private_network_id or "", str(net.ip), net.prefixlen,
+                   record.is_ipv6, res.mac_address if res else None, res.name if res else None,
+                   tuple(r.hostname for r in record.reverses))
+
+
+@dataclass(frozen=True)
+class SubnetInfo:
+    """One subnet of a served network, with the addresses the service itself uses."""
+
+    id: str
+    cidr: str
+    gateway: str  # the subnet's gateway address (offset 1): the DHCP router option
+    server: str  # the address "reserved by the provider" (offset size-2): the DHCP/DNS server
+
+    @classmethod
+    def of(cls, subnet_id: str, cidr: str) -> SubnetInfo:
+        net = netaddr.IPNetwork(cidr)
+        return cls(subnet_id, str(net.cidr), str(net[1]), str(net[net.size - 2]))
+
+    @property
+    def is_ipv6(self) -> bool:
+        return ":" in self.cidr
+
+    @property
+    def prefixlen(self) -> int:
+        return int(self.cidr.rsplit("/", 1)[1])
+
+
+@dataclass(frozen=True)
+class NetworkInfo:
+    """A served Private Network: what DHCP and DNS need of it."""
+
+    id: str
+    name: str
+    dhcp_enabled: bool
+    subnets: tuple[SubnetInfo, ...]
+
+    @classmethod
+    def of(cls, pn: PrivateNetwork) -> NetworkInfo:
+        return cls(pn.id, pn.name, pn.dhcp_enabled,
+                   tuple(SubnetInfo.of(s.id, s.subnet) for s in pn.subnets))
+
+    @property
+    def domain(self) -> str:
+        """The DNS zone of the network: `<name>.internal`."""
+        return f"{self.name.lower()}.internal"
+
+    def subnet(self, is_ipv6: bool) -> SubnetInfo | None:
+        return next((s for s in self.subnets if s.is_ipv6 == is_ipv6), None)
+
+
+class NetworkView:
+    """The served networks and their IPs (see the module docstring).
+
+    `revision`: the etcd revision of the newest change applied to the view.
+    """
+
+    def __init__(self, store: Store, keys: Keys, pn_ids: Iterable[str]) -> None:
+        self.store, self.keys = store, keys
+        self.pn_ids = frozenset(pn_ids)
+        self.revision = 0
+        self.reloads = 0
+        self._networks: dict[str, NetworkInfo] = {}
+        self._leases: dict[str, Lease] = {}  # ip id -> lease (served networks only)
+        self._by_mac: dict[tuple[str, str, bool], Lease] = {}
+        self._by_name: dict[tuple[str, str], dict[str, Lease]] = {}
+        self._by_address: dict[str, Lease] = {}
+        self._changed = asyncio.Event()
+        self._follow: asyncio.Task[None] | None = None
+
+    # -- lookups (no etcd) --------------------------------------------------------------
+
+    def networks(self) -> list[NetworkInfo]:
+        return list(self._networks.values())
+
+    def network(self, pn_id: str) -> NetworkInfo | None:
+        return self._networks.get(pn_id)
+
+    def lease(self, pn_id: str, mac: str, is_ipv6: bool) -> Lease | None:
+        """The IP attached to `mac` in `pn_id`, of that family, now."""
+        return self._by_mac.get((pn_id, mac.lower(), is_ipv6))
+
+    def named(self, pn_id: str, name: str) -> list[Lease]:
+        """Every attached IP whose resource is called `name` (case-insensitive)."""
+        return list(self._by_name.get((pn_id, name.lower()), {}).values())
+
+    def at(self, address: str) -> Lease | None:
+        """The IP of a served network holding `address`."""
+        return self._by_address.get(address)
+
+    def leases(self, pn_id: str) -> list[Lease]:
+        return [lease for lease in self._leases.values() if lease.private_network_id == pn_id]
+
+    async def changed(self, since: int, timeout: float) -> bool:
+        """Wait (at most `timeout` s) for a revision after `since`; whether one came."""
+        deadline = asyncio.get_running_loop().time() + timeout
+        while self.revision <= since:
+            left = deadline - asyncio.get_running_loop().time()
+            if left <= 0:
+                return False
+            event = self._changed
+            try:
+                await asyncio.wait_for(event.wait(), left)
+            except TimeoutError:
+                return False
+        return True
+
+    # -- life ---------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Load the view at one revision and follow it from the next."""
+        await self._load()
+
+    async def close(self) -> None:
+        if self._follow is not None:
+            self._follow.cancel()
+
+    async def _load(self) -> None:
+        pn_kvs, revision = await self.store.scan(self.keys.private_network())
+        ip_kvs, _ = await self.store.scan(self.keys.ip(), revision=revision)
+        self._networks, self._leases = {}, {}
+        self._by_mac, self._by_name, self._by_address = {}, {}, {}
+        for kv in pn_kvs:
+            self._network_changed(kv.key, kv.value)
+        for kv in ip_kvs:
+            self._ip_changed(kv.key, kv.value)
+        self.reloads += 1
+        self._advance(revision)
+        if self._follow is not None:
+            self._follow.cancel()
+        self._follow = asyncio.ensure_future(self._watch(revision + 1))
+
+    async def _watch(self, start: int) -> None:
+        prefixes = {"pn": self.keys.private_network(), "ip": self.keys.ip()}
+        streams = {name: self.store.watch(prefix, start).__aiter__()
+                   for name, prefix in prefixes.items()}
+        pending = {asyncio.ensure_future(anext(stream)): name
+                   for name, stream in streams.items()}
+        try:
+            while True:
+                done, _ = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+                for step in done:
+                    name = pending.pop(step)
+                    events, revision = step.result()
+                    for ev in events:
+                        apply = self._network_changed if name == "pn" else self._ip_changed
+                        apply(ev.key, None if ev.deleted else ev.value)
+                    pending[asyncio.ensure_future(anext(streams[name]))] = name
+                    # The newest revision applied, from either stream (a stream with no
+                    # change to report is silent, so no lower bound is known cheaply).
+                    if events:
+                        self._advance(revision)
+        except asyncio.CancelledError:
+            raise
+        except Exception as err:  # noqa: BLE001 - compaction or a lost stream: reload
+            log.warning("network view: watch ended (%s), reloading", err)
+            asyncio.ensure_future(self._reload_with_backoff())
+        finally:
+            for step in pending:
+                step.cancel()
+
+    async def _reload_with_backoff(self) -> None:
+        async for _ in retry.RELOAD.attempts():
+            try:
+                await self._load()
+                return
+            except IPAMError:
+                continue
+
+    def _advance(self, revision: int) -> None:
+        if revision > self.revision:
+            self.revision = revision
+            event, self._changed = self._changed, asyncio.Event()
+            event.set()
+
+    # -- applying changes ---------------------------------------------------------------
+
+    def _network_changed(self, key: str, value: bytes | None) -> None:
+        pn_id = self.keys.last_segment(key)
+        if pn_id not in self.pn_ids:
+            return
+        if value is None:
+            self._networks.pop(pn_id, None)
+        else:
+            self._networks[pn_id] = NetworkInfo.of(PrivateNetwork.from_json(json.loads(value)))
+
+    def _ip_changed(self, key: str, value: bytes | None) -> None:
+        ip_id = self.keys.last_segment(key)
+        old = self._leases.pop(ip_id, None)
+        if old is not None:
+            self._unindex(old)
+        if value is None:
+            return
+        record = IPRecord.from_json(json.loads(value))
+        if record.private_network_id not in self.pn_ids:
+            return
+        lease = Lease.of(record)
+        self._leases[ip_id] = lease
+        self._by_address[lease.address] = lease
+        if lease.mac:
+            self._by_mac[(lease.private_network_id, lease.mac, lease.is_ipv6)] = lease
+        if lease.name:
+            self._by_name.setdefault((lease.private_network_id, lease.name.lower()), {})[
+                ip_id] = lease
+
+    def _unindex(self, lease: Lease) -> None:
+        if self._by_address.get(lease.address) is lease:
+            del self._by_address[lease.address]
+        key = (lease.private_network_id, lease.mac or "", lease.is_ipv6)
+        if self._by_mac.get(key) is lease:
+            del self._by_mac[key]
+        if lease.name:
+            named = self._by_name.get((lease.private_network_id, lease.name.lower()))
+            if named is not None:
+                named.pop(lease.ip_id, None)
