@@ -87,11 +87,14 @@ class NetworkInfo:
     name: str
     dhcp_enabled: bool
     subnets: tuple[SubnetInfo, ...]
+    project_id: str = ""
+    region: str = ""
 
     @classmethod
     def of(cls, pn: PrivateNetwork) -> NetworkInfo:
         return cls(pn.id, pn.name, pn.dhcp_enabled,
-                   tuple(SubnetInfo.of(s.id, s.subnet) for s in pn.subnets))
+                   tuple(SubnetInfo.of(s.id, s.subnet) for s in pn.subnets), pn.project_id,
+                   pn.region)
 
     @property
     def domain(self) -> str:

@@ -345,6 +345,8 @@ def parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
     serve_p = sub.add_parser("serve", help="run a gateway node")
     cfg.add_arguments(serve_p)
+    sub.add_parser("dhcp", add_help=False,
+                   help="run the DHCP and DNS agent of Private Networks (ipam dhcp --help)")
 
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--url", help="gateway URL [IPAM_URL; default http://127.0.0.1:8080]")
@@ -382,6 +384,11 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["dhcp"]:  # the agent has its own flags: it parses them itself
+        from netagent.cli import main as dhcp_main
+
+        return dhcp_main(argv[1:])
     args = parser().parse_args(argv)
     if args.command == "serve":
         try:

@@ -5,10 +5,14 @@ set -euo pipefail
 
 cd "$(dirname "$(readlink -f "${BASH_SOURCE[0]}")")/.."
 
-if ! { command -v etcd && command -v etcdctl && command -v haproxy; } >/dev/null 2>&1; then
+# etcd for the stores, haproxy for the topology, and the real DHCP and DNS clients
+# (with iproute2 for their network namespaces) for the agent's tests.
+if ! { command -v etcd && command -v etcdctl && command -v haproxy && command -v ip \
+        && command -v dhclient && command -v dig; } >/dev/null 2>&1; then
     export DEBIAN_FRONTEND=noninteractive
     apt-get update
-    apt-get install -y etcd-server etcd-client haproxy
+    apt-get install -y etcd-server etcd-client haproxy iproute2 isc-dhcp-client \
+        bind9-dnsutils
     # The package may start a system etcd on 2379. Our tests use their own
     # members on random ports, but a stray service is not wanted either.
     systemctl stop etcd 2>/dev/null || service etcd stop 2>/dev/null || true
