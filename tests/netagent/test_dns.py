@@ -451,9 +451,16 @@ async def upstream(answers: tuple[str, ...] | None = ("192.0.2.1",)
         writer.close()
 
     loop = asyncio.get_running_loop()
-    udp, _ = await loop.create_datagram_endpoint(Datagrams, local_addr=("127.0.0.1", 0))
-    port = udp.get_extra_info("sockname")[1]
-    tcp = await asyncio.start_server(stream, "127.0.0.1", port)
+    for attempt in range(10):  # the UDP port picked may be taken for TCP: try another
+        udp, _ = await loop.create_datagram_endpoint(Datagrams, local_addr=("127.0.0.1", 0))
+        port = udp.get_extra_info("sockname")[1]
+        try:
+            tcp = await asyncio.start_server(stream, "127.0.0.1", port)
+            break
+        except OSError:
+            udp.close()
+            if attempt == 9:
+                raise
     try:
         yield port, asked
     finally:
