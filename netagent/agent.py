@@ -59,6 +59,7 @@ class AgentConfig:
     t2: int = 52
     dns_port: int = 53
     dns_upstream: str | None = None
+    metrics_listen: tuple[str, int] | None = None
 
     @property
     def networks(self) -> list[str]:

@@ -3,6 +3,7 @@
     ipam dhcp --etcd-endpoints 10.0.0.1:2379 --interface eth1=PN_ID [--interface ...]
               [--unknown-mac book | --unknown-mac PN_ID=book] [--lease-time 3600]
               [--t1 30] [--t2 52] [--dns-port 53] [--dns-upstream 192.0.2.53:53]
+              [--metrics-listen 127.0.0.1:9547]
 
 A bad value is one line on stderr naming the flag, and exit code 2, before anything
 starts. SIGTERM and SIGINT stop the agent cleanly.
@@ -19,9 +20,12 @@ import sys
 import uuid
 from collections.abc import Sequence
 
+from aiohttp import web
+
 from allocator.contract import IPAM, EtcdSecurity
 
 from .agent import BOOK, IGNORE, Agent, AgentConfig
+from .metrics import metrics_app
 
 _POLICIES = (IGNORE, BOOK)
 
@@ -60,6 +64,10 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--dns-upstream", default=env("IPAM_DNS_UPSTREAM"),
                    help="host:port to forward other names to; without it they are refused "
                         "[IPAM_DNS_UPSTREAM]")
+    p.add_argument("--metrics-listen", default=env("IPAM_DHCP_METRICS_LISTEN"),
+                   metavar="HOST:PORT",
+                   help="serve Prometheus metrics on http://HOST:PORT/metrics "
+                        "[IPAM_DHCP_METRICS_LISTEN; default off]")
     p.add_argument("--log-level", default=env("IPAM_LOG_LEVEL", "info"),
                    choices=["debug", "info", "warning", "error"],
                    help="[IPAM_LOG_LEVEL; default info]")
@@ -74,6 +82,15 @@ def _seconds(value: str, flag: str) -> int:
     if n <= 0:
         raise ConfigError(f"{flag} must be positive")
     return n
+
+
+def _listen(value: str | None) -> tuple[str, int] | None:
+    if not value:
+        return None
+    host, sep, port = value.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ConfigError(f"--metrics-listen {value!r} is not HOST:PORT")
+    return host.strip("[]"), int(port)
 
 
 def load(args: argparse.Namespace) -> tuple[list[str], str, EtcdSecurity, AgentConfig]:
@@ -130,7 +147,8 @@ def load(args: argparse.Namespace) -> tuple[list[str], str, EtcdSecurity, AgentC
     security = EtcdSecurity(args.etcd_ca_file, args.etcd_cert_file, args.etcd_key_file,
                             args.etcd_username, args.etcd_password)
     config = AgentConfig(tuple(interfaces), per_network, default, lease, t1, t2,
-                         dns_port=dns_port, dns_upstream=args.dns_upstream)
+                         dns_port=dns_port, dns_upstream=args.dns_upstream,
+                         metrics_listen=_listen(args.metrics_listen))
     return endpoints, args.etcd_prefix, security, config
 
 
@@ -143,11 +161,18 @@ async def run(endpoints: list[str], prefix: str, security: EtcdSecurity,
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    metrics: web.AppRunner | None = None
     try:
         await agent.start()
+        if config.metrics_listen is not None:
+            metrics = web.AppRunner(metrics_app(agent), access_log=None)
+            await metrics.setup()
+            await web.TCPSite(metrics, *config.metrics_listen).start()
         print("ipam dhcp: ready", flush=True)
         await stop.wait()
     finally:
+        if metrics is not None:
+            await metrics.cleanup()
         await agent.close()
         await ipam.close()
     return 0

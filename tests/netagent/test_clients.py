@@ -9,6 +9,9 @@ installed; scripts/test.sh installs them, so CI runs these.
 from __future__ import annotations
 
 import shutil
+import subprocess
+import sys
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -131,3 +134,90 @@ def test_a_network_with_dhcp_disabled_gets_no_answer_until_enabled(stack: Stack)
     stack.allocator(f"await ipam.update_private_network({pn_id!r}, dhcp_enabled=True)")
     done = stack.dhclient(a)
     assert done.returncode == 0, done.stderr[-2000:]
+
+
+def _scrape(stack: Stack, port: int) -> dict[str, float]:
+    """The agent's metrics, read from inside the lab."""
+    def get() -> str:
+        opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+        with opener.open(f"http://127.0.0.1:{port}/metrics", timeout=5) as resp:
+            return resp.read().decode()
+    out = {}
+    for line in stack.lab.call(get).splitlines():
+        if line and not line.startswith("#"):
+            name, value = line.rsplit(" ", 1)
+            out[name] = float(value)
+    return out
+
+
+FLOOD = r"""
+import random, socket, struct, sys
+random.seed(7)
+mac = bytes.fromhex(sys.argv[1].replace(":", ""))
+discover = (struct.pack("!BBBBIHH4s4s4s4s16s64s128s", 1, 1, 6, 0, 0x1234, 0, 0x8000,
+            bytes(4), bytes(4), bytes(4), bytes(4), mac + bytes(10), bytes(64), bytes(128))
+            + bytes([99, 130, 83, 99, 53, 1, 1, 255]))
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.setsockopt(socket.SOL_SOCKET, socket.SO_BROADCAST, 1)
+for n in range(int(sys.argv[2])):
+    kind = n % 4
+    if kind == 0:
+        data = random.randbytes(random.randrange(0, 600))
+    else:
+        data = bytearray(discover)
+        for _ in range(random.randrange(1, 8)):
+            data[random.randrange(len(data))] = random.randrange(256)
+        if kind == 2:
+            data = data[:random.randrange(len(data))]
+        if kind == 3:  # bad cookie, garbage options
+            data[236:240] = b"\x00\x00\x00\x00"
+        data = bytes(data)
+    s.sendto(data, ("10.77.0.254", 67))
+"""
+
+
+def test_a_flood_of_bad_packets_changes_nothing_and_a_client_still_gets_its_lease(
+        stack: Stack) -> None:
+    pn_id = _network(stack)
+    bridge = stack.lab.add_bridge()
+    a = stack.lab.add_client(MAC_A, bridge)
+    flooder = stack.lab.add_client("02:00:00:77:00:ff", bridge)
+    stack.lab.exec_in(stack.lab.namespace, ["ip", "addr", "add", f"{SERVER}/24", "dev", bridge])
+    stack.lab.exec_in(flooder.namespace, ["ip", "addr", "add", "10.77.0.200/24", "dev",
+                                          flooder.client_side])
+    stack.start_agent("--interface", f"{bridge}={pn_id}", "--metrics-listen", "127.0.0.1:9547")
+    ip = _book_attached(stack, pn_id, MAC_A, "web-1")
+    stack.lab.exec_in(flooder.namespace, [sys.executable, "-c", FLOOD, flooder.mac, "100000"],
+                      timeout=120)
+    done = stack.dhclient(a)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert stack.given(a)["new_ip_address"] == ip.address.split("/")[0]
+    metrics = _scrape(stack, 9547)
+    assert metrics['ipam_dhcp4_messages_total{outcome="dropped"}'] > 10_000
+    assert metrics['ipam_dhcp4_messages_total{outcome="acks"}'] == 1
+    ips = stack.sdk(lambda c: IpamV1API(c).list_i_ps(private_network_id=pn_id)).ips
+    assert [i.id for i in ips] == [ip.id]  # nothing booked, nothing changed
+
+
+def test_two_agents_and_fifty_unknown_clients_at_once_give_fifty_distinct_addresses(
+        stack: Stack) -> None:
+    pn_id = _network(stack)
+    bridge = stack.lab.add_bridge()
+    stack.lab.exec_in(stack.lab.namespace, ["ip", "addr", "add", f"{SERVER}/24", "dev", bridge])
+    stack.start_agent("--interface", f"{bridge}={pn_id}", "--unknown-mac", "book")
+    # The second agent shares the segment; its DNS listens elsewhere (one port, one owner).
+    stack.start_agent("--interface", f"{bridge}={pn_id}", "--unknown-mac", "book",
+                      "--dns-port", "5353")
+    clients = [stack.lab.add_client(f"02:00:00:78:00:{n:02x}", bridge) for n in range(50)]
+    runs = [subprocess.Popen(
+        ["ip", "netns", "exec", c.namespace, "dhclient", "-1", "-v",
+         *stack._client_files(c, "timeout 60;\n"), c.client_side],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True) for c in clients]
+    failures = [r.communicate(timeout=90)[1][-500:] for r in runs if r.wait(90) != 0]
+    assert not failures, failures[:3]
+    got = {c.mac: stack.given(c)["new_ip_address"] for c in clients}
+    assert len(set(got.values())) == 50
+    ips = stack.sdk(lambda c: IpamV1API(c).list_i_ps(private_network_id=pn_id,
+                                                     page_size=100)).ips
+    assert len(ips) == 50
+    assert {i.resource.mac_address: i.address.split("/")[0] for i in ips} == got
