@@ -154,8 +154,8 @@ class NetLab:
 
     # -- tearing down ---------------------------------------------------------------------
 
-    def close(self) -> None:
-        """Stop what was started and delete every namespace (their veths go with them)."""
+    def stop_processes(self) -> None:
+        """Stop (SIGTERM, then SIGKILL after 5 s) every command started with `spawn_in`."""
         for proc in self._processes:
             if proc.poll() is None:
                 proc.terminate()
@@ -164,6 +164,11 @@ class NetLab:
                 except subprocess.TimeoutExpired:
                     proc.kill()
                     proc.wait(5)
+        self._processes.clear()
+
+    def close(self) -> None:
+        """Stop what was started and delete every namespace (their veths go with them)."""
+        self.stop_processes()
         if self._pool is not None:
             self._pool.shutdown(wait=False, cancel_futures=True)
             self._pool = None

@@ -160,6 +160,7 @@ def lab_stack(tmp_path: Path) -> Iterator[Stack]:
             lab.call(_wait_ready)
             yield Stack(lab, cluster, prefix, str(uuid.uuid4()), tmp_path)
         finally:
+            lab.stop_processes()  # the agents and the gateway before their etcd
             lab.call(cluster.stop)
 
 
