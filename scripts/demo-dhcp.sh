@@ -13,7 +13,6 @@ if ! { command -v etcd && command -v ip && command -v dhclient && command -v dig
     apt-get install -y etcd-server iproute2 isc-dhcp-client bind9-dnsutils
     systemctl stop etcd 2>/dev/null || service etcd stop 2>/dev/null || true
 fi
-if ! (cd / && python3 -c "import netagent, gateway, allocator") >/dev/null 2>&1; then
-    python3 -m pip install -q -e .
-fi
-exec python3 -m devcluster.dhcp_demo
+. scripts/venv.sh
+ensure_venv
+exec "$VENV_PY" -m devcluster.dhcp_demo

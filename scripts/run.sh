@@ -19,14 +19,11 @@ if ! command -v etcd >/dev/null 2>&1 && [ -z "${IPAM_ETCD_ENDPOINTS:-}" ]; then
     systemctl stop etcd 2>/dev/null || service etcd stop 2>/dev/null || true
 fi
 
-# Checked from outside the repo, so that the import proves an install (which also
-# provides the `ipam` command), not merely the current directory.
-if ! (cd / && python3 -c "import gateway.cli, aiohttp, aetcd, netaddr") >/dev/null 2>&1 \
-        || ! command -v ipam >/dev/null 2>&1; then
-    python3 -m pip install -q -e .
-fi
+# Everything Python lives in the checkout's .venv (scripts/venv.sh); the `ipam`
+# command is .venv/bin/ipam.
+. scripts/venv.sh
+ensure_venv
 
-# Serve from where the user stands: ./.ipam is theirs. PYTHONPATH keeps this
-# checkout's code in use whatever another install says.
+# Serve from where the user stands: ./.ipam is theirs.
 cd "$ORIG_PWD"
-PYTHONPATH="$REPO${PYTHONPATH:+:$PYTHONPATH}" exec python3 -m gateway.cli serve "$@"
+exec "$VENV_PY" -m gateway.cli serve "$@"

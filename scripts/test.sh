@@ -18,7 +18,9 @@ if ! { command -v etcd && command -v etcdctl && command -v haproxy && command -v
     systemctl stop etcd 2>/dev/null || service etcd stop 2>/dev/null || true
 fi
 
-python3 -m pip install -q -e '.[test]'
+# Everything Python lives in the checkout's .venv (scripts/venv.sh).
+. scripts/venv.sh
+ensure_venv test
 # The rooms' import rules (pyproject.toml [tool.importlinter]) before any test.
-lint-imports --no-cache
-exec python3 -m pytest -q "$@"
+.venv/bin/lint-imports --no-cache
+exec "$VENV_PY" -m pytest -q "$@"
