@@ -13,7 +13,7 @@
     {p}ip/{ip_id}                         IP record
     {p}ix/project/{project_id}/{region}/{inverted time}/{ip_id}   IPs of a project
     {p}ix/res/{resource_id}/{ip_id}       IPs attached to a resource
-    {p}ix/mac/{mac}/{scope}               the IP holding a MAC in a Private Network or zone
+    {p}ix/mac/{mac}/{scope}[/v6]          the IPv4 (IPv6) holding a MAC in a network or zone
     {p}idem/{scope}/{key}                 idempotency key -> first result (leased, 24 h)
     {p}auth/secret/{sha256 of secret}     API key record, found by its secret
     {p}auth/key/{access_key}              the hash of its secret, found by access key
@@ -96,8 +96,12 @@ class Keys:
     def by_resource(self, resource_id: str, ip_id: str = "") -> str:
         return f"{self.prefix}ix/res/{resource_id}/{ip_id}"
 
-    def mac(self, mac: str, scope: str = "") -> str:
-        return f"{self.prefix}ix/mac/{mac}/{scope}"
+    def mac(self, mac: str, scope: str = "", is_ipv6: bool = False) -> str:
+        """The IP holding `mac` in a scope (`pn-<id>` or `zone-<zone>`), per family: a
+        dual-stack NIC holds one IPv4 and one IPv6 (all of a MAC's without a scope)."""
+        if not scope:
+            return f"{self.prefix}ix/mac/{mac}/"
+        return f"{self.prefix}ix/mac/{mac}/{scope}" + ("/v6" if is_ipv6 else "")
 
     def idempotency(self, scope: str, key: str) -> str:
         return f"{self.prefix}idem/{scope}/{key}"

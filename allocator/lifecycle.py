@@ -106,7 +106,7 @@ class Lifecycle:
             booking = Booking(
                 record=record, chosen=chosen, fingerprint=fp, credential_key=caller.credential,
                 idempotency_key=idem_key, idempotency_lease=lease,
-                mac_key=self.keys.mac(res.mac_address, mac_scope)
+                mac_key=self.keys.mac(res.mac_address, mac_scope, src.is_ipv6)
                 if res and res.mac_address else None,
                 resource_key=self.keys.by_resource(res.id, ip_id) if res else None)
             try:
@@ -347,7 +347,7 @@ class Lifecycle:
         if not res.mac_address:
             return None
         scope = f"pn-{r.private_network_id}" if r.private_network_id else f"zone-{r.zone}"
-        return self.keys.mac(res.mac_address, scope)
+        return self.keys.mac(res.mac_address, scope, r.is_ipv6)
 
     def _attach(self, txn: GuardedTxn, r: IPRecord, res: Resource) -> None:
         txn.put(self.keys.by_resource(res.id, r.id), "")

@@ -86,14 +86,18 @@ async def test_attached_ip_is_attached_to_one_resource_only(ipam, pn, project):
     assert again.resource == vm(1)
 
 
-async def test_mac_address_is_attached_at_most_once_per_private_network(ipam, pn, project):
+async def test_mac_address_holds_at_most_one_ip_per_family_in_a_private_network(ipam, pn,
+                                                                             project):
     a = await ipam.book(book_in(pn, project, resource=vm(7)))
     b = await ipam.book(book_in(pn, project))
     with pytest.raises(AlreadyExists):
         await ipam.attach(b.id, vm(7))
     with pytest.raises(AlreadyExists):
         await ipam.book(book_in(pn, project, resource=vm(7)))
-    # The same MAC may hold an IPv6 of the same PN? No: once per Private Network.
+    # A dual-stack NIC holds one IPv4 and one IPv6 of the network (as Scaleway does),
+    # never two of one family.
+    v6 = await ipam.book(book_in(pn, project, is_ipv6=True, resource=vm(7)))
+    assert v6.resource == vm(7)
     with pytest.raises(AlreadyExists):
         await ipam.book(book_in(pn, project, is_ipv6=True, resource=vm(7)))
     # Another Private Network is another scope.
