@@ -1,4 +1,5 @@
-"""The agent: one asyncio process serving DHCPv4 and DNS for Private Networks.
+"""The agent: one asyncio process serving DHCPv4, DHCPv6, Router Advertisements and DNS
+for Private Networks.
 
 Each served network is reached on one network interface (`--interface IFACE=PN_ID`).
 The interface carries the server's own address in each subnet: the address Scaleway
@@ -20,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
+import struct
 import uuid
 from dataclasses import dataclass, field
 
@@ -35,11 +37,14 @@ from allocator.contract import (
 )
 
 from .dhcp4 import Dhcp4Config, Dhcp4Responder, UnknownMac
+from .dhcp6 import Dhcp6Config, Dhcp6Responder
 from .dns import DnsConfig, DnsServer, InternalDns, serve_dns
+from .ra import RouterAdvertiser
 
 log = logging.getLogger("ipam.dhcp")
 
 DHCP_SERVER_PORT = 67
+DHCP6_SERVER_PORT = 547
 UNKNOWN_CLIENT = "unknown_dhcp_client"
 IGNORE, BOOK = UnknownMac.IGNORE.value, UnknownMac.BOOK.value
 # The idempotency scope of the agent's own bookings: shared by every agent, so two
@@ -70,13 +75,16 @@ class AgentConfig:
 
 
 class Agent:
-    """Serves DHCPv4 on each configured interface and DNS for every served network."""
+    """Serves DHCP (v4, and v6 with RAs on dual-stack networks) on each configured
+    interface and DNS for every served network."""
 
     def __init__(self, ipam: IPAM, config: AgentConfig) -> None:
         self.ipam, self.config = ipam, config
         self.view: NetworkView | None = None
         self.dhcp: Dhcp4Responder | None = None
         self.dns: InternalDns | None = None
+        self.dhcp6: Dhcp6Responder | None = None
+        self.advertisers: list[RouterAdvertiser] = []
         self._transports: list[asyncio.BaseTransport] = []
         self._dns_servers: list[DnsServer] = []
 
@@ -98,6 +106,7 @@ class Agent:
             transport, _ = await loop.create_datagram_endpoint(
                 lambda pn=pn_id: _Dhcp4Protocol(self, pn), sock=sock)  # type: ignore[misc]
             self._transports.append(transport)
+        await self._start_ipv6()
         self.dns = InternalDns(view, DnsConfig(upstream=self.config.dns_upstream,
                                                networks=tuple(self.config.networks)))
         # DNS answers on each subnet's server address (the one DHCP hands out): a reply
@@ -116,7 +125,37 @@ class Agent:
         log.info("serving DHCP on %s and DNS on port %d",
                  ", ".join(f"{i}={p}" for i, p in self.config.interfaces), self.config.dns_port)
 
+    async def _start_ipv6(self) -> None:
+        """DHCPv6 and Router Advertisements on the interfaces of dual-stack networks.
+
+        IPv4 is the service a network cannot do without: an interface where IPv6 cannot
+        be served (disabled, no link-local address yet) is logged, not fatal.
+        """
+        assert self.view is not None
+        view = self.view
+        valid = self.config.lease_time
+        self.dhcp6 = Dhcp6Responder(view, Dhcp6Config(
+            preferred_lifetime=valid, valid_lifetime=valid, renewal_time=self.config.t1,
+            rebinding_time=self.config.t2))
+        loop = asyncio.get_running_loop()
+        for interface, pn_id in self.config.interfaces:
+            info = view.network(pn_id)
+            if info is None or info.subnet(is_ipv6=True) is None:
+                continue
+            try:
+                transport, _ = await loop.create_datagram_endpoint(
+                    lambda pn=pn_id: _Dhcp6Protocol(self, pn),  # type: ignore[misc]
+                    sock=dhcp6_socket(interface))
+                self._transports.append(transport)
+                advertiser = RouterAdvertiser(interface, lambda pn=pn_id: view.network(pn))
+                await advertiser.start()
+                self.advertisers.append(advertiser)
+            except OSError as err:
+                log.warning("no DHCPv6/RA on %s: %s", interface, err.strerror or err)
+
     async def close(self) -> None:
+        for advertiser in self.advertisers:
+            await advertiser.close()
         for transport in self._transports:
             transport.close()
         for server in self._dns_servers:
@@ -181,6 +220,52 @@ class _Dhcp4Protocol(asyncio.DatagramProtocol):
             return
         if reply is not None and self.transport is not None:
             self.transport.sendto(reply.payload, (reply.address, reply.port))
+
+
+class _Dhcp6Protocol(asyncio.DatagramProtocol):
+    """One interface's DHCPv6 socket (port 547, ff02::1:2 joined)."""
+
+    def __init__(self, agent: Agent, pn_id: str) -> None:
+        self.agent, self.pn_id = agent, pn_id
+        self.transport: asyncio.DatagramTransport | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def datagram_received(self, data: bytes, addr: tuple[str, int, int, int]) -> None:
+        task = asyncio.ensure_future(self._answer(data, addr[0]))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _answer(self, data: bytes, source: str) -> None:
+        assert self.agent.dhcp6 is not None
+        try:
+            reply = await self.agent.dhcp6.handle(data, self.pn_id, source)
+        except Exception:  # never let one packet stop the interface
+            log.exception("DHCPv6: unexpected error answering a packet")
+            return
+        if reply is not None and self.transport is not None:
+            self.transport.sendto(reply.payload, (reply.address, reply.port))
+
+
+def dhcp6_socket(interface: str) -> socket.socket:
+    """A UDP socket on [::]:547 of `interface` only, in the All_DHCP_Relay_Agents_and_Servers
+    group (ff02::1:2) there."""
+    sock = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_BINDTODEVICE, interface.encode())
+        index = socket.if_nametoindex(interface)
+        sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_JOIN_GROUP,
+                        socket.inet_pton(socket.AF_INET6, "ff02::1:2") + struct.pack("@I", index))
+        sock.bind(("::", DHCP6_SERVER_PORT))
+        sock.setblocking(False)
+    except OSError as err:
+        sock.close()
+        raise OSError(err.errno, f"cannot serve DHCPv6 on interface {interface}: "
+                                 f"{err.strerror}") from None
+    return sock
 
 
 def dhcp_socket(interface: str) -> socket.socket:

@@ -1,6 +1,8 @@
 """The agent's counters in Prometheus' text format, on `--metrics-listen HOST:PORT`.
 
     ipam_dhcp4_messages_total{network, outcome}   offers, acks, naks, declines, ... (DHCPv4)
+    ipam_dhcp6_messages_total{outcome}            advertises, replies, ... (DHCPv6)
+    ipam_ra_messages_total{interface, kind}       advertisements, solicitations, ...
     ipam_dns_messages_total{outcome}              answered, nxdomain, refused, ...
     ipam_dhcp_declined_addresses                  addresses withheld after a DECLINE
     ipam_dhcp_view_revision                       etcd revision of the newest change applied
@@ -44,6 +46,19 @@ class AgentCollector(Collector):
             yield GaugeMetricFamily("ipam_dhcp_declined_addresses",
                                     "addresses withheld from the MACs that declined them",
                                     value=len(agent.dhcp.declined()))
+        if agent.dhcp6 is not None:
+            dhcp6 = CounterMetricFamily("ipam_dhcp6_messages", "DHCPv6 messages by outcome",
+                                        labels=["outcome"])
+            for outcome, n in agent.dhcp6.counters.as_dict().items():
+                dhcp6.add_metric([outcome], n)
+            yield dhcp6
+        if agent.advertisers:
+            ra = CounterMetricFamily("ipam_ra_messages", "Router Advertisement work by kind",
+                                     labels=["interface", "kind"])
+            for advertiser in agent.advertisers:
+                for kind, n in asdict(advertiser.counters).items():
+                    ra.add_metric([advertiser.interface, kind], n)
+            yield ra
         if agent.dns is not None:
             dns = CounterMetricFamily("ipam_dns_messages", "DNS messages by outcome",
                                       labels=["outcome"])

@@ -221,3 +221,53 @@ def test_two_agents_and_fifty_unknown_clients_at_once_give_fifty_distinct_addres
                                                      page_size=100)).ips
     assert len(ips) == 50
     assert {i.resource.mac_address: i.address.split("/")[0] for i in ips} == got
+
+
+def _link_local(mac: str) -> str:
+    """The modified EUI-64 link-local address a kernel would give `mac`."""
+    b = bytes.fromhex(mac.replace(":", ""))
+    eui = bytes([b[0] ^ 0x02, b[1], b[2], 0xFF, 0xFE, b[3], b[4], b[5]])
+    return "fe80::" + ":".join(f"{eui[i]:02x}{eui[i + 1]:02x}" for i in range(0, 8, 2))
+
+
+def test_a_dual_stack_machine_gets_its_ipv6_by_dhcpv6_and_resolves_it(stack: Stack) -> None:
+    pn = stack.sdk(lambda c: VpcV2API(c).create_private_network(
+        name="lab", subnets=[SUBNET, "fd00:77::/64"], default_route_propagation_enabled=False))
+    bridge = stack.lab.add_bridge()
+    a = stack.lab.add_client(MAC_A, bridge)
+    # Link-local addresses without duplicate address detection, so nobody waits for them:
+    # the agent's on the bridge, and the client's in EUI-64 form as its kernel would make it.
+    for namespace, interface, address in ((stack.lab.namespace, bridge, "fe80::1"),
+                                          (a.namespace, a.client_side, _link_local(MAC_A))):
+        stack.lab.exec_in(namespace, ["ip", "addr", "flush", "dev", interface, "scope", "link"])
+        stack.lab.exec_in(namespace, ["ip", "addr", "add", f"{address}/64", "dev", interface,
+                                      "nodad"])
+    server6 = "fd00:77::ffff:ffff:ffff:fffe"  # the IPv6 subnet's server address
+    stack.lab.exec_in(stack.lab.namespace, ["ip", "addr", "add", f"{SERVER}/24", "dev", bridge])
+    stack.lab.exec_in(stack.lab.namespace, ["ip", "addr", "add", f"{server6}/64", "dev", bridge,
+                                            "nodad"])
+    stack.start_agent("--interface", f"{bridge}={pn.id}", "--metrics-listen", "127.0.0.1:9547")
+
+    def book(client):
+        api = IpamV1API(client)
+        res = CustomResource(mac_address=MAC_A, name="web-6")
+        return [api.attach_ip(ip_id=api.book_ip(source=Source(private_network_id=pn.id),
+                                                is_ipv6=v6).id, resource=res)
+                for v6 in (False, True)]
+    v4, v6 = stack.sdk(book)
+    address6 = v6.address.split("/")[0]
+    done = stack.dhclient(a)  # IPv4 first, as a dual-stack machine does both
+    assert done.returncode == 0, done.stderr[-2000:]
+    daemon, log = stack.dhclient_daemon(a, "-6")
+    wait_for(lambda: any((stack.workdir / a.namespace).glob("BOUND6.*")), "dhclient -6 bound")
+    given = stack.given(a, "BOUND6")
+    assert given["new_ip6_address"] == address6
+    assert given["new_dhcp6_domain_search"] == "lab.internal."
+    assert stack.dig(a, f"@{SERVER}", "web-6.lab.internal", "AAAA") == address6
+    assert stack.dig(a, f"@{SERVER}", "web-6.lab.internal", "A") == v4.address.split("/")[0]
+    assert stack.dig(a, f"@{SERVER}", "-x", address6) == "web-6.lab.internal."
+    assert stack.dig(a, f"@{server6}", "web-6.lab.internal", "AAAA") == address6  # over IPv6
+    metrics = _scrape(stack, 9547)
+    assert metrics['ipam_dhcp6_messages_total{outcome="replies"}'] >= 1
+    assert metrics[f'ipam_ra_messages_total{{interface="{bridge}",kind="advertisements"}}'] >= 1
+    daemon.terminate()

@@ -40,6 +40,10 @@ case "$reason" in
     ip addr add "$new_ip_address/$new_subnet_mask" dev "$interface" ;;
   EXPIRE|FAIL|RELEASE|STOP)
     ip -4 addr flush dev "$interface" ;;
+  BOUND6|RENEW6|REBIND6|REBOOT6)
+    ip -6 addr add "$new_ip6_address/$new_ip6_prefixlen" dev "$interface" nodad ;;
+  EXPIRE6|RELEASE6|STOP6)
+    ip -6 addr del "$old_ip6_address/$old_ip6_prefixlen" dev "$interface" ;;
 esac
 exit 0
 """
@@ -110,12 +114,12 @@ class Stack:
              *self._client_files(client, conf), *extra, client.client_side],
             capture_output=True, text=True, timeout=timeout, check=False)
 
-    def dhclient_daemon(self, client: Client) -> tuple[subprocess.Popen[bytes], Path]:
-        """dhclient in the foreground (-d), renewing; its log file."""
+    def dhclient_daemon(self, client: Client, *extra: str) -> tuple[subprocess.Popen[bytes], Path]:
+        """dhclient in the foreground (-d), renewing; its log file. `extra`: -6, ..."""
         files = self._client_files(client, "")
         log = self.workdir / client.namespace / "dhclient.log"
         proc = self.lab.spawn_in(
-            client.namespace, ["dhclient", "-d", "-v", *files, client.client_side],
+            client.namespace, ["dhclient", *extra, "-d", "-v", *files, client.client_side],
             stdout=subprocess.DEVNULL, stderr=open(log, "wb"))
         return proc, log
 
