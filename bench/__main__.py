@@ -1,6 +1,7 @@
 """`python -m bench <command>`: ipam's benchmarks.
 
     python -m bench contention [--quick] [--out bench/results]
+    python -m bench dhcp [--quick] [--out bench/results]
 """
 
 from __future__ import annotations
@@ -18,6 +19,10 @@ def main(argv: list[str] | None = None) -> int:
         from .contention import main as contention
 
         return contention(rest)
+    if command == "dhcp":
+        from .dhcp import main as dhcp
+
+        return dhcp(rest)
     print(f"unknown command {command!r}\n\n{__doc__.strip()}", file=sys.stderr)
     return 2
 

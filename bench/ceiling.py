@@ -15,8 +15,8 @@ import uuid
 from typing import Any
 
 from allocator import store as st
-from allocator.txn import GuardedTxn
 from allocator.store import EtcdStore
+from allocator.txn import GuardedTxn
 
 from .stats import summary
 

@@ -22,6 +22,7 @@ import asyncio
 import logging
 import socket
 import struct
+import time
 import uuid
 from dataclasses import dataclass, field
 
@@ -50,6 +51,10 @@ IGNORE, BOOK = UnknownMac.IGNORE.value, UnknownMac.BOOK.value
 # The idempotency scope of the agent's own bookings: shared by every agent, so two
 # agents booking for one unknown MAC get one IP.
 IDEMPOTENCY_SCOPE = "netagent-dhcp"
+# How long a booking for an unknown MAC waits, at most, for the view to show it.
+VIEW_CATCH_UP = 2.0
+# Receive buffers of the DHCP sockets: a burst of clients must not overflow them.
+RECEIVE_BUFFER = 4 * 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -192,7 +197,17 @@ class Agent:
         except errors.IPAMError as err:
             log.warning("booking for unknown MAC %s in %s failed: %s", mac, pn_id, err)
             return None
-        return Lease.of(record)
+        lease = Lease.of(record)
+        # The REQUEST that answers our OFFER is judged against the view: offer only once
+        # the view shows the booking (its watch is a moment behind the commit), or the
+        # client would be NAKed and start over.
+        deadline = time.monotonic() + VIEW_CATCH_UP
+        while time.monotonic() < deadline:  # bounded: every wait ends by the deadline
+            shown = self.view.lease(pn_id, lease.mac or mac, False)
+            if shown is not None and shown.address == lease.address:
+                break
+            await self.view.changed(self.view.revision, deadline - time.monotonic())
+        return lease
 
 
 class _Dhcp4Protocol(asyncio.DatagramProtocol):
@@ -274,6 +289,7 @@ def dhcp_socket(interface: str) -> socket.socket:
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_BROADCAST, 1)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RECEIVE_BUFFER)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_BINDTODEVICE, interface.encode())
         sock.bind(("0.0.0.0", DHCP_SERVER_PORT))
         sock.setblocking(False)
