@@ -23,6 +23,7 @@ import enum
 import ipaddress
 import logging
 import re
+import socket
 import struct
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import asdict, dataclass, field
@@ -230,11 +231,12 @@ def _address_option(options: Mapping[int, bytes], code: Option) -> str | None:
 
 
 def _dotted(packed: bytes) -> str:
-    return str(ipaddress.IPv4Address(packed))
+    # socket's C conversions: ipaddress costs ~10 us an address, and a DORA has ~15.
+    return socket.inet_ntoa(packed)
 
 
 def _packed(address: str) -> bytes:
-    return ipaddress.IPv4Address(address).packed
+    return socket.inet_aton(address)
 
 
 # -- what the responder is given ------------------------------------------------------------
