@@ -36,19 +36,21 @@ class Served:
     """A gateway child process (`scripts/run.sh` by default), its stdout read line by line."""
 
     def __init__(self, cwd: Path, *args: str, command: list[str] | None = None,
-                 stderr: int = subprocess.DEVNULL) -> None:
+                 stderr: int = subprocess.DEVNULL, env: dict[str, str] | None = None,
+                 timeout: float = START_TIMEOUT) -> None:
         command = command or ["bash", str(ROOT / "scripts" / "run.sh")]
         self.proc = subprocess.Popen(
-            [*command, "--port", "0", *args], cwd=cwd, env=clean_env(),
+            [*command, "--port", "0", *args], cwd=cwd, env=env or clean_env(),
             stdout=subprocess.PIPE, stderr=stderr, text=True)
         self.lines: list[str] = []
+        self.timeout = timeout
 
     def read_until(self, pattern: str) -> re.Match[str]:
         """Read stdout until a line matches `pattern` (the child's own readiness line)."""
         assert self.proc.stdout is not None
         sel = selectors.DefaultSelector()
         sel.register(self.proc.stdout, selectors.EVENT_READ)
-        deadline = time.monotonic() + START_TIMEOUT
+        deadline = time.monotonic() + self.timeout
         while time.monotonic() < deadline:
             if not sel.select(deadline - time.monotonic()):
                 break
@@ -345,3 +347,29 @@ def test_keys_create_takes_an_expiry_and_errors_read_as_lines(
         main(["keys", "revoke", *common, "SCW" + "Z" * 17])
     assert missing.value.code == ("error 404 not_found: resource is not found "
                                   f"(api_key SCW{'Z' * 17})")
+
+
+@pytest.mark.skipif(not Path("/usr/bin/python3").exists(), reason="no Debian python3 here")
+@pytest.mark.skipif(not (ROOT / ".git").exists(), reason="not a git checkout to clone")
+def test_run_sh_with_debians_own_python_first_makes_its_venv_and_books(tmp_path: Path) -> None:
+    """A fresh clone, /usr/bin first on PATH (its python3 refuses pip, PEP 668): run.sh
+    makes the checkout's .venv with it and serves; an IP is booked through the SDK."""
+    repo, here = tmp_path / "repo", tmp_path / "here"
+    subprocess.run(["git", "clone", "-q", str(ROOT), str(repo)], check=True, timeout=60)
+    here.mkdir()
+    env = {k: v for k, v in clean_env().items() if k not in ("VIRTUAL_ENV", "PYTHONPATH")}
+    env["PATH"] = "/usr/bin:/bin:" + env.get("PATH", "")
+    served = Served(here, command=["bash", str(repo / "scripts" / "run.sh")], env=env,
+                    stderr=subprocess.STDOUT, timeout=600)  # the first run installs
+    try:
+        port = served.port()
+        assert "home = /usr/bin" in (repo / ".venv" / "pyvenv.cfg").read_text()
+        secret = (here / ".ipam" / "admin_secret_key").read_text().strip()
+        project = str(uuid.uuid4())
+        client = sdk_client(f"http://127.0.0.1:{port}", "SCW" + "C" * 17, secret, project)
+        pn = VpcV2API(client).create_private_network(default_route_propagation_enabled=False,
+                                                     subnets=["10.61.0.0/24"])
+        ip = IpamV1API(client).book_ip(source=Source(private_network_id=pn.id), is_ipv6=False)
+        assert ip.address.startswith("10.61.0.")
+    finally:
+        assert served.terminate() == 0
