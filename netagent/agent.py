@@ -24,7 +24,9 @@ import socket
 import struct
 import time
 import uuid
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from allocator.contract import (
     IPAM,
@@ -108,8 +110,10 @@ class Agent:
         loop = asyncio.get_running_loop()
         for interface, pn_id in self.config.interfaces:
             sock = dhcp_socket(interface)
+            dhcp = self.dhcp
             transport, _ = await loop.create_datagram_endpoint(
-                lambda pn=pn_id: _Dhcp4Protocol(self, pn), sock=sock)  # type: ignore[misc]
+                lambda pn=pn_id: _DhcpProtocol(  # type: ignore[misc]
+                    lambda data, _source: dhcp.handle(data, pn)), sock=sock)
             self._transports.append(transport)
         await self._start_ipv6()
         self.dns = InternalDns(view, DnsConfig(upstream=self.config.dns_upstream,
@@ -148,8 +152,10 @@ class Agent:
             if info is None or info.subnet(is_ipv6=True) is None:
                 continue
             try:
+                dhcp6 = self.dhcp6
                 transport, _ = await loop.create_datagram_endpoint(
-                    lambda pn=pn_id: _Dhcp6Protocol(self, pn),  # type: ignore[misc]
+                    lambda pn=pn_id: _DhcpProtocol(  # type: ignore[misc]
+                        lambda data, source: dhcp6.handle(data, pn, source)),
                     sock=dhcp6_socket(interface))
                 self._transports.append(transport)
                 advertiser = RouterAdvertiser(interface, lambda pn=pn_id: view.network(pn))
@@ -210,55 +216,27 @@ class Agent:
         return lease
 
 
-class _Dhcp4Protocol(asyncio.DatagramProtocol):
-    """One interface's DHCP socket: each datagram is answered in a task of its own."""
+class _DhcpProtocol(asyncio.DatagramProtocol):
+    """One interface's DHCP socket (v4 or v6): each datagram answered in a task of its own."""
 
-    def __init__(self, agent: Agent, pn_id: str) -> None:
-        self.agent, self.pn_id = agent, pn_id
+    def __init__(self, answer: Callable[[bytes, str], Awaitable[Any]]) -> None:
+        self.answer = answer  # (datagram, source address) -> a reply with payload/address/port
         self.transport: asyncio.DatagramTransport | None = None
         self._tasks: set[asyncio.Task[None]] = set()
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
 
-    def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
-        task = asyncio.ensure_future(self._answer(data))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-
-    async def _answer(self, data: bytes) -> None:
-        assert self.agent.dhcp is not None
-        try:
-            reply = await self.agent.dhcp.handle(data, self.pn_id)
-        except Exception:  # never let one packet stop the interface
-            log.exception("DHCP: unexpected error answering a packet")
-            return
-        if reply is not None and self.transport is not None:
-            self.transport.sendto(reply.payload, (reply.address, reply.port))
-
-
-class _Dhcp6Protocol(asyncio.DatagramProtocol):
-    """One interface's DHCPv6 socket (port 547, ff02::1:2 joined)."""
-
-    def __init__(self, agent: Agent, pn_id: str) -> None:
-        self.agent, self.pn_id = agent, pn_id
-        self.transport: asyncio.DatagramTransport | None = None
-        self._tasks: set[asyncio.Task[None]] = set()
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
-
-    def datagram_received(self, data: bytes, addr: tuple[str, int, int, int]) -> None:
+    def datagram_received(self, data: bytes, addr: tuple[Any, ...]) -> None:
         task = asyncio.ensure_future(self._answer(data, addr[0]))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
     async def _answer(self, data: bytes, source: str) -> None:
-        assert self.agent.dhcp6 is not None
         try:
-            reply = await self.agent.dhcp6.handle(data, self.pn_id, source)
+            reply = await self.answer(data, source)
         except Exception:  # never let one packet stop the interface
-            log.exception("DHCPv6: unexpected error answering a packet")
+            log.exception("DHCP: unexpected error answering a packet")
             return
         if reply is not None and self.transport is not None:
             self.transport.sendto(reply.payload, (reply.address, reply.port))

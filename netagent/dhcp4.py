@@ -342,23 +342,12 @@ class Reply:
 # -- the responder --------------------------------------------------------------------------
 
 
-class Dhcp4Responder:
-    """Answers DHCPv4 requests from the view of IPAM's state (see the module docstring).
+class DeclineRegistry:
+    """The addresses clients declined (in use by someone else), withheld from the MAC
+    that declined each until an operator acts; shared by the DHCPv4 and v6 responders."""
 
-    `counters` and `declined()` are for operators; `clear_declined` is how they act.
-    """
-
-    def __init__(self, view: LeaseView, config: Dhcp4Config | None = None,
-                 book_unknown: BookUnknown | None = None) -> None:
-        self.view = view
-        self.config = config or Dhcp4Config()
-        if book_unknown is None and UnknownMac.BOOK in self.config.unknown_mac.values():
-            raise ValueError("an unknown-MAC policy says book, but no book_unknown was given")
-        self.book_unknown = book_unknown
-        self.counters = Dhcp4Counters()
+    def __init__(self) -> None:
         self._declined: set[DeclinedAddress] = set()
-
-    # -- operators ------------------------------------------------------------------------
 
     def declined(self) -> frozenset[DeclinedAddress]:
         """The addresses withheld from the MACs that declined them."""
@@ -366,13 +355,30 @@ class Dhcp4Responder:
 
     def clear_declined(self, private_network_id: str | None = None,
                        mac: str | None = None) -> int:
-        """Offer declined addresses again (those of one network and/or MAC, or all);
+        """Hand declined addresses out again (those of one network and/or MAC, or all);
         how many were cleared."""
         cleared = {d for d in self._declined
                    if private_network_id in (None, d.private_network_id)
                    and (mac is None or mac.lower() == d.mac)}
         self._declined -= cleared
         return len(cleared)
+
+
+class Dhcp4Responder(DeclineRegistry):
+    """Answers DHCPv4 requests from the view of IPAM's state (see the module docstring).
+
+    `counters` and `declined()` are for operators; `clear_declined` is how they act.
+    """
+
+    def __init__(self, view: LeaseView, config: Dhcp4Config | None = None,
+                 book_unknown: BookUnknown | None = None) -> None:
+        super().__init__()
+        self.view = view
+        self.config = config or Dhcp4Config()
+        if book_unknown is None and UnknownMac.BOOK in self.config.unknown_mac.values():
+            raise ValueError("an unknown-MAC policy says book, but no book_unknown was given")
+        self.book_unknown = book_unknown
+        self.counters = Dhcp4Counters()
 
     # -- requests ---------------------------------------------------------------------------
 

@@ -43,7 +43,7 @@ from functools import lru_cache
 
 from allocator.contract import Lease, NetworkInfo, SubnetInfo
 
-from .dhcp4 import DeclinedAddress, LeaseView, MalformedPacket
+from .dhcp4 import DeclinedAddress, DeclineRegistry, LeaseView, MalformedPacket
 
 log = logging.getLogger(__name__)
 
@@ -535,33 +535,19 @@ class Reply:
 # -- the responder ------------------------------------------------------------------------------
 
 
-class Dhcp6Responder:
+class Dhcp6Responder(DeclineRegistry):
     """Answers DHCPv6 requests from the view of IPAM's state (see the module docstring).
 
     `counters` and `declined()` are for operators; `clear_declined` is how they act.
     """
 
     def __init__(self, view: LeaseView, config: Dhcp6Config | None = None) -> None:
+        super().__init__()
         self.view = view
         self.config = config or Dhcp6Config()
         self.counters = Dhcp6Counters()
-        self._declined: set[DeclinedAddress] = set()
 
     # -- operators ------------------------------------------------------------------------
-
-    def declined(self) -> frozenset[DeclinedAddress]:
-        """The addresses withheld from the MACs that declined them."""
-        return frozenset(self._declined)
-
-    def clear_declined(self, private_network_id: str | None = None,
-                       mac: str | None = None) -> int:
-        """Hand declined addresses out again (those of one network and/or MAC, or all);
-        how many were cleared."""
-        cleared = {d for d in self._declined
-                   if private_network_id in (None, d.private_network_id)
-                   and (mac is None or mac.lower() == d.mac)}
-        self._declined -= cleared
-        return len(cleared)
 
     def server_duid(self, pn_id: str) -> bytes:
         """The DUID this responder answers with on the network `pn_id`."""
