@@ -34,7 +34,7 @@ import logging
 import socket
 import struct
 from collections.abc import Collection, Iterable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from functools import lru_cache
 from typing import Any, Protocol, Self
 
@@ -58,6 +58,7 @@ from dnslib import (
 from allocator.contract import Lease, NetworkInfo
 
 RECEIVE_BUFFER = 4 * 1024 * 1024  # the UDP socket's receive buffer
+ANSWER_CACHE = 65_536  # cached answers at most; the cache starts over beyond
 
 log = logging.getLogger(__name__)
 
@@ -536,6 +537,11 @@ class InternalDns:
                          if config.upstream else None)
         self.udp_payload = max(CLASSIC_UDP, config.udp_payload)
         self.counters = counters if counters is not None else DnsCounters()
+        self.view = view
+        # Answers by (the message but its id, TCP or not), valid while the view stays at
+        # one revision: parsing and packing cost ~100 us a query, a hit costs a slice.
+        self._answers: dict[tuple[bytes, bool], tuple[bytes, dict[str, int]]] = {}
+        self._answers_revision = -1
 
     async def handle(self, data: bytes, *, tcp: bool) -> bytes | None:
         """The reply to one message (relayed through the upstream when not ours), or None."""
@@ -548,12 +554,28 @@ class InternalDns:
         """The reply to one message from the served zones, without I/O: the reply's bytes,
         a `Forward` when the name is not ours and an upstream is set, or None to drop it."""
         self.counters.queries += 1
+        if self.view.revision != self._answers_revision or len(self._answers) > ANSWER_CACHE:
+            self._answers.clear()
+            self._answers_revision = self.view.revision
+        key = (bytes(data[2:]), tcp)
+        hit = self._answers.get(key)
+        if hit is not None and len(data) >= 12:
+            reply, counted = hit
+            for name, n in counted.items():  # count it as the first one was counted
+                setattr(self.counters, name, getattr(self.counters, name) + n)
+            return bytes(data[:2]) + reply[2:]
+        before = asdict(self.counters)
         try:
-            return self._resolve(data, tcp)
+            outcome = self._resolve(data, tcp)
         except Exception:  # a bug costs one answer, never the server
             log.exception("dns: cannot answer a %d-byte message", len(data))
             msg_id, flags = struct.unpack_from("!HH", data)  # _resolve checked the length
             return self._bare(msg_id, flags, RCODE.SERVFAIL)
+        if isinstance(outcome, bytes):
+            after = asdict(self.counters)
+            self._answers[key] = (outcome, {k: after[k] - v for k, v in before.items()
+                                            if k != "queries" and after[k] != v})
+        return outcome
 
     async def forward(self, forward: Forward) -> bytes:
         """Relay a query to the upstream; its answer, or SERVFAIL when it has none in time."""

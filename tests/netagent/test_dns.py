@@ -612,3 +612,14 @@ async def test_a_real_network_view_answers_names_and_reverses(ipam: IPAM, projec
         assert soa.times[0] == view.revision and str(soa.mname) == "ns.pn.internal."
     finally:
         await view.close()
+
+
+def test_a_repeated_question_is_answered_from_the_cache_until_the_view_changes(view):
+    dns = InternalDns(view)
+    first = ask(dns, "web-1.web.internal")
+    again = ask(dns, "web-1.web.internal")  # a new id, the same answer, counted again
+    assert rdata(again) == rdata(first) and again.header.id != first.header.id
+    assert dns.counters.answered == 2 and len(dns._answers) == 1
+    view.revision += 1  # any change of the view empties the cache
+    ask(dns, "web-1.web.internal")
+    assert dns.counters.answered == 3 and len(dns._answers) == 1
