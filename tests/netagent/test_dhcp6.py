@@ -939,7 +939,8 @@ why_not = netlab.available() or (None if shutil.which("dhclient") else
 
 # dhclient runs this instead of its own script: it records what it was given, nothing else.
 DHCLIENT_SCRIPT = """#!/bin/sh
-env | grep -E '^(reason|interface|new_|old_)' | sort > "OUT/$reason.$$"
+env | grep -E '^(reason|interface|new_|old_)' | sort > "OUT/.partial.$$"
+mv "OUT/.partial.$$" "OUT/$reason.$$"  # renamed whole: never read half-written
 exit 0
 """
 

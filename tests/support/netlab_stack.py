@@ -33,7 +33,9 @@ READY_TIMEOUT = 30.0
 # the client's own directory: dhclient gives its script a clean environment) and
 # configures the address on the interface, nothing else.
 DHCLIENT_SCRIPT = """#!/bin/sh
-env | grep -E '^(reason|interface|new_|old_)' | sort > "OUT/$reason.$$"
+# Written aside then renamed: a test waiting for the file never reads it half-written.
+env | grep -E '^(reason|interface|new_|old_)' | sort > "OUT/.partial.$$"
+mv "OUT/.partial.$$" "OUT/$reason.$$"
 case "$reason" in
   BOUND|RENEW|REBIND|REBOOT)
     ip -4 addr flush dev "$interface"
