@@ -1,6 +1,8 @@
-"""ipam's benchmark: contention through the gateway, side by side with the raw etcd ceiling.
+"""ipam's benchmarks: contention through the gateway, side by side with the raw etcd
+ceiling; the DHCP and DNS agent, side by side with UDP echo and the allocator's own rate.
 
     python -m bench contention [--quick] [--out bench/results]
+    python -m bench dhcp [--quick] [--out bench/results]
 
 Modules, one concept each:
 - `rig`: the reference topology (3 etcd, 2 gateways, haproxy) and what the bench reads
@@ -10,4 +12,8 @@ Modules, one concept each:
 - `verify`: after each run, from etcd itself: every acknowledged booking present, none twice.
 - `contention`: the scenarios (a)-(g) of issue 4 and the targets.
 - `report`: the table, the JSON file and the chart.
+- `dhcp`: the agent's run and its checks; `dhcpload` its load generator (a DHCP relay, a
+  DNS client, an echo client) in a process of its own; `endpoints` the loopback servers;
+  `attacher` the attaches for the watch lag; `viewmem` a view's memory; `dnsperf` the
+  second opinion; `dhcpreport` the table and the JSON file.
 """
