@@ -120,8 +120,8 @@ class IPAM:
     def book(self, ask: AddressAsk, caller: Caller = Caller()) -> Awaitable[IPRecord]:
         """Book an address (any free one, or `ask.address`), optionally attached at once.
 
-        Like every method here, it hands back the room's own coroutine instead of
-        awaiting it: the front door adds no frame to a booking's await chain."""
+        It hands back the lifecycle's own coroutine instead of awaiting it: on the hottest
+        path, the front door adds no frame to the await chain."""
         return self.lifecycle.book(ask, caller)
 
     async def get_ip(self, ip_id: str) -> IPRecord:

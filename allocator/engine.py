@@ -74,7 +74,6 @@ class EngineStats:
     retries: int = 0
     exhaustion_checks: int = 0
     unknown_outcomes: int = 0
-    reloads: int = 0
 
 
 class SourceEngine:
@@ -281,4 +280,3 @@ class SourceEngine:
         # etcd has room this cache does not see (releases not yet watched, or another
         # node's bookings still in flight): read the source again.
         await self.cache.reload()
-        self.stats.reloads = self.cache.reloads

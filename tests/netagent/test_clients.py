@@ -8,6 +8,7 @@ installed; scripts/test.sh installs them, so CI runs these.
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import sys
@@ -15,7 +16,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from netlab_stack import Stack, lab_stack, wait_for
+from netlab_stack import ROOT, Stack, lab_stack, wait_for
 from scaleway.ipam.v1 import IpamV1API
 from scaleway.ipam.v1.types import CustomResource, Reverse, Source
 from scaleway.vpc.v2 import VpcV2API
@@ -271,3 +272,37 @@ def test_a_dual_stack_machine_gets_its_ipv6_by_dhcpv6_and_resolves_it(stack: Sta
     assert metrics['ipam_dhcp6_messages_total{outcome="replies"}'] >= 1
     assert metrics[f'ipam_ra_messages_total{{interface="{bridge}",kind="advertisements"}}'] >= 1
     daemon.terminate()
+
+
+def test_an_agent_whose_interface_lacks_the_server_address_says_so_and_exits_1(
+        stack: Stack) -> None:
+    pn_id = _network(stack)
+    bridge = stack.lab.add_bridge()  # no 10.77.0.254 on it
+    done = subprocess.run(
+        ["ip", "netns", "exec", stack.lab.namespace, sys.executable, "-m", "netagent",
+         "--etcd-endpoints", ",".join(stack.cluster.endpoints), "--etcd-prefix", stack.prefix,
+         "--interface", f"{bridge}={pn_id}"],
+        capture_output=True, text=True, timeout=60, check=False,
+        env={**os.environ, "PYTHONPATH": str(ROOT)}, cwd=ROOT)
+    assert done.returncode == 1 and "Traceback" not in done.stderr
+    assert done.stderr.strip().splitlines()[-1].startswith(
+        f"ipam dhcp: cannot serve DNS on {SERVER} port 53 (is the address on the network's "
+        "interface?)")
+
+
+def test_ipv4_is_served_where_ipv6_cannot_be(stack: Stack) -> None:
+    pn = stack.sdk(lambda c: VpcV2API(c).create_private_network(
+        name="lab", subnets=[SUBNET, "fd00:77::/64"], default_route_propagation_enabled=False))
+    bridge = stack.lab.add_bridge()
+    a = stack.lab.add_client(MAC_A, bridge)
+    stack.lab.exec_in(stack.lab.namespace, [
+        "sh", "-c", f"echo 1 > /proc/sys/net/ipv6/conf/{bridge}/disable_ipv6"])
+    stack.lab.exec_in(stack.lab.namespace, ["ip", "addr", "add", f"{SERVER}/24", "dev", bridge])
+    stack.start_agent("--interface", f"{bridge}={pn.id}")
+    ip = _book_attached(stack, pn.id, MAC_A, "web-1")
+    done = stack.dhclient(a)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert stack.given(a)["new_ip_address"] == ip.address.split("/")[0]
+    # The RAs cannot leave (IPv6 is off on the interface): said and counted, not fatal.
+    logs = "".join(p.read_text(errors="replace") for p in stack.workdir.glob("agent-*.log"))
+    assert f"cannot send on {bridge}" in logs

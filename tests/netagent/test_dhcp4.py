@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import asyncio
 import struct
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import replace
 from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from lease_views import FakeView
 
 from allocator.contract import Lease, NetworkInfo, SubnetInfo
 from netagent.dhcp4 import (
@@ -55,32 +56,6 @@ def network(pn_id: str = PN, name: str = "Web", cidr: str = "10.9.0.0/24",
 def lease(address: str = ADDRESS, mac: str | None = MAC, name: str | None = "web-1",
           pn_id: str = PN, is_ipv6: bool = False) -> Lease:
     return Lease(f"ip-{address}", pn_id, address, 24, is_ipv6, mac, name, ())
-
-
-class FakeView:
-    """The three lookups the responder makes of `NetworkView`, over plain dicts."""
-
-    def __init__(self, networks: list[NetworkInfo], leases: Iterable[Lease] = ()) -> None:
-        self._networks = {n.id: n for n in networks}
-        self._leases: dict[tuple[str, str, bool], Lease] = {}
-        for one in leases:
-            self.attach(one)
-
-    def networks(self) -> list[NetworkInfo]:
-        return list(self._networks.values())
-
-    def network(self, pn_id: str) -> NetworkInfo | None:
-        return self._networks.get(pn_id)
-
-    def lease(self, pn_id: str, mac: str, is_ipv6: bool) -> Lease | None:
-        return self._leases.get((pn_id, mac.lower(), is_ipv6))
-
-    def attach(self, one: Lease) -> None:
-        assert one.mac is not None
-        self._leases[(one.private_network_id, one.mac, one.is_ipv6)] = one
-
-    def detach(self, pn_id: str, mac: str) -> None:
-        del self._leases[(pn_id, mac, False)]
 
 
 def packed(address: str) -> bytes:

@@ -15,7 +15,7 @@ import socket
 import struct
 import threading
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -23,6 +23,7 @@ from typing import Any
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from lease_views import FakeView
 
 from allocator.contract import Lease, NetworkInfo, SubnetInfo
 from devcluster import netlab
@@ -66,32 +67,6 @@ def network(pn_id: str = PN, name: str = "Web", cidr6: str = "fd00:9::/64",
 def lease(address: str = ADDRESS, mac: str | None = MAC, name: str | None = "web-1",
           pn_id: str = PN) -> Lease:
     return Lease(f"ip-{address}", pn_id, address, 64, True, mac, name, ())
-
-
-class FakeView:
-    """The three lookups the responder makes of `NetworkView`, over plain dicts."""
-
-    def __init__(self, networks: list[NetworkInfo], leases: Iterable[Lease] = ()) -> None:
-        self._networks = {n.id: n for n in networks}
-        self._leases: dict[tuple[str, str, bool], Lease] = {}
-        for one in leases:
-            self.attach(one)
-
-    def networks(self) -> list[NetworkInfo]:
-        return list(self._networks.values())
-
-    def network(self, pn_id: str) -> NetworkInfo | None:
-        return self._networks.get(pn_id)
-
-    def lease(self, pn_id: str, mac: str, is_ipv6: bool) -> Lease | None:
-        return self._leases.get((pn_id, mac.lower(), is_ipv6))
-
-    def attach(self, one: Lease) -> None:
-        assert one.mac is not None
-        self._leases[(one.private_network_id, one.mac, one.is_ipv6)] = one
-
-    def detach(self, pn_id: str, mac: str) -> None:
-        del self._leases[(pn_id, mac, True)]
 
 
 # -- client messages, by hand (RFC 8415 sections 8, 9 and 21) ------------------------------------
