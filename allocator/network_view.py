@@ -122,6 +122,9 @@ class NetworkView:
         self._by_name: dict[tuple[str, str], dict[str, Lease]] = {}
         self._by_address: dict[str, Lease] = {}
         self._changed = asyncio.Event()
+        # Waiters for one NIC's lease (see `leased`), woken by the change of that NIC only:
+        # a waiter per booking woken by every change would cost O(waiters) per event.
+        self._awaited: dict[tuple[str, str, bool], list[asyncio.Future[Lease | None]]] = {}
         self._follow: asyncio.Task[None] | None = None
 
     # -- lookups (no etcd) --------------------------------------------------------------
@@ -161,6 +164,43 @@ class NetworkView:
                 return False
         return True
 
+    async def leased(self, pn_id: str, mac: str, is_ipv6: bool, address: str,
+                     timeout: float) -> bool:
+        """Wait (at most `timeout` s) until the view holds `address` for `mac` in `pn_id`;
+        whether it did (it may have changed again since, in the same batch of events).
+        Woken only by changes of that MAC, whatever else changes."""
+        key = (pn_id, mac.lower(), is_ipv6)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while True:  # bounded: each turn waits for a change of this MAC, until the deadline
+            lease = self._by_mac.get(key)
+            if lease is not None and lease.address == address:
+                return True
+            left = deadline - loop.time()
+            if left <= 0:
+                return False
+            woken: asyncio.Future[Lease | None] = loop.create_future()
+            self._awaited.setdefault(key, []).append(woken)
+            try:
+                shown = await asyncio.wait_for(woken, left)
+            except TimeoutError:
+                return False
+            finally:
+                waiters = self._awaited.get(key)
+                if waiters is not None and woken in waiters:
+                    waiters.remove(woken)
+                    if not waiters:
+                        del self._awaited[key]
+            if shown is not None and shown.address == address:
+                return True
+
+    def _wake(self, key: tuple[str, str, bool]) -> None:
+        """Tell the waiters of `key` what the view holds for it now."""
+        shown = self._by_mac.get(key)
+        for woken in self._awaited.pop(key, ()):
+            if not woken.done():
+                woken.set_result(shown)
+
     # -- life ---------------------------------------------------------------------------
 
     async def start(self) -> None:
@@ -180,6 +220,8 @@ class NetworkView:
             self._network_changed(kv.key, kv.value)
         for kv in ip_kvs:
             self._ip_changed(kv.key, kv.value)
+        for key in list(self._awaited):  # a reload may have brought what they wait for
+            self._wake(key)
         self.reloads += 1
         self._advance(revision)
         if self._follow is not None:
@@ -254,7 +296,10 @@ class NetworkView:
         self._leases[ip_id] = lease
         self._by_address[lease.address] = lease
         if lease.mac:
-            self._by_mac[(lease.private_network_id, lease.mac, lease.is_ipv6)] = lease
+            mac_key = (lease.private_network_id, lease.mac, lease.is_ipv6)
+            self._by_mac[mac_key] = lease
+            if mac_key in self._awaited:
+                self._wake(mac_key)
         if lease.name:
             self._by_name.setdefault((lease.private_network_id, lease.name.lower()), {})[
                 ip_id] = lease

@@ -4,60 +4,39 @@ and the echo endpoints its baselines are measured on.
 `ipam dhcp` binds its DHCP socket to an interface (SO_BINDTODEVICE, port 67) and sends a
 relayed answer to giaddr:67; on loopback, without namespaces, the bench can do neither
 (and must send nothing to a 10.x address). So it serves the agent's own pieces on a
-socket of its own: `netagent.dhcp4.Dhcp4Responder` over the real, etcd-backed
-`NetworkView`, unknown MACs booked by `netagent.agent.Agent`'s own booking path. Each
-datagram is answered in a task, as the agent's socket layer does; the answer the
+socket of its own, through the agent's socket layer (`netagent.udp.DatagramServer`):
+`netagent.dhcp4.Dhcp4Responder` over the real, etcd-backed `NetworkView`, unknown MACs
+booked by `netagent.agent.Agent`'s own booking path. The answer the
 responder addresses to the relay (giaddr:67) goes back to the sender's loopback socket
 instead: the load generator is the relay. An answer addressed anywhere else is counted
 `misaddressed` and not sent.
 
-The raw echo endpoint is the baselines' server: the same kind of socket, each datagram
-sent back as it arrives, in the receiving callback.
+The raw echo endpoint is the baselines' server: the same socket layer, each datagram
+sent back as it arrives.
 """
 
 from __future__ import annotations
 
-import asyncio
 import socket
-from collections.abc import Awaitable, Callable
-from dataclasses import asdict, dataclass
+from collections.abc import Coroutine
 from typing import Any
 
 from allocator.contract import IPAM, NetworkView
 from netagent.agent import BOOK, Agent, AgentConfig
-from netagent.dhcp4 import SERVER_PORT, Dhcp4Config, Dhcp4Responder, UnknownMac
+from netagent.dhcp4 import SERVER_PORT, Dhcp4Responder, Reply
+from netagent.udp import Answer, DatagramServer
 
 SOCKET_BUFFER = 4 * 1024 * 1024
 
-Answer = Callable[[bytes], Awaitable[bytes | None]]
 
+class UdpEndpoint:
+    """A UDP socket on 127.0.0.1 served by the agent's own socket layer
+    (`netagent.udp.DatagramServer`): each datagram's answer goes back to its sender, or,
+    without `answer`, the datagram itself (the echo the baselines are measured on)."""
 
-@dataclass
-class EndpointCounters:
-    """Datagrams one endpoint received and answered; compared with the client's own."""
-
-    received: int = 0
-    replied: int = 0
-    silent: int = 0  # the answer was nothing
-    failed: int = 0  # the answer raised
-
-    def snapshot(self) -> dict[str, int]:
-        return asdict(self)
-
-
-class UdpEndpoint(asyncio.DatagramProtocol):
-    """A UDP socket on 127.0.0.1 that sends each datagram's answer back to its sender.
-
-    With `answer`, each datagram is answered in a task of its own (as the agent's DHCP
-    socket does); without, it is echoed as it arrives, in the receiving callback.
-    """
-
-    def __init__(self, answer: Answer | None = None) -> None:
-        self.answer = answer
-        self.counters = EndpointCounters()
-        self.port = 0
-        self.transport: asyncio.DatagramTransport | None = None
-        self._tasks: set[asyncio.Task[None]] = set()
+    def __init__(self, server: DatagramServer) -> None:
+        self.server = server
+        self.port = server.port
 
     @classmethod
     async def open(cls, answer: Answer | None = None) -> UdpEndpoint:
@@ -69,50 +48,23 @@ class UdpEndpoint(asyncio.DatagramProtocol):
             except OSError:
                 sock.setsockopt(socket.SOL_SOCKET, plain, SOCKET_BUFFER)
         sock.bind(("127.0.0.1", 0))
-        sock.setblocking(False)
-        endpoint = cls(answer)
-        await asyncio.get_running_loop().create_datagram_endpoint(lambda: endpoint, sock=sock)
-        endpoint.port = sock.getsockname()[1]
-        return endpoint
+        server = DatagramServer(sock, answer if answer is not None else _echo)
+        server.start()
+        return cls(server)
 
     def counts(self) -> dict[str, int]:
-        """Its counters, and the datagrams the kernel dropped before they reached it."""
-        return {**self.counters.snapshot(), "kernel_drops": kernel_drops(self.port)}
+        """Datagrams received and answered, and those the kernel dropped before they
+        reached the socket."""
+        c = self.server.counters
+        return {"received": c.received, "replied": c.sent, "failed": c.failed,
+                "send_dropped": c.send_dropped, "kernel_drops": kernel_drops(self.port)}
 
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
+    async def close(self) -> None:
+        await self.server.close()
 
-    def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
-        self.counters.received += 1
-        if self.answer is None:
-            self._send(data, addr)
-            return
-        task = asyncio.ensure_future(self._answer(data, addr))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
 
-    async def _answer(self, data: bytes, addr: tuple[str, int]) -> None:
-        assert self.answer is not None
-        try:
-            reply = await self.answer(data)
-        except Exception:  # noqa: BLE001 - counted: the run's checks fail on it
-            self.counters.failed += 1
-            return
-        if reply is None:
-            self.counters.silent += 1
-            return
-        self._send(reply, addr)
-
-    def _send(self, data: bytes, addr: tuple[str, int]) -> None:
-        if self.transport is not None:
-            self.transport.sendto(data, addr)
-            self.counters.replied += 1
-
-    def close(self) -> None:
-        if self.transport is not None:
-            self.transport.close()
-        for task in self._tasks:
-            task.cancel()
+def _echo(data: bytes, _sender: Any) -> bytes:
+    return data
 
 
 class RelayedDhcp:
@@ -123,9 +75,19 @@ class RelayedDhcp:
         self.responder = responder
         self.misaddressed = 0
 
-    async def __call__(self, data: bytes) -> bytes | None:
+    def __call__(self, data: bytes, _sender: Any = None
+                 ) -> bytes | None | Coroutine[Any, Any, bytes | None]:
         # None: a relay-only listener, the network is the one holding giaddr.
-        reply = await self.responder.handle(data, None)
+        outcome = self.responder.respond(data, None)
+        if isinstance(outcome, Coroutine):
+            return self._after(outcome, data)
+        return self._to_relay(outcome, data)
+
+    async def _after(self, pending: Coroutine[Any, Any, Reply | None], data: bytes
+                     ) -> bytes | None:
+        return self._to_relay(await pending, data)
+
+    def _to_relay(self, reply: Reply | None, data: bytes) -> bytes | None:
         if reply is None:
             return None
         giaddr = socket.inet_ntoa(data[24:28])
@@ -146,15 +108,9 @@ def agent_responder(ipam: IPAM, view: NetworkView, networks: list[str],
     through `Agent`'s own booking path (same ask, resource type and idempotency key)."""
     config = AgentConfig(interfaces=tuple((f"bench{i}", pn) for i, pn in enumerate(networks)),
                          unknown_mac={pn: BOOK for pn in book_unknown_in})
-    agent = Agent(ipam, config)
-    # `Agent.start` would bind port 67 on an interface: the bench opens no such socket, so
-    # it hands the agent the view itself, which is all its booking path reads.
-    agent.view = view
-    return Dhcp4Responder(
-        view, Dhcp4Config(lease_time=config.lease_time, renewal_time=config.t1,
-                          rebinding_time=config.t2,
-                          unknown_mac={pn: UnknownMac(config.policy(pn)) for pn in networks}),
-        book_unknown=agent._book_unknown)
+    # `Agent.start` would bind port 67 on an interface: the bench opens no such socket and
+    # takes the responder `start` would serve (the view, its bookings held until shown).
+    return Agent(ipam, config).dhcp4_responder(view)
 
 
 def kernel_drops(port: int) -> int:

@@ -22,10 +22,10 @@ import asyncio
 import logging
 import socket
 import struct
-import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Coroutine
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 from allocator.contract import (
@@ -34,15 +34,17 @@ from allocator.contract import (
     AddressAsk,
     Caller,
     Lease,
+    NetworkInfo,
     NetworkView,
     Resource,
     errors,
 )
 
-from .dhcp4 import Dhcp4Config, Dhcp4Responder, UnknownMac
+from .dhcp4 import Dhcp4Config, Dhcp4Responder, Reply, UnknownMac
 from .dhcp6 import Dhcp6Config, Dhcp6Responder
 from .dns import DnsConfig, DnsServer, InternalDns, serve_dns
 from .ra import RouterAdvertiser
+from .udp import Answer, DatagramServer
 
 log = logging.getLogger("ipam.dhcp")
 
@@ -53,7 +55,8 @@ IGNORE, BOOK = UnknownMac.IGNORE.value, UnknownMac.BOOK.value
 # The idempotency scope of the agent's own bookings: shared by every agent, so two
 # agents booking for one unknown MAC get one IP.
 IDEMPOTENCY_SCOPE = "netagent-dhcp"
-# How long a booking for an unknown MAC waits, at most, for the view to show it.
+# How long, at most, the agent answers from a booking of its own that the view does not
+# show yet (it normally shows it within a millisecond).
 VIEW_CATCH_UP = 2.0
 # Receive buffers of the DHCP sockets: a burst of clients must not overflow them.
 RECEIVE_BUFFER = 4 * 1024 * 1024
@@ -88,33 +91,23 @@ class Agent:
     def __init__(self, ipam: IPAM, config: AgentConfig) -> None:
         self.ipam, self.config = ipam, config
         self.view: NetworkView | None = None
+        self.leases: BookedLeases | None = None
         self.dhcp: Dhcp4Responder | None = None
         self.dns: InternalDns | None = None
         self.dhcp6: Dhcp6Responder | None = None
         self.advertisers: list[RouterAdvertiser] = []
-        self._transports: list[asyncio.BaseTransport] = []
+        self._sockets: list[DatagramServer] = []
         self._dns_servers: list[DnsServer] = []
 
     async def start(self) -> None:
         """Load the view, then open every socket (errors name the interface or port)."""
-        self.view = view = await self.ipam.network_view(self.config.networks)
+        view = await self.ipam.network_view(self.config.networks)
         missing = [pn for pn in self.config.networks if view.network(pn) is None]
         if missing:
             log.warning("not (yet) in IPAM, answering nothing for: %s", ", ".join(missing))
-        self.dhcp = Dhcp4Responder(
-            view, Dhcp4Config(lease_time=self.config.lease_time,
-                              renewal_time=self.config.t1, rebinding_time=self.config.t2,
-                              unknown_mac={pn: UnknownMac(self.config.policy(pn))
-                                           for pn in self.config.networks}),
-            book_unknown=self._book_unknown)
-        loop = asyncio.get_running_loop()
+        self.dhcp = self.dhcp4_responder(view)
         for interface, pn_id in self.config.interfaces:
-            sock = dhcp_socket(interface)
-            dhcp = self.dhcp
-            transport, _ = await loop.create_datagram_endpoint(
-                lambda pn=pn_id: _DhcpProtocol(  # type: ignore[misc]
-                    lambda data, _source: dhcp.handle(data, pn)), sock=sock)
-            self._transports.append(transport)
+            self._serve(dhcp_socket(interface), partial(_dhcp4_answer, self.dhcp, pn_id))
         await self._start_ipv6()
         self.dns = InternalDns(view, DnsConfig(upstream=self.config.dns_upstream,
                                                networks=tuple(self.config.networks)))
@@ -134,6 +127,20 @@ class Agent:
         log.info("serving DHCP on %s and DNS on port %d",
                  ", ".join(f"{i}={p}" for i, p in self.config.interfaces), self.config.dns_port)
 
+    def dhcp4_responder(self, view: NetworkView) -> Dhcp4Responder:
+        """The DHCPv4 responder over `view` (which the agent then owns and closes), with
+        this agent's booking path for unknown MACs. `start` uses it; so can a caller that
+        opens its own sockets (the bench)."""
+        self.view = view
+        self.leases = BookedLeases(view)
+        return Dhcp4Responder(
+            self.leases, Dhcp4Config(lease_time=self.config.lease_time,
+                                     renewal_time=self.config.t1,
+                                     rebinding_time=self.config.t2,
+                                     unknown_mac={pn: UnknownMac(self.config.policy(pn))
+                                                  for pn in self.config.networks}),
+            book_unknown=self._book_unknown)
+
     async def _start_ipv6(self) -> None:
         """DHCPv6 and Router Advertisements on the interfaces of dual-stack networks.
 
@@ -146,33 +153,34 @@ class Agent:
         self.dhcp6 = Dhcp6Responder(view, Dhcp6Config(
             preferred_lifetime=valid, valid_lifetime=valid, renewal_time=self.config.t1,
             rebinding_time=self.config.t2))
-        loop = asyncio.get_running_loop()
         for interface, pn_id in self.config.interfaces:
             info = view.network(pn_id)
             if info is None or info.subnet(is_ipv6=True) is None:
                 continue
             try:
-                dhcp6 = self.dhcp6
-                transport, _ = await loop.create_datagram_endpoint(
-                    lambda pn=pn_id: _DhcpProtocol(  # type: ignore[misc]
-                        lambda data, source: dhcp6.handle(data, pn, source)),
-                    sock=dhcp6_socket(interface))
-                self._transports.append(transport)
-                advertiser = RouterAdvertiser(interface, lambda pn=pn_id: view.network(pn))
+                self._serve(dhcp6_socket(interface), partial(_dhcp6_answer, self.dhcp6, pn_id))
+                advertiser = RouterAdvertiser(interface, partial(view.network, pn_id))
                 await advertiser.start()
                 self.advertisers.append(advertiser)
             except OSError as err:
                 log.warning("no DHCPv6/RA on %s: %s", interface, err.strerror or err)
 
     async def close(self) -> None:
+        if self.leases is not None:
+            await self.leases.close()
         for advertiser in self.advertisers:
             await advertiser.close()
-        for transport in self._transports:
-            transport.close()
-        for server in self._dns_servers:
-            await server.close()
+        for socket_server in self._sockets:
+            await socket_server.close()
+        for dns_server in self._dns_servers:
+            await dns_server.close()
         if self.view is not None:
             await self.view.close()
+
+    def _serve(self, sock: socket.socket, answer: Answer) -> None:
+        server = DatagramServer(sock, answer)
+        server.start()
+        self._sockets.append(server)
 
     def _server_addresses(self) -> list[str]:
         assert self.view is not None
@@ -182,7 +190,7 @@ class Agent:
 
     async def _book_unknown(self, pn_id: str, mac: str) -> Lease | None:
         """Book and attach a free IPv4 of `pn_id` to `mac`, through the allocator."""
-        if self.config.policy(pn_id) != BOOK or self.view is None:
+        if self.config.policy(pn_id) != BOOK or self.view is None or self.leases is None:
             return None
         info = self.view.network(pn_id)
         if info is None:
@@ -204,42 +212,80 @@ class Agent:
             log.warning("booking for unknown MAC %s in %s failed: %s", mac, pn_id, err)
             return None
         lease = Lease.of(record)
-        # The REQUEST that answers our OFFER is judged against the view: offer only once
-        # the view shows the booking (its watch is a moment behind the commit), or the
-        # client would be NAKed and start over.
-        deadline = time.monotonic() + VIEW_CATCH_UP
-        while time.monotonic() < deadline:  # bounded: every wait ends by the deadline
-            shown = self.view.lease(pn_id, lease.mac or mac, False)
-            if shown is not None and shown.address == lease.address:
-                break
-            await self.view.changed(self.view.revision, deadline - time.monotonic())
+        # The REQUEST that answers our OFFER is judged against the view, a moment behind
+        # the commit: the acknowledged booking stands in for it until the view shows it.
+        self.leases.hold(lease)
         return lease
 
 
-class _DhcpProtocol(asyncio.DatagramProtocol):
-    """One interface's DHCP socket (v4 or v6): each datagram answered in a task of its own."""
+class BookedLeases:
+    """The view, and the leases this agent booked that the view does not show yet.
 
-    def __init__(self, answer: Callable[[bytes, str], Awaitable[Any]]) -> None:
-        self.answer = answer  # (datagram, source address) -> a reply with payload/address/port
-        self.transport: asyncio.DatagramTransport | None = None
+    A booking the allocator acknowledged is in etcd; the view shows it a moment later
+    (its watch). Offering only once the view shows it cost a view round trip per new
+    client; answering from the acknowledged booking meanwhile costs nothing and changes
+    nothing: each held lease is dropped as soon as the view shows it (the view is the
+    authority again from then on, a detach right after included) or after
+    `VIEW_CATCH_UP` seconds.
+    """
+
+    def __init__(self, view: NetworkView) -> None:
+        self.view = view
+        self._held: dict[tuple[str, str, bool], Lease] = {}
         self._tasks: set[asyncio.Task[None]] = set()
 
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
+    def networks(self) -> list[NetworkInfo]:
+        return self.view.networks()
 
-    def datagram_received(self, data: bytes, addr: tuple[Any, ...]) -> None:
-        task = asyncio.ensure_future(self._answer(data, addr[0]))
+    def network(self, pn_id: str) -> NetworkInfo | None:
+        return self.view.network(pn_id)
+
+    def lease(self, pn_id: str, mac: str, is_ipv6: bool) -> Lease | None:
+        """The held booking of `mac`, else what the view holds for it."""
+        if self._held:
+            held = self._held.get((pn_id, mac.lower(), is_ipv6))
+            if held is not None:
+                return held
+        return self.view.lease(pn_id, mac, is_ipv6)
+
+    @property
+    def held(self) -> int:
+        """How many bookings are answered for while the view does not show them yet."""
+        return len(self._held)
+
+    def hold(self, lease: Lease) -> None:
+        """Answer for `lease` until the view shows it (at most `VIEW_CATCH_UP` s)."""
+        if lease.mac is None:
+            return
+        key = (lease.private_network_id, lease.mac, lease.is_ipv6)
+        if self.view.lease(*key) == lease:
+            return
+        self._held[key] = lease
+        task = asyncio.ensure_future(self._release_when_shown(key, lease))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def _answer(self, data: bytes, source: str) -> None:
+    async def _release_when_shown(self, key: tuple[str, str, bool], lease: Lease) -> None:
         try:
-            reply = await self.answer(data, source)
-        except Exception:  # never let one packet stop the interface
-            log.exception("DHCP: unexpected error answering a packet")
-            return
-        if reply is not None and self.transport is not None:
-            self.transport.sendto(reply.payload, (reply.address, reply.port))
+            await self.view.leased(*key, lease.address, VIEW_CATCH_UP)
+        finally:
+            if self._held.get(key) is lease:
+                del self._held[key]
+
+    async def close(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+
+def _dhcp4_answer(dhcp: Dhcp4Responder, pn_id: str, data: bytes, _sender: Any
+                  ) -> Reply | None | Coroutine[Any, Any, Reply | None]:
+    return dhcp.respond(data, pn_id)
+
+
+def _dhcp6_answer(dhcp6: Dhcp6Responder, pn_id: str, data: bytes, sender: Any
+                  ) -> Coroutine[Any, Any, Any]:
+    return dhcp6.handle(data, pn_id, sender[0])
 
 
 def dhcp6_socket(interface: str) -> socket.socket:

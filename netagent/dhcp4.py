@@ -25,10 +25,11 @@ import logging
 import re
 import socket
 import struct
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from dataclasses import asdict, dataclass, field
+from types import MappingProxyType
 from functools import lru_cache
-from typing import NamedTuple, Protocol
+from typing import Any, NamedTuple, Protocol
 
 from allocator.contract import Lease, NetworkInfo, SubnetInfo
 
@@ -90,11 +91,13 @@ class Option(enum.IntEnum):
 
 # Options whose value has one legal length; a repeated one concatenates (RFC 3396) to a
 # wrong length, so a packet naming two message types or two addresses is dropped.
-_FIXED_LENGTHS = {
-    Option.MESSAGE_TYPE: 1,
-    Option.REQUESTED_ADDRESS: 4,
-    Option.SERVER_ID: 4,
+_FIXED_LENGTHS = {  # plain int keys: an IntEnum key costs a slow hash per lookup
+    int(Option.MESSAGE_TYPE): 1,
+    int(Option.REQUESTED_ADDRESS): 4,
+    int(Option.SERVER_ID): 4,
 }
+_MESSAGE_TYPES = {int(kind): kind for kind in MessageType}
+_OVERLOAD, _MESSAGE_TYPE = int(Option.OVERLOAD), int(Option.MESSAGE_TYPE)
 _CLIENT_MESSAGES = frozenset({MessageType.DISCOVER, MessageType.REQUEST, MessageType.DECLINE,
                               MessageType.RELEASE, MessageType.INFORM})
 # One DNS label (RFC 1123): the resource name is the first label of its DNS name.
@@ -108,13 +111,14 @@ class MalformedPacket(ValueError):
 # -- the codec ----------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class Dhcp4Packet:
+class Dhcp4Packet(NamedTuple):
     """One DHCP message, decoded (RFC 2131 section 2).
 
     Addresses are dotted strings ("0.0.0.0" when unset); `options` maps the codes other
     than the message type to their raw values, in wire order, repeated codes joined
     (RFC 3396). Only Ethernet clients exist here, so `chaddr` is a 6-byte MAC.
+    A named tuple, not a frozen dataclass: two are built per exchange, and a frozen
+    dataclass's constructor costs microseconds a server answering thousands a second feels.
     """
 
     op: int
@@ -128,12 +132,12 @@ class Dhcp4Packet:
     yiaddr: str = UNSPECIFIED
     siaddr: str = UNSPECIFIED
     giaddr: str = UNSPECIFIED
-    options: Mapping[int, bytes] = field(default_factory=dict)
+    options: Mapping[int, bytes] = MappingProxyType({})
 
     @property
     def mac(self) -> str:
         """The client's MAC as IPAM spells it: lowercase, colon-separated."""
-        return ":".join(f"{b:02x}" for b in self.chaddr[:ETHERNET_ADDRESS_LENGTH])
+        return self.chaddr[:ETHERNET_ADDRESS_LENGTH].hex(":")
 
     @property
     def requested_address(self) -> str | None:
@@ -167,23 +171,22 @@ def decode(data: bytes) -> Dhcp4Packet:
     if htype != ETHERNET or hlen != ETHERNET_ADDRESS_LENGTH:
         raise MalformedPacket(f"hardware type {htype}/length {hlen} is not Ethernet")
     options = _decode_options(data, _OPTIONS_START)
-    if Option.OVERLOAD in options:
+    if _OVERLOAD in options:
         # Options hidden in sname/file: no client needs it for a request, and reading
         # them would double the surface that attacker-chosen bytes reach.
         raise MalformedPacket("option overload is not served")
     for code, length in _FIXED_LENGTHS.items():
         if code in options and len(options[code]) != length:
             raise MalformedPacket(f"option {code} has {len(options[code])} bytes, not {length}")
-    kind = options.pop(Option.MESSAGE_TYPE, None)
+    kind = options.pop(_MESSAGE_TYPE, None)
     if kind is None:
         raise MalformedPacket("no message type: BOOTP is not served")
-    if not MessageType.DISCOVER <= kind[0] <= MessageType.INFORM:
+    message_type = _MESSAGE_TYPES.get(kind[0])
+    if message_type is None:
         raise MalformedPacket(f"unknown message type {kind[0]}")
-    return Dhcp4Packet(op=op, message_type=MessageType(kind[0]), xid=xid,
-                       chaddr=chaddr[:ETHERNET_ADDRESS_LENGTH], flags=flags,
-                       secs=secs, hops=hops, ciaddr=_dotted(ciaddr),
-                       yiaddr=_dotted(yiaddr), siaddr=_dotted(siaddr), giaddr=_dotted(giaddr),
-                       options=options)
+    return Dhcp4Packet(op, message_type, xid, chaddr[:ETHERNET_ADDRESS_LENGTH], flags, secs,
+                       hops, _dotted(ciaddr), _dotted(yiaddr), _dotted(siaddr),
+                       _dotted(giaddr), options)
 
 
 def encode(packet: Dhcp4Packet) -> bytes:
@@ -338,6 +341,10 @@ class Reply:
     port: int
     broadcast: bool
 
+    @property
+    def destination(self) -> tuple[str, int]:
+        return self.address, self.port
+
 
 # -- the responder --------------------------------------------------------------------------
 
@@ -386,6 +393,16 @@ class Dhcp4Responder(DeclineRegistry):
         """The reply to one datagram received on the interface of network `pn_id` (None
         on a relay-only listener), or None when nothing is to be sent. Never raises for
         what a client sends."""
+        outcome = self.respond(data, pn_id)
+        if isinstance(outcome, Coroutine):
+            return await outcome
+        return outcome
+
+    def respond(self, data: bytes, pn_id: str | None
+                ) -> Reply | None | Coroutine[Any, Any, Reply | None]:
+        """`handle` without a task where none is needed: the reply (or None) at once when
+        the view holds the answer, a coroutine to await only when an unknown MAC is booked.
+        A server answering thousands of known clients a second pays no task for each."""
         try:
             request = _client_request(data)
         except MalformedPacket as problem:
@@ -398,7 +415,10 @@ class Dhcp4Responder(DeclineRegistry):
             return None
         match request.message_type:
             case MessageType.DISCOVER:
-                return await self._discover(request, served)
+                lease = self.view.lease(served.id, request.mac, False)
+                if lease is None:
+                    return self._discover_unknown(request, served)
+                return self._offer(request, served, lease)
             case MessageType.REQUEST:
                 return self._request(request, served)
             case MessageType.DECLINE:
@@ -411,12 +431,12 @@ class Dhcp4Responder(DeclineRegistry):
             case _:  # INFORM, the last message a client sends
                 return self._inform(request, served)
 
-    async def _discover(self, request: Dhcp4Packet, network: NetworkInfo) -> Reply | None:
-        lease = self.view.lease(network.id, request.mac, False)
-        if lease is None:
-            lease = await self._book(network, request.mac)
-            if lease is None:
-                return None
+    async def _discover_unknown(self, request: Dhcp4Packet, network: NetworkInfo
+                                ) -> Reply | None:
+        lease = await self._book(network, request.mac)
+        return None if lease is None else self._offer(request, network, lease)
+
+    def _offer(self, request: Dhcp4Packet, network: NetworkInfo, lease: Lease) -> Reply | None:
         if DeclinedAddress(network.id, request.mac, lease.address) in self._declined:
             self.counters.withheld += 1
             return None
@@ -586,6 +606,13 @@ def _lease_options(config: Dhcp4Config, network: NetworkInfo, subnet: SubnetInfo
 
 
 def _network_options(network: NetworkInfo, subnet: SubnetInfo) -> dict[int, bytes]:
+    return dict(_network_options_of(network, subnet))
+
+
+@lru_cache(maxsize=1024)
+def _network_options_of(network: NetworkInfo, subnet: SubnetInfo) -> tuple[tuple[int, bytes], ...]:
+    # The same for every client of a subnet, while the network is unchanged (a change
+    # makes a new NetworkInfo, hence a new key): built once, not once per packet.
     mask = _ipv4_network(subnet.cidr).netmask
     options: dict[int, bytes] = {
         Option.SERVER_ID: _packed(subnet.server),
@@ -596,7 +623,7 @@ def _network_options(network: NetworkInfo, subnet: SubnetInfo) -> dict[int, byte
     }
     if _is_domain_name(network.domain):
         options[Option.DOMAIN_NAME] = network.domain.encode("ascii")
-    return options
+    return tuple(options.items())
 
 
 def _nak_options(subnet: SubnetInfo) -> dict[int, bytes]:
@@ -613,8 +640,21 @@ def _ipv4_subnets(network: NetworkInfo) -> list[SubnetInfo]:
 
 def _subnet_holding(network: NetworkInfo, address: str) -> SubnetInfo | None:
     """The IPv4 subnet of `network` that contains `address`."""
-    host = ipaddress.IPv4Address(address)
-    return next((s for s in _ipv4_subnets(network) if host in _ipv4_network(s.cidr)), None)
+    try:
+        host = int.from_bytes(socket.inet_aton(address), "big")
+    except OSError:
+        return None
+    for subnet, first, mask in _ipv4_ranges(network.subnets):
+        if host & mask == first:
+            return subnet
+    return None
+
+
+@lru_cache(maxsize=1024)
+def _ipv4_ranges(subnets: tuple[SubnetInfo, ...]) -> tuple[tuple[SubnetInfo, int, int], ...]:
+    # (subnet, network address, mask) as integers: a test per packet costs two operations.
+    return tuple((s, int(net.network_address), int(net.netmask))
+                 for s in subnets if not s.is_ipv6 for net in [_ipv4_network(s.cidr)])
 
 
 @lru_cache(maxsize=4096)

@@ -531,6 +531,10 @@ class Reply:
     address: str
     port: int
 
+    @property
+    def destination(self) -> tuple[str, int]:
+        return self.address, self.port
+
 
 # -- the responder ------------------------------------------------------------------------------
 

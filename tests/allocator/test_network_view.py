@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 from allocator_support import book_in, make_pn
 
@@ -52,6 +54,25 @@ async def test_attach_detach_move_and_names_reach_the_view(ipam, project):
         assert view.at(ip6.address.split("/")[0]) is not None
         await ipam.update_private_network(pn.id, dhcp_enabled=False)
         await _until(view, lambda: not view.network(pn.id).dhcp_enabled)
+    finally:
+        await view.close()
+
+
+async def test_waiting_for_one_macs_lease_is_woken_by_that_mac_only(ipam, project):
+    pn = await make_pn(ipam, project, "10.9.0.0/24")
+    view = await ipam.network_view([pn.id])
+    try:
+        waiting = asyncio.ensure_future(view.leased(pn.id, MAC.upper(), False, "10.9.0.9", 5.0))
+        await ipam.book(book_in(pn, project, resource=Resource.custom(OTHER_MAC, "other")))
+        await _until(view, lambda: view.lease(pn.id, OTHER_MAC, False) is not None)
+        assert not waiting.done()  # another MAC's change does not answer it
+        await ipam.book(book_in(pn, project, address="10.9.0.9",
+                                resource=Resource.custom(MAC, "web-1")))
+        assert await asyncio.wait_for(waiting, 5.0) is True
+        # Another address than the one held, or nothing at all: no, once the time is up.
+        assert await view.leased(pn.id, MAC, False, "10.9.0.10", 0.05) is False
+        assert await view.leased(pn.id, OTHER_MAC, True, "fd00::1", 0.05) is False
+        assert view._awaited == {}  # no waiter left behind
     finally:
         await view.close()
 

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
+
 from allocator_support import book_in, make_pn
 
-from allocator.contract import Resource
-from netagent.agent import BOOK, Agent, AgentConfig
+from allocator.contract import PRODUCT, Caller, Resource
+from netagent.agent import BOOK, UNKNOWN_CLIENT, Agent, AgentConfig
 
 MAC = "02:00:00:aa:00:01"
 
@@ -13,18 +15,45 @@ MAC = "02:00:00:aa:00:01"
 async def _agent(ipam, pn_id: str, policy: str = BOOK) -> Agent:
     agent = Agent(ipam, AgentConfig(interfaces=(("eth-test", pn_id),),
                                     unknown_mac={pn_id: policy}))
-    agent.view = await ipam.network_view([pn_id])  # no sockets: the booking path only
+    # No sockets: the responder and the booking path only.
+    agent.dhcp4_responder(await ipam.network_view([pn_id]))
     return agent
 
 
-async def test_a_booked_unknown_mac_is_shown_by_the_view_before_it_is_offered(ipam, project):
+async def test_a_booked_unknown_mac_is_answered_from_its_booking_until_the_view_shows_it(
+        ipam, project):
     pn = await make_pn(ipam, project, "10.31.0.0/24")
     agent = await _agent(ipam, pn.id)
     try:
         lease = await agent._book_unknown(pn.id, MAC)
-        assert lease is not None and agent.view.lease(pn.id, MAC, False) == lease
+        assert lease is not None and agent.leases.lease(pn.id, MAC, False) == lease
+        assert await agent.view.leased(pn.id, MAC, False, lease.address, 5.0)
+        assert agent.view.lease(pn.id, MAC, False) == lease
         again = await agent._book_unknown(pn.id, MAC)  # a retransmit: the same IP
         assert again == lease
+        for _ in range(100):  # the held booking goes once the view shows it (bounded)
+            if agent.leases.held == 0:
+                break
+            await asyncio.sleep(0)
+        assert agent.leases.held == 0
+    finally:
+        await agent.close()
+
+
+async def test_a_detach_right_after_the_booking_is_what_the_agent_answers(ipam, project):
+    pn = await make_pn(ipam, project, "10.31.0.0/24")
+    agent = await _agent(ipam, pn.id)
+    try:
+        lease = await agent._book_unknown(pn.id, MAC)
+        assert lease is not None
+        record = await ipam.get_ip(lease.ip_id)
+        await ipam.detach(lease.ip_id, record.resource, Caller(
+            role=PRODUCT, product_types=frozenset({UNKNOWN_CLIENT})))
+        for _ in range(200):  # bounded: the view applies the detach within a few turns
+            if agent.view.lease(pn.id, MAC, False) is None and agent.leases.held == 0:
+                break
+            await agent.view.changed(agent.view.revision, 0.05)
+        assert agent.leases.lease(pn.id, MAC, False) is None
     finally:
         await agent.close()
 
