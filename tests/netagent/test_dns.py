@@ -623,3 +623,80 @@ def test_a_repeated_question_is_answered_from_the_cache_until_the_view_changes(v
     view.revision += 1  # any change of the view empties the cache
     ask(dns, "web-1.web.internal")
     assert dns.counters.answered == 3 and len(dns._answers) == 1
+
+
+# -- the fast path answers as the full path does ------------------------------------------------
+
+
+def _wire(name: str, qtype: str, *, edns: int | None, do: bool, rd: bool) -> bytes:
+    message = query(name, qtype, edns=edns, do=do)
+    message.header.rd = int(rd)
+    return bytes(message.pack())
+
+
+def _fast_and_full(dns: InternalDns, wire: bytes, tcp: bool) -> tuple[bytes | None, bytes]:
+    full = dns._resolve(wire, tcp)  # the dnslib path, cache and fast path bypassed
+    assert isinstance(full, bytes)
+    return dns.fast.answer(wire, tcp), full
+
+
+@pytest.mark.parametrize("upstream", [None, "127.0.0.1:9"])
+def test_the_fast_path_answers_byte_for_byte_as_the_full_path(view, upstream):
+    dns = InternalDns(view, DnsConfig(upstream=upstream))
+    names = ["web-1.web.internal", "WEB-1.Web.Internal", "multi.web.internal",
+             "app.eu.web.internal", "w.wide.internal", "bench.lab.internal", "t.tiny.internal",
+             "mid.web.internal", "big.web.internal"]
+    questions = [(n, t) for n in names for t in ("A", "AAAA")] + [
+        (ptr(a), "PTR") for a in ("10.0.0.5", "10.0.0.6", "10.0.0.12", "172.16.3.4",
+                                  "10.2.6.9", "10.3.0.20")]
+    taken = 0
+    for name, qtype in questions:
+        for edns, do, rd, tcp in [(None, False, True, False), (1232, True, False, False),
+                                  (4096, False, True, True), (512, False, True, False)]:
+            wire = _wire(name, qtype, edns=edns, do=do, rd=rd)
+            fast, full = _fast_and_full(dns, wire, tcp)
+            if fast is not None:
+                taken += 1
+                assert fast == full, (name, qtype, edns, do, tcp)
+    # Every name with records of the asked type, but the answers too big for the client.
+    assert taken >= 50
+
+
+@pytest.mark.parametrize("name,qtype", [
+    ("nothing.web.internal", "A"),  # NXDOMAIN
+    ("web.internal", "A"), ("web.internal", "SOA"), ("ns.web.internal", "A"),  # apex, server
+    ("eu.web.internal", "A"),  # an empty non-terminal: NODATA
+    ("db.web.internal", "AAAA"),  # no record of the type: NODATA
+    ("web-1.web.internal", "MX"), ("web-1.web.internal", "ANY"),
+    ("x.off.internal", "A"),  # DHCP off: not served
+    ("example.com", "A"),  # not ours
+    (ptr("10.0.0.7"), "PTR"), (ptr("10.0.0.99"), "PTR"),  # no name, nobody
+    (ptr("fd00:1::5"), "PTR"),  # IPv6 reverse: the full path
+    ("0.0.10.in-addr.arpa", "PTR"),  # between the apex and the addresses
+])
+def test_the_fast_path_leaves_every_other_question_to_the_full_path(dns, name, qtype):
+    assert dns.fast.answer(_wire(name, qtype, edns=1232, do=False, rd=True), False) is None
+
+
+def test_the_fast_path_leaves_unusual_messages_to_the_full_path(dns):
+    plain = _wire("web-1.web.internal", "A", edns=None, do=False, rd=True)
+    assert dns.fast.answer(plain, False) is not None
+    compressed = plain[:12] + b"\xc0\x0c" + plain[-4:]  # a pointer where a name belongs
+    answer_ = plain[:2] + bytes([plain[2] | 0x80]) + plain[3:]  # QR set: an answer
+    notify = plain[:2] + bytes([(plain[2] & 0x87) | (4 << 3)]) + plain[3:]  # opcode NOTIFY
+    trailing = plain + b"\x00"
+    two_questions = plain[:4] + b"\x00\x02" + plain[6:]
+    newer_edns = _wire("web-1.web.internal", "A", edns=1232, do=False, rd=True)
+    newer_edns = newer_edns[:-5] + b"\x01" + newer_edns[-4:]  # EDNS version 1: BADVERS
+    chaos = plain[:-2] + b"\x00\x03"  # class CH
+    for message in (compressed, answer_, notify, trailing, two_questions, newer_edns, chaos,
+                    plain[:16]):
+        assert dns.fast.answer(message, False) is None
+        dns.resolve(message, tcp=False)  # and the full path still answers (or drops) it
+
+
+def test_a_change_in_the_view_reaches_the_fast_path_at_once(view, dns):
+    wire = _wire("new.web.internal", "A", edns=None, do=False, rd=True)
+    assert dns.fast.answer(wire, False) is None
+    view.attach(lease(WEB, "10.0.0.77", "new"))
+    assert DNSRecord.parse(dns.resolve(wire, tcp=False)).short() == "10.0.0.77"
