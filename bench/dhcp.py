@@ -8,10 +8,11 @@ itself), and drives them with a load generator in a process of its own
 and right after it (the machine is shared and drifts):
 
   1  DORA exchanges/s for MACs IPAM holds an IP for, the load generator a DHCP relay;
-     baseline: raw UDP echo round trips/s (each datagram sent back as it arrives, in the
-     receiving callback), same client, same packets, same concurrency C
+     baseline: raw UDP echo round trips/s (each datagram sent back as it arrives, through
+     the agent's socket layer), same client, same packets, same concurrency C
   2  DORA/s for new MACs, `--unknown-mac book`: each costs a booking through the agent's
-     own booking path; baseline: the same asks booked by the allocator directly, same C
+     own booking path; baseline (the issue's): a gateway node's bookings over HTTP in one
+     source, same C; also reported: the same asks booked by the allocator in-process
   3  DNS A and PTR queries/s; baseline: UDP echo round trips/s of the same packets
      (and `dnsperf`'s figures too, when it is installed)
   4  watch lag: an attach acknowledged to another process (`bench.attacher`) -> this
@@ -51,6 +52,7 @@ from netagent.dns import DnsConfig, DnsServer, InternalDns, serve_dns
 from . import dhcpreport, dnsperf
 from .dhcpload import dhcp_request
 from .endpoints import RelayedDhcp, UdpEndpoint, agent_responder, counters_delta, kernel_drops
+from .gatewaynode import GatewayNode
 from .rig import ROOT, cpu_seconds
 from .stats import summary
 from .verify import check_run, full_audit
@@ -405,10 +407,12 @@ async def book_directly(b: Bench, pn: PrivateNetwork, count: int, c: int, kind: 
 
 
 async def dora_unknown(b: Bench, dhcp: UdpEndpoint, relayed: RelayedDhcp, view: NetworkView,
-                       unknown: PrivateNetwork) -> None:
-    """(2) DORA/s for new MACs (each booked by the agent), between two direct booking runs."""
+                       unknown: PrivateNetwork, gateway: GatewayNode) -> None:
+    """(2) DORA/s for new MACs (each booked by the agent), between booking runs of the
+    allocator itself and of a gateway node over HTTP (the issue's baseline)."""
     p = b.plan
     c = max(p.concurrency)
+    token = gateway.project_key(str(uuid.uuid4()), b.project_id)
 
     async def direct(when: str, kind: int) -> dict[str, Any]:
         pn = await b.network(f"bench-book-{when}")
@@ -420,7 +424,30 @@ async def dora_unknown(b: Bench, dhcp: UdpEndpoint, relayed: RelayedDhcp, view: 
               f"{failed_text(r)}")
         return r
 
+    async def through_gateway(when: str) -> dict[str, Any]:
+        pn = await b.network(f"bench-gateway-{when}")
+        await b.warm(pn)
+        gateway_cpu0 = cpu_seconds(gateway.pid)
+        r = await run_process("bench.loadgen", gateway.booking_job(
+            token, b.project_id, pn.id, c, p.booking_count, p.run_seconds, b.quiet),
+            b.quiet, p.run_seconds + 60)
+        ips = r.pop("ips")
+        problems = [f"{sum(r['errors'].values())} bookings failed: {r['errors']}"
+                    ] if r["errors"] else []
+        check = await check_run(b.store, b.ipam.keys, [s.id for s in pn.subnets], ips, (),
+                                len(ips) + WARM_BOOKINGS)
+        if not check["ok"]:
+            problems.append(f"etcd check: {check}")
+        r.update(name=f"2 gateway books C={c} ({when})", concurrency=c, count=p.booking_count,
+                 done=r["ok"], gateway_cpu_s=round(cpu_seconds(gateway.pid) - gateway_cpu0, 3),
+                 verify=verdict(problems))
+        b.sections.setdefault("gateway_booking_runs", []).append(r)
+        b.log(f"  {r['name']}: {r['per_s']:,.0f} bookings/s, p50 {r['latency']['p50_ms']} ms"
+              f"{failed_text(r)}")
+        return r
+
     before = await direct("before", 0xB0)
+    gateway_before = await through_gateway("before")
     macs = [mac_of(0xBB, i) for i in range(p.unknown_count)]
     spec = subnet_spec(unknown.subnets[0].subnet)
 
@@ -430,6 +457,7 @@ async def dora_unknown(b: Bench, dhcp: UdpEndpoint, relayed: RelayedDhcp, view: 
     r = await b.client(f"2 DORA unknown C={c}", {
         "mode": "dora", "port": dhcp.port, "macs": macs, "giaddr": spec["gateway"],
         "subnets": [spec], "concurrency": c, "count": len(macs), "restarts": 5}, counts)
+    gateway_after = await through_gateway("after")
     after = await direct("after", 0xB1)
     problems = exchange_problems(r, r["server"])
     bound = {mac: address for mac, address in r.pop("bound")}
@@ -438,14 +466,16 @@ async def dora_unknown(b: Bench, dhcp: UdpEndpoint, relayed: RelayedDhcp, view: 
     # first booking) is a figure, not a failure: the checks above say whether every MAC
     # ended with one address, the one IPAM holds.
     r.update(scenario="2", concurrency=c, verify=verdict(problems),
-             baseline=baseline(before, after, "allocator_bookings"),
+             baseline=baseline(gateway_before, gateway_after, "gateway_bookings"),
+             allocator_baseline=baseline(before, after, "allocator_bookings"),
              per_server_cpu_s=ratio(r["done"], r["server_cpu_s"]))
     r["ratio_to_baseline"] = ratio(r["per_s"], r["baseline"]["per_s"])
+    r["ratio_to_allocator"] = ratio(r["per_s"], r["allocator_baseline"]["per_s"])
     b.runs.append(r)
-    b.log(f"  {r['name']}: {r['per_s']:,.0f} DORA/s = {r['ratio_to_baseline']} x the "
-          f"allocator's bookings/s, p50 {r['latency']['p50_ms']} ms p99 "
-          f"{r['latency']['p99_ms']} ms; {r['naks']} NAKs, {r['retransmits']} retransmits"
-          f"{failed_text(r)}")
+    b.log(f"  {r['name']}: {r['per_s']:,.0f} DORA/s = {r['ratio_to_baseline']} x the gateway's "
+          f"bookings/s, {r['ratio_to_allocator']} x the allocator's; p50 "
+          f"{r['latency']['p50_ms']} ms p99 {r['latency']['p99_ms']} ms; {r['naks']} NAKs, "
+          f"{r['retransmits']} retransmits{failed_text(r)}")
 
 
 async def check_unknown(b: Bench, view: NetworkView, pn: PrivateNetwork, macs: list[str],
@@ -650,7 +680,8 @@ async def run(cluster: EtcdCluster, plan: Plan, quiet: bool) -> dict[str, Any]:
         b.log("1 DORA, known MACs, relay-style:")
         await dora_known(b, served, dhcp, relayed, raw_echo)
         b.log("2 DORA, unknown MACs booked by the agent:")
-        await dora_unknown(b, dhcp, relayed, view, unknown)
+        with GatewayNode(cluster.endpoints, prefix, REGION) as gateway:
+            await dora_unknown(b, dhcp, relayed, view, unknown, gateway)
         b.log("3 DNS:")
         await dns_queries(b, served, dns, server, raw_echo)
         b.log("4 watch lag:")

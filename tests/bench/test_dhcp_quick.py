@@ -83,8 +83,12 @@ def test_quick_smoke_run_passes_its_self_checks(tmp_path: Path) -> None:
     [path] = list(tmp_path.glob("dhcp-quick-*.json"))
     doc = json.loads(path.read_text())
 
-    assert {"plan", "machine", "runs", "echo_runs", "booking_runs", "watch_lag", "memory",
-            "view", "audit", "checks", "targets", "verified", "wall_s"} <= doc.keys()
+    assert {"plan", "machine", "runs", "echo_runs", "booking_runs", "gateway_booking_runs",
+            "watch_lag", "memory", "view", "audit", "checks", "targets", "verified",
+            "wall_s"} <= doc.keys()
+    # The unknown-MAC target's baseline: a gateway node's bookings over HTTP, all checked.
+    assert [r["ok"] for r in doc["gateway_booking_runs"]] == [r["count"] for r in
+                                                               doc["gateway_booking_runs"]]
     kinds = {(r["scenario"], r.get("qtype")) for r in doc["runs"]}
     assert kinds == {("1", None), ("2", None), ("3", "A"), ("3", "PTR")}
     for run in doc["runs"]:
@@ -94,10 +98,12 @@ def test_quick_smoke_run_passes_its_self_checks(tmp_path: Path) -> None:
         assert {"p50_ms", "p99_ms"} <= run["latency"].keys()
     unknown = next(r for r in doc["runs"] if r["scenario"] == "2")
     assert unknown["etcd_check"]["ok"] and unknown["etcd_check"]["duplicates"] == 0
+    assert unknown["baseline"]["kind"] == "gateway_bookings"
+    assert unknown["ratio_to_allocator"] is not None
     lag = doc["watch_lag"]
     assert lag["seen"] == lag["changes"] > 0 and lag["lag"]["p99_ms"] is not None
     assert doc["memory"]["leases"] == doc["memory"]["ips"] == doc["plan"]["network_ips"]
     assert doc["audit"]["ok"]
     assert all(check["ok"] for check in doc["checks"])
     assert doc["verified"] is True
-    assert len(doc["targets"]) == 7  # every target is listed, met or not
+    assert len(doc["targets"]) == 8  # every target is listed, met or not
