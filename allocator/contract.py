@@ -22,12 +22,22 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from . import errors
 from .access import OPERATE, RULES, WRITE_NETWORKS, Caller
 from .asks import AddressAsk
-from .committer import Committer
+from .backup import (
+    BackupInvalid,
+    BackupSummary,
+    RestoreInterrupted,
+    RestoreSummary,
+    TargetNotEmpty,
+    export_state,
+    import_state,
+)
+from .committer import CommitObserver, Committer
 from .credentials import (
     ADMIN,
     PRODUCT,
@@ -50,6 +60,14 @@ from .networks import VPC, PrivateNetwork, Subnet
 from .queries import Queries
 from .records import CUSTOM, IPRecord, Resource, Reverse, normalize_mac
 from .resolution import SourceResolver
+from .schema import (
+    CURRENT_SCHEMA,
+    RestoreInProgress,
+    SchemaState,
+    SchemaTooNew,
+    SchemaUnreadable,
+    ensure_schema,
+)
 from .sources import ReservedAddress, Source
 from .store import EtcdSecurity, EtcdStore, Store
 
@@ -57,10 +75,23 @@ __all__ = [
     "ADMIN", "CUSTOM", "OPERATE", "RULES", "WRITE_NETWORKS", "DEFAULT_PAGE_SIZE", "IPAM", "MAX_PAGE_SIZE", "ORDERS", "PRODUCT",
     "PROJECT_MEMBER", "PROJECT_READER", "VPC", "AddressAsk", "ApiKey", "ArgumentProblem",
     "Caller", "Credentials", "EtcdSecurity", "IPFilter", "IPRecord", "Lease", "NetworkInfo",
-    "NetworkView", "PrivateNetwork", "SubnetInfo",
+    "NetworkView", "PrivateNetwork", "SubnetInfo", "CommitObserver", "SourceUsage",
     "ReservedAddress", "Resource", "Reverse", "Source", "Store", "Subnet", "access_key_for_secret",
     "check_key_spec", "errors", "is_access_key", "normalize_mac", "secret_hash",
+    "BackupInvalid", "BackupSummary", "CURRENT_SCHEMA", "RestoreInProgress", "RestoreInterrupted",
+    "RestoreSummary", "SchemaState", "SchemaTooNew", "SchemaUnreadable", "TargetNotEmpty",
+    "ensure_schema", "export_state", "import_state",
 ]
+
+
+@dataclass(frozen=True)
+class SourceUsage:
+    """One source as this node's cache sees it: bookable addresses, and how many are free."""
+
+    source_id: str
+    kind: str
+    bookable: int
+    free: int
 
 
 class IPAM:
@@ -102,18 +133,61 @@ class IPAM:
 
     async def readiness(self, timeout: float = 2.0) -> tuple[bool, list[tuple[str, bool]]]:
         """(a quorum answers a linearizable read, [(endpoint, answered)]) for /readyz."""
-        async def quorum() -> bool:
-            try:
-                await asyncio.wait_for(self.store.count(self.keys.prefix), timeout)
-                return True
-            except (TimeoutError, StoreError):
-                return False
+        problem, members = await asyncio.gather(self.quorum_problem(timeout),
+                                                self.store.status())
+        return problem is None, members
 
-        ready, members = await asyncio.gather(quorum(), self.store.status())
-        return ready, members
+    async def quorum_problem(self, timeout: float = 2.0) -> str | None:
+        """None when a quorum answers a linearizable read within `timeout`, else why not.
+
+        The read is of one key (the prefix itself, never written): cheap whatever the
+        cluster holds, so a node can ask every second."""
+        try:
+            await asyncio.wait_for(self.store.get(self.keys.prefix), timeout)
+        except TimeoutError:
+            return f"no answer within {timeout:g}s"
+        except StoreError as err:
+            return str(err)
+        return None
 
     def engine_stats(self) -> dict[str, Any]:
         return {sid: e.stats for sid, e in self.lifecycle.engines.items()}
+
+    # -- data safety ------------------------------------------------------------------
+
+    async def ensure_schema(self) -> SchemaState:
+        """Stamp, migrate or refuse the data under the prefix (see `allocator.schema`)."""
+        return await ensure_schema(self.store, self.keys)
+
+    async def export_state(self, out: Any) -> BackupSummary:
+        """Everything under the prefix at one revision, as a backup file (`allocator.backup`)."""
+        return await export_state(self.store, self.keys, out)
+
+    async def import_state(self, source: Any) -> RestoreSummary:
+        """A backup file into this (empty) prefix (`allocator.backup`)."""
+        return await import_state(self.store, self.keys, source)
+
+    def endpoints_in_use(self) -> list[tuple[str, bool]]:
+        """[(etcd endpoint, whether this node uses it now)]: an endpoint that failed is put
+        out of use for a while. A store that tracks no endpoints reports none."""
+        store: Any = self.store
+        endpoints = list(getattr(store, "endpoints", ()))
+        healthy = set(store.healthy_endpoints()) if hasattr(store, "healthy_endpoints") else set()
+        return [(endpoint, endpoint in healthy) for endpoint in endpoints]
+
+    def observe_commits(self, observer: CommitObserver | None) -> None:
+        """Tell `observer` of every etcd request the node's committer sends (metrics)."""
+        self.committer.observer = observer
+
+    def source_usage(self) -> list[SourceUsage]:
+        """The sources this node books in, with the addresses its cache sees free."""
+        out = []
+        for engine in self.lifecycle.engines.values():
+            free = engine.cache.free_count
+            if free is not None and not engine.closed:
+                src = engine.source
+                out.append(SourceUsage(src.id, src.kind, src.bookable_count, free))
+        return out
 
     # -- IPs --------------------------------------------------------------------------
 
@@ -197,6 +271,10 @@ class IPAM:
     async def update_vpc(self, vpc_id: str, name: str | None = None, tags: Any = None) -> VPC:
         return await self.networks.update_vpc(vpc_id, name, tags)
 
+    async def enable_routing(self, vpc_id: str) -> VPC:
+        """Turn routing on in a VPC, for good (on already: unchanged)."""
+        return await self.networks.enable_routing(vpc_id)
+
     async def delete_vpc(self, vpc_id: str) -> None:
         """Delete a VPC that has no Private Network left."""
         await self.networks.delete_vpc(vpc_id)
@@ -209,7 +287,7 @@ class IPAM:
         return await self.networks.get_private_network(pn_id)
 
     async def cached_private_network(self, pn_id: str) -> PrivateNetwork:
-        """The Private Network from this node's cache (subnets never change), else etcd."""
+        """The Private Network from this node's cache while fresh (a moment), else etcd."""
         return await self.networks.cached_private_network(pn_id)
 
     async def list_private_networks(self, *args: Any, **kwargs: Any) -> list[PrivateNetwork]:
@@ -221,6 +299,27 @@ class IPAM:
     async def delete_private_network(self, pn_id: str) -> None:
         """Delete a Private Network whose subnets hold no IP."""
         await self.networks.delete_private_network(pn_id)
+
+    async def enable_dhcp(self, pn_id: str) -> PrivateNetwork:
+        """Turn managed DHCP on in a Private Network, for good (on already: unchanged)."""
+        return await self.networks.enable_dhcp(pn_id)
+
+    async def add_subnets(self, pn_id: str, subnets: Sequence[str]
+                          ) -> tuple[PrivateNetwork, list[Subnet]]:
+        """Add subnets (CIDRs) to a Private Network; none may overlap a subnet of its VPC."""
+        return await self.networks.add_subnets(pn_id, list(subnets))
+
+    async def delete_subnets(self, pn_id: str, subnets: Sequence[str]
+                             ) -> tuple[PrivateNetwork, list[Subnet]]:
+        """Delete subnets (by CIDR) that hold no IP from a Private Network; this node then
+        stops following them (other nodes learn it from the booking guard)."""
+        pn, gone = await self.networks.delete_subnets(pn_id, list(subnets))
+        for subnet in gone:
+            self.resolver.forget_source(subnet.id)
+            engine = self.lifecycle.engines.pop(subnet.id, None)
+            if engine is not None:
+                engine.close()
+        return pn, gone
 
     async def list_subnets(self, *args: Any, **kwargs: Any) -> list[Subnet]:
         return await self.networks.list_subnets(*args, **kwargs)

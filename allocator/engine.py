@@ -71,9 +71,10 @@ class EngineStats:
     """Counters a bench or an operator reads; no globals."""
 
     bookings: int = 0
-    retries: int = 0
+    retries: int = 0  # bookings tried again after losing a race for an address
     exhaustion_checks: int = 0
-    unknown_outcomes: int = 0
+    exhausted: int = 0  # bookings answered "the source is full"
+    unknown_outcomes: int = 0  # commits whose outcome was read back from etcd
 
 
 class SourceEngine:
@@ -158,7 +159,11 @@ class SourceEngine:
             # Candidates out with other bookings may come back: wait for one to settle.
             await self.cache.changed(seen, SETTLE_WAIT)
         else:
-            await self._confirm_exhaustion()  # raises PoolExhausted, or reloads the cache
+            try:
+                await self._confirm_exhaustion()  # raises PoolExhausted, or reloads the cache
+            except PoolExhausted:
+                self.stats.exhausted += 1
+                raise
         return None
 
     def _txn(self, b: Booking, offset: int) -> GuardedTxn:

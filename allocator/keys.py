@@ -17,6 +17,7 @@
     {p}idem/{scope}/{key}                 idempotency key -> first result (leased, 24 h)
     {p}auth/secret/{sha256 of secret}     API key record, found by its secret
     {p}auth/key/{access_key}              the hash of its secret, found by access key
+    {p}schema                             schema version of the data (and a restore's progress)
 
 Every key of one held address is written in the same transaction, so an index
 never disagrees with the data. Keys are built and taken apart here only.
@@ -33,6 +34,10 @@ class Keys:
     """Key builders under one prefix (a deployment, or one test)."""
 
     prefix: str = "/ipam/"
+
+    def schema(self) -> str:
+        """The schema version of everything under the prefix (see `schema`)."""
+        return f"{self.prefix}schema"
 
     def vpc(self, vpc_id: str = "") -> str:
         return f"{self.prefix}vpc/{vpc_id}"

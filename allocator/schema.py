@@ -1,0 +1,238 @@
+"""The schema version of the data under one prefix, and the steps that migrate it.
+
+One key says what shape the data under a prefix has:
+
+    {p}schema   {"version": N}
+                {"version": N, "restoring": {"sha256": ..., "count": C, "written": W}}
+                (a restore wrote W of the C keys of a backup and has not finished: see `backup`)
+
+No key and no data: an empty prefix, stamped with `CURRENT_SCHEMA` by the first node
+that starts on it (create-if-absent, guarded by "the prefix is empty", so nodes
+starting together agree). No key but data: version 0, data written before versions
+existed.
+
+A node that finds an older version runs the registered steps in order. Step `v`
+migrates version v to v + 1 and must be idempotent: run twice, or stopped midway and
+run again, it leaves the same data. Progress is the version itself, advanced by a
+compare-and-swap after each step, so an interrupted migration resumes at the step it
+stopped in. A step writes through `MigrationContext.commit`, whose writes hold only
+while the version is still the step's own: once any node has advanced the version,
+a slower node still running the same step can write nothing more, and nodes racing
+through one migration never interleave two steps.
+
+Errors (all `PreconditionFailed`, so the gateway maps them like any other):
+
+    SchemaTooNew        etcd holds a version this node does not understand
+    SchemaUnreadable    the schema key holds something that is not a schema record
+    RestoreInProgress   a restore into the prefix has not finished
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from .errors import Conflict, PreconditionFailed
+from .keys import Keys
+from .retry import RACES
+from .store import Store
+from .txn import GuardedTxn, TxnOutcome, commit
+
+CURRENT_SCHEMA = 1
+
+# The guard name `MigrationContext.commit` adds to a step's transaction.
+_SCHEMA_GUARD = "schema version"
+
+
+class SchemaTooNew(PreconditionFailed):
+    """The data was written by a newer node: this one must not read or change it."""
+
+    def __init__(self, found: int, understood: int) -> None:
+        super().__init__("schema_too_new",
+                         f"etcd holds schema {found}, this node understands up to "
+                         f"{understood}: upgrade this node")
+        self.found = found
+        self.understood = understood
+
+
+class SchemaUnreadable(PreconditionFailed):
+    """The schema key holds something that is not a schema record."""
+
+    def __init__(self, key: str, value: bytes) -> None:
+        super().__init__("schema_unreadable",
+                         f"the schema key {key} holds {value[:80]!r}, which is not a schema "
+                         "record: repair it by hand before starting a node on this prefix")
+        self.key = key
+
+
+@dataclass(frozen=True)
+class RestoreProgress:
+    """How far a restore into the prefix went: `written` of the backup's `count` keys."""
+
+    sha256: str
+    count: int
+    written: int
+
+
+class RestoreInProgress(PreconditionFailed):
+    """A restore into the prefix has not finished: the data there is incomplete."""
+
+    def __init__(self, prefix: str, progress: RestoreProgress) -> None:
+        super().__init__("restore_in_progress",
+                         f"a restore into {prefix} wrote {progress.written} of "
+                         f"{progress.count} keys and has not finished: run the restore again "
+                         "with the same file to complete it, or delete everything under the "
+                         "prefix")
+        self.prefix = prefix
+        self.progress = progress
+
+
+@dataclass(frozen=True)
+class SchemaRecord:
+    """The value of the schema key."""
+
+    version: int
+    restoring: RestoreProgress | None = None
+
+    def encode(self) -> bytes:
+        data: dict[str, Any] = {"version": self.version}
+        if self.restoring is not None:
+            data["restoring"] = {"sha256": self.restoring.sha256,
+                                 "count": self.restoring.count,
+                                 "written": self.restoring.written}
+        return json.dumps(data).encode()
+
+    @classmethod
+    def decode(cls, key: str, value: bytes) -> SchemaRecord:
+        """The record stored under `key`; SchemaUnreadable if it is not one."""
+        try:
+            data = json.loads(value)
+            version = data["version"]
+            restoring = data.get("restoring")
+            if type(version) is not int or version < 0:
+                raise ValueError(version)
+            progress = None if restoring is None else RestoreProgress(
+                str(restoring["sha256"]), int(restoring["count"]), int(restoring["written"]))
+        except (ValueError, TypeError, KeyError, AttributeError):
+            raise SchemaUnreadable(key, value) from None
+        return cls(version, progress)
+
+
+@dataclass(frozen=True)
+class SchemaState:
+    """What `ensure_schema` found and did.
+
+    `found` is the version the prefix had (None: it was empty), `stamped` says this call
+    wrote the version on an empty prefix, `migrated` lists the versions this call
+    advanced from (steps another node finished first are not in it).
+    """
+
+    version: int
+    found: int | None
+    stamped: bool = False
+    migrated: tuple[int, ...] = ()
+
+
+class _Superseded(Exception):
+    """Another node advanced the version while a step ran here: read it again."""
+
+
+@dataclass(frozen=True)
+class MigrationContext:
+    """What a migration step gets: the store, the keys, and a commit bound to its version.
+
+    `schema_revision` is the mod revision of the schema key when the step began (0: the
+    key is absent, version 0).
+    """
+
+    store: Store
+    keys: Keys
+    version: int
+    schema_revision: int
+
+    async def commit(self, txn: GuardedTxn) -> TxnOutcome:
+        """Commit `txn` only if the schema is still at this step's version.
+
+        Returns the outcome of the step's own guards; when the version moved on, the
+        step is over (another node finished it) and ensure_schema takes it from there.
+        """
+        txn.unchanged(_SCHEMA_GUARD, self.keys.schema(), self.schema_revision)
+        outcome = await commit(self.store, txn)
+        if _SCHEMA_GUARD in outcome.failed:
+            raise _Superseded()
+        return outcome
+
+
+Migration = Callable[[MigrationContext], Awaitable[None]]
+
+
+async def _stamp_unversioned(ctx: MigrationContext) -> None:
+    """0 -> 1: data written before versions existed has version 1's shape already; the
+    version written after this step is the whole migration."""
+
+
+# Step v migrates version v to v + 1.
+MIGRATIONS: Mapping[int, Migration] = {0: _stamp_unversioned}
+
+
+async def ensure_schema(store: Store, keys: Keys, *, current: int = CURRENT_SCHEMA,
+                        migrations: Mapping[int, Migration] = MIGRATIONS) -> SchemaState:
+    """Make the data under `keys.prefix` be at schema `current`, or refuse to go on.
+
+    Stamps an empty prefix, migrates an older version step by step (resuming an
+    interrupted migration), returns at once when the version is `current`. Raises
+    SchemaTooNew for a newer version, RestoreInProgress while a restore is unfinished,
+    SchemaUnreadable for a damaged schema key, Conflict when the schema key keeps
+    changing under it. `current` and `migrations` are for tests of the mechanism.
+    """
+    schema_key = keys.schema()
+    found: int | None = None
+    migrated: list[int] = []
+    races = RACES.attempts()
+    while True:
+        kv = await store.get(schema_key)
+        if kv is None and (await store.count(keys.prefix))[0] == 0:
+            stamp = (GuardedTxn().prefix_empty("prefix", keys.prefix)
+                     .put(schema_key, SchemaRecord(current).encode()))
+            if (await commit(store, stamp)).succeeded:
+                return SchemaState(current, found=None, stamped=True)
+            await _lost_race(races)  # another node wrote first: read what it wrote
+            continue
+        version, revision = 0, 0
+        if kv is not None:
+            record = SchemaRecord.decode(schema_key, kv.value)
+            if record.restoring is not None:
+                raise RestoreInProgress(keys.prefix, record.restoring)
+            version, revision = record.version, kv.mod_revision
+        if found is None:
+            found = version
+        if version > current:
+            raise SchemaTooNew(version, current)
+        if version == current:
+            return SchemaState(version, found=found, migrated=tuple(migrated))
+        step = migrations.get(version)
+        if step is None:
+            raise LookupError(f"no migration registered from schema {version} "
+                              f"(this node migrates up to {current})")
+        try:
+            await step(MigrationContext(store, keys, version, revision))
+        except _Superseded:
+            await _lost_race(races)
+            continue
+        advance = (GuardedTxn().unchanged(_SCHEMA_GUARD, schema_key, revision)
+                   .put(schema_key, SchemaRecord(version + 1).encode()))
+        if (await commit(store, advance)).succeeded:
+            migrated.append(version)
+        else:  # another node finished the same step first
+            await _lost_race(races)
+
+
+async def _lost_race(races: Any) -> None:
+    """Count one lost compare-and-swap on the schema key against the RACES policy."""
+    try:
+        await anext(races)
+    except StopAsyncIteration:
+        raise Conflict("the schema key kept changing under this node; try again") from None
+
