@@ -2,23 +2,32 @@
 
     app = create_app(ipam, GatewayConfig(region="fr-par"))
 
-Middlewares run outermost first: drain (while the node drains, every answer closes
-its connection), errors (every failure becomes a Scaleway error body), then
-authentication (every path but the probes and the OpenAPI document).
+Middlewares run outermost first: the request id (`gateway.logs`), metrics (every
+answer counted by route and status, `gateway.metrics`), drain (while the node drains,
+every answer closes its connection), errors (every failure becomes a Scaleway error body), availability
+(503 at once while etcd is unreachable or the node is starting, see
+`gateway.availability`), then authentication (every path but the probes and the
+OpenAPI document).
+
+The node answers HTTP as soon as it listens; `availability_of(app).wait_ready(t)` waits
+until etcd answered and the start-up steps (loading the API keys) are done.
 """
 
 from __future__ import annotations
 
 from aiohttp import web
 
-from allocator.contract import IPAM
+from allocator.contract import IPAM, RestoreInProgress, SchemaTooNew, SchemaUnreadable
 
-from . import health, openapi, routes_admin, routes_ipam, routes_vpc
+from . import docs, health, openapi, routes_admin, routes_ipam, routes_vpc
 from .auth import AUTHENTICATOR, Authenticator, auth_middleware
+from .availability import AVAILABILITY, Availability, availability_middleware
 from .config import MAX_HEADER_BYTES, GatewayConfig
 from .context import CONFIG_KEY, CREDENTIALS_KEY, IPAM_KEY
 from .drain import DRAIN_KEY, Drain, drain_middleware
 from .errors import error_middleware
+from .logs import request_id_middleware
+from .metrics import METRICS, GatewayMetrics, metrics_endpoint, metrics_middleware
 
 
 def create_app(ipam: IPAM, config: GatewayConfig | None = None, *,
@@ -31,7 +40,8 @@ def create_app(ipam: IPAM, config: GatewayConfig | None = None, *,
     config = config or GatewayConfig()
     app = web.Application(
         client_max_size=config.max_body_bytes,
-        middlewares=[drain_middleware, error_middleware, auth_middleware],
+        middlewares=[request_id_middleware, metrics_middleware, drain_middleware,
+                     error_middleware, availability_middleware, auth_middleware],
         # aiohttp answers a request line or header over its limit before any middleware
         # runs, in text/plain: the limit is raised so that real requests never meet it.
         handler_args={"max_line_size": MAX_HEADER_BYTES, "max_field_size": MAX_HEADER_BYTES})
@@ -41,22 +51,43 @@ def create_app(ipam: IPAM, config: GatewayConfig | None = None, *,
     app[CREDENTIALS_KEY] = credentials
     app[AUTHENTICATOR] = Authenticator(credentials, config.admin_secret_key)
     app[DRAIN_KEY] = Drain()
+    metrics = app[METRICS] = GatewayMetrics(ipam)
+    metrics.app = app
     app.add_routes(routes_ipam.routes)
     app.add_routes(routes_vpc.routes)
     app.add_routes(routes_admin.routes)
     app.add_routes(health.routes)
     app.router.add_get("/openapi.json", openapi.openapi_json)
+    docs.add_docs_routes(app)
+    app.router.add_get("/metrics", metrics_endpoint)
+    app.on_response_prepare.append(_without_versions)
     app.on_startup.append(openapi.prepare)
-    async def start_credentials(_: web.Application) -> None:
-        await credentials.start()
+    # Start-up steps that need etcd run once it answers, retried until then; data this
+    # node must not touch (a newer schema, an unfinished restore) stops it instead.
+    availability = app[AVAILABILITY] = Availability(
+        ipam, [ipam.ensure_schema, credentials.start],
+        fatal=(SchemaTooNew, SchemaUnreadable, RestoreInProgress))
 
-    async def close_credentials(_: web.Application) -> None:
+    async def start_availability(_: web.Application) -> None:
+        availability.start()
+
+    async def close_availability(_: web.Application) -> None:
+        await availability.close()
         await credentials.close()
 
-    app.on_startup.append(start_credentials)
-    app.on_cleanup.append(close_credentials)
+    app.on_startup.append(start_availability)
+    app.on_cleanup.append(close_availability)
     if close_ipam:
         async def close(_: web.Application) -> None:
             await ipam.close()
         app.on_cleanup.append(close)
     return app
+
+
+async def _without_versions(_: web.Request, response: web.StreamResponse) -> None:
+    # aiohttp would send `Server: Python/3.11 aiohttp/3.x`: versions help only attackers.
+    response.headers["Server"] = "ipam"
+
+
+def availability_of(app: web.Application) -> Availability:
+    return app[AVAILABILITY]

@@ -42,7 +42,7 @@ from allocator.contract import (
 from .errors import denied_authentication
 from .models.fields import as_uuid
 
-PUBLIC_PATHS = frozenset({"/healthz", "/readyz", "/openapi.json"})
+PUBLIC_PATHS = frozenset({"/healthz", "/readyz", "/openapi.json", "/metrics"})
 TOKEN_HEADER = "X-Auth-Token"
 
 
@@ -155,7 +155,7 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 @web.middleware
 async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Authenticate every request but the public ones; the principal goes in request."""
-    if request.path not in PUBLIC_PATHS:
+    if request.path not in PUBLIC_PATHS and not is_page(request.match_info.handler):
         authenticator = request.app[AUTHENTICATOR]
         guarded = getattr(request.match_info.handler, GUARDED, False)
         request[PRINCIPAL_KEY] = await authenticator.authenticate(
@@ -174,6 +174,24 @@ def guarded_change(handler: Handler) -> Handler:
     """
     setattr(handler, GUARDED, True)
     return handler
+
+
+PAGE = "ipam_page"
+
+
+def page(handler: Handler) -> Handler:
+    """Mark a route that serves a person's browser, not an API client (`gateway.docs`).
+
+    A browser sends no X-Auth-Token, so a page is public; it is no operation of the
+    API, so the OpenAPI document leaves it out.
+    """
+    setattr(handler, PAGE, True)
+    return handler
+
+
+def is_page(handler: object) -> bool:
+    """Whether a route's handler was marked with `page`."""
+    return bool(getattr(handler, PAGE, False))
 
 
 def principal(request: web.Request) -> Principal:

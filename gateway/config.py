@@ -71,7 +71,11 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("shutdown_timeout", "10.0",
             "seconds given to in-flight requests once the node stops accepting"),
     Setting("log_level", "info", "debug, info, warning or error"),
+    Setting("log_format", "text", "text or json (one JSON object per line)"),
 )
+
+LOG_LEVELS = ("debug", "info", "warning", "error")
+LOG_FORMATS = ("text", "json")
 
 
 @dataclass(frozen=True)
@@ -92,6 +96,7 @@ class GatewayConfig:
     drain_seconds: float = 2.0
     shutdown_timeout: float = 10.0
     log_level: str = "info"
+    log_format: str = "text"
 
     def __post_init__(self) -> None:
         if not _REGION.match(self.region):
@@ -125,6 +130,16 @@ class GatewayConfig:
             raise ConfigError("--drain-seconds/IPAM_DRAIN_SECONDS must not be negative")
         if self.shutdown_timeout < 0:
             raise ConfigError("--shutdown-timeout/IPAM_SHUTDOWN_TIMEOUT must not be negative")
+        if not 0 <= self.port <= 65535:
+            raise ConfigError(f"--port/IPAM_PORT must be a TCP port (0-65535), not {self.port}")
+        if self.etcd_timeout <= 0:
+            raise ConfigError("--etcd-timeout/IPAM_ETCD_TIMEOUT must be positive")
+        if self.log_level not in LOG_LEVELS:
+            raise ConfigError(f"--log-level/IPAM_LOG_LEVEL must be one of "
+                              f"{', '.join(LOG_LEVELS)}, not {self.log_level!r}")
+        if self.log_format not in LOG_FORMATS:
+            raise ConfigError(f"--log-format/IPAM_LOG_FORMAT must be one of "
+                              f"{', '.join(LOG_FORMATS)}, not {self.log_format!r}")
 
     @property
     def embedded_etcd(self) -> bool:
@@ -184,4 +199,5 @@ def load(args: argparse.Namespace | None = None,
         drain_seconds=float(number("drain_seconds", float)),
         shutdown_timeout=float(number("shutdown_timeout", float)),
         log_level=(raw["log_level"] or "info").lower(),
+        log_format=(raw["log_format"] or "text").lower(),
     )

@@ -28,23 +28,23 @@ from aiohttp import web
 from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
 
-from .auth import PUBLIC_PATHS, TOKEN_HEADER
+from .auth import PUBLIC_PATHS, TOKEN_HEADER, is_page
 from .context import CONFIG_KEY
 from .models import errors as m
 from .models.admin import Document
 from .models.fields import not_null
-from .wire import Endpoint, endpoint, endpoint_of
+from .wire import Endpoint, Raw, endpoint, endpoint_of
 
 _REF = "#/components/schemas/{model}"
 _TAGS = (("/ipam/admin/", "admin"), ("/ipam/", "ipam"), ("/vpc/", "vpc"), ("/", "probes"))
 _WRITES = ("POST", "PATCH", "PUT", "DELETE")
-_NO_ETCD = frozenset({"/healthz", "/openapi.json"})
+_NO_ETCD = frozenset({"/healthz", "/openapi.json", "/metrics"})
 _DOCUMENT_KEY = web.AppKey("openapi_document", dict)
 
 
 def _models(annotation: Any) -> list[type[BaseModel]]:
-    """The models of a reply annotation: one model, or a union of them."""
-    if annotation is None or annotation is type(None):
+    """The models of a reply annotation: one model, or a union of them (none for `Raw`)."""
+    if annotation is None or annotation is type(None) or annotation is Raw:
         return []
     args = typing.get_args(annotation)
     return [a for a in args if a is not type(None)] if args else [annotation]
@@ -59,6 +59,8 @@ def _operations(app: web.Application) -> Iterator[tuple[str, str, Endpoint]]:
     for route in app.router.routes():
         if route.method == "HEAD" or route.resource is None:
             continue  # aiohttp answers HEAD for each GET by itself
+        if is_page(route.handler):
+            continue  # a page for people (/docs) is no operation of the API
         spec = endpoint_of(route.handler)
         if spec is None:
             raise TypeError(f"{route.method} {route.resource.canonical}: not an endpoint")
@@ -176,6 +178,9 @@ def _operation(schemas: _Schemas, method: str, path: str, spec: Endpoint) -> dic
     responses: dict[str, Any] = {}
     if spec.reply is None:
         responses["204"] = {"description": "done: no content"}
+    elif spec.reply is Raw:
+        responses["200"] = {"description": "OK",
+                            "content": {spec.media_type: {"schema": {"type": "string"}}}}
     else:
         responses["200"] = _answer("OK", schemas.of(spec.reply))
     responses.update(_errors(schemas, method, path, spec))

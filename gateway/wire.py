@@ -7,7 +7,8 @@ and writes them.
 
 Parameters named `path`, `headers`, `query` and `body` are parsed from the request
 into the model they are annotated with; the returned model is sent with status 200,
-and None as an empty 204. Before any of it, the region of the path must be the one
+and None as an empty 204. A handler whose answer is no JSON (the Prometheus text of
+`/metrics`, an HTML page) returns `Raw` and declares its media type. Before any of it, the region of the path must be the one
 this node serves (404), then a `before` check runs (an admin-only route refuses
 other keys before reading anything). A model that refuses its part answers one 400
 listing every bad argument, each named by its dotted path (`source.private_network_id`)
@@ -42,6 +43,14 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
 @dataclass(frozen=True)
+class Raw:
+    """An answer that is not a JSON model: `body` of `media_type`, sent as is."""
+
+    body: bytes
+    media_type: str
+
+
+@dataclass(frozen=True)
 class Endpoint:
     """What one route reads and answers, as its handler declares it."""
 
@@ -51,11 +60,12 @@ class Endpoint:
     reply: Any  # a model, a union of models, or None for 204
     replies: Mapping[int, Any] = field(default_factory=dict)  # other statuses it sends
     body_required: bool = True
+    media_type: str = "application/json"  # of the 200 answer; another one replies `Raw`
 
 
 def endpoint(handler: Callable[..., Awaitable[Any]] | None = None, *,
              before: Check | None = None, replies: Mapping[int, Any] | None = None,
-             optional_body: bool = False) -> Any:
+             optional_body: bool = False, media_type: str = "application/json") -> Any:
     """Make a typed handler an aiohttp one (see the module docstring).
 
     `replies`: models of statuses other than the 200 the handler may send, by raising
@@ -68,7 +78,7 @@ def endpoint(handler: Callable[..., Awaitable[Any]] | None = None, *,
         reply = hints.get("return")
         spec = Endpoint(typed.__name__, (typed.__doc__ or "").strip().split("\n")[0], parts,
                         None if reply is type(None) else reply, dict(replies or {}),
-                        not optional_body)
+                        not optional_body, media_type)
 
         @functools.wraps(typed)
         async def handle(request: web.Request) -> web.StreamResponse:
@@ -82,6 +92,8 @@ def endpoint(handler: Callable[..., Awaitable[Any]] | None = None, *,
             reply = await typed(request, **kwargs)
             if reply is None:
                 return web.Response(status=204)
+            if isinstance(reply, Raw):
+                return web.Response(body=reply.body, headers={"Content-Type": reply.media_type})
             # pydantic writes the JSON itself (in Rust): no dict, no json.dumps.
             return web.Response(text=reply.model_dump_json(), content_type="application/json")
 

@@ -18,9 +18,10 @@ class EtcdMember(Reply):
 
 
 class Readiness(Reply):
-    """Ready when etcd answers a linearizable read; `unavailable` comes with status 503."""
+    """Ready when etcd answers a linearizable read and the node has started; `starting`
+    (etcd not reached yet since the start) and `unavailable` come with status 503."""
 
-    status: Literal["ready", "unavailable"]
+    status: Literal["ready", "starting", "unavailable"]
     etcd: list[EtcdMember]
 
 

@@ -24,7 +24,7 @@ from aiohttp import web
 from conformance import Conformance
 
 from allocator.contract import IPAM
-from gateway.app import create_app
+from gateway.app import availability_of, create_app
 from gateway.config import GatewayConfig
 
 REGION = "fr-par"
@@ -69,6 +69,7 @@ class GatewayNode:
         server = site._server
         assert server is not None
         self.port = server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        assert await availability_of(app).wait_ready(30), "etcd did not answer the node"
 
     @property
     def url(self) -> str:

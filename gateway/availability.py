@@ -1,0 +1,200 @@
+"""Whether this node can serve: etcd reachable, start-up steps done. The gate of the API.
+
+A node serves HTTP before etcd answers: an orchestrator sees it alive (`/healthz` 200)
+and not ready (`/readyz` 503), while the node keeps trying etcd with a capped exponential
+backoff and logs each attempt in one line. Once a quorum answers, it runs its start-up
+steps (loading the API keys, ...) and becomes ready. Every API request meanwhile gets
+a prompt 503 `service_unavailable` saying why, instead of a traceback, a crash loop, or
+a request hanging on etcd's deadlines.
+
+A step may find the node must not serve at all (etcd holds a newer schema, a restore is
+unfinished): it raises one of the `fatal` errors, the node stays unavailable and
+`failure` says why; `ipam serve` then exits with that message.
+
+The same after a total etcd outage while running: a quorum probe every
+`PROBE_INTERVAL`; `FAILED_PROBES` failures in a row mark etcd unavailable, and API
+requests are answered 503 at once until a probe succeeds again (the node recovers by
+itself). Requests already in flight keep their own deadlines.
+
+    STARTING --quorum + steps--> AVAILABLE --probes fail--> UNAVAILABLE --probe ok--> AVAILABLE
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import logging
+import time
+from collections.abc import Awaitable, Callable, Sequence
+
+from aiohttp import web
+
+from allocator.contract import IPAM
+
+from .errors import ApiError
+from .models.errors import ServiceUnavailable
+
+log = logging.getLogger("ipam")
+
+PROBE_INTERVAL = 1.0  # seconds between quorum probes once started
+PROBE_TIMEOUT = 1.0  # a probe not answered within this failed
+FAILED_PROBES = 2  # failures in a row before the node says etcd is unavailable
+FIRST_RETRY, MAX_RETRY = 0.5, 10.0  # the start-up backoff: doubling, capped
+# Paths answered whatever etcd does: the probes, and what describes the API.
+UNGATED = frozenset({"/healthz", "/readyz", "/openapi.json", "/metrics"})
+UNGATED_PREFIXES = ("/docs",)
+
+Step = Callable[[], Awaitable[object]]
+
+
+class State(enum.Enum):
+    STARTING = "starting"
+    AVAILABLE = "available"
+    UNAVAILABLE = "unavailable"
+
+
+class Availability:
+    """The node's state, kept by one background task (see the module docstring)."""
+
+    def __init__(self, ipam: IPAM, steps: Sequence[Step] = (), *,
+                 fatal: tuple[type[Exception], ...] = (),
+                 first_retry: float = FIRST_RETRY, max_retry: float = MAX_RETRY,
+                 probe_interval: float = PROBE_INTERVAL) -> None:
+        self.ipam = ipam
+        self.steps = list(steps)
+        self.fatal = fatal
+        self.failure: Exception | None = None  # a fatal error of a step: the node stops
+        self.first_retry, self.max_retry = first_retry, max_retry
+        self.probe_interval = probe_interval
+        self.state = State.STARTING
+        self.attempts = 0  # start-up attempts so far
+        self.reason = "etcd not asked yet"
+        self.since = time.monotonic()
+        self._ready = asyncio.Event()
+        self._failed = asyncio.Event()
+        self._changed = asyncio.Event()  # replaced at each change of state
+        self._task: asyncio.Task[None] | None = None
+
+    @property
+    def available(self) -> bool:
+        return self.state is State.AVAILABLE
+
+    def start(self) -> None:
+        """Begin (in the background): connect, run the steps, then watch the quorum."""
+        self._task = asyncio.ensure_future(self._run())
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+
+    async def wait_ready(self, timeout: float | None) -> bool:
+        """Wait (at most `timeout` s; None: as long as it takes) until the node first
+        became available."""
+        try:
+            await asyncio.wait_for(self._ready.wait(), timeout)
+        except TimeoutError:
+            return False
+        return True
+
+    async def wait_failed(self) -> Exception:
+        """Wait until a start-up step failed for good; its error."""
+        await self._failed.wait()
+        assert self.failure is not None
+        return self.failure
+
+    async def changed(self, timeout: float) -> bool:
+        """Wait (at most `timeout` s) for the next change of state; whether one came."""
+        try:
+            await asyncio.wait_for(self._changed.wait(), timeout)
+        except TimeoutError:
+            return False
+        return True
+
+    def refusal(self) -> ApiError:
+        """The 503 an API request gets while the node is not available."""
+        if self.failure is not None:
+            message = f"the node cannot serve: {self.failure}"
+        elif self.state is State.STARTING:
+            message = (f"the node is starting: etcd not reachable yet (attempt {self.attempts}"
+                       f": {self.reason})")
+        else:
+            message = (f"etcd has been unreachable for {time.monotonic() - self.since:.0f}s "
+                       f"({self.reason}); retry later")
+        return ApiError(503, ServiceUnavailable(message=message), {"Retry-After": "1"})
+
+    # -- the background task ------------------------------------------------------------
+
+    async def _run(self) -> None:
+        await self._start_up()
+        if self.failure is not None:
+            return
+        while True:  # ends with the node (cancelled by close)
+            await asyncio.sleep(self.probe_interval)
+            await self._probe()
+
+    async def _start_up(self) -> None:
+        delay = self.first_retry
+        while True:  # ends when etcd answers and every step succeeded; retried forever
+            self.attempts += 1
+            try:
+                problem = await self.ipam.quorum_problem(PROBE_TIMEOUT)
+                if problem is None:
+                    for step in self.steps:
+                        await step()
+            except self.fatal as err:
+                self.failure, self.reason = err, str(err)
+                log.error("cannot serve: %s", err)
+                self._failed.set()
+                return
+            except Exception as err:  # noqa: BLE001 - any other failure is retried, and logged
+                problem = f"{type(err).__name__}: {err}"
+            if problem is None:
+                self._become(State.AVAILABLE, "a quorum answers")
+                log.info("etcd reachable after %d attempt(s): serving", self.attempts)
+                self._ready.set()
+                return
+            self.reason = problem
+            log.warning("etcd not reachable (attempt %d): %s; next try in %.1fs",
+                        self.attempts, problem, delay)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, self.max_retry)
+
+    async def _probe(self) -> None:
+        failures = 0
+        while failures < FAILED_PROBES:  # bounded: a success returns at once
+            problem = await self.ipam.quorum_problem(PROBE_TIMEOUT)
+            if problem is None:
+                if self.state is not State.AVAILABLE:
+                    log.info("etcd reachable again after %.1fs: serving",
+                             time.monotonic() - self.since)
+                    self._become(State.AVAILABLE, "a quorum answers")
+                return
+            failures += 1
+            self.reason = problem
+        if self.state is State.AVAILABLE:
+            log.error("etcd unreachable (%s): answering 503 until it is back", self.reason)
+            self._become(State.UNAVAILABLE, self.reason)
+
+    def _become(self, state: State, reason: str) -> None:
+        self.state, self.reason, self.since = state, reason, time.monotonic()
+        changed, self._changed = self._changed, asyncio.Event()
+        changed.set()
+
+
+AVAILABILITY = web.AppKey("availability", Availability)
+
+
+def is_gated(path: str) -> bool:
+    return path not in UNGATED and not path.startswith(UNGATED_PREFIXES)
+
+
+@web.middleware
+async def availability_middleware(
+        request: web.Request,
+        handler: Callable[[web.Request], Awaitable[web.StreamResponse]]) -> web.StreamResponse:
+    """Answer API requests 503 at once while the node is starting or etcd is down."""
+    availability = request.app[AVAILABILITY]
+    if not availability.available and is_gated(request.path):
+        raise availability.refusal()
+    return await handler(request)

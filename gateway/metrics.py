@@ -1,0 +1,165 @@
+"""Prometheus metrics of one gateway node, `GET /metrics` (text format, prometheus_client).
+
+Each application has its own registry (no process globals: two nodes in one test process
+do not mix their figures). What is counted where it happens: HTTP requests (by route
+template, method and status) and the etcd requests of the group committer (an observer
+the allocator calls, `allocator.contract.CommitObserver`). What is read at scrape time:
+the allocator's booking counters, the free and held addresses of the sources this node
+books in, etcd's endpoints and the node's availability.
+
+    ipam_http_requests_total{route,method,status}      counter
+    ipam_http_request_duration_seconds{route,method}   histogram
+    ipam_bookings_total, ipam_booking_retries_total,   counters (this node, all sources)
+    ipam_bookings_exhausted_total, ipam_unknown_outcomes_total
+    ipam_commit_batch_size                             histogram: bookings/changes per request
+    ipam_etcd_txn_duration_seconds                     histogram: one committer request
+    ipam_etcd_txn_failures_total                       counter
+    ipam_source_free{source,kind}, ipam_source_held{source,kind}
+        gauges, the MAX_SOURCE_SERIES fullest sources by name, the rest summed in
+        source="_other" (bounded cardinality with thousands of Private Networks)
+    ipam_etcd_endpoint_up{endpoint}                    1 unless the node put it out of use
+    ipam_etcd_available                                1 while a quorum answers this node
+    ipam_build_info{version}                           1
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable, Callable, Iterator
+from importlib import metadata
+
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram
+from prometheus_client import generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from allocator.contract import IPAM
+
+from .availability import AVAILABILITY
+from .logs import route_of
+from .wire import Raw, endpoint
+
+MAX_SOURCE_SERIES = 50
+_LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
+                    2.5, 5.0, 10.0)
+_BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64)
+
+
+def _version() -> str:
+    try:
+        return metadata.version("ipam")
+    except metadata.PackageNotFoundError:
+        return "unknown"
+
+
+class GatewayMetrics:
+    """The node's registry and the metrics updated as things happen."""
+
+    def __init__(self, ipam: IPAM) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.requests = Counter("ipam_http_requests", "HTTP requests answered",
+                                ["route", "method", "status"], registry=r)
+        self.latency = Histogram("ipam_http_request_duration_seconds",
+                                 "Time to answer an HTTP request", ["route", "method"],
+                                 buckets=_LATENCY_BUCKETS, registry=r)
+        self.batch = Histogram("ipam_commit_batch_size",
+                               "Transactions (bookings, changes) carried by one etcd request",
+                               buckets=_BATCH_BUCKETS, registry=r)
+        self.txn_latency = Histogram("ipam_etcd_txn_duration_seconds",
+                                     "Time of one etcd request of the group committer",
+                                     buckets=_LATENCY_BUCKETS, registry=r)
+        self.txn_failures = Counter("ipam_etcd_txn_failures",
+                                    "etcd requests of the committer that failed", registry=r)
+        self.app: web.Application | None = None
+        r.register(_AllocatorCollector(ipam, self))
+        ipam.observe_commits(self)
+
+    def committed(self, transactions: int, seconds: float, failed: bool) -> None:
+        """`allocator.contract.CommitObserver`: one committer request went out."""
+        self.batch.observe(transactions)
+        self.txn_latency.observe(seconds)
+        if failed:
+            self.txn_failures.inc()
+
+    def scrape(self) -> bytes:
+        return generate_latest(self.registry)
+
+
+class _AllocatorCollector(Collector):
+    """What is read at scrape time (see the module docstring)."""
+
+    def __init__(self, ipam: IPAM, metrics: GatewayMetrics) -> None:
+        self.ipam, self.metrics = ipam, metrics
+
+    def collect(self) -> Iterator[CounterMetricFamily | GaugeMetricFamily]:
+        stats = list(self.ipam.engine_stats().values())
+        for name, attr, doc in (
+                ("ipam_bookings", "bookings", "IPs booked by this node"),
+                ("ipam_booking_retries", "retries",
+                 "bookings tried again after losing a race for an address"),
+                ("ipam_bookings_exhausted", "exhausted",
+                 "bookings answered that the source is full"),
+                ("ipam_unknown_outcomes", "unknown_outcomes",
+                 "commits whose outcome was read back from etcd")):
+            yield CounterMetricFamily(name, doc, value=sum(getattr(s, attr) for s in stats))
+        free = GaugeMetricFamily("ipam_source_free", "Free addresses of a source",
+                                 labels=["source", "kind"])
+        held = GaugeMetricFamily("ipam_source_held", "Booked addresses of a source",
+                                 labels=["source", "kind"])
+        usage = sorted(self.ipam.source_usage(),
+                       key=lambda u: (u.bookable - u.free) / max(u.bookable, 1), reverse=True)
+        for u in usage[:MAX_SOURCE_SERIES]:
+            free.add_metric([u.source_id, u.kind], u.free)
+            held.add_metric([u.source_id, u.kind], u.bookable - u.free)
+        if len(usage) > MAX_SOURCE_SERIES:
+            rest = usage[MAX_SOURCE_SERIES:]
+            free.add_metric(["_other", "mixed"], sum(u.free for u in rest))
+            held.add_metric(["_other", "mixed"], sum(u.bookable - u.free for u in rest))
+        yield free
+        yield held
+        up = GaugeMetricFamily("ipam_etcd_endpoint_up",
+                               "1 unless this node put the etcd endpoint out of use",
+                               labels=["endpoint"])
+        for endpoint, in_use in self.ipam.endpoints_in_use():
+            up.add_metric([endpoint], 1.0 if in_use else 0.0)
+        yield up
+        app = self.metrics.app
+        if app is not None:
+            yield GaugeMetricFamily("ipam_etcd_available",
+                                    "1 while a quorum of etcd answers this node",
+                                    value=1.0 if app[AVAILABILITY].available else 0.0)
+        info = GaugeMetricFamily("ipam_build_info", "The running version", labels=["version"])
+        info.add_metric([_version()], 1.0)
+        yield info
+
+
+METRICS = web.AppKey("metrics", GatewayMetrics)
+
+
+@endpoint(media_type=CONTENT_TYPE_LATEST)
+async def metrics_endpoint(request: web.Request) -> Raw:
+    """The node's figures in Prometheus text format."""
+    return Raw(request.app[METRICS].scrape(), CONTENT_TYPE_LATEST)
+
+
+@web.middleware
+async def metrics_middleware(
+        request: web.Request,
+        handler: Callable[[web.Request], Awaitable[web.StreamResponse]]) -> web.StreamResponse:
+    """Count and time every request by route template, method and final status."""
+    started = time.perf_counter()
+    status = 500
+    try:
+        response = await handler(request)
+        status = response.status
+        return response
+    except web.HTTPException as exc:
+        status = exc.status
+        raise
+    finally:
+        metrics = request.app[METRICS]
+        route = route_of(request)
+        metrics.requests.labels(route, request.method, str(status)).inc()
+        metrics.latency.labels(route, request.method).observe(time.perf_counter() - started)

@@ -1,0 +1,296 @@
+"""`ipam serve`: run one gateway node.
+
+Without `--etcd-endpoints` the node locks `--data-dir` (one `ipam serve` per directory),
+starts and supervises an embedded single-member etcd under it, and on first start
+generates an admin secret key, stores it there with mode 0600 and prints it once. On
+SIGTERM or SIGINT a node drains (see `gateway.drain`) for `--drain-seconds`, then stops
+accepting, gives in-flight requests `--shutdown-timeout`, and closes etcd.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import dataclasses
+import fcntl
+import logging
+import os
+import signal
+import socket
+import sys
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from . import config as cfg
+from . import logs
+from .logs import AccessLogger
+
+if TYPE_CHECKING:
+    from aiohttp import web
+
+log = logging.getLogger("ipam")
+
+ADMIN_SECRET_FILE = "admin_secret_key"
+ETCD_ENDPOINT_FILE = "etcd_endpoint"  # the embedded etcd's client URL, for etcdctl
+LOCK_FILE = "serve.lock"
+SUPERVISE_SECONDS = 1.0
+ANNOUNCE_WAIT = 3.0  # seconds etcd may take before stdout says the node waits for it
+
+
+class DataDirBusy(RuntimeError):
+    """Another `ipam serve` holds the data directory."""
+
+
+def lock_data_dir(data_dir: Path) -> int:
+    """Hold `data_dir` for this process (the returned descriptor); DataDirBusy if taken.
+
+    Two nodes on one directory would share the embedded etcd's files: etcd refuses
+    too, but only after a 30 s wait, and then blames its peer port. The lock goes
+    with the descriptor, which no child process inherits, so it dies with us.
+    """
+    data_dir.mkdir(parents=True, exist_ok=True)
+    fd = os.open(data_dir / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.read(fd, 32).decode(errors="replace").strip() or "unknown"
+        os.close(fd)
+        raise DataDirBusy(f"another ipam serve is using {data_dir} (pid {holder})") from None
+    os.ftruncate(fd, 0)
+    os.write(fd, f"{os.getpid()}\n".encode())
+    return fd
+
+
+def admin_secret(config: cfg.GatewayConfig, out: Any = None) -> str:
+    """The admin secret: the configured one, else the stored one, else a new one (printed)."""
+    out = out or sys.stdout
+    if config.admin_secret_key:
+        return config.admin_secret_key
+    path = config.data_dir / ADMIN_SECRET_FILE
+    if path.exists():
+        return str(uuid.UUID(path.read_text().strip()))
+    config.data_dir.mkdir(parents=True, exist_ok=True)
+    secret = str(uuid.uuid4())
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(secret + "\n")
+    print(f"Generated the admin secret key (shown once, kept in {path}):\n\n    {secret}\n",
+          file=out, flush=True)
+    return secret
+
+
+def start_embedded_etcd(data_dir: Path) -> Any:
+    """A single-member etcd whose data lives under `data_dir/etcd` (kept across restarts)."""
+    from devcluster.etcd import EtcdCluster
+
+    base = data_dir / "etcd"
+    base.mkdir(parents=True, exist_ok=True)
+    cluster = EtcdCluster(1, base_dir=base, name_prefix="embedded")
+    cluster.start()
+    log.info("embedded etcd serving at %s (data in %s)", cluster.endpoints[0], base)
+    return cluster
+
+
+async def _supervise(cluster: Any, stop: asyncio.Event) -> None:
+    """Restart the embedded etcd member on its own ports if it exits."""
+    member = cluster.members[0]
+    while not stop.is_set():
+        try:
+            await asyncio.wait_for(stop.wait(), SUPERVISE_SECONDS)
+        except TimeoutError:
+            pass
+        if stop.is_set() or member.is_running:
+            continue
+        log.error("embedded etcd exited; restarting it. Last lines of its log:\n%s",
+                  member.log_tail())
+        try:
+            member.start()
+            await asyncio.to_thread(cluster.wait_healthy, 30)
+            log.info("embedded etcd is back at %s", member.endpoint)
+        except Exception as err:  # noqa: BLE001 - a failed restart stops the node
+            log.error("could not restart the embedded etcd: %s; stopping", err)
+            stop.set()
+
+
+class PreflightError(ValueError):
+    """A setting that cannot work, found before anything was started or written."""
+
+
+@dataclass
+class Preflight:
+    """What `preflight` secured: the listening socket, and the data directory's lock."""
+
+    listener: socket.socket
+    lock: int | None
+
+    def release(self) -> None:
+        self.listener.close()
+        if self.lock is not None:
+            os.close(self.lock)
+
+
+def preflight(config: cfg.GatewayConfig) -> Preflight:
+    """Check what can be checked before any side effect (no secret generated, no etcd
+    started): the address can be listened on (and is then held), the data directory is
+    writable and free. PreflightError names the flag."""
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(
+            config.host, config.port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0]
+    except OSError as err:
+        raise PreflightError(f"--host/IPAM_HOST {config.host!r}: {err}") from None
+    listener = socket.socket(family, kind, proto)
+    try:
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listener.bind(address)
+    except OSError as err:
+        listener.close()
+        raise PreflightError(f"--port/IPAM_PORT {config.port} on {config.host}: "
+                             f"{err.strerror or err}") from None
+    lock = None
+    if config.embedded_etcd:
+        try:
+            config.data_dir.mkdir(parents=True, exist_ok=True)
+            probe = config.data_dir / ".write-test"
+            probe.write_text("")
+            probe.unlink()
+            lock = lock_data_dir(config.data_dir)
+        except (OSError, DataDirBusy) as err:
+            listener.close()
+            reason = err.strerror if isinstance(err, OSError) and err.strerror else err
+            raise PreflightError(f"--data-dir/IPAM_DATA_DIR {config.data_dir}: {reason}"
+                                 ) from None
+    return Preflight(listener, lock)
+
+
+async def serve(config: cfg.GatewayConfig, out: Any = None,
+                checked: Preflight | None = None) -> int:
+    """Run one gateway node until SIGTERM or SIGINT, then drain it and shut down gracefully."""
+    checked = checked or preflight(config)
+    try:
+        return await _serve(config, out or sys.stdout, checked.listener)
+    finally:
+        checked.release()
+
+
+_STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+
+async def _serve(config: cfg.GatewayConfig, out: Any, listener: socket.socket) -> int:
+    from aiohttp import web
+
+    from allocator.contract import IPAM
+
+    from .app import availability_of, create_app
+
+    cluster = None
+    endpoints = list(config.etcd_endpoints)
+    if config.embedded_etcd:
+        config = dataclasses.replace(config, admin_secret_key=admin_secret(config, out))
+        cluster = start_embedded_etcd(config.data_dir)
+        endpoints = cluster.endpoints
+        # etcdctl's way in (snapshot save, defrag): the client URL, in the data dir.
+        (config.data_dir / ETCD_ENDPOINT_FILE).write_text(f"http://{endpoints[0]}\n")
+    elif not config.admin_secret_key:
+        log.warning("no IPAM_ADMIN_SECRET_KEY: only admin keys already stored in etcd can "
+                    "administer this deployment")
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in _STOP_SIGNALS:
+        loop.add_signal_handler(sig, stop.set)
+    runner: web.AppRunner | None = None
+    supervisor = asyncio.ensure_future(_supervise(cluster, stop)) if cluster else None
+    try:
+        ipam = await IPAM.connect(endpoints, prefix=config.etcd_prefix,
+                                  timeout=config.etcd_timeout,
+                                  security=config.etcd_security)
+        runner = web.AppRunner(create_app(ipam, config, close_ipam=True),
+                               access_log=logging.getLogger("ipam.access"),
+                               access_log_class=AccessLogger,
+                               shutdown_timeout=config.shutdown_timeout)
+        await runner.setup()
+        site = web.SockSite(runner, listener)
+        await site.start()
+        port = listener.getsockname()[1]
+        announce = asyncio.ensure_future(_announce(runner.app, config, port, endpoints, out))
+        stopping = asyncio.ensure_future(stop.wait())
+        failed = asyncio.ensure_future(availability_of(runner.app).wait_failed())
+        await asyncio.wait([stopping, failed], return_when=asyncio.FIRST_COMPLETED)
+        for waiter in (announce, stopping, failed):
+            if not waiter.done():
+                waiter.cancel()
+        if failed.done() and not failed.cancelled():
+            print(f"ipam serve: {failed.result()}", file=sys.stderr, flush=True)
+            return 1
+        await _drain(runner.app, config.drain_seconds)
+        log.info("shutting down: no new connections, finishing in-flight requests")
+    finally:
+        for sig in _STOP_SIGNALS:
+            loop.remove_signal_handler(sig)
+        if runner is not None:
+            await runner.cleanup()  # stops accepting, waits for handlers, closes the IPAM
+        if supervisor:
+            stop.set()
+            await supervisor
+        if cluster is not None:
+            await asyncio.to_thread(cluster.stop)
+    return 0
+
+
+async def _announce(app: web.Application, config: cfg.GatewayConfig, port: int,
+                    endpoints: list[str], out: Any) -> None:
+    """Say on stdout when the node serves: at once if etcd answers within a few seconds,
+    else say it listens and waits (the log tells each attempt), and later that it serves."""
+    from .app import availability_of
+
+    url = f"http://{config.host}:{port}"
+    availability = availability_of(app)
+    if not await availability.wait_ready(ANNOUNCE_WAIT):
+        print(f"ipam gateway listening on {url}, waiting for etcd at {','.join(endpoints)} "
+              f"(/readyz answers 503 until it answers)", file=out, flush=True)
+        await availability.wait_ready(None)
+    print(f"ipam gateway serving region {config.region} on {url} "
+          f"(etcd: {','.join(endpoints)})", file=out, flush=True)
+
+
+async def _drain(app: web.Application, seconds: float) -> None:
+    """Keep serving for `seconds` while draining `app`; a second signal cuts it short."""
+    from .drain import drain_of
+
+    drain_of(app).begin()
+    log.info("draining for %.1f s: /readyz answers 503 and every answer closes its "
+             "connection", seconds)
+    hurry = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in _STOP_SIGNALS:
+        loop.add_signal_handler(sig, hurry.set)
+    try:
+        await asyncio.wait_for(hurry.wait(), seconds)
+    except TimeoutError:
+        pass
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="ipam serve", description="run a gateway node")
+    cfg.add_arguments(p)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """`ipam serve [flags]`: exit 0 after a clean shutdown; 2 on a bad flag, a taken port
+    or an unusable data directory (one line, before anything was started); 1 on a failure."""
+    args = parser().parse_args(list(sys.argv[1:] if argv is None else argv))
+    try:
+        config = cfg.load(args)
+        checked = preflight(config)
+    except (cfg.ConfigError, PreflightError) as err:
+        print(f"ipam serve: {err}", file=sys.stderr)
+        return 2
+    logs.configure(config.log_level, config.log_format)
+    try:
+        return asyncio.run(serve(config, checked=checked))
+    except (RuntimeError, OSError) as err:  # etcd missing, port taken: say so, no traceback
+        print(f"ipam serve: {err}", file=sys.stderr)
+        return 1

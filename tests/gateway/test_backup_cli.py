@@ -1,0 +1,100 @@
+"""`ipam backup` and `ipam restore` on real etcd: a round trip, and every refusal."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from pathlib import Path
+
+import pytest
+from allocator_support import book_in, make_pn
+
+from allocator.audit import audit
+from allocator.contract import IPAM, IPFilter, Resource
+from devcluster.etcd import EtcdCluster
+from gateway.cli import main
+
+
+def _etcd(cluster: EtcdCluster, prefix: str) -> list[str]:
+    return ["--etcd-endpoints", ",".join(cluster.endpoints), "--etcd-prefix", prefix]
+
+
+async def _run(argv: list[str]) -> int:
+    # The commands run their own event loop: keep them off the test's.
+    return await asyncio.to_thread(main, argv)
+
+
+async def test_a_backup_restores_into_an_empty_prefix_whole_and_usable(
+        ipam: IPAM, project: str, etcd_single: EtcdCluster, key_prefix: str, tmp_path: Path,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    pn = await make_pn(ipam, project, "10.41.0.0/24")
+    booked = [await ipam.book(book_in(pn, project, resource=Resource.custom(
+        f"02:00:00:00:41:{i:02x}", f"vm-{i}") if i % 2 else None)) for i in range(6)]
+    file = tmp_path / "ipam.jsonl"
+    assert await _run(["backup", str(file), *_etcd(etcd_single, key_prefix)]) == 0
+    said = capsys.readouterr().out.strip()
+    assert said.startswith(f"backed up ") and f"of {key_prefix} at revision" in said
+    count = int(said.split()[2])
+    assert not (tmp_path / "ipam.jsonl.partial").exists()
+
+    target = f"/restored-{uuid.uuid4().hex[:8]}/"
+    assert await _run(["restore", str(file), *_etcd(etcd_single, target)]) == 0
+    assert capsys.readouterr().out.startswith(f"restored {count} keys into {target}")
+    restored = await IPAM.connect(etcd_single.endpoints, prefix=target)
+    try:
+        assert (await audit(restored.store, restored.keys)).ok
+        ips, total = await restored.list_ips(IPFilter(private_network_id=pn.id), page_size=100)
+        assert total == 6 and {ip.id for ip in ips} == {ip.id for ip in booked}
+        assert {ip.address for ip in ips} == {ip.address for ip in booked}
+        more = await restored.book(book_in(pn, project))  # and it books on
+        assert more.address not in {ip.address for ip in booked}
+        # Into a prefix that holds data: refused, nothing written.
+        before, _ = await restored.store.count(target)
+        assert await _run(["restore", str(file), *_etcd(etcd_single, target)]) == 1
+        assert capsys.readouterr().err == (
+            f"ipam restore: cannot restore into {target}: it holds {before} keys\n")
+        assert (await restored.store.count(target))[0] == before
+    finally:
+        await restored.close()
+
+
+async def test_a_damaged_backup_is_refused_before_any_write(
+        ipam: IPAM, project: str, etcd_single: EtcdCluster, key_prefix: str, tmp_path: Path,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    await make_pn(ipam, project, "10.42.0.0/24")
+    file = tmp_path / "ipam.jsonl"
+    assert await _run(["backup", str(file), *_etcd(etcd_single, key_prefix)]) == 0
+    lines = file.read_bytes().splitlines(keepends=True)
+    file.write_bytes(b"".join(lines[:-2] + lines[-1:]))  # a key line lost
+    target = f"/damaged-{uuid.uuid4().hex[:8]}/"
+    assert await _run(["restore", str(file), *_etcd(etcd_single, target)]) == 1
+    assert capsys.readouterr().err.startswith("ipam restore: ")
+    check = await IPAM.connect(etcd_single.endpoints, prefix=target)
+    try:
+        assert (await check.store.count(target))[0] == 0
+    finally:
+        await check.close()
+
+
+async def test_the_embedded_etcd_is_found_through_the_data_dir(
+        ipam: IPAM, project: str, etcd_single: EtcdCluster, key_prefix: str, tmp_path: Path,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    await make_pn(ipam, project, "10.43.0.0/24")
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "etcd_endpoint").write_text(f"http://{etcd_single.endpoints[0]}\n")
+    file = tmp_path / "b.jsonl"
+    argv = ["backup", str(file), "--data-dir", str(data), "--etcd-prefix", key_prefix]
+    assert await _run(argv) == 0
+    assert "backed up" in capsys.readouterr().out
+
+
+async def test_without_etcd_anywhere_the_command_says_so_in_one_line(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    argv = ["backup", str(tmp_path / "x.jsonl"), "--data-dir", str(tmp_path / "none")]
+    assert await _run(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == (f"ipam backup: no etcd: give --etcd-endpoints, or run `ipam serve` with "
+                   f"--data-dir {tmp_path / 'none'} first ({tmp_path / 'none'}/etcd_endpoint "
+                   f"is missing)")
+    assert not (tmp_path / "x.jsonl").exists()
