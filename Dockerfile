@@ -1,6 +1,7 @@
-# The gateway image: `ipam serve` on port 8080. Point it at an etcd cluster with
-# IPAM_ETCD_ENDPOINTS (without it, the node embeds a single-member etcd, which
-# needs the etcd-server package installed below).
+# The image of `ipam serve` (the default command) and `ipam dhcp`, run as an
+# unprivileged user. A node listens on IPAM_PORT (8080). Point it at an etcd cluster
+# with IPAM_ETCD_ENDPOINTS (without it, the node embeds a single-member etcd under
+# IPAM_DATA_DIR, which needs the etcd-server package installed below).
 FROM python:3.11-slim-bookworm
 
 RUN apt-get update \
@@ -11,14 +12,29 @@ WORKDIR /app
 COPY pyproject.toml ./
 COPY allocator ./allocator
 COPY gateway ./gateway
+COPY netagent ./netagent
+COPY devcluster ./devcluster
 COPY bench ./bench
 RUN pip install --no-cache-dir .
+
+# A numeric uid, so that an orchestrator (Kubernetes' runAsNonRoot) can tell it is not
+# root; the data directory is the only place it writes.
+RUN groupadd --system --gid 10001 ipam \
+    && useradd --system --uid 10001 --gid 10001 --home-dir /var/lib/ipam \
+        --no-create-home --shell /usr/sbin/nologin ipam \
+    && install -d -o 10001 -g 10001 -m 0700 /var/lib/ipam
+USER 10001:10001
 
 ENV IPAM_HOST=0.0.0.0 \
     IPAM_PORT=8080 \
     IPAM_DATA_DIR=/var/lib/ipam
 EXPOSE 8080
 STOPSIGNAL SIGTERM
-HEALTHCHECK --interval=5s --timeout=2s CMD python -c "import urllib.request,sys; urllib.request.urlopen('http://127.0.0.1:8080/readyz', timeout=2)" || exit 1
+# Ready on the port the node listens on: IPAM_PORT as the container runs it, else the
+# default of `ipam serve`. Without a proxy (an HTTP_PROXY given to the node is not for
+# this), and in Python: the image has no curl. A node waits for etcd while it starts,
+# hence the start period.
+HEALTHCHECK --interval=5s --timeout=3s --start-period=30s --retries=3 \
+    CMD ["python", "-c", "import os, urllib.request as r; r.build_opener(r.ProxyHandler({})).open('http://127.0.0.1:%s/readyz' % (os.environ.get('IPAM_PORT') or '8080'), timeout=2)"]
 ENTRYPOINT ["ipam"]
 CMD ["serve"]
