@@ -65,7 +65,7 @@ def create_app(ipam: IPAM, config: GatewayConfig | None = None, *,
     # Start-up steps that need etcd run once it answers, retried until then; data this
     # node must not touch (a newer schema, an unfinished restore) stops it instead.
     availability = app[AVAILABILITY] = Availability(
-        ipam, [ipam.ensure_schema, credentials.start],
+        ipam, [lambda: ipam.ensure_schema(), credentials.start],
         fatal=(SchemaTooNew, SchemaUnreadable, RestoreInProgress))
 
     async def start_availability(_: web.Application) -> None:
