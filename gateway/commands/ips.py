@@ -18,7 +18,7 @@ from .params import UUID
 from .session import Session, pass_session
 from .settings import common_options
 
-COLUMNS = ("id", "address", "pn/zone", "resource_type", "resource_name", "mac", "tags")
+COLUMNS = ("id", "address", "source", "resource_type", "resource_name", "mac", "tags")
 CUSTOM = "custom"
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -29,7 +29,9 @@ def row(ip: Mapping[str, Any]) -> dict[str, Any]:
     source = ip.get("source") or {}
     resource = ip.get("resource") or {}
     return {"id": ip["id"], "address": ip["address"],
-            "pn/zone": source.get("private_network_id") or source.get("zonal"),
+            # The one field Scaleway sets: the subnet of a Private Network's IP, or the zone.
+            "source": (source.get("subnet_id") or source.get("private_network_id")
+                       or source.get("zonal")),
             "resource_type": resource.get("type"), "resource_name": resource.get("name"),
             "mac": resource.get("mac_address"), "tags": ip.get("tags")}
 

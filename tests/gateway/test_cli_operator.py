@@ -189,13 +189,14 @@ def test_the_ip_table_shows_source_resource_and_tags(ipam: Ipam, project: str) -
     ip = book(ipam, pn, "--address", "10.4.0.2", "--tag", "web", "--tag", "blue")
     ipam("ips", "attach", ip["id"], "--mac", "02:00:00:00:00:0b", "--name", "web-1")
     bare = book(ipam, pn, "--address", "10.4.0.3")
+    subnet = pn["subnets"][0]["id"]  # the source Scaleway names for a Private Network's IP
     assert ipam("ips", "list", "--pn", pn["id"]).rows() == [
-        ["ID", "ADDRESS", "PN/ZONE", "RESOURCE_TYPE", "RESOURCE_NAME", "MAC", "TAGS"],
-        [ip["id"], "10.4.0.2/28", pn["id"], "custom", "web-1", "02:00:00:00:00:0b",
+        ["ID", "ADDRESS", "SOURCE", "RESOURCE_TYPE", "RESOURCE_NAME", "MAC", "TAGS"],
+        [ip["id"], "10.4.0.2/28", subnet, "custom", "web-1", "02:00:00:00:00:0b",
          "web,blue"],
-        [bare["id"], "10.4.0.3/28", pn["id"], "-", "-", "-", "-"]]
+        [bare["id"], "10.4.0.3/28", subnet, "-", "-", "-", "-"]]
     assert ipam("ips", "get", bare["id"]).rows()[1:] == [
-        [bare["id"], "10.4.0.3/28", pn["id"], "-", "-", "-", "-"]]
+        [bare["id"], "10.4.0.3/28", subnet, "-", "-", "-", "-"]]
 
 
 def test_zonal_ips_are_listed_by_zone(ipam: Ipam, gateway: GatewayNode) -> None:  # noqa: F811
