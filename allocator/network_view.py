@@ -49,11 +49,19 @@ class Lease:
 
     @classmethod
     def of(cls, record: IPRecord) -> Lease:
-        net = netaddr.IPNetwork(record.address)
         res = record.resource
-        return cls(record.id, record.private_network_id or "", str(net.ip), net.prefixlen,
-                   record.is_ipv6, res.mac_address if res else None, res.name if res else None,
-                   tuple(r.hostname for r in record.reverses))
+        return cls.of_json(record.id, record.private_network_id or "", record.address,
+                           record.is_ipv6, res.mac_address if res else None,
+                           res.name if res else None,
+                           tuple(r.hostname for r in record.reverses))
+
+    @classmethod
+    def of_json(cls, ip_id: str, pn_id: str, address: str, is_ipv6: bool, mac: str | None,
+                name: str | None, reverses: tuple[str, ...]) -> Lease:
+        # Records hold normalised CIDRs (`10.0.0.5/24`): split, not parsed, on the path
+        # every watch event of a served network takes.
+        host, _, prefixlen = address.partition("/")
+        return cls(ip_id, pn_id, host, int(prefixlen), is_ipv6, mac, name, reverses)
 
 
 @dataclass(frozen=True)
@@ -289,10 +297,14 @@ class NetworkView:
             self._unindex(old)
         if value is None:
             return
-        record = IPRecord.from_json(json.loads(value))
-        if record.private_network_id not in self.pn_ids:
-            return
-        lease = Lease.of(record)
+        data = json.loads(value)
+        pn_id = data.get("private_network_id")
+        if pn_id not in self.pn_ids:
+            return  # another network's IP: no record built for it
+        res = data.get("resource") or {}
+        lease = Lease.of_json(ip_id, pn_id, data["address"], data["is_ipv6"],
+                              res.get("mac_address"), res.get("name"),
+                              tuple(r["hostname"] for r in data.get("reverses") or ()))
         self._leases[ip_id] = lease
         self._by_address[lease.address] = lease
         if lease.mac:
