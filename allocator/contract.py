@@ -312,13 +312,10 @@ class IPAM:
     async def delete_subnets(self, pn_id: str, subnets: Sequence[str]
                              ) -> tuple[PrivateNetwork, list[Subnet]]:
         """Delete subnets (by CIDR) that hold no IP from a Private Network; this node then
-        stops following them (other nodes learn it from the booking guard)."""
+        forgets them (other nodes learn it from the booking guard)."""
         pn, gone = await self.networks.delete_subnets(pn_id, list(subnets))
         for subnet in gone:
             self.resolver.forget_source(subnet.id)
-            engine = self.lifecycle.engines.pop(subnet.id, None)
-            if engine is not None:
-                engine.close()
         return pn, gone
 
     async def list_subnets(self, *args: Any, **kwargs: Any) -> list[Subnet]:

@@ -1,17 +1,29 @@
 """Where addresses come from, in etcd: VPCs, Private Networks and their subnets, zonal pools.
 
 Each subnet and each zonal pool is a source (see `sources`). Writes here are rare
-and read-then-guarded: creating a subnet is guarded by a range compare over the
-VPC's subnet index, so two concurrent creations can never both add overlapping
-subnets; deleting a source is guarded by a range compare that its address keys
-are empty, so a booking and a delete can never both win.
+and read-then-guarded: creating a subnet (with its Private Network, or added later)
+is guarded by a range compare over the VPC's subnet index, so two concurrent
+creations can never both add overlapping subnets; deleting a source (a subnet, its
+whole Private Network, a zonal pool) is guarded by a range compare that its address
+keys are empty, and a booking by the source's own key being present, so a booking
+and a delete can never both win. Every change of a Private Network's record is
+guarded on the record's revision, so subnets added, deleted, renamed or flagged
+concurrently never lose one another's change.
+
+This node keeps the Private Networks it books in for a moment
+(`PN_CACHE_SECONDS`): their subnets may change, so a cached one is read again
+once it is that old; a booking in a subnet deleted meanwhile is refused by the
+booking's own guard, never served from the cache.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import random
+import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
 
@@ -29,6 +41,8 @@ from .txn import GuardedTxn, commit
 AUTO_IPV4_POOL = netaddr.IPNetwork("172.16.0.0/12")
 AUTO_IPV4_PREFIX = 22
 STILL_IN_USE = "resource_still_in_use"
+# How long this node books in a Private Network's subnets as it last read them.
+PN_CACHE_SECONDS = 2.0
 
 
 def _name(name: Any, default_prefix: str) -> str:
@@ -49,6 +63,34 @@ def _listed(obj: VPC | PrivateNetwork, region: str, project_ids: set[str] | None
             and (not tags or bool(set(tags) & set(obj.tags))))
 
 
+def _flag(actual: bool, wanted: bool | None) -> bool:
+    """A boolean filter: None matches anything."""
+    return wanted is None or actual == wanted
+
+
+def _checked_subnets(subnets: Any) -> list[netaddr.IPNetwork]:
+    """The CIDRs asked for a Private Network: each a private range, none overlapping another."""
+    if subnets is not None and not isinstance(subnets, list):
+        raise InvalidArgument("subnets", "must be a list of CIDRs", "format")
+    nets = [parse_cidr(c, "subnets") for c in subnets or []]
+    for net in nets:
+        check_private(net)
+    for i, a in enumerate(nets):
+        for b in nets[i + 1:]:
+            if a.version == b.version and a.first <= b.last and b.first <= a.last:
+                raise InvalidArgument("subnets", f"{a} overlaps {b}")
+    return nets
+
+
+def _refuse_overlaps(cidrs: list[str], existing: dict[str, str], vpc_id: str) -> None:
+    """AlreadyExists naming the first subnet of the VPC (id -> CIDR) a new CIDR overlaps."""
+    for cidr in cidrs:
+        clash = overlapping(cidr, existing)
+        if clash:
+            raise AlreadyExists("subnet", clash, f"{cidr} overlaps subnet {clash} "
+                                                 f"({existing[clash]}) of VPC {vpc_id}")
+
+
 def _ula48() -> str:
     """A random Unique Local Address /48 (RFC 4193), the IPv6 space of one VPC."""
     global_id = random.getrandbits(40)
@@ -60,7 +102,9 @@ class NetworkRegistry:
 
     def __init__(self, store: Store, keys: Keys) -> None:
         self.store, self.keys = store, keys
-        self._pn_cache: dict[str, PrivateNetwork] = {}
+        # pn id -> (monotonic time read, the Private Network); see PN_CACHE_SECONDS
+        self._pn_cache: dict[str, tuple[float, PrivateNetwork]] = {}
+        self._pn_reads: dict[str, asyncio.Future[PrivateNetwork]] = {}
 
     # -- VPCs ---------------------------------------------------------------------------
 
@@ -109,13 +153,20 @@ class NetworkRegistry:
 
     async def list_vpcs(self, region: str, project_ids: set[str] | None = None,
                         organization_id: str | None = None, name: str | None = None,
-                        tags: Any = (), is_default: bool | None = None) -> list[VPC]:
+                        tags: Any = (), is_default: bool | None = None, *,
+                        routing_enabled: bool | None = None,
+                        object_storage_private_access_enabled: bool | None = None
+                        ) -> list[VPC]:
+        """The VPCs of `region` that pass every filter (None or empty: any)."""
         if project_ids is not None and not project_ids:
             return []  # the caller sees no project: nothing to read
         kvs, _ = await self.store.scan(self.keys.vpc())
         vpcs = [v for v in (VPC.from_stored(json.loads(kv.value)) for kv in kvs)
                 if _listed(v, region, project_ids, organization_id, name, tags)
-                and (is_default is None or v.is_default == is_default)]
+                and _flag(v.is_default, is_default)
+                and _flag(v.routing_enabled, routing_enabled)
+                and _flag(v.object_storage_private_access_enabled,
+                          object_storage_private_access_enabled)]
         # One keys-only read counts the Private Networks of every VPC at once.
         pn_keys, _ = await self.store.scan(f"{self.keys.prefix}vpcpn/", keys_only=True)
         counts = Counter(self.keys.vpc_of_private_network_key(kv.key) for kv in pn_keys)
@@ -128,19 +179,37 @@ class NetworkRegistry:
                            lambda d: VPC.from_stored(d), lambda v: v.stored())
         return await self.get_vpc(vpc_id)
 
+    async def enable_routing(self, vpc_id: str) -> VPC:
+        """Turn routing on in a VPC (it is never turned off again); enabled already: unchanged."""
+        check_uuid(vpc_id, "vpc_id")
+        await self._change_guarded(
+            self.keys.vpc(vpc_id), "vpc", vpc_id, VPC.from_stored, VPC.stored,
+            lambda v: None if v.routing_enabled else replace(v, routing_enabled=True,
+                                                             updated_at=now()))
+        return await self.get_vpc(vpc_id)
+
     async def _update_guarded(self, key: str, resource: str, object_id: str, name: str | None,
                       tags: Any, decode: Any, encode: Any, **flags: bool | None) -> Any:
         """Change the name, tags and/or flags of a stored object, guarded on its revision."""
         changes = {k: v for k, v in flags.items() if v is not None}
         new_tags = check_tags(tags) if tags is not None else None
+        return await self._change_guarded(key, resource, object_id, decode, encode, lambda obj: (
+            replace(obj, name=_name(name, resource) if name is not None else obj.name,
+                    tags=new_tags if new_tags is not None else obj.tags, updated_at=now(),
+                    **changes)))
+
+    async def _change_guarded(self, key: str, resource: str, object_id: str, decode: Any,
+                              encode: Any, change: Callable[[Any], Any]) -> Any:
+        """Read a stored object, `change` it and write it back guarded on its revision;
+        read again when another change won. `change` answering None: nothing to write."""
         async for _ in retry.NETWORK_RACES.attempts():
             kv = await self.store.get(key)
             if kv is None:
                 raise NotFound(resource, object_id)
-            obj = decode(json.loads(kv.value))
-            obj = replace(obj, name=_name(name, resource) if name is not None else obj.name,
-                          tags=new_tags if new_tags is not None else obj.tags, updated_at=now(),
-                          **changes)
+            current = decode(json.loads(kv.value))
+            obj = change(current)
+            if obj is None:
+                return current
             txn = GuardedTxn().unchanged(resource, key, kv.mod_revision)
             if (await commit(self.store, txn.put(key, json.dumps(encode(obj))))).succeeded:
                 return obj
@@ -169,15 +238,7 @@ class NetworkRegistry:
         check_uuid(project_id, "project_id")
         tags = check_tags(tags)
         pn_name = _name(name, "pn")
-        if subnets is not None and not isinstance(subnets, list):
-            raise InvalidArgument("subnets", "must be a list of CIDRs", "format")
-        nets = [parse_cidr(c, "subnets") for c in subnets or []]
-        for net in nets:
-            check_private(net)
-        for i, a in enumerate(nets):
-            for b in nets[i + 1:]:
-                if a.version == b.version and a.first <= b.last and b.first <= a.last:
-                    raise InvalidArgument("subnets", f"{a} overlaps {b}")
+        nets = _checked_subnets(subnets)
         if vpc_id is None:
             vpc = await self.default_vpc(region, project_id, organization_id)
         else:
@@ -190,12 +251,7 @@ class NetworkRegistry:
             existing_kvs, rev = await self.store.scan(self.keys.vpc_networks(vpc.id))
             existing = {self.keys.last_segment(kv.key): kv.value.decode() for kv in existing_kvs}
             chosen = [str(n.cidr) for n in nets] if nets else self._auto_subnets(vpc, existing)
-            for cidr in chosen:
-                clash = overlapping(cidr, existing)
-                if clash:
-                    raise AlreadyExists("subnet", clash,
-                                        f"{cidr} overlaps subnet {clash} "
-                                        f"({existing[clash]}) of VPC {vpc.id}")
+            _refuse_overlaps(chosen, existing, vpc.id)
             ts = now()
             pn_id = new_id()
             pn = PrivateNetwork(pn_id, pn_name, region, project_id, organization_id, vpc.id, ts,
@@ -231,36 +287,54 @@ class NetworkRegistry:
         raise PreconditionFailed("no_free_subnet", "no free IPv6 /64 left in the VPC")
 
     async def get_private_network(self, pn_id: str) -> PrivateNetwork:
+        """The Private Network as etcd holds it now (and this node's cache with it)."""
         check_uuid(pn_id, "private_network_id")
         kv = await self.store.get(self.keys.private_network(pn_id))
         if kv is None:
             self._pn_cache.pop(pn_id, None)
             raise NotFound("private_network", pn_id)
-        pn = PrivateNetwork.from_json(json.loads(kv.value))
-        self._pn_cache[pn_id] = pn
+        return self._remember(PrivateNetwork.from_json(json.loads(kv.value)))
+
+    def _remember(self, pn: PrivateNetwork) -> PrivateNetwork:
+        self._pn_cache[pn.id] = (time.monotonic(), pn)
         return pn
 
     def forget(self, pn_id: str) -> None:
-        """Drop a Private Network from this node's cache (it was deleted elsewhere)."""
+        """Drop a Private Network from this node's cache (it changed or went away elsewhere)."""
         self._pn_cache.pop(pn_id, None)
 
     async def cached_private_network(self, pn_id: str) -> PrivateNetwork:
-        """The PN from this node's cache (its subnets never change), else from etcd."""
-        pn = self._pn_cache.get(pn_id)
-        return pn if pn is not None else await self.get_private_network(pn_id)
+        """The PN from this node's cache while younger than PN_CACHE_SECONDS, else from
+        etcd (concurrent callers share one read)."""
+        hit = self._pn_cache.get(pn_id)
+        if hit is not None and time.monotonic() - hit[0] < PN_CACHE_SECONDS:
+            return hit[1]
+        reading = self._pn_reads.get(pn_id)
+        if reading is None:
+            reading = self._pn_reads[pn_id] = asyncio.ensure_future(
+                self.get_private_network(pn_id))
+            reading.add_done_callback(lambda _: self._pn_reads.pop(pn_id, None))
+        return await asyncio.shield(reading)
 
     async def list_private_networks(self, region: str, project_ids: set[str] | None = None,
                                     organization_id: str | None = None,
                                     name: str | None = None, tags: Any = (),
                                     vpc_id: str | None = None,
-                                    private_network_ids: Any = ()) -> list[PrivateNetwork]:
+                                    private_network_ids: Any = (), *,
+                                    dhcp_enabled: bool | None = None,
+                                    object_storage_private_access_enabled: bool | None = None
+                                    ) -> list[PrivateNetwork]:
+        """The Private Networks of `region` that pass every filter (None or empty: any)."""
         if project_ids is not None and not project_ids:
             return []  # the caller sees no project: nothing to read
         kvs, _ = await self.store.scan(self.keys.private_network())
         ids = set(private_network_ids or ())
         pns = [pn for pn in (PrivateNetwork.from_json(json.loads(kv.value)) for kv in kvs)
                if _listed(pn, region, project_ids, organization_id, name, tags)
-               and (not vpc_id or pn.vpc_id == vpc_id) and (not ids or pn.id in ids)]
+               and (not vpc_id or pn.vpc_id == vpc_id) and (not ids or pn.id in ids)
+               and _flag(pn.dhcp_enabled, dhcp_enabled)
+               and _flag(pn.has_object_storage_private_access,
+                         object_storage_private_access_enabled)]
         return sorted(pns, key=lambda p: p.created_at)
 
     async def update_private_network(self, pn_id: str, name: str | None = None,
@@ -275,24 +349,120 @@ class NetworkRegistry:
             PrivateNetwork.from_json, PrivateNetwork.to_json,
             default_route_propagation_enabled=default_route_propagation_enabled,
             dhcp_enabled=dhcp_enabled)
-        self._pn_cache[pn_id] = pn
-        return pn
+        return self._remember(pn)
+
+    async def enable_dhcp(self, pn_id: str) -> PrivateNetwork:
+        """Turn managed DHCP on in a Private Network (never off again); on already: unchanged."""
+        check_uuid(pn_id, "private_network_id")
+        pn: PrivateNetwork = await self._change_guarded(
+            self.keys.private_network(pn_id), "private_network", pn_id,
+            PrivateNetwork.from_json, PrivateNetwork.to_json,
+            lambda p: None if p.dhcp_enabled else replace(p, dhcp_enabled=True,
+                                                          updated_at=now()))
+        return self._remember(pn)
 
     async def delete_private_network(self, pn_id: str) -> None:
         """Delete a Private Network whose subnets hold no IP."""
-        pn = await self.get_private_network(pn_id)
-        txn = (GuardedTxn().present("private_network", self.keys.private_network(pn_id))
-               .delete(self.keys.private_network(pn_id))
-               .delete(self.keys.vpc_private_networks(pn.vpc_id, pn_id)))
-        for s in pn.subnets:
+        check_uuid(pn_id, "private_network_id")
+        key = self.keys.private_network(pn_id)
+        async for _ in retry.NETWORK_RACES.attempts():
+            kv = await self.store.get(key)
+            if kv is None:
+                self._pn_cache.pop(pn_id, None)
+                raise NotFound("private_network", pn_id)
+            pn = PrivateNetwork.from_json(json.loads(kv.value))
+            # Guarded on the record's revision: a subnet added meanwhile is deleted too.
+            txn = (GuardedTxn().unchanged("private_network", key, kv.mod_revision)
+                   .delete(key).delete(self.keys.vpc_private_networks(pn.vpc_id, pn_id)))
+            self._delete_sources(txn, pn, pn.subnets)
+            outcome = await commit(self.store, txn)
+            if outcome.succeeded:
+                self._pn_cache.pop(pn_id, None)
+                return
+            if outcome.failed - {"private_network"}:
+                raise PreconditionFailed(STILL_IN_USE, "the Private Network still holds IPs; "
+                                                       "release them first")
+        raise Conflict("the private_network kept changing; try again")
+
+    def _delete_sources(self, txn: GuardedTxn, pn: PrivateNetwork,
+                        subnets: tuple[Subnet, ...] | list[Subnet]) -> None:
+        """Delete these subnets of `pn` in `txn`, each guarded on holding no address (the
+        guard is named `addresses of {subnet id}`)."""
+        for s in subnets:
             txn.prefix_empty(f"addresses of {s.id}", self.keys.addresses(s.id))
             (txn.delete(self.keys.source(s.id)).delete(self.keys.freed(s.id))
                 .delete(self.keys.vpc_network(pn.vpc_id, s.id)))
-        if not (await commit(self.store, txn)).succeeded:
-            await self.get_private_network(pn_id)
-            raise PreconditionFailed(STILL_IN_USE, "the Private Network still holds IPs; "
-                                                   "release them first")
-        self._pn_cache.pop(pn_id, None)
+
+    # -- subnets of a Private Network -------------------------------------------------------
+
+    async def add_subnets(self, pn_id: str, subnets: Any) -> tuple[PrivateNetwork, list[Subnet]]:
+        """Add subnets to a Private Network: (the network now, the subnets added).
+
+        Each is a private range that overlaps no subnet of the VPC (AlreadyExists names
+        the one it overlaps, as at creation)."""
+        check_uuid(pn_id, "private_network_id")
+        nets = _checked_subnets(subnets)
+        if not nets:
+            raise InvalidArgument("subnets", "give at least one CIDR", "required")
+        key = self.keys.private_network(pn_id)
+        async for _ in retry.NETWORK_RACES.attempts():
+            kv = await self.store.get(key)
+            if kv is None:
+                raise NotFound("private_network", pn_id)
+            pn = PrivateNetwork.from_json(json.loads(kv.value))
+            index = self.keys.vpc_networks(pn.vpc_id)
+            existing_kvs, rev = await self.store.scan(index)
+            existing = {self.keys.last_segment(kv.key): kv.value.decode() for kv in existing_kvs}
+            _refuse_overlaps([str(n.cidr) for n in nets], existing, pn.vpc_id)
+            ts = now()
+            added = [Subnet(new_id(), str(n.cidr), pn.project_id, pn.id, pn.vpc_id, pn.region,
+                            ts, ts) for n in nets]
+            updated = replace(pn, subnets=pn.subnets + tuple(added), updated_at=ts)
+            txn = (GuardedTxn().unchanged("private_network", key, kv.mod_revision)
+                   .prefix_unchanged_since("vpc_subnets", index, rev)
+                   .put(key, json.dumps(updated.to_json())))
+            for s in added:
+                txn.put(self.keys.source(s.id), json.dumps(updated.source(s).to_json()))
+                txn.put(self.keys.vpc_network(pn.vpc_id, s.id), s.subnet)
+            if (await commit(self.store, txn)).succeeded:
+                return self._remember(updated), added
+        raise Conflict("the Private Network or its VPC's subnets kept changing; try again")
+
+    async def delete_subnets(self, pn_id: str, subnets: Any
+                             ) -> tuple[PrivateNetwork, list[Subnet]]:
+        """Delete subnets, named by CIDR, from a Private Network: (the network now, the
+        subnets deleted). NotFound for a CIDR that is not one of its subnets;
+        PreconditionFailed naming the first subnet that still holds an IP (then none is
+        deleted). A booking in a subnet being deleted and the delete never both win."""
+        check_uuid(pn_id, "private_network_id")
+        if not isinstance(subnets, list) or not subnets:
+            raise InvalidArgument("subnets", "give at least one CIDR", "required")
+        asked = list(dict.fromkeys(str(parse_cidr(c, "subnets").cidr) for c in subnets))
+        key = self.keys.private_network(pn_id)
+        async for _ in retry.NETWORK_RACES.attempts():
+            kv = await self.store.get(key)
+            if kv is None:
+                raise NotFound("private_network", pn_id)
+            pn = PrivateNetwork.from_json(json.loads(kv.value))
+            held = {str(netaddr.IPNetwork(s.subnet).cidr): s for s in pn.subnets}
+            missing = [c for c in asked if c not in held]
+            if missing:
+                raise NotFound("subnet", missing[0])
+            gone = [held[c] for c in asked]
+            updated = replace(pn, subnets=tuple(s for s in pn.subnets if s not in gone),
+                              updated_at=now())
+            txn = (GuardedTxn().unchanged("private_network", key, kv.mod_revision)
+                   .put(key, json.dumps(updated.to_json())))
+            self._delete_sources(txn, pn, gone)
+            outcome = await commit(self.store, txn)
+            if outcome.succeeded:
+                return self._remember(updated), gone
+            in_use = [s for s in gone if f"addresses of {s.id}" in outcome.failed]
+            if in_use:
+                s = in_use[0]
+                raise PreconditionFailed(STILL_IN_USE, f"subnet {s.id} ({s.subnet}) still "
+                                                       "holds IPs; release them first")
+        raise Conflict("the Private Network kept changing; try again")
 
     async def list_subnets(self, region: str, project_ids: set[str] | None = None,
                            organization_id: str | None = None, vpc_id: str | None = None,

@@ -1,6 +1,8 @@
 """VPCs, Private Networks and their subnets: the records, as stored and as answered.
 
 Each subnet of a Private Network is also a source of addresses (`PrivateNetwork.source`).
+A subnet's CIDR never changes; a Private Network's list of subnets does (subnets are
+added and deleted after creation, see `NetworkRegistry.add_subnets`).
 """
 
 from __future__ import annotations
@@ -27,6 +29,11 @@ class VPC:
     routing_enabled: bool = True
     transitivity_enabled: bool = False
 
+    @property
+    def object_storage_private_access_enabled(self) -> bool:
+        """Never on here: this service reaches no Object Storage."""
+        return False
+
     def to_json(self) -> dict[str, Any]:
         return {
             "id": self.id, "name": self.name, "region": self.region,
@@ -36,7 +43,7 @@ class VPC:
             "routing_enabled": self.routing_enabled,
             "custom_routes_propagation_enabled": False,
             "transitivity_enabled": self.transitivity_enabled,
-            "object_storage_private_access_enabled": False,
+            "object_storage_private_access_enabled": self.object_storage_private_access_enabled,
             "created_at": self.created_at, "updated_at": self.updated_at,
         }
 
@@ -82,6 +89,11 @@ class PrivateNetwork:
     # Whether the network's DHCP and DNS answer (the agent answers nothing when false).
     dhcp_enabled: bool = True
 
+    @property
+    def has_object_storage_private_access(self) -> bool:
+        """Never on here: this service reaches no Object Storage."""
+        return False
+
     def to_json(self) -> dict[str, Any]:
         return {
             "id": self.id, "name": self.name, "region": self.region,
@@ -89,7 +101,7 @@ class PrivateNetwork:
             "vpc_id": self.vpc_id, "tags": list(self.tags),
             "subnets": [s.to_json() for s in self.subnets], "dhcp_enabled": self.dhcp_enabled,
             "default_route_propagation_enabled": self.default_route_propagation_enabled,
-            "has_object_storage_private_access": False,
+            "has_object_storage_private_access": self.has_object_storage_private_access,
             "created_at": self.created_at, "updated_at": self.updated_at,
         }
 

@@ -3,8 +3,9 @@
 The common listing, one Private Network (or subnet) page by page in creation or
 address order, reads only the page: creation order comes from each source's
 `c/{created_at}/{ip_id}` index and address order from its address keys, both in
-key order, so a page costs a count and a bounded range per source, then one read
-of the page's records, whatever the size of the network.
+key order, so a page costs a read of the network (its subnets as they are now, not
+as this node's booking cache last saw them), a count and a bounded range per
+source, then one read of the page's records, whatever the size of the network.
 
 Every other filter or order narrows the IPs through the most selective index
 (ids, resource, MAC, source, project), reads those records and leaves filtering,
@@ -108,7 +109,7 @@ class Queries:
         """The sources whose every IP matches `flt` (which only names source-wide filters)."""
         try:
             if flt.private_network_id:
-                pn = await self.networks.cached_private_network(flt.private_network_id)
+                pn = await self.networks.get_private_network(flt.private_network_id)
                 sources = [pn.source(s) for s in pn.subnets]
             else:
                 sources = [await self.networks.get_source(str(flt.subnet_id))]
@@ -199,7 +200,7 @@ class Queries:
             source_ids = [flt.subnet_id]
         elif flt.private_network_id:
             try:
-                pn = await self.networks.cached_private_network(flt.private_network_id)
+                pn = await self.networks.get_private_network(flt.private_network_id)
             except NotFound:
                 return []
             source_ids = [s.id for s in pn.subnets]

@@ -1,8 +1,10 @@
 """From what a booking names (a Private Network, a subnet, a zone) to the sources it may use.
 
-Sources never change once created, so this node keeps them: a warm booking resolves
-its source with no etcd read. A source deleted since is caught by the booking's own
-guard (`present(source meta)`), which then makes this node forget it.
+A source never changes once created, so this node keeps it: a warm booking resolves
+its source with no etcd read. Which subnets a Private Network has does change
+(subnets are added and deleted): the registry keeps a Private Network for a moment
+only (`network_registry.PN_CACHE_SECONDS`). A source deleted since is caught by the
+booking's own guard (`present(source meta)`), which then makes this node forget it.
 """
 
 from __future__ import annotations
@@ -41,6 +43,10 @@ class SourceResolver:
         self._sources.pop(source.id, None)
         if source.private_network_id:
             self.networks.forget(source.private_network_id)
+
+    def forget_source(self, source_id: str) -> None:
+        """The source was deleted through this node: drop it (its network is kept)."""
+        self._sources.pop(source_id, None)
 
     async def _zone_pools(self, region: str, zone: str) -> list[Source]:
         hit = self._zones.get((region, zone))
@@ -88,6 +94,10 @@ class SourceResolver:
         else:
             pn_id = check_uuid(ask.private_network_id, "source.private_network_id")
             pn = await self.networks.cached_private_network(pn_id)
+            if ask.address and not any(_contains_cidr(s.subnet, ask.address)
+                                       for s in pn.subnets):
+                # Maybe in a subnet added since this node read the network: read it again.
+                pn = await self.networks.get_private_network(pn_id)
             if not caller.sees_project(pn.project_id):
                 raise NotFound("private_network", pn_id)
             sources = [await self.source(s.id) for s in pn.subnets]
@@ -110,5 +120,12 @@ class SourceResolver:
 def _contains(src: Source, address: str) -> bool:
     try:
         return netaddr.IPAddress(address) in src.network
+    except (netaddr.AddrFormatError, ValueError, TypeError):
+        return False
+
+
+def _contains_cidr(cidr: str, address: str) -> bool:
+    try:
+        return netaddr.IPAddress(address) in netaddr.IPNetwork(cidr)
     except (netaddr.AddrFormatError, ValueError, TypeError):
         return False

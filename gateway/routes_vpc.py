@@ -1,9 +1,12 @@
 """VPC API v2 routes, the subset that defines where addresses come from.
 
-VPCs (create, get, list, update, delete), Private Networks (create with optional
-subnets, get, list, update, delete) and the subnets list, as in the SDK's
-`scaleway/vpc/v2/api.py`. Lists are filtered by visibility first, then ordered
-and cut into pages here.
+VPCs (create, get, list, update, delete, enable routing), Private Networks (create
+with optional subnets, get, list, update, delete, enable DHCP), their subnets (add,
+delete) and the subnets list, as in the SDK's `scaleway/vpc/v2/api.py` (add and
+delete subnets as earlier SDK releases had them: the installed 2.12 has them no
+more). Every change is authorised as an update: a member of the object's project,
+or an admin; an object the key cannot see answers 404. Lists are filtered by
+visibility first, then ordered and cut into pages here.
 """
 
 from __future__ import annotations
@@ -23,8 +26,14 @@ from .errors import invalid_argument, not_found
 from .models.fields import RegionPath
 from .models.vpc import (
     VPC,
+    AddSubnetsRequest,
+    AddSubnetsResponse,
     CreatePrivateNetworkRequest,
     CreateVPCRequest,
+    DeleteSubnetsRequest,
+    DeleteSubnetsResponse,
+    EnableDHCPRequest,
+    EnableRoutingRequest,
     ListPrivateNetworksQuery,
     ListPrivateNetworksResponse,
     ListQuery,
@@ -121,7 +130,8 @@ async def list_vpcs(request: web.Request, path: RegionPath, query: ListVPCsQuery
     projects = _project_scope(principal(request), query.project_id)
     vpcs = await ipam_of(request).list_vpcs(
         path.region, projects, query.organization_id, query.name, query.tags,
-        query.is_default)
+        query.is_default, routing_enabled=query.routing_enabled,
+        object_storage_private_access_enabled=query.object_storage_private_access_enabled)
     page, total = _page(vpcs, query, query.order_by, VPC.of)
     return ListVPCsResponse(vpcs=page, total_count=total)
 
@@ -143,6 +153,17 @@ async def update_vpc(request: web.Request, path: VPCPath, body: UpdateVPCRequest
     updated = await ipam_of(request).update_vpc(path.vpc_id, name=body.name,
                                                          tags=body.tags)
     return VPC.of(updated)
+
+
+@routes.post(_BASE + "/vpcs/{vpc_id}/enable-routing")
+@endpoint(optional_body=True)
+async def enable_routing(request: web.Request, path: VPCPath, body: EnableRoutingRequest
+                         ) -> VPC:
+    """Enable routing between a VPC's Private Networks (it cannot be disabled again)."""
+    who = principal(request)
+    vpc = await _visible_vpc(request, who, path.vpc_id, path.region)
+    who.check_write("vpc", vpc.project_id)
+    return VPC.of(await ipam_of(request).enable_routing(path.vpc_id))
 
 
 @routes.delete(_BASE + "/vpcs/{vpc_id}")
@@ -183,7 +204,8 @@ async def list_private_networks(request: web.Request, path: RegionPath,
     projects = _project_scope(principal(request), query.project_id)
     pns = await ipam_of(request).list_private_networks(
         path.region, projects, query.organization_id, query.name, query.tags, query.vpc_id,
-        query.private_network_ids)
+        query.private_network_ids, dhcp_enabled=query.dhcp_enabled,
+        object_storage_private_access_enabled=query.object_storage_private_access_enabled)
     page, total = _page(pns, query, query.order_by, PrivateNetwork.of)
     return ListPrivateNetworksResponse(private_networks=page, total_count=total)
 
@@ -210,6 +232,17 @@ async def update_private_network(request: web.Request, path: PrivateNetworkPath,
     return PrivateNetwork.of(updated)
 
 
+@routes.post(_BASE + "/private-networks/{private_network_id}/enable-dhcp")
+@endpoint(optional_body=True)
+async def enable_dhcp(request: web.Request, path: PrivateNetworkPath, body: EnableDHCPRequest
+                      ) -> PrivateNetwork:
+    """Enable managed DHCP on a Private Network (it cannot be disabled again)."""
+    who = principal(request)
+    pn = await _visible_pn(request, who, path.private_network_id, path.region)
+    who.check_write("private_network", pn.project_id)
+    return PrivateNetwork.of(await ipam_of(request).enable_dhcp(path.private_network_id))
+
+
 @routes.delete(_BASE + "/private-networks/{private_network_id}")
 @endpoint
 async def delete_private_network(request: web.Request, path: PrivateNetworkPath) -> None:
@@ -221,6 +254,30 @@ async def delete_private_network(request: web.Request, path: PrivateNetworkPath)
 
 
 # -- subnets ---------------------------------------------------------------------------------
+
+
+@routes.post(_BASE + "/private-networks/{private_network_id}/subnets")
+@endpoint
+async def add_subnets(request: web.Request, path: PrivateNetworkPath, body: AddSubnetsRequest
+                      ) -> AddSubnetsResponse:
+    """Add subnets to a Private Network (409 naming the subnet of the VPC one overlaps)."""
+    who = principal(request)
+    pn = await _visible_pn(request, who, path.private_network_id, path.region)
+    who.check_write("private_network", pn.project_id)
+    _, added = await ipam_of(request).add_subnets(path.private_network_id, body.subnets)
+    return AddSubnetsResponse(subnets=[s.subnet for s in added])
+
+
+@routes.delete(_BASE + "/private-networks/{private_network_id}/subnets")
+@endpoint
+async def delete_subnets(request: web.Request, path: PrivateNetworkPath,
+                         body: DeleteSubnetsRequest) -> DeleteSubnetsResponse:
+    """Delete subnets from a Private Network (412 naming the first that still holds IPs)."""
+    who = principal(request)
+    pn = await _visible_pn(request, who, path.private_network_id, path.region)
+    who.check_write("private_network", pn.project_id)
+    _, gone = await ipam_of(request).delete_subnets(path.private_network_id, body.subnets)
+    return DeleteSubnetsResponse(subnets=[s.subnet for s in gone])
 
 
 @routes.get(_BASE + "/subnets")

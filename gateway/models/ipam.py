@@ -213,13 +213,16 @@ class Reverse(Reply):
 
 
 class ZonalSource(Reply):
-    zonal: str | None
+    """A public IP's source: its zone, and nothing else (Scaleway's `Source` is a one-of)."""
+
+    zonal: str
 
 
 class SubnetSource(Reply):
-    private_network_id: str | None
-    subnet_id: str
-    vpc_id: str | None
+    """A private IP's source: the subnet it was booked in, and nothing else, as Scaleway
+    answers (the Private Network and VPC are the subnet's: list_subnets gives them)."""
+
+    subnet_id: Uuid
 
 
 class IP(Reply):
@@ -243,7 +246,7 @@ class IP(Reply):
         return cls(
             id=record.id, address=record.address, project_id=record.project_id,
             is_ipv6=record.is_ipv6, created_at=record.created_at,
-            updated_at=record.updated_at, source=_source(record.source),
+            updated_at=record.updated_at, source=_source(record),
             resource=None if r is None else Resource(
                 type=r.type, id=r.id, mac_address=r.mac_address, name=r.name),
             tags=list(record.tags),
@@ -251,8 +254,11 @@ class IP(Reply):
             region=record.region, zone=record.zone)
 
 
-def _source(source: dict[str, Any]) -> ZonalSource | SubnetSource:
-    return ZonalSource(**source) if "zonal" in source else SubnetSource(**source)
+def _source(record: IPRecord) -> ZonalSource | SubnetSource:
+    if record.source_kind == "zonal":
+        assert record.zone is not None  # a zonal pool always has its zone
+        return ZonalSource(zonal=record.zone)
+    return SubnetSource(subnet_id=record.source_id)
 
 
 class ListIPsResponse(Reply):

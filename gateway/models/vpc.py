@@ -12,6 +12,7 @@ from allocator.contract import Subnet as DomainSubnet
 
 from .fields import (
     Body,
+    Cidr,
     Flag,
     Name,
     Page,
@@ -64,6 +65,24 @@ class UpdatePrivateNetworkRequest(Body):
     name: Name | None = None
     tags: Tags | None = None
     default_route_propagation_enabled: bool | None = None
+
+
+class EnableRoutingRequest(Body):
+    """Nothing to give: the SDK sends `{}` (or no body at all)."""
+
+
+class EnableDHCPRequest(Body):
+    """Nothing to give: the SDK sends `{}` (or no body at all)."""
+
+
+class AddSubnetsRequest(Body):
+    # Each may overlap no subnet of the VPC (nor another of the list).
+    subnets: list[PrivateCidr] = Field(min_length=1, json_schema_extra={"uniqueItems": True})
+
+
+class DeleteSubnetsRequest(Body):
+    # Each must be a subnet of the Private Network, holding no IP (a repeat counts once).
+    subnets: list[Cidr] = Field(min_length=1)
 
 
 class VPCPath(RegionPath):
@@ -192,3 +211,15 @@ class ListPrivateNetworksResponse(Reply):
 class ListSubnetsResponse(Reply):
     subnets: list[Subnet]
     total_count: int = Field(ge=0)
+
+
+class AddSubnetsResponse(Reply):
+    """The SDK's `AddSubnetsResponse`: the CIDRs added."""
+
+    subnets: list[str]
+
+
+class DeleteSubnetsResponse(Reply):
+    """The SDK's `DeleteSubnetsResponse`: the CIDRs deleted."""
+
+    subnets: list[str]

@@ -73,7 +73,8 @@ def test_book_get_list_update_release_through_the_sdk(tenant: Tenant) -> None:
     ip = tenant.ipam.book_ip(source=Source(private_network_id=pn.id), is_ipv6=False,
                              tags=["a"])
     assert ip.address.endswith("/24") and ip.address.startswith("10.20.0.")
-    assert ip.source.private_network_id == pn.id and ip.tags == ["a"]
+    # Scaleway's Source is a one-of: a private IP names its subnet, and nothing else.
+    assert ip.source == Source(subnet_id=pn.subnets[0].id) and ip.tags == ["a"]
     assert ip.resource is None and ip.project_id == tenant.project
     got = tenant.ipam.get_ip(ip_id=ip.id)
     assert got.address == ip.address
