@@ -184,6 +184,8 @@ async def export_state(store: Store, keys: Keys, out: BinaryIO | TextIO, *,
     prefix = keys.prefix.encode()
     end = prefix_end(prefix)
     schema_key = keys.schema().encode()
+    # The elected compactor's key is a node's lease, not data: never carried over.
+    compactor_key = keys.compactor().encode()
     # The schema key and the first page in one read: the same revision for both.
     first = await store.txn([], [_range(schema_key), _range(prefix, end, limit=page)],
                             retry=True)
@@ -209,7 +211,7 @@ async def export_state(store: Store, keys: Keys, out: BinaryIO | TextIO, *,
     resp = first.responses[1].response_range
     while True:
         for kv in resp.kvs:
-            if kv.key == schema_key:
+            if kv.key in (schema_key, compactor_key):
                 continue
             line: dict[str, Any] = {"k": kv.key[len(prefix):].decode(),
                                     "v": base64.b64encode(kv.value).decode("ascii")}

@@ -38,6 +38,7 @@ from .backup import (
     import_state,
 )
 from .committer import CommitObserver, Committer
+from .compactor import Compactor
 from .credentials import (
     ADMIN,
     PRODUCT,
@@ -80,7 +81,7 @@ __all__ = [
     "check_key_spec", "errors", "is_access_key", "normalize_mac", "secret_hash",
     "BackupInvalid", "BackupSummary", "CURRENT_SCHEMA", "RestoreInProgress", "RestoreInterrupted",
     "RestoreSummary", "SchemaState", "SchemaTooNew", "SchemaUnreadable", "TargetNotEmpty",
-    "ensure_schema", "export_state", "import_state",
+    "ensure_schema", "export_state", "import_state", "Compactor",
 ]
 
 
@@ -166,6 +167,11 @@ class IPAM:
     async def import_state(self, source: Any) -> RestoreSummary:
         """A backup file into this (empty) prefix (`allocator.backup`)."""
         return await import_state(self.store, self.keys, source)
+
+    def compactor(self, **options: Any) -> Compactor:
+        """A compactor of this cluster's etcd history (started with `start`); `options` are
+        `Compactor`'s (retain_revisions, interval, every_deletes, ...)."""
+        return Compactor(self.store, self.keys, **options)  # type: ignore[arg-type]
 
     def endpoints_in_use(self) -> list[tuple[str, bool]]:
         """[(etcd endpoint, whether this node uses it now)]: an endpoint that failed is put

@@ -35,6 +35,7 @@ from .errors import (
     NotFound,
     OutcomeUnknown,
     PoolExhausted,
+    StorageFull,
     StoreError,
 )
 from .keys import Keys
@@ -122,6 +123,9 @@ class SourceEngine:
             txn = self._txn(b, offset)
             try:
                 outcome = await self.committer.commit(txn)
+            except StorageFull:  # refused whole, nothing applied: not an unknown outcome
+                self.cache.give_back(offset)
+                raise
             except StoreError:
                 found = await self._read_back(b)
                 if found is not None:

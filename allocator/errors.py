@@ -13,8 +13,10 @@ The tree, and how callers are meant to treat each branch:
     │   └── CredentialRevoked      the caller's API key was revoked before the change applied
     ├── Conflict                   a concurrent change won; bounded retries ran out
     └── StoreError                 etcd could not be reached
-        └── OutcomeUnknown         a write may or may not have been applied, and even the
-                                   read-back failed: retry with the same idempotency key
+        ├── OutcomeUnknown         a write may or may not have been applied, and even the
+        │                          read-back failed: retry with the same idempotency key
+        └── StorageFull            etcd's backend quota is full (NOSPACE alarm): the write
+                                   was refused whole; not transient, an operator clears it
 
 Each carries, where it helps the HTTP layer, the data to build Scaleway's error
 body. The gateway maps classes to bodies (one table, `gateway/errors.py`); it never
@@ -116,6 +118,17 @@ class Conflict(IPAMError):
 
 class StoreError(IPAMError):
     """etcd could not be reached or answered with an error."""
+
+
+
+class StorageFull(StoreError):
+    """etcd's backend quota is full (its NOSPACE alarm is raised): writes are refused.
+
+    The write was refused before anything of it applied, so there is nothing to read
+    back; and it is not transient: every write fails the same way until an operator
+    compacts, defragments and disarms the alarm (or raises the quota). Never retried.
+    Reads still work.
+    """
 
 
 

@@ -17,6 +17,7 @@
     {p}idem/{scope}/{key}                 idempotency key -> first result (leased, 24 h)
     {p}auth/secret/{sha256 of secret}     API key record, found by its secret
     {p}auth/key/{access_key}              the hash of its secret, found by access key
+    {p}compactor                          the node that compacts etcd's history (leased)
     {p}schema                             schema version of the data (and a restore's progress)
 
 Every key of one held address is written in the same transaction, so an index
@@ -121,6 +122,10 @@ class Keys:
     def api_key_by_access(self, access_key: str) -> str:
         """The hash of an API key's secret, found by its access key."""
         return f"{self.prefix}auth/key/{access_key}"
+
+    def compactor(self) -> str:
+        """Held, on its lease, by the one node that compacts etcd (see `compactor`)."""
+        return f"{self.prefix}compactor"
 
     # -- taking keys apart ----------------------------------------------------------
 

@@ -34,6 +34,7 @@ from .errors import (
     PermissionDenied,
     PoolExhausted,
     PreconditionFailed,
+    StorageFull,
     StoreError,
 )
 from .keys import Keys
@@ -160,6 +161,8 @@ class Lifecycle:
             # Rides the node's committer with the bookings and other changes in flight.
             try:
                 out = await self.committer.commit(txn)
+            except StorageFull:
+                raise  # refused whole, nothing applied: not an unknown outcome
             except StoreError:
                 settled = await self._read_back(ip_key, kv, new)
                 if settled is None:
@@ -270,6 +273,8 @@ class Lifecycle:
                 txn.put(self.keys.freed(sid), ip)
             try:
                 out = await commit(self.store, txn)
+            except StorageFull:
+                raise  # refused whole, nothing applied: not an unknown outcome
             except StoreError:
                 # Unknown outcome: all gone means it applied (it is all or none).
                 try:

@@ -13,6 +13,16 @@ ejection gRPC keeps sending to it.
 Writes are never retried here: when a transaction errors its outcome is unknown,
 and only the caller can tell (by reading back the token it wrote). Transactions are
 built in `txn` (guards with names); this module only sends them.
+
+A full backend quota is the exception: etcd refuses the write whole before applying
+it, with its NOSPACE alarm raised, and `StorageFull` says so (never retried: only an
+operator clears it). etcd 3.4 counts only the puts at the top level of a transaction
+against the quota, so a request whose puts are all nested (every commit of the
+allocator's committer) would slip past a full quota unseen; `txn` adds a put to a
+branch that never runs, which etcd weighs but never applies (`_quota_probe`).
+
+Maintenance, for `compactor` and for alarms: `compact`, leases (`lease_keep_alive`,
+`lease_revoke`) and `storage_usage` (each member's backend size against the quota).
 """
 
 from __future__ import annotations
@@ -28,7 +38,7 @@ from typing import Protocol
 import grpc
 from aetcd import rpc
 
-from .errors import StoreError
+from .errors import StorageFull, StoreError
 from .retry import WATCH_RESUME
 
 log = logging.getLogger(__name__)
@@ -57,6 +67,11 @@ _CHANNEL_OPTIONS = [
 
 # etcd's default --max-txn-ops; nested transactions share it with their parent.
 MAX_TXN_OPS = 128
+# etcd's default --quota-backend-bytes. etcd does not tell a member's own over gRPC
+# (its /metrics does: etcd_server_quota_backend_bytes).
+DEFAULT_QUOTA_BYTES = 2 * 1024**3
+_NO_SPACE = "database space exceeded"
+_ALREADY_COMPACTED = "required revision has been compacted"
 
 
 @dataclass(frozen=True)
@@ -90,6 +105,12 @@ class EtcdSecurity:
                                             read(self.cert_file))
 
 
+def _no_space(err: grpc.aio.AioRpcError) -> bool:
+    """etcd refused a write because its backend quota is full (the NOSPACE alarm)."""
+    return err.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and _NO_SPACE in (
+        err.details() or "")
+
+
 def _auth_expired(err: grpc.aio.AioRpcError) -> bool:
     """etcd refused the token (expired, unknown, or older than an auth change)."""
     details = (err.details() or "").lower()
@@ -116,6 +137,43 @@ def _read(key: str) -> rpc.RequestOp:
     return rpc.RequestOp(request_range=rpc.RangeRequest(key=_b(key)))
 
 
+def _nested_put_key(ops: Iterable[rpc.RequestOp]) -> bytes | None:
+    """The key of the first put inside the nested transactions of `ops`, or None."""
+    for op in ops:
+        if op.HasField("request_txn"):
+            inner = op.request_txn
+            for branch in (inner.success, inner.failure):
+                for o in branch:
+                    if o.HasField("request_put"):
+                        return bytes(o.request_put.key)
+                key = _nested_put_key(branch)
+                if key is not None:
+                    return key
+    return None
+
+
+def _quota_probe(request: rpc.TxnRequest) -> rpc.RequestOp | None:
+    """A put that makes etcd check its quota for an unguarded `request`, when etcd would not.
+
+    etcd 3.4 weighs a transaction by its top-level puts alone (the larger branch's):
+    one whose puts are all nested weighs nothing, passes a full quota and even an
+    active NOSPACE alarm, and the database grows past its quota (measured). A put of
+    a key the request writes anyway (so etcd's auth allows it), in the failure branch
+    of a request with no guard (a branch that never runs), gives it weight. None when
+    etcd weighs the request already or it puts nothing.
+
+    A guarded request has no branch that never runs; wrapping it in an unguarded one
+    would cost it one operation of etcd's nesting budget, which `txn.commit` fills. Those
+    (big release sets, mostly deletes) stay unweighed.
+    """
+    if any(op.HasField("request_put") for op in (*request.success, *request.failure)):
+        return None
+    key = _nested_put_key((*request.success, *request.failure))
+    if key is None:
+        return None
+    return rpc.RequestOp(request_put=rpc.PutRequest(key=key))
+
+
 def prefix_end(prefix: str | bytes) -> bytes:
     """The range end that covers every key starting with `prefix`."""
     p = bytearray(_b(prefix))
@@ -139,6 +197,22 @@ class KV:
 
 def kv_of(kv: rpc.KeyValue) -> KV:
     return KV(kv.key.decode(), kv.value, kv.mod_revision, kv.create_revision)
+
+
+@dataclass(frozen=True)
+class StorageUsage:
+    """One member's backend against the quota, as its Status call reports it."""
+
+    endpoint: str
+    db_size: int  # bytes of the backend file: what etcd compares with its quota
+    db_size_in_use: int  # bytes holding data; the rest are free pages a defrag gives back
+    quota: int  # the --quota-backend-bytes the members were said to run with
+    alarms: tuple[str, ...]  # this member's active alarms: "NOSPACE", "CORRUPT"
+
+    @property
+    def used(self) -> float:
+        """The share of the quota the backend file takes (NOSPACE comes near 1.0)."""
+        return self.db_size / self.quota if self.quota else 0.0
 
 
 @dataclass(frozen=True)
@@ -319,6 +393,9 @@ class EtcdStore:
                     metadata = await self._metadata(renew=True)
                     attempts += 1
                     continue
+                if _no_space(err):
+                    # Refused whole, and every member would say the same: not transient.
+                    raise StorageFull(f"etcd {method} refused: {err.details()}") from None
                 self._eject(ep, err)
                 if err.code() not in _RETRYABLE:
                     break
@@ -328,9 +405,16 @@ class EtcdStore:
     async def txn(self, compare: Sequence[rpc.Compare], success: Sequence[rpc.RequestOp],
                   failure: Sequence[rpc.RequestOp] = (), *, retry: bool = False
                   ) -> rpc.TxnResponse:
-        """One transaction. `retry=True` only for transactions that write nothing."""
+        """One transaction. `retry=True` only for transactions that write nothing.
+
+        Raises StorageFull, with nothing applied, when etcd's backend quota is full.
+        """
         request = rpc.TxnRequest(compare=list(compare), success=list(success),
                                  failure=list(failure))
+        if not request.compare:  # with no guard, the failure branch never runs
+            probe = _quota_probe(request)
+            if probe is not None:
+                request.failure.append(probe)
         return await self._unary("kv", "Txn", request, retry=retry)  # type: ignore[return-value]
 
     async def range(self, key: str, range_end: bytes | None = None, *, limit: int = 0,
@@ -402,6 +486,77 @@ class EtcdStore:
                                  retry=True)
         return resp.ID  # type: ignore[attr-defined]
 
+    async def lease_keep_alive(self, lease_id: int) -> int:
+        """Renew a lease once: its TTL in seconds from now, 0 if it has expired."""
+        request = rpc.LeaseKeepAliveRequest(ID=lease_id)
+        last: grpc.aio.AioRpcError | None = None
+        for _ in range(len(self._endpoints) + 1):
+            ep = self._pick()
+            self.requests += 1
+            call = ep.lease.LeaseKeepAlive(iter([request]), timeout=self.timeout,
+                                           metadata=await self._metadata())
+            try:
+                resp = await call.read()
+            except grpc.aio.AioRpcError as err:
+                last = err
+                self._eject(ep, err)
+                if err.code() not in _RETRYABLE:
+                    break
+                continue
+            finally:
+                call.cancel()
+            return 0 if resp is grpc.aio.EOF else int(resp.TTL)
+        assert last is not None
+        raise StoreError(f"etcd LeaseKeepAlive failed: {last.code().name}: {last.details()}")
+
+    async def lease_revoke(self, lease_id: int) -> None:
+        """Revoke a lease now, deleting its keys; a lease already gone is no error."""
+        try:
+            await self._unary("lease", "LeaseRevoke", rpc.LeaseRevokeRequest(ID=lease_id),
+                              retry=True)
+        except StoreError as err:
+            if "lease not found" not in str(err):
+                raise
+
+    async def compact(self, revision: int, *, physical: bool = False) -> bool:
+        """Drop etcd's history before `revision`: True, or False if it was dropped already.
+
+        Watches still behind `revision` end with Compacted. `physical` waits until the
+        backend has freed the space too (the file shrinks only with a defragmentation).
+        """
+        try:
+            await self._unary("kv", "Compact", rpc.CompactionRequest(
+                revision=revision, physical=physical), retry=True)
+        except StoreError as err:
+            if _ALREADY_COMPACTED in str(err):
+                return False
+            raise
+        return True
+
+    async def storage_usage(self, quota: int = DEFAULT_QUOTA_BYTES) -> list[StorageUsage]:
+        """Each answering member's backend size against `quota` (the --quota-backend-bytes
+        the members run with), with its active alarms; a member silent for a second is
+        left out."""
+        metadata = await self._metadata()
+
+        async def one(ep: _Endpoint) -> tuple[str, rpc.StatusResponse] | None:
+            try:
+                return ep.address, await ep.maintenance.Status(
+                    rpc.StatusRequest(), timeout=min(1.0, self.timeout), metadata=metadata)
+            except grpc.aio.AioRpcError:
+                return None
+
+        answers = [a for a in await asyncio.gather(*(one(e) for e in self._endpoints)) if a]
+        alarms: dict[int, list[str]] = {}
+        if answers:
+            resp = await self._unary("maintenance", "Alarm", rpc.AlarmRequest(
+                action=rpc.AlarmRequest.GET), retry=True)
+            for a in resp.alarms:  # type: ignore[attr-defined]
+                alarms.setdefault(a.memberID, []).append(rpc.AlarmType.Name(a.alarm))
+        return [StorageUsage(address, s.dbSize, s.dbSizeInUse, quota,
+                             tuple(alarms.get(s.header.member_id, ())))
+                for address, s in answers]
+
     async def status(self) -> list[tuple[str, bool]]:
         """(endpoint, answered) for every endpoint, asked directly with a short deadline."""
         async def one(ep: _Endpoint) -> tuple[str, bool]:
@@ -415,9 +570,10 @@ class EtcdStore:
 
     # -- watches --------------------------------------------------------------------
 
-    async def watch(self, prefix: str, start_revision: int
+    async def watch(self, prefix: str, start_revision: int, *, deletes_only: bool = False
                     ) -> AsyncIterator[tuple[list[WatchEvent], int]]:
-        """Events under `prefix` from `start_revision` on, as (events, revision) batches.
+        """Events under `prefix` from `start_revision` on, as (events, revision) batches
+        (`deletes_only`: etcd sends deletions alone).
 
         Survives member failures: the stream moves to another endpoint and resumes
         after the last revision it delivered. Raises Compacted when the history it
@@ -433,7 +589,8 @@ class EtcdStore:
             queue: asyncio.Queue[rpc.WatchRequest | None] = asyncio.Queue()
             queue.put_nowait(rpc.WatchRequest(create_request=rpc.WatchCreateRequest(
                 key=_b(prefix), range_end=prefix_end(prefix), start_revision=next_rev,
-                progress_notify=True)))
+                progress_notify=True,
+                filters=[rpc.WatchCreateRequest.NOPUT] if deletes_only else [])))
 
             async def requests(queue: asyncio.Queue = queue) -> AsyncIterator[rpc.WatchRequest]:
                 while (req := await queue.get()) is not None:
@@ -477,6 +634,9 @@ class EtcdStore:
                         yield events, resp.header.revision
                     elif not resp.created and resp.header.revision >= next_rev:
                         # A progress notice: every event up to this revision was sent.
+                        # Resume after it, so that a quiet prefix whose stream breaks
+                        # does not ask for history a compaction may have dropped.
+                        next_rev = resp.header.revision + 1
                         yield [], resp.header.revision
                     reader = asyncio.ensure_future(call.read())
             except grpc.aio.AioRpcError as err:

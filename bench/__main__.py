@@ -2,6 +2,7 @@
 
     python -m bench contention [--quick] [--out bench/results]
     python -m bench dhcp [--quick] [--out bench/results]
+    python -m bench compaction [--quick] [--out bench/results]
 """
 
 from __future__ import annotations
@@ -23,6 +24,10 @@ def main(argv: list[str] | None = None) -> int:
         from .dhcp import main as dhcp
 
         return dhcp(rest)
+    if command == "compaction":
+        from .compaction import main as compaction
+
+        return compaction(rest)
     print(f"unknown command {command!r}\n\n{__doc__.strip()}", file=sys.stderr)
     return 2
 

@@ -151,8 +151,10 @@ class EtcdMember:
         etcd_binary: str,
         tls: ServerTLS | None = None,
         tls_port: int | None = None,
+        quota_backend_bytes: int = QUOTA_BACKEND_BYTES,
     ) -> None:
         self.name = name
+        self.quota_backend_bytes = quota_backend_bytes
         self.tls = tls
         # With TLS, clients use `tls_endpoint`; the plain `endpoint` stays for the
         # harness's own probes (health, status, metrics).
@@ -244,7 +246,7 @@ class EtcdMember:
             "--log-outputs", str(self.log_file),
             "--heartbeat-interval", str(HEARTBEAT_INTERVAL_MS),
             "--election-timeout", str(ELECTION_TIMEOUT_MS),
-            "--quota-backend-bytes", str(QUOTA_BACKEND_BYTES),
+            "--quota-backend-bytes", str(self.quota_backend_bytes),
             "--auto-compaction-retention", AUTO_COMPACTION_RETENTION,
             "--snapshot-count", str(SNAPSHOT_COUNT),
         ]  # fmt: skip
@@ -364,11 +366,15 @@ class EtcdCluster:
     the members and stops them on exit. Without ``base_dir`` a temporary
     directory is created and removed by ``stop()``; a given ``base_dir`` is
     kept, and members whose data is already there restart from it.
+    `quota_backend_bytes` is each member's backend quota: past it etcd raises its NOSPACE
+    alarm and refuses writes (a tiny one lets tests reach that state quickly).
     """
 
     def __init__(self, size: int, base_dir: Path | None = None, name_prefix: str = "m",
-                 tls: ServerTLS | None = None) -> None:
+                 tls: ServerTLS | None = None,
+                 quota_backend_bytes: int = QUOTA_BACKEND_BYTES) -> None:
         self.tls = tls
+        self.quota_backend_bytes = quota_backend_bytes
         if size < 1:
             raise ValueError(f"an etcd cluster needs at least one member, not {size}")
         self.size = size
@@ -466,6 +472,7 @@ class EtcdCluster:
                 etcd_binary=etcd_binary,
                 tls=self.tls,
                 tls_port=tls_port,
+                quota_backend_bytes=self.quota_backend_bytes,
             )
             for name, client_port, peer_port, tls_port in zip(
                 names, client_ports, peer_ports, tls_ports, strict=True

@@ -27,7 +27,7 @@ from .context import CONFIG_KEY, CREDENTIALS_KEY, IPAM_KEY
 from .drain import DRAIN_KEY, Drain, drain_middleware
 from .errors import error_middleware
 from .logs import request_id_middleware
-from .metrics import METRICS, GatewayMetrics, metrics_endpoint, metrics_middleware
+from .metrics import COMPACTOR, METRICS, GatewayMetrics, metrics_endpoint, metrics_middleware
 
 
 def create_app(ipam: IPAM, config: GatewayConfig | None = None, *,
@@ -64,15 +64,25 @@ def create_app(ipam: IPAM, config: GatewayConfig | None = None, *,
     app.on_startup.append(openapi.prepare)
     # Start-up steps that need etcd run once it answers, retried until then; data this
     # node must not touch (a newer schema, an unfinished restore) stops it instead.
+    # The compactor starts after the schema check: its elected key would make an empty
+    # prefix look like data written before schema versions.
+    compactor = None
+    steps = [lambda: ipam.ensure_schema(), credentials.start]
+    if config.compact_retain_revisions > 0:
+        compactor = app[COMPACTOR] = ipam.compactor(
+            retain_revisions=config.compact_retain_revisions,
+            interval=config.compact_interval, every_deletes=config.compact_every_deletes)
+        steps.append(compactor.start)
     availability = app[AVAILABILITY] = Availability(
-        ipam, [lambda: ipam.ensure_schema(), credentials.start],
-        fatal=(SchemaTooNew, SchemaUnreadable, RestoreInProgress))
+        ipam, steps, fatal=(SchemaTooNew, SchemaUnreadable, RestoreInProgress))
 
     async def start_availability(_: web.Application) -> None:
         availability.start()
 
     async def close_availability(_: web.Application) -> None:
         await availability.close()
+        if compactor is not None:
+            await compactor.close()  # its lease revoked: another node takes over at once
         await credentials.close()
 
     app.on_startup.append(start_availability)

@@ -135,13 +135,15 @@ class Availability:
 
     async def _start_up(self) -> None:
         delay = self.first_retry
+        done = 0  # steps that succeeded: a retry resumes at the one that failed
         while True:  # ends when etcd answers and every step succeeded; retried forever
             self.attempts += 1
             try:
                 problem = await self.ipam.quorum_problem(PROBE_TIMEOUT)
                 if problem is None:
-                    for step in self.steps:
+                    for step in self.steps[done:]:
                         await step()
+                        done += 1
             except self.fatal as err:
                 self.failure, self.reason = err, str(err)
                 log.error("cannot serve: %s", err)

@@ -72,6 +72,13 @@ SETTINGS: tuple[Setting, ...] = (
             "seconds given to in-flight requests once the node stops accepting"),
     Setting("log_level", "info", "debug, info, warning or error"),
     Setting("log_format", "text", "text or json (one JSON object per line)"),
+    Setting("compact_interval", "60",
+            "seconds between compactions of etcd's history (one node, elected, does it)"),
+    Setting("compact_retain_revisions", "2000",
+            "etcd revisions of history kept by each compaction (0: never compact)"),
+    Setting("compact_every_deletes", "10000",
+            "compact as soon as this many keys were deleted since the last compaction "
+            "(a mass release slows etcd's writes until then)"),
 )
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
@@ -97,6 +104,9 @@ class GatewayConfig:
     shutdown_timeout: float = 10.0
     log_level: str = "info"
     log_format: str = "text"
+    compact_interval: float = 60.0
+    compact_retain_revisions: int = 2000
+    compact_every_deletes: int = 10000
 
     def __post_init__(self) -> None:
         if not _REGION.match(self.region):
@@ -137,6 +147,11 @@ class GatewayConfig:
         if self.log_level not in LOG_LEVELS:
             raise ConfigError(f"--log-level/IPAM_LOG_LEVEL must be one of "
                               f"{', '.join(LOG_LEVELS)}, not {self.log_level!r}")
+        if self.compact_interval <= 0:
+            raise ConfigError("--compact-interval/IPAM_COMPACT_INTERVAL must be positive")
+        if self.compact_retain_revisions < 0 or self.compact_every_deletes < 0:
+            raise ConfigError("--compact-retain-revisions and --compact-every-deletes "
+                              "(IPAM_COMPACT_...) must not be negative")
         if self.log_format not in LOG_FORMATS:
             raise ConfigError(f"--log-format/IPAM_LOG_FORMAT must be one of "
                               f"{', '.join(LOG_FORMATS)}, not {self.log_format!r}")
@@ -200,4 +215,7 @@ def load(args: argparse.Namespace | None = None,
         shutdown_timeout=float(number("shutdown_timeout", float)),
         log_level=(raw["log_level"] or "info").lower(),
         log_format=(raw["log_format"] or "text").lower(),
+        compact_interval=float(number("compact_interval", float)),
+        compact_retain_revisions=int(number("compact_retain_revisions", int)),
+        compact_every_deletes=int(number("compact_every_deletes", int)),
     )

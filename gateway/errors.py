@@ -15,6 +15,8 @@ as Scaleway writes it, because the SDK calls `res.json()` on every error:
     413 request_entity_too_large
     503 service_unavailable   etcd unreachable; for an unknown outcome, retry with
                               the same Idempotency-Key
+    507 service_unavailable   etcd's storage quota is full (its NOSPACE alarm): writes
+                              are refused until an operator frees space; reads work
 
 Each body is a model of `gateway.models.errors`, so the OpenAPI document shows
 exactly what is sent. A body never carries a stack trace: anything unexpected is logged here and
@@ -97,7 +99,8 @@ def method_not_allowed(request: web.Request, allowed: Iterable[str]) -> ApiError
 
 
 # Each allocator error class and its answer; a subclass not listed takes its nearest
-# listed base's (CredentialRevoked before PermissionDenied, OutcomeUnknown before StoreError).
+# listed base's (CredentialRevoked before PermissionDenied; OutcomeUnknown and StorageFull
+# before StoreError).
 _ANSWERS: dict[type[e.IPAMError], Callable[[Any], ApiError]] = {
     e.InvalidArgument: lambda err: invalid_arguments(err.problems),
     e.NotFound: lambda err: not_found(err.resource, err.resource_id),
@@ -114,6 +117,9 @@ _ANSWERS: dict[type[e.IPAMError], Callable[[Any], ApiError]] = {
     e.OutcomeUnknown: lambda err: ApiError(503, m.ServiceUnavailable(
         message=err.message, help_message="the change may have been applied: retry with "
                                           "the same Idempotency-Key to find out")),
+    e.StorageFull: lambda err: ApiError(507, m.ServiceUnavailable(
+        message="the datastore is full: changes are refused until an operator frees "
+                "space; reads still work")),
     e.StoreError: lambda err: ApiError(503, m.ServiceUnavailable(
         message="the datastore is unavailable, retry later")),
 }

@@ -19,6 +19,8 @@ books in, etcd's endpoints and the node's availability.
         source="_other" (bounded cardinality with thousands of Private Networks)
     ipam_etcd_endpoint_up{endpoint}                    1 unless the node put it out of use
     ipam_etcd_available                                1 while a quorum answers this node
+    ipam_compactor_leader, ipam_compactions_total,     the elected compactor of etcd's history
+    ipam_compaction_errors_total, ipam_compacted_revision
     ipam_build_info{version}                           1
 """
 
@@ -34,7 +36,7 @@ from prometheus_client import generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from allocator.contract import IPAM
+from allocator.contract import IPAM, Compactor
 
 from .availability import AVAILABILITY
 from .logs import route_of
@@ -130,12 +132,26 @@ class _AllocatorCollector(Collector):
             yield GaugeMetricFamily("ipam_etcd_available",
                                     "1 while a quorum of etcd answers this node",
                                     value=1.0 if app[AVAILABILITY].available else 0.0)
+            compactor = app.get(COMPACTOR)
+            if compactor is not None:
+                yield GaugeMetricFamily("ipam_compactor_leader",
+                                        "1 while this node is the one compacting etcd",
+                                        value=1.0 if compactor.leader else 0.0)
+                yield CounterMetricFamily("ipam_compactions", "compactions done by this node",
+                                          value=compactor.compactions)
+                yield CounterMetricFamily("ipam_compaction_errors",
+                                          "compactions that failed on this node",
+                                          value=compactor.errors)
+                yield GaugeMetricFamily("ipam_compacted_revision",
+                                        "the revision this node last compacted etcd to",
+                                        value=compactor.compacted_revision)
         info = GaugeMetricFamily("ipam_build_info", "The running version", labels=["version"])
         info.add_metric([_version()], 1.0)
         yield info
 
 
 METRICS = web.AppKey("metrics", GatewayMetrics)
+COMPACTOR = web.AppKey("compactor", Compactor)
 
 
 @endpoint(media_type=CONTENT_TYPE_LATEST)

@@ -164,6 +164,8 @@ def _errors(schemas: _Schemas, method: str, path: str, spec: Endpoint) -> dict[s
         (412, [m.PreconditionFailed], method in _WRITES),
         (413, [m.RequestEntityTooLarge], body),
         (503, [m.ServiceUnavailable], not public and path not in _NO_ETCD),
+        # etcd's quota is full (its NOSPACE alarm): a write is refused whole.
+        (507, [m.ServiceUnavailable], method in _WRITES and not public),
     ]
     out = {}
     for status, models, applies in rules:
