@@ -20,6 +20,7 @@ SAMPLES = {
     e.Conflict: e.Conflict("kept changing"),
     e.StoreError: e.StoreError("down"),
     e.OutcomeUnknown: e.OutcomeUnknown("maybe"),
+    e.StorageFull: e.StorageFull("etcdserver: mvcc: database space exceeded"),
 }
 EXPECTED = {
     e.InvalidArgument: (400, "invalid_arguments"), e.NotFound: (404, "not_found"),
@@ -28,6 +29,7 @@ EXPECTED = {
     e.PermissionDenied: (403, "permissions_denied"),
     e.CredentialRevoked: (401, "denied_authentication"), e.Conflict: (409, "conflict"),
     e.StoreError: (503, "service_unavailable"), e.OutcomeUnknown: (503, "service_unavailable"),
+    e.StorageFull: (507, "service_unavailable"),
 }
 
 
