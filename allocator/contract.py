@@ -16,6 +16,7 @@ nothing itself:
     lifecycle   book, update, release, release a set, attach, detach, move
     queries     one IP, a list page, the reserved addresses of a Private Network
     networks    VPCs, Private Networks, subnets and zonal pools
+    declines    DHCP declines: recorded by the agents, listed and cleared by operators
 """
 
 from __future__ import annotations
@@ -51,6 +52,15 @@ from .credentials import (
     is_access_key,
     secret_hash,
 )
+from .declines import (
+    ADDRESS_NOT_HELD,
+    DECLINE_LIMIT,
+    TOO_MANY_DECLINES,
+    AddressNotHeld,
+    Decline,
+    Declines,
+    TooManyDeclines,
+)
 from .errors import ArgumentProblem, StoreError
 from .keys import Keys
 from .lifecycle import Lifecycle
@@ -82,6 +92,8 @@ __all__ = [
     "BackupInvalid", "BackupSummary", "CURRENT_SCHEMA", "RestoreInProgress", "RestoreInterrupted",
     "RestoreSummary", "SchemaState", "SchemaTooNew", "SchemaUnreadable", "TargetNotEmpty",
     "ensure_schema", "export_state", "import_state", "Compactor",
+    "ADDRESS_NOT_HELD", "DECLINE_LIMIT", "TOO_MANY_DECLINES", "AddressNotHeld", "Decline",
+    "TooManyDeclines",
 ]
 
 
@@ -257,6 +269,27 @@ class IPAM:
         view = NetworkView(self.store, self.keys, pn_ids)
         await view.start()
         return view
+
+    # -- DHCP declines (`allocator.declines`) ---------------------------------------------
+
+    async def record_decline(self, pn_id: str, mac: str, address: str,
+                             agent: str = "") -> Decline:
+        """Keep that `mac` declined `address`, the IP it holds in `pn_id`: every agent's
+        view withholds it from that MAC until `clear_declines`. Idempotent; at most
+        DECLINE_LIMIT per network (TooManyDeclines); AddressNotHeld when the MAC does
+        not hold it."""
+        return await Declines(self.store, self.keys).record(pn_id, mac, address, agent)
+
+    async def list_declines(self, region: str, pn_id: str | None = None,
+                            mac: str | None = None) -> list[Decline]:
+        """The DHCP declines of the region's networks (of one network, of one MAC)."""
+        return await Declines(self.store, self.keys).find(region, pn_id, mac)
+
+    async def clear_declines(self, region: str, pn_id: str | None = None,
+                             mac: str | None = None) -> list[Decline]:
+        """Delete the declines `list_declines` names (DHCP offers those addresses again);
+        the ones deleted."""
+        return await Declines(self.store, self.keys).clear(region, pn_id, mac)
 
     # -- where addresses come from ------------------------------------------------------
 

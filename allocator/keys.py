@@ -19,6 +19,7 @@
     {p}auth/key/{access_key}              the hash of its secret, found by access key
     {p}compactor                          the node that compacts etcd's history (leased)
     {p}schema                             schema version of the data (and a restore's progress)
+    {p}decline/{pn_id}/{mac}/{address}    a DHCP decline: withheld from that MAC (`declines`)
 
 Every key of one held address is written in the same transaction, so an index
 never disagrees with the data. Keys are built and taken apart here only.
@@ -126,6 +127,15 @@ class Keys:
     def compactor(self) -> str:
         """Held, on its lease, by the one node that compacts etcd (see `compactor`)."""
         return f"{self.prefix}compactor"
+
+    def decline(self, pn_id: str = "", mac: str = "", address: str = "") -> str:
+        """`mac` declined `address` in `pn_id` (DHCP); with fewer arguments, the prefix of
+        that MAC's declines in the network, of the network's, or of every network's."""
+        if not pn_id:
+            return f"{self.prefix}decline/"
+        if not mac:
+            return f"{self.prefix}decline/{pn_id}/"
+        return f"{self.prefix}decline/{pn_id}/{mac}/{address}"
 
     # -- taking keys apart ----------------------------------------------------------
 

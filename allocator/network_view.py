@@ -2,12 +2,14 @@
 
 There is no lease database: an IP attached to a resource with a MAC in a Private
 Network *is* that NIC's lease (DESIGN.md section 2b). The view is loaded at one etcd
-revision (the networks and every IP record) and kept current by watches of the
-`pn/` and `ip/` prefixes from the next revision; a compacted watch reloads it.
+revision (the networks, every IP record and the DHCP declines) and kept current by
+watches of the `pn/`, `ip/` and `decline/` prefixes from the next revision; a compacted
+watch reloads it.
 
     view = await ipam.network_view([pn_id])       # loaded and following
     view.lease(pn_id, "02:00:00:00:00:01", is_ipv6=False)   # -> Lease | None
     view.named(pn_id, "web-1"); view.at("10.0.0.5")
+    view.declined(pn_id, "02:00:00:00:00:01", "10.0.0.5")  # withheld from that MAC?
     await view.changed(since=view.revision, timeout=1.0)
 
 Lookups are O(1) dictionaries rebuilt incrementally on each event: answering a DHCP
@@ -19,12 +21,14 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass
 
 import netaddr
 
 from . import retry
+from .declines import Decline
 from .errors import IPAMError
 from .keys import Keys
 from .networks import PrivateNetwork
@@ -129,6 +133,9 @@ class NetworkView:
         self._by_mac: dict[tuple[str, str, bool], Lease] = {}
         self._by_name: dict[tuple[str, str], dict[str, Lease]] = {}
         self._by_address: dict[str, Lease] = {}
+        self._declines: dict[str, Decline] = {}  # etcd key -> decline (served networks only)
+        self._withheld: set[tuple[str, str, str]] = set()  # (network, MAC, address)
+        self._decline_counts: Counter[str] = Counter()
         self._changed = asyncio.Event()
         # Waiters for one NIC's lease (see `leased`), woken by the change of that NIC only:
         # a waiter per booking woken by every change would cost O(waiters) per event.
@@ -157,6 +164,20 @@ class NetworkView:
 
     def leases(self, pn_id: str) -> list[Lease]:
         return [lease for lease in self._leases.values() if lease.private_network_id == pn_id]
+
+    def declined(self, pn_id: str, mac: str, address: str) -> bool:
+        """Whether `mac` declined `address` (as its IP record spells it) in `pn_id`: DHCP
+        withholds it from that MAC until an operator clears the decline."""
+        return bool(self._withheld) and (pn_id, mac.lower(), address) in self._withheld
+
+    def decline_count(self, pn_id: str) -> int:
+        """How many declines the network holds (`allocator.declines` bounds them)."""
+        return self._decline_counts[pn_id]
+
+    def declines(self, pn_id: str | None = None) -> list[Decline]:
+        """The declines of one served network, or of all of them."""
+        return [d for d in self._declines.values()
+                if pn_id in (None, d.private_network_id)]
 
     async def changed(self, since: int, timeout: float) -> bool:
         """Wait (at most `timeout` s) for a revision after `since`; whether one came."""
@@ -222,12 +243,16 @@ class NetworkView:
     async def _load(self) -> None:
         pn_kvs, revision = await self.store.scan(self.keys.private_network())
         ip_kvs, _ = await self.store.scan(self.keys.ip(), revision=revision)
+        decline_kvs, _ = await self.store.scan(self.keys.decline(), revision=revision)
         self._networks, self._leases = {}, {}
         self._by_mac, self._by_name, self._by_address = {}, {}, {}
+        self._declines, self._withheld, self._decline_counts = {}, set(), Counter()
         for kv in pn_kvs:
             self._network_changed(kv.key, kv.value)
         for kv in ip_kvs:
             self._ip_changed(kv.key, kv.value)
+        for kv in decline_kvs:
+            self._decline_changed(kv.key, kv.value)
         for key in list(self._awaited):  # a reload may have brought what they wait for
             self._wake(key)
         self.reloads += 1
@@ -237,7 +262,10 @@ class NetworkView:
         self._follow = asyncio.ensure_future(self._watch(revision + 1))
 
     async def _watch(self, start: int) -> None:
-        prefixes = {"pn": self.keys.private_network(), "ip": self.keys.ip()}
+        prefixes = {"pn": self.keys.private_network(), "ip": self.keys.ip(),
+                    "decline": self.keys.decline()}
+        appliers = {"pn": self._network_changed, "ip": self._ip_changed,
+                    "decline": self._decline_changed}
         streams = {name: self.store.watch(prefix, start).__aiter__()
                    for name, prefix in prefixes.items()}
         pending = {asyncio.ensure_future(anext(stream)): name
@@ -248,8 +276,8 @@ class NetworkView:
                 for step in done:
                     name = pending.pop(step)
                     events, revision = step.result()
-                    for ev in events:
-                        apply = self._network_changed if name == "pn" else self._ip_changed
+                    apply = appliers[name]
+                    for ev in events:  # in the order of their revisions
                         apply(ev.key, None if ev.deleted else ev.value)
                     pending[asyncio.ensure_future(anext(streams[name]))] = name
                     # The newest revision applied, from either stream (a stream with no
@@ -315,6 +343,20 @@ class NetworkView:
         if lease.name:
             self._by_name.setdefault((lease.private_network_id, lease.name.lower()), {})[
                 ip_id] = lease
+
+    def _decline_changed(self, key: str, value: bytes | None) -> None:
+        old = self._declines.pop(key, None)
+        if old is not None:
+            self._withheld.discard((old.private_network_id, old.mac_address, old.address))
+            self._decline_counts[old.private_network_id] -= 1
+        if value is None:
+            return
+        decline = Decline.from_json(json.loads(value))
+        if decline.private_network_id not in self.pn_ids:
+            return
+        self._declines[key] = decline
+        self._withheld.add((decline.private_network_id, decline.mac_address, decline.address))
+        self._decline_counts[decline.private_network_id] += 1
 
     def _unindex(self, lease: Lease) -> None:
         if self._by_address.get(lease.address) is lease:

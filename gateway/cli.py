@@ -7,6 +7,7 @@
     ipam vpcs list                                              VPCs
     ipam keys create|list|revoke                                API keys (admin)
     ipam pools add|list|delete                                  zonal pools (admin)
+    ipam dhcp-declines list|clear [--pn ID] [--mac M]           DHCP declines (admin)
     ipam usage --pn ID                                          how full a network is
     ipam backup FILE / ipam restore FILE                        everything, straight from etcd
 
@@ -31,6 +32,7 @@ import click
 from click.exceptions import NoArgsIsHelpError
 
 from .commands.backup import backup, restore
+from .commands.declines import dhcp_declines
 from .commands.ips import ips
 from .commands.keys import keys
 from .commands.pns import pns
@@ -98,7 +100,7 @@ def dhcp(args: tuple[str, ...]) -> int:
     return run_dhcp(args)
 
 
-for _command in (ips, pns, vpcs, keys, pools, usage, backup, restore):
+for _command in (ips, pns, vpcs, keys, pools, dhcp_declines, usage, backup, restore):
     ipam.add_command(_command)
 
 

@@ -7,6 +7,8 @@
     POST   /ipam/admin/v1/regions/{region}/zonal-pools      {"zone", "subnet"}
     GET    /ipam/admin/v1/regions/{region}/zonal-pools      ?zone=
     DELETE /ipam/admin/v1/regions/{region}/zonal-pools/{id} only while it holds no IP
+    GET    /ipam/admin/v1/regions/{region}/dhcp-declines    ?private_network_id=&mac_address=
+    DELETE /ipam/admin/v1/regions/{region}/dhcp-declines    the same filters: offered again
 """
 
 from __future__ import annotations
@@ -25,7 +27,10 @@ from .models.admin import (
     ApiKeyWithSecret,
     CreateApiKeyRequest,
     CreateZonalPoolRequest,
+    DhcpDecline,
+    DhcpDeclinesQuery,
     ListApiKeysResponse,
+    ListDhcpDeclinesResponse,
     ListZonalPoolsQuery,
     ListZonalPoolsResponse,
     ZonalPool,
@@ -46,6 +51,7 @@ def _admin_only(resource: str) -> Callable[[web.Request], None]:
 
 _API_KEYS = _admin_only("api_key")
 _ZONAL_POOLS = _admin_only("zonal_pool")
+_DHCP_DECLINES = _admin_only("dhcp_decline")
 
 
 @routes.post("/ipam/admin/v1/api-keys")
@@ -109,3 +115,27 @@ async def list_zonal_pools(request: web.Request, path: RegionPath,
 async def delete_zonal_pool(request: web.Request, path: ZonalPoolPath) -> None:
     """Delete a zonal pool that holds no IP."""
     await ipam_of(request).delete_zonal_pool(path.pool_id)
+
+
+@routes.get("/ipam/admin/v1/regions/{region}/dhcp-declines")
+@endpoint(before=_DHCP_DECLINES)
+async def list_dhcp_declines(request: web.Request, path: RegionPath,
+                             query: DhcpDeclinesQuery) -> ListDhcpDeclinesResponse:
+    """List the addresses DHCP withholds from the MACs that declined them."""
+    found = await ipam_of(request).list_declines(path.region, query.private_network_id,
+                                                 query.mac_address)
+    return ListDhcpDeclinesResponse(dhcp_declines=[DhcpDecline.of(d) for d in found],
+                                    total_count=len(found))
+
+
+@routes.delete("/ipam/admin/v1/regions/{region}/dhcp-declines")
+@endpoint(before=_DHCP_DECLINES)
+async def clear_dhcp_declines(request: web.Request, path: RegionPath,
+                              query: DhcpDeclinesQuery) -> ListDhcpDeclinesResponse:
+    """Clear declines (all, or a network's, a MAC's): DHCP offers those addresses again.
+
+    Answers the declines cleared."""
+    cleared = await ipam_of(request).clear_declines(path.region, query.private_network_id,
+                                                    query.mac_address)
+    return ListDhcpDeclinesResponse(dhcp_declines=[DhcpDecline.of(d) for d in cleared],
+                                    total_count=len(cleared))

@@ -14,6 +14,10 @@ Unknown MACs, per network: `ignore` (default) or `book`: the agent books a free 
 of the network and attaches it to a resource of type `unknown_dhcp_client` whose id
 is derived from (network, MAC), with an idempotency key derived from the same, so
 retransmits, two agents and an attach through the API never give a MAC two addresses.
+
+A DECLINE is recorded through the allocator, in the agent's name (`agent_id`, the host
+name unless told), and withholds the address from that MAC on every agent whose view
+shows it (`netagent.declines`).
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ from allocator.contract import (
     PRODUCT,
     AddressAsk,
     Caller,
+    Decline,
     Lease,
     NetworkInfo,
     NetworkView,
@@ -75,6 +80,7 @@ class AgentConfig:
     dns_port: int = 53
     dns_upstream: str | None = None
     metrics_listen: tuple[str, int] | None = None
+    agent_id: str = field(default_factory=socket.gethostname)  # who recorded a decline
 
     @property
     def networks(self) -> list[str]:
@@ -139,7 +145,7 @@ class Agent:
                                      rebinding_time=self.config.t2,
                                      unknown_mac={pn: UnknownMac(self.config.policy(pn))
                                                   for pn in self.config.networks}),
-            book_unknown=self._book_unknown)
+            book_unknown=self._book_unknown, record_decline=self.record_decline)
 
     async def _start_ipv6(self) -> None:
         """DHCPv6 and Router Advertisements on the interfaces of dual-stack networks.
@@ -152,7 +158,7 @@ class Agent:
         valid = self.config.lease_time
         self.dhcp6 = Dhcp6Responder(view, Dhcp6Config(
             preferred_lifetime=valid, valid_lifetime=valid, renewal_time=self.config.t1,
-            rebinding_time=self.config.t2))
+            rebinding_time=self.config.t2), record_decline=self.record_decline)
         for interface, pn_id in self.config.interfaces:
             info = view.network(pn_id)
             if info is None or info.subnet(is_ipv6=True) is None:
@@ -187,6 +193,10 @@ class Agent:
         infos = [self.view.network(pn) for pn in self.config.networks]
         return list(dict.fromkeys(subnet.server for info in infos if info is not None
                                   for subnet in info.subnets))
+
+    async def record_decline(self, pn_id: str, mac: str, address: str) -> Decline:
+        """Keep, in IPAM, that `mac` declined `address` in `pn_id`, in this agent's name."""
+        return await self.ipam.record_decline(pn_id, mac, address, agent=self.config.agent_id)
 
     async def _book_unknown(self, pn_id: str, mac: str) -> Lease | None:
         """Book and attach a free IPv4 of `pn_id` to `mac`, through the allocator."""
@@ -233,6 +243,9 @@ class BookedLeases:
         self.view = view
         self._held: dict[tuple[str, str, bool], Lease] = {}
         self._tasks: set[asyncio.Task[None]] = set()
+        # Declines are the view's alone (an offer asks for each: no frame of ours).
+        self.declined = view.declined
+        self.decline_count = view.decline_count
 
     def networks(self) -> list[NetworkInfo]:
         return self.view.networks()

@@ -3,7 +3,7 @@
     ipam dhcp --etcd-endpoints 10.0.0.1:2379 --interface eth1=PN_ID [--interface ...]
               [--unknown-mac book | --unknown-mac PN_ID=book] [--lease-time 3600]
               [--t1 30] [--t2 52] [--dns-port 53] [--dns-upstream 192.0.2.53:53]
-              [--metrics-listen 127.0.0.1:9547]
+              [--metrics-listen 127.0.0.1:9547] [--agent-id NAME]
 
 A bad value is one line on stderr naming the flag, and exit code 2, before anything
 starts. SIGTERM and SIGINT stop the agent cleanly.
@@ -16,6 +16,7 @@ import asyncio
 import logging
 import os
 import signal
+import socket
 import sys
 import uuid
 from collections.abc import Sequence
@@ -68,6 +69,9 @@ def parser() -> argparse.ArgumentParser:
                    metavar="HOST:PORT",
                    help="serve Prometheus metrics on http://HOST:PORT/metrics "
                         "[IPAM_DHCP_METRICS_LISTEN; default off]")
+    p.add_argument("--agent-id", default=env("IPAM_DHCP_AGENT_ID") or socket.gethostname(),
+                   help="this agent's name in the DHCP declines it records "
+                        "[IPAM_DHCP_AGENT_ID; default the host name]")
     p.add_argument("--log-level", default=env("IPAM_LOG_LEVEL", "info"),
                    choices=["debug", "info", "warning", "error"],
                    help="[IPAM_LOG_LEVEL; default info]")
@@ -140,6 +144,8 @@ def load(args: argparse.Namespace) -> tuple[list[str], str, EtcdSecurity, AgentC
         raise ConfigError(f"--dns-port {args.dns_port!r} is not a port")
     if args.dns_upstream and ":" not in args.dns_upstream:
         raise ConfigError("--dns-upstream must be host:port")
+    if not args.agent_id or len(args.agent_id) > 255 or not args.agent_id.isprintable():
+        raise ConfigError("--agent-id must be 1 to 255 printable characters")
     if bool(args.etcd_cert_file) != bool(args.etcd_key_file):
         raise ConfigError("--etcd-cert-file and --etcd-key-file go together")
     if bool(args.etcd_username) != bool(args.etcd_password):
@@ -148,7 +154,7 @@ def load(args: argparse.Namespace) -> tuple[list[str], str, EtcdSecurity, AgentC
                             args.etcd_username, args.etcd_password)
     config = AgentConfig(tuple(interfaces), per_network, default, lease, t1, t2,
                          dns_port=dns_port, dns_upstream=args.dns_upstream,
-                         metrics_listen=_listen(args.metrics_listen))
+                         metrics_listen=_listen(args.metrics_listen), agent_id=args.agent_id)
     return endpoints, args.etcd_prefix, security, config
 
 

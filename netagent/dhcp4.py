@@ -3,11 +3,13 @@
 There is no lease database (DESIGN.md section 2b). A DISCOVER is offered exactly
 the IPv4 address IPAM holds for the client's MAC now; a REQUEST is ACKed only for
 that address and NAKed otherwise, so a move or a detach takes the address back at
-the client's next renewal (T1 is short). Pure protocol logic: the socket layer hands
-`Dhcp4Responder.handle` a datagram and sends the `Reply` it gets back, if any.
+the client's next renewal (T1 is short). A DECLINE is recorded in IPAM, and every
+agent withholds the address from that MAC (`netagent.declines`). Pure protocol logic:
+the socket layer hands `Dhcp4Responder.handle` a datagram and sends the `Reply` it gets
+back, if any.
 
     responder = Dhcp4Responder(view, Dhcp4Config(unknown_mac={pn_id: UnknownMac.BOOK}),
-                               book_unknown=book)
+                               book_unknown=book, record_decline=ipam.record_decline)
     reply = await responder.handle(datagram, pn_id)   # -> Reply | None
     if reply: sock.sendto(reply.payload, (reply.address, reply.port))
 
@@ -27,11 +29,13 @@ import socket
 import struct
 from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from dataclasses import asdict, dataclass, field
-from types import MappingProxyType
 from functools import lru_cache
+from types import MappingProxyType
 from typing import Any, NamedTuple, Protocol
 
 from allocator.contract import Lease, NetworkInfo, SubnetInfo
+
+from .declines import DeclineRecorder, RecordDecline
 
 log = logging.getLogger(__name__)
 
@@ -282,13 +286,17 @@ class Dhcp4Config:
 
 
 class LeaseView(Protocol):
-    """What the responder reads of `allocator.contract.NetworkView`."""
+    """What the responders read of `allocator.contract.NetworkView`."""
 
     def networks(self) -> list[NetworkInfo]: ...
 
     def network(self, pn_id: str) -> NetworkInfo | None: ...
 
     def lease(self, pn_id: str, mac: str, is_ipv6: bool) -> Lease | None: ...
+
+    def declined(self, pn_id: str, mac: str, address: str) -> bool: ...
+
+    def decline_count(self, pn_id: str) -> int: ...
 
 
 BookUnknown = Callable[[str, str], Awaitable[Lease | None]]
@@ -305,26 +313,20 @@ class Dhcp4Counters:
     acks: int = 0
     naks: int = 0
     declines: int = 0
+    declines_over_limit: int = 0  # the network holds the most declines it may: not recorded
+    decline_failed: int = 0  # IPAM could not record a decline (unreachable, no longer held)
     releases: int = 0
     informs: int = 0
     unknown_booked: int = 0
     unknown_ignored: int = 0
     booking_failed: int = 0  # `book_unknown` raised or returned no IPv4 lease of the network
-    withheld: int = 0  # the MAC's address was declined by it: not offered again
+    withheld: int = 0  # the MAC declined its address (any agent's record): not offered
     other_server: int = 0  # a REQUEST or DECLINE addressed to another server
     unserved: int = 0  # a network not served, with DHCP off, or an address not in it
     dropped: int = 0  # not a DHCP request this agent can read
 
     def as_dict(self) -> dict[str, int]:
         return asdict(self)
-
-
-class DeclinedAddress(NamedTuple):
-    """An address a client refused (DHCPDECLINE): it is in use by someone else."""
-
-    private_network_id: str
-    mac: str
-    address: str
 
 
 @dataclass(frozen=True)
@@ -349,43 +351,24 @@ class Reply:
 # -- the responder --------------------------------------------------------------------------
 
 
-class DeclineRegistry:
-    """The addresses clients declined (in use by someone else), withheld from the MAC
-    that declined each until an operator acts; shared by the DHCPv4 and v6 responders."""
-
-    def __init__(self) -> None:
-        self._declined: set[DeclinedAddress] = set()
-
-    def declined(self) -> frozenset[DeclinedAddress]:
-        """The addresses withheld from the MACs that declined them."""
-        return frozenset(self._declined)
-
-    def clear_declined(self, private_network_id: str | None = None,
-                       mac: str | None = None) -> int:
-        """Hand declined addresses out again (those of one network and/or MAC, or all);
-        how many were cleared."""
-        cleared = {d for d in self._declined
-                   if private_network_id in (None, d.private_network_id)
-                   and (mac is None or mac.lower() == d.mac)}
-        self._declined -= cleared
-        return len(cleared)
-
-
-class Dhcp4Responder(DeclineRegistry):
+class Dhcp4Responder:
     """Answers DHCPv4 requests from the view of IPAM's state (see the module docstring).
 
-    `counters` and `declined()` are for operators; `clear_declined` is how they act.
+    `counters` are for operators. Declined addresses are read from the view; operators
+    list and clear them through the admin API (`ipam dhcp-declines`). Without
+    `record_decline` a DECLINE is logged and counted only.
     """
 
     def __init__(self, view: LeaseView, config: Dhcp4Config | None = None,
-                 book_unknown: BookUnknown | None = None) -> None:
-        super().__init__()
+                 book_unknown: BookUnknown | None = None,
+                 record_decline: RecordDecline | None = None) -> None:
         self.view = view
         self.config = config or Dhcp4Config()
         if book_unknown is None and UnknownMac.BOOK in self.config.unknown_mac.values():
             raise ValueError("an unknown-MAC policy says book, but no book_unknown was given")
         self.book_unknown = book_unknown
         self.counters = Dhcp4Counters()
+        self.declines = DeclineRecorder(view, record_decline, self.counters, "dhcp4")
 
     # -- requests ---------------------------------------------------------------------------
 
@@ -422,8 +405,7 @@ class Dhcp4Responder(DeclineRegistry):
             case MessageType.REQUEST:
                 return self._request(request, served)
             case MessageType.DECLINE:
-                self._decline(request, served)
-                return None
+                return self._decline(request, served)
             case MessageType.RELEASE:
                 # The IPAM booking is not a lease: the address stays attached to the NIC.
                 self.counters.releases += 1
@@ -437,7 +419,7 @@ class Dhcp4Responder(DeclineRegistry):
         return None if lease is None else self._offer(request, network, lease)
 
     def _offer(self, request: Dhcp4Packet, network: NetworkInfo, lease: Lease) -> Reply | None:
-        if DeclinedAddress(network.id, request.mac, lease.address) in self._declined:
+        if self.view.declined(network.id, request.mac, lease.address):
             self.counters.withheld += 1
             return None
         subnet = _subnet_holding(network, lease.address)
@@ -481,7 +463,7 @@ class Dhcp4Responder(DeclineRegistry):
         lease = self.view.lease(network.id, request.mac, False)
         subnet = _subnet_holding(network, asked)
         if (lease is None or lease.address != asked or subnet is None
-                or DeclinedAddress(network.id, request.mac, asked) in self._declined):
+                or self.view.declined(network.id, request.mac, asked)):
             self.counters.naks += 1
             log.info("dhcp4: NAK %s for %s in %s: IPAM holds %s for it", request.mac, asked,
                      network.id, lease.address if lease else "nothing")
@@ -491,22 +473,26 @@ class Dhcp4Responder(DeclineRegistry):
         return self._reply(request, MessageType.ACK, lease.address,
                            _lease_options(self.config, network, subnet, lease))
 
-    def _decline(self, request: Dhcp4Packet, network: NetworkInfo) -> None:
+    def _decline(self, request: Dhcp4Packet, network: NetworkInfo
+                 ) -> Coroutine[Any, Any, None] | None:
+        """Nothing to answer (RFC 2131 4.3.3); a coroutine recording the decline when it
+        names the address IPAM holds for the MAC."""
         if not self._is_ours(request, network):
             self.counters.other_server += 1
-            return
+            return None
         self.counters.declines += 1
         address = request.requested_address
         lease = self.view.lease(network.id, request.mac, False)
         if lease is None or lease.address != address:
             # Nothing IPAM gives this MAC to withhold; recording it would only let a
-            # flood of made-up declines grow the set.
+            # flood of made-up declines grow etcd.
             log.debug("dhcp4: %s declined %s in %s, which IPAM does not hold for it",
-                     request.mac, address, network.id)
-            return
-        log.warning("dhcp4: %s declined %s in %s (in use elsewhere?); withheld until an "
-                    "operator clears it", request.mac, address, network.id)
-        self._declined.add(DeclinedAddress(network.id, request.mac, lease.address))
+                      request.mac, address, network.id)
+            return None
+        return self._record_decline(network.id, request.mac, lease.address)
+
+    async def _record_decline(self, pn_id: str, mac: str, address: str) -> None:
+        await self.declines.record(pn_id, mac, address)
 
     def _inform(self, request: Dhcp4Packet, network: NetworkInfo) -> Reply | None:
         subnet = _subnet_holding(network, request.ciaddr)

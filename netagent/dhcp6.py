@@ -5,10 +5,11 @@ Stateful DHCPv6 for the IPv6 subnet of a dual-stack network, with no lease datab
 the client's MAC now, a REQUEST, RENEW or REBIND is answered with that address, and an
 address the client holds that IPAM no longer gives it is handed back with lifetimes 0,
 so a move or a detach takes the address back at the client's next renewal (T1 is short).
-Pure protocol logic: the socket layer hands `Dhcp6Responder.handle` a datagram and sends
+A Decline is recorded in IPAM, and every agent withholds the address from that MAC
+(`netagent.declines`). Pure protocol logic: the socket layer hands `Dhcp6Responder.handle` a datagram and sends
 the `Reply` it gets back, if any.
 
-    responder = Dhcp6Responder(view, Dhcp6Config())
+    responder = Dhcp6Responder(view, Dhcp6Config(), record_decline=ipam.record_decline)
     reply = await responder.handle(datagram, pn_id, source)   # -> Reply | None
     if reply: sock.sendto(reply.payload, (reply.address, reply.port))
 
@@ -43,7 +44,8 @@ from functools import lru_cache
 
 from allocator.contract import Lease, NetworkInfo, SubnetInfo
 
-from .dhcp4 import DeclinedAddress, DeclineRegistry, LeaseView, MalformedPacket
+from .declines import DeclineRecorder, RecordDecline
+from .dhcp4 import LeaseView, MalformedPacket
 
 log = logging.getLogger(__name__)
 
@@ -497,7 +499,7 @@ def network_duid(pn_id: str) -> bytes:
 @dataclass
 class Dhcp6Counters:
     """What the responder did, for a metrics endpoint to read (`as_dict`). Each datagram
-    counts once."""
+    counts once, but for the declines that could not be recorded, counted again as such."""
 
     advertises: int = 0
     replies: int = 0  # REPLYs giving the client its address (REQUEST/RENEW/REBIND/rapid SOLICIT)
@@ -506,10 +508,12 @@ class Dhcp6Counters:
     not_on_link: int = 0  # CONFIRMs answered NotOnLink
     releases: int = 0
     declines: int = 0
+    declines_over_limit: int = 0  # the network holds the most declines it may: not recorded
+    decline_failed: int = 0  # IPAM could not record a decline (unreachable, no longer held)
     informs: int = 0  # INFORMATION-REQUESTs answered
     unknown_mac: int = 0  # a SOLICIT from MACs IPAM holds no IPv6 address for: not answered
     unidentified: int = 0  # no MAC could be found for the client: not answered
-    withheld: int = 0  # a SOLICIT for an address its MAC declined: not answered
+    withheld: int = 0  # a SOLICIT for an address its MAC declined (any agent's record)
     other_server: int = 0  # a message naming another server
     unserved: int = 0  # a network not served, with DHCP off or no IPv6 subnet; a stray lease
     dropped: int = 0  # not a DHCPv6 client message this agent can read
@@ -539,17 +543,20 @@ class Reply:
 # -- the responder ------------------------------------------------------------------------------
 
 
-class Dhcp6Responder(DeclineRegistry):
+class Dhcp6Responder:
     """Answers DHCPv6 requests from the view of IPAM's state (see the module docstring).
 
-    `counters` and `declined()` are for operators; `clear_declined` is how they act.
+    `counters` are for operators. Declined addresses are read from the view; operators
+    list and clear them through the admin API (`ipam dhcp-declines`). Without
+    `record_decline` a Decline is logged and counted only.
     """
 
-    def __init__(self, view: LeaseView, config: Dhcp6Config | None = None) -> None:
-        super().__init__()
+    def __init__(self, view: LeaseView, config: Dhcp6Config | None = None,
+                 record_decline: RecordDecline | None = None) -> None:
         self.view = view
         self.config = config or Dhcp6Config()
         self.counters = Dhcp6Counters()
+        self.declines = DeclineRecorder(view, record_decline, self.counters, "dhcp6")
 
     # -- operators ------------------------------------------------------------------------
 
@@ -591,7 +598,7 @@ class Dhcp6Responder(DeclineRegistry):
                 return self._reply(request, network, MessageType.REPLY,
                                    [_status(StatusCode.SUCCESS)])
             case MessageType.DECLINE:
-                return self._decline(request, network, subnet)
+                return await self._decline(request, network, subnet)
             case _:  # INFORMATION-REQUEST: configuration only, to any client of the link
                 self.counters.informs += 1
                 return self._reply(request, network, MessageType.REPLY,
@@ -671,18 +678,19 @@ class Dhcp6Responder(DeclineRegistry):
         code = StatusCode.SUCCESS if ours else StatusCode.NOT_ON_LINK
         return self._reply(request, network, MessageType.REPLY, [_status(code)])
 
-    def _decline(self, request: ClientRequest, network: NetworkInfo,
-                 subnet: SubnetInfo) -> Reply:
+    async def _decline(self, request: ClientRequest, network: NetworkInfo,
+                       subnet: SubnetInfo) -> Reply | None:
         self.counters.declines += 1
         mac, lease = self._lease_of(request, network)
         if (mac is not None and lease is not None and _holds(subnet, lease.address)
                 and ipaddress.IPv6Address(lease.address) in request.addresses):
-            log.warning("dhcp6: %s declined %s in %s (in use elsewhere?); withheld until an "
-                        "operator clears it", mac, lease.address, network.id)
-            self._declined.add(DeclinedAddress(network.id, mac, _canonical(lease.address)))
+            if not await self.declines.record(network.id, mac, lease.address):
+                # IPAM could not be asked: no Reply, so the client retransmits its
+                # Decline (RFC 8415 18.2.8) and the next one may be recorded.
+                return None
         else:
             # Nothing IPAM gives this MAC to withhold; recording it would only let a
-            # flood of made-up declines grow the set.
+            # flood of made-up declines grow etcd.
             log.debug("dhcp6: a client declined %s in %s, which IPAM does not hold for it",
                       ", ".join(map(str, request.addresses)), network.id)
         return self._reply(request, network, MessageType.REPLY, [_status(StatusCode.SUCCESS)])
@@ -712,8 +720,8 @@ class Dhcp6Responder(DeclineRegistry):
         return None if self._is_declined(network, mac, lease) else lease
 
     def _is_declined(self, network: NetworkInfo, mac: str, lease: Lease) -> bool:
-        """Whether `mac` declined `lease`'s address, an IPv6 one of the subnet."""
-        return DeclinedAddress(network.id, mac, _canonical(lease.address)) in self._declined
+        """Whether `mac` declined `lease`'s address (any agent's record, in the view)."""
+        return self.view.declined(network.id, mac, lease.address)
 
     def _network_of(self, request: ClientRequest, pn_id: str | None
                     ) -> tuple[NetworkInfo, SubnetInfo] | None:
@@ -845,10 +853,6 @@ def _holds(subnet: SubnetInfo | None, address: str) -> bool:
         return ipaddress.IPv6Address(address.split("%")[0]) in _ipv6_network(subnet.cidr)
     except ValueError:
         return False
-
-
-def _canonical(address: str) -> str:
-    return str(ipaddress.IPv6Address(address))
 
 
 @lru_cache(maxsize=4096)

@@ -1,10 +1,12 @@
 """The agent's counters in Prometheus' text format, on `--metrics-listen HOST:PORT`.
 
-    ipam_dhcp4_messages_total{network, outcome}   offers, acks, naks, declines, ... (DHCPv4)
+    ipam_dhcp4_messages_total{outcome}            offers, acks, naks, declines, withheld,
+                                                  declines_over_limit, ... (DHCPv4)
     ipam_dhcp6_messages_total{outcome}            advertises, replies, ... (DHCPv6)
     ipam_ra_messages_total{interface, kind}       advertisements, solicitations, ...
     ipam_dns_messages_total{outcome}              answered, nxdomain, refused, ...
-    ipam_dhcp_declined_addresses                  addresses withheld after a DECLINE
+    ipam_dhcp_declined_addresses                  addresses withheld after a DECLINE, by any
+                                                  agent, in the served networks (the view's)
     ipam_dhcp_view_revision                       etcd revision of the newest change applied
     ipam_dhcp_view_reloads_total                  loads of the view (1 + compactions, lost watches)
 
@@ -43,9 +45,6 @@ class AgentCollector(Collector):
             for outcome, n in agent.dhcp.counters.as_dict().items():
                 dhcp.add_metric([outcome], n)
             yield dhcp
-            yield GaugeMetricFamily("ipam_dhcp_declined_addresses",
-                                    "addresses withheld from the MACs that declined them",
-                                    value=len(agent.dhcp.declined()))
         if agent.dhcp6 is not None:
             dhcp6 = CounterMetricFamily("ipam_dhcp6_messages", "DHCPv6 messages by outcome",
                                         labels=["outcome"])
@@ -66,6 +65,9 @@ class AgentCollector(Collector):
                 dns.add_metric([outcome], n)
             yield dns
         if agent.view is not None:
+            yield GaugeMetricFamily("ipam_dhcp_declined_addresses",
+                                    "addresses withheld from the MACs that declined them",
+                                    value=len(agent.view.declines()))
             yield GaugeMetricFamily("ipam_dhcp_view_revision",
                                     "etcd revision of the newest change in the agent's view",
                                     value=agent.view.revision)

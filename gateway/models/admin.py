@@ -1,4 +1,5 @@
-"""Operator routes (API keys, zonal pools) and the probes: our own API, not Scaleway's."""
+"""Operator routes (API keys, zonal pools, DHCP declines) and the probes: our own API, not
+Scaleway's."""
 
 from __future__ import annotations
 
@@ -7,16 +8,18 @@ from typing import Any, Literal
 from pydantic import ConfigDict, Field, RootModel
 
 from allocator.contract import ApiKey as DomainApiKey
-from allocator.contract import Source
+from allocator.contract import Decline, Source
 
 from .fields import (
     RESOURCE_TYPE_PATTERN,
     Body,
     Cidr,
+    Mac,
     Path,
     Query,
     RegionPath,
     Reply,
+    Timestamp,
     Uuid,
     Zone,
 )
@@ -115,6 +118,40 @@ class ZonalPool(Reply):
 
 class ListZonalPoolsResponse(Reply):
     zonal_pools: list[ZonalPool]
+    total_count: int = Field(ge=0)
+
+
+class DhcpDeclinesQuery(Query):
+    """Which declines: those of one Private Network, of one MAC, or both (all without)."""
+
+    private_network_id: Uuid | None = None
+    mac_address: Mac | None = None
+
+
+class DhcpDecline(Reply):
+    """An address DHCP withholds from the MAC that declined it (found in use)."""
+
+    private_network_id: Uuid
+    mac_address: str
+    address: str
+    is_ipv6: bool
+    ip_id: Uuid
+    declined_at: Timestamp
+    declined_by: str = Field(description="the agent that recorded it: its host name or "
+                                         "`--agent-id`")
+
+    @classmethod
+    def of(cls, decline: Decline) -> DhcpDecline:
+        return cls(private_network_id=decline.private_network_id,
+                   mac_address=decline.mac_address, address=decline.address,
+                   is_ipv6=decline.is_ipv6, ip_id=decline.ip_id,
+                   declined_at=decline.declined_at, declined_by=decline.agent)
+
+
+class ListDhcpDeclinesResponse(Reply):
+    """Declines listed, or the ones a clear deleted."""
+
+    dhcp_declines: list[DhcpDecline]
     total_count: int = Field(ge=0)
 
 

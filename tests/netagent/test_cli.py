@@ -29,6 +29,8 @@ BASE = ["--etcd-endpoints", "127.0.0.1:1", "--interface", f"eth1={PN}"]
     ([*BASE, "--etcd-username", "u"], "--etcd-username"),
     ([*BASE, "--metrics-listen", "9547"], "--metrics-listen"),
     ([*BASE, "--metrics-listen", "127.0.0.1:http"], "--metrics-listen"),
+    ([*BASE, "--agent-id", ""], "--agent-id"),
+    ([*BASE, "--agent-id", "agent\t1"], "--agent-id"),
 ], ids=lambda v: " ".join(v) if isinstance(v, list) else v)
 def test_a_bad_flag_is_one_line_and_exit_2(argv, named, capsys) -> None:
     assert main(argv) == 2

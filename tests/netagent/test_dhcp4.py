@@ -22,7 +22,6 @@ from allocator.contract import Lease, NetworkInfo, SubnetInfo
 from netagent.dhcp4 import (
     BROADCAST_FLAG,
     BookUnknown,
-    DeclinedAddress,
     Dhcp4Config,
     Dhcp4Packet,
     Dhcp4Responder,
@@ -128,7 +127,8 @@ NETWORK_OPTIONS = {code: value for code, value in LEASE_OPTIONS.items()
 
 def responder(view: FakeView | None = None, config: Dhcp4Config | None = None,
               book_unknown: BookUnknown | None = None) -> Dhcp4Responder:
-    return Dhcp4Responder(view or FakeView([network()], [lease()]), config, book_unknown)
+    view = view or FakeView([network()], [lease()])
+    return Dhcp4Responder(view, config, book_unknown, record_decline=view.record_decline)
 
 
 def answer(reply: Reply | None, xid: int = XID) -> Dhcp4Packet:
@@ -412,7 +412,7 @@ async def test_declined_address_is_never_offered_again_to_that_mac_until_cleared
     view = FakeView([network()], [lease(), lease(OTHER_ADDRESS, mac=OTHER_MAC)])
     dhcp = responder(view)
     assert await dhcp.handle(decline(), PN) is None
-    assert dhcp.declined() == {DeclinedAddress(PN, MAC, ADDRESS)}
+    assert view.withheld == {(PN, MAC, ADDRESS)}  # recorded (in IPAM, for every agent)
     assert dhcp.counters.declines == 1
 
     assert await dhcp.handle(discover(), PN) is None
@@ -421,8 +421,7 @@ async def test_declined_address_is_never_offered_again_to_that_mac_until_cleared
     # Another MAC is not concerned.
     assert answer(await dhcp.handle(discover(OTHER_MAC), PN)).yiaddr == OTHER_ADDRESS
 
-    assert dhcp.clear_declined(OTHER_PN) == 0 and dhcp.clear_declined(mac=OTHER_MAC) == 0
-    assert dhcp.clear_declined(PN, MAC.upper()) == 1 and dhcp.declined() == frozenset()
+    view.withheld.clear()  # an operator cleared it: the view shows it gone
     assert answer(await dhcp.handle(discover(), PN)).yiaddr == ADDRESS
 
 
@@ -434,26 +433,28 @@ async def test_a_new_address_for_a_mac_that_declined_is_offered():
     assert answer(await dhcp.handle(discover(), PN)).yiaddr == OTHER_ADDRESS
 
 
-async def test_clear_declined_without_arguments_clears_everything():
-    view = FakeView([network()], [lease(), lease(OTHER_ADDRESS, mac=OTHER_MAC)])
+async def test_a_decline_recorded_by_another_agent_is_withheld_here():
+    view = FakeView([network()], [lease()])
     dhcp = responder(view)
-    await dhcp.handle(decline(), PN)
-    await dhcp.handle(decline(OTHER_ADDRESS, OTHER_MAC), PN)
-    assert len(dhcp.declined()) == 2 and dhcp.clear_declined() == 2 and not dhcp.declined()
+    view.withheld.add((PN, MAC, ADDRESS))  # the watch brought another agent's record
+    assert await dhcp.handle(discover(MAC.upper()), PN) is None
+    assert (dhcp.counters.withheld, dhcp.counters.declines) == (1, 0)
 
 
 async def test_declining_an_address_ipam_does_not_hold_for_the_mac_records_nothing():
-    dhcp = responder()
+    view = FakeView([network()], [lease()])
+    dhcp = responder(view)
     assert await dhcp.handle(decline(OTHER_ADDRESS), PN) is None
     assert await dhcp.handle(decline(mac=OTHER_MAC), PN) is None
-    assert dhcp.counters.declines == 2 and dhcp.declined() == frozenset()
+    assert dhcp.counters.declines == 2 and view.withheld == set()
     assert answer(await dhcp.handle(discover(), PN)).yiaddr == ADDRESS
 
 
 async def test_a_decline_sent_to_another_server_is_ignored():
-    dhcp = responder()
+    view = FakeView([network()], [lease()])
+    dhcp = responder(view)
     assert await dhcp.handle(decline(server="10.9.0.253"), PN) is None
-    assert dhcp.declined() == frozenset()
+    assert view.withheld == set()
     assert (dhcp.counters.declines, dhcp.counters.other_server) == (0, 1)
 
 

@@ -27,7 +27,7 @@ from lease_views import FakeView
 
 from allocator.contract import Lease, NetworkInfo, SubnetInfo
 from devcluster import netlab
-from netagent.dhcp4 import DeclinedAddress, MalformedPacket
+from netagent.dhcp4 import MalformedPacket
 from netagent.dhcp6 import (
     Dhcp6Config,
     Dhcp6Message,
@@ -222,7 +222,8 @@ def body(reply: Reply | None, client_id: bytes | None = None, server_id: bytes =
 
 def responder(view: FakeView | None = None, config: Dhcp6Config | None = None
               ) -> Dhcp6Responder:
-    return Dhcp6Responder(view or FakeView([network()], [lease()]), config)
+    view = view or FakeView([network()], [lease()])
+    return Dhcp6Responder(view, config, record_decline=view.record_decline)
 
 
 def to_client(reply: Reply | None, source: str = SOURCE) -> bool:
@@ -335,7 +336,8 @@ async def test_unknown_mac_gets_no_answer():
 
 @pytest.mark.parametrize("address", ["fd00:8::5", "10.9.0.5"])
 async def test_a_lease_outside_the_ipv6_subnet_is_not_handed_out(address):
-    dhcp = responder(FakeView([network()], [lease(address)]))
+    view = FakeView([network()], [lease(address)])
+    dhcp = responder(view)
     assert await dhcp.handle(solicit(), PN, SOURCE) is None
     assert dhcp.counters.as_dict() == only(dhcp, unserved=1)
     reply = await dhcp.handle(renew("fd00:8::5"), PN, SOURCE)
@@ -343,7 +345,7 @@ async def test_a_lease_outside_the_ipv6_subnet_is_not_handed_out(address):
     assert body(await dhcp.handle(confirm("fd00:8::5"), PN, SOURCE)) == status(
         NOT_ON_LINK, "not this client's address")
     assert await dhcp.handle(decline("fd00:8::5"), PN, SOURCE) is not None
-    assert dhcp.declined() == frozenset()
+    assert view.withheld == set()
     assert dhcp.counters.as_dict() == only(dhcp, unserved=1, refusals=1, not_on_link=1,
                                            declines=1)
 
@@ -479,7 +481,7 @@ async def test_a_declined_address_is_withheld_from_that_mac_until_cleared():
     dhcp = responder(view)
     reply = await dhcp.handle(decline(), PN, SOURCE)
     assert body(reply) == status(SUCCESS, "success")
-    assert dhcp.declined() == {DeclinedAddress(PN, MAC, ADDRESS)}
+    assert view.withheld == {(PN, MAC, ADDRESS)}  # recorded (in IPAM, for every agent)
 
     assert await dhcp.handle(solicit(), PN, SOURCE) is None
     assert body(await dhcp.handle(request(), PN, SOURCE)) == opt(
@@ -495,8 +497,7 @@ async def test_a_declined_address_is_withheld_from_that_mac_until_cleared():
     assert dhcp.counters.as_dict() == only(dhcp, declines=1, withheld=1, refusals=2,
                                            not_on_link=1, advertises=1)
 
-    assert dhcp.clear_declined(OTHER_PN) == 0 and dhcp.clear_declined(mac=OTHER_MAC) == 0
-    assert dhcp.clear_declined(PN, MAC.upper()) == 1 and dhcp.declined() == frozenset()
+    view.withheld.clear()  # an operator cleared it: the view shows it gone
     assert given_ia(LEASED) in body(await dhcp.handle(solicit(), PN, SOURCE))
 
 
@@ -508,15 +509,7 @@ async def test_declining_an_address_ipam_does_not_hold_for_the_mac_records_nothi
                              (decline(client_id=DUID_EN), NO_EUI64)):
         reply = await dhcp.handle(datagram, PN, source)
         assert reply is not None and status(SUCCESS, "success") in reply.payload
-    assert dhcp.declined() == frozenset() and dhcp.counters.as_dict() == only(dhcp, declines=3)
-
-
-async def test_clear_declined_without_arguments_clears_everything():
-    view = FakeView([network()], [lease(), lease(OTHER_ADDRESS, OTHER_MAC)])
-    dhcp = responder(view)
-    await dhcp.handle(decline(), PN, SOURCE)
-    await dhcp.handle(decline(OTHER_ADDRESS, mac=OTHER_MAC), PN, SOURCE)
-    assert len(dhcp.declined()) == 2 and dhcp.clear_declined() == 2 and not dhcp.declined()
+    assert view.withheld == set() and dhcp.counters.as_dict() == only(dhcp, declines=3)
 
 
 async def test_information_request_gets_the_configuration_only():
@@ -591,9 +584,10 @@ async def test_a_configured_server_duid_replaces_the_derived_one():
     information_request(opt(SERVERID, network_duid(OTHER_PN))),
 ], ids=["request", "renew", "release", "decline", "information-request"])
 async def test_a_message_for_another_server_gets_no_answer(datagram):
-    dhcp = responder()
+    view = FakeView([network()], [lease()])
+    dhcp = responder(view)
     assert await dhcp.handle(datagram, PN, SOURCE) is None
-    assert dhcp.declined() == frozenset()
+    assert view.withheld == set()
     assert dhcp.counters.as_dict() == only(dhcp, other_server=1)
 
 

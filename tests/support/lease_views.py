@@ -1,4 +1,4 @@
-"""A stand-in for NetworkView's three DHCP lookups, for the pure DHCPv4 and v6 tests."""
+"""A stand-in for NetworkView's DHCP lookups, for the pure DHCPv4 and v6 tests."""
 
 from __future__ import annotations
 
@@ -8,11 +8,16 @@ from allocator.contract import Lease, NetworkInfo
 
 
 class FakeView:
-    """The three lookups the responders make of `NetworkView`, over plain dicts."""
+    """The lookups the responders make of `NetworkView`, over plain dicts and sets.
+
+    `record_decline` stands for IPAM's and the view's watch together: the decline is
+    in the view as soon as it is recorded.
+    """
 
     def __init__(self, networks: list[NetworkInfo], leases: Iterable[Lease] = ()) -> None:
         self._networks = {n.id: n for n in networks}
         self._leases: dict[tuple[str, str, bool], Lease] = {}
+        self.withheld: set[tuple[str, str, str]] = set()  # (network, MAC, address)
         for one in leases:
             self.attach(one)
 
@@ -24,6 +29,15 @@ class FakeView:
 
     def lease(self, pn_id: str, mac: str, is_ipv6: bool) -> Lease | None:
         return self._leases.get((pn_id, mac.lower(), is_ipv6))
+
+    def declined(self, pn_id: str, mac: str, address: str) -> bool:
+        return (pn_id, mac.lower(), address) in self.withheld
+
+    def decline_count(self, pn_id: str) -> int:
+        return sum(1 for network, _, _ in self.withheld if network == pn_id)
+
+    async def record_decline(self, pn_id: str, mac: str, address: str) -> None:
+        self.withheld.add((pn_id, mac, address))
 
     def attach(self, one: Lease) -> None:
         assert one.mac is not None
