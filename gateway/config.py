@@ -2,7 +2,12 @@
 
 Every setting has a command-line flag and an environment variable that mirror
 each other (`--etcd-endpoints` / `IPAM_ETCD_ENDPOINTS`); a flag wins over the
-environment, the environment over the default.
+environment, the environment over the default. A switch (`--etcd-insecure-transport`)
+takes no value; its variable reads true/false, yes/no, on/off or 1/0.
+
+Secrets (the admin secret key, etcd's password) are best given as variables or files
+(`--admin-secret-key-file`): any user of the host sees a process's argv in `ps`. A
+secret file must be readable by its owner only, as ssh insists for a private key.
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from allocator.contract import EtcdSecurity
 
@@ -32,11 +38,13 @@ class ConfigError(ValueError):
 
 @dataclass(frozen=True)
 class Setting:
-    """One setting: its flag, its environment variable, its default and help."""
+    """One setting: its flag, its environment variable, its default and help; a `switch`
+    is a flag without a value."""
 
     name: str
     default: str | None
     help: str
+    switch: bool = False
 
     @property
     def flag(self) -> str:
@@ -59,12 +67,33 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("etcd_cert_file", None, "PEM client certificate for etcd (mutual TLS)"),
     Setting("etcd_key_file", None, "PEM key of --etcd-cert-file"),
     Setting("etcd_username", None, "etcd user, when etcd auth is enabled"),
-    Setting("etcd_password", None, "password of --etcd-username (prefer the variable)"),
+    Setting("etcd_password", None,
+            "password of --etcd-username (argv shows in ps: prefer the variable or "
+            "--etcd-password-file)"),
+    Setting("etcd_password_file", None,
+            "file holding the password of --etcd-username, readable by its owner only"),
+    Setting("etcd_insecure_transport", "false",
+            "accept sending --etcd-username/--etcd-password to etcd without TLS "
+            "(no --etcd-ca-file, no https:// endpoint)", switch=True),
     Setting("region", "fr-par", "the region this node serves"),
     Setting("zones", None, "comma-separated zones of the region (default: REGION-1,2,3)"),
     Setting("data_dir", "./.ipam", "where the embedded etcd and the admin secret live"),
-    Setting("admin_secret_key", None, "a UUID that is accepted as an admin secret key"),
+    Setting("admin_secret_key", None,
+            "a UUID that is accepted as an admin secret key (argv shows in ps: prefer the "
+            "variable or --admin-secret-key-file)"),
+    Setting("admin_secret_key_file", None,
+            "file holding --admin-secret-key, readable by its owner only"),
+    Setting("tls_cert_file", None,
+            "PEM certificate (chain) to serve HTTPS with; with --tls-key-file"),
+    Setting("tls_key_file", None, "PEM private key of --tls-cert-file"),
     Setting("max_body_bytes", str(DEFAULT_MAX_BODY_BYTES), "largest request body accepted"),
+    Setting("header_timeout", "10.0",
+            "seconds a client has, from the first byte of a request, to send all its headers"),
+    Setting("keepalive_timeout", "75.0",
+            "seconds an idle connection is kept open between requests"),
+    Setting("max_connections", "10000",
+            "open connections per node; beyond, the longest idle is closed to make room, "
+            "else the new one is"),
     Setting("drain_seconds", "2.0",
             "seconds a node keeps serving after SIGTERM, with /readyz at 503 and every "
             "answer closing its connection, before it stops accepting"),
@@ -97,9 +126,15 @@ class GatewayConfig:
     etcd_prefix: str = "/ipam/"
     etcd_timeout: float = 3.0
     etcd_security: EtcdSecurity = field(default_factory=EtcdSecurity)
+    etcd_insecure_transport: bool = False
     data_dir: Path = field(default_factory=lambda: Path("./.ipam"))
     admin_secret_key: str | None = None
+    tls_cert_file: str | None = None
+    tls_key_file: str | None = None
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
+    header_timeout: float = 10.0
+    keepalive_timeout: float = 75.0
+    max_connections: int = 10000
     drain_seconds: float = 2.0
     shutdown_timeout: float = 10.0
     log_level: str = "info"
@@ -134,6 +169,17 @@ class GatewayConfig:
         for path in (sec.ca_file, sec.cert_file, sec.key_file):
             if path and not Path(path).is_file():
                 raise ConfigError(f"etcd TLS file {path} does not exist")
+        if self.etcd_credentials_in_clear and not self.etcd_insecure_transport:
+            raise ConfigError("--etcd-username/--etcd-password would reach etcd in clear: "
+                              "give --etcd-ca-file or https:// endpoints, or accept it with "
+                              "--etcd-insecure-transport (IPAM_ETCD_INSECURE_TRANSPORT)")
+        if bool(self.tls_cert_file) != bool(self.tls_key_file):
+            raise ConfigError("--tls-cert-file and --tls-key-file go together "
+                              "(IPAM_TLS_CERT_FILE/IPAM_TLS_KEY_FILE)")
+        for path in (self.tls_cert_file, self.tls_key_file):
+            if path and not Path(path).is_file():
+                raise ConfigError(f"TLS file {path} does not exist "
+                                  "(--tls-cert-file/--tls-key-file)")
         if self.max_body_bytes < 1024:
             raise ConfigError("--max-body-bytes/IPAM_MAX_BODY_BYTES must be at least 1024")
         if self.drain_seconds < 0:
@@ -144,6 +190,12 @@ class GatewayConfig:
             raise ConfigError(f"--port/IPAM_PORT must be a TCP port (0-65535), not {self.port}")
         if self.etcd_timeout <= 0:
             raise ConfigError("--etcd-timeout/IPAM_ETCD_TIMEOUT must be positive")
+        if self.header_timeout <= 0:
+            raise ConfigError("--header-timeout/IPAM_HEADER_TIMEOUT must be positive")
+        if self.keepalive_timeout <= 0:
+            raise ConfigError("--keepalive-timeout/IPAM_KEEPALIVE_TIMEOUT must be positive")
+        if self.max_connections < 1:
+            raise ConfigError("--max-connections/IPAM_MAX_CONNECTIONS must be at least 1")
         if self.log_level not in LOG_LEVELS:
             raise ConfigError(f"--log-level/IPAM_LOG_LEVEL must be one of "
                               f"{', '.join(LOG_LEVELS)}, not {self.log_level!r}")
@@ -161,13 +213,27 @@ class GatewayConfig:
         """Whether `ipam serve` must start its own etcd (no endpoints given)."""
         return not self.etcd_endpoints
 
+    @property
+    def etcd_credentials_in_clear(self) -> bool:
+        """Whether etcd's user and password would cross the network unencrypted: no CA
+        file, and some endpoint (or the embedded etcd's) is not https://."""
+        https = bool(self.etcd_endpoints) and all(
+            e.startswith("https://") for e in self.etcd_endpoints)
+        return bool(self.etcd_security.username) and not (self.etcd_security.tls or https)
+
+    @property
+    def tls(self) -> bool:
+        """Whether the node serves HTTPS."""
+        return bool(self.tls_cert_file)
+
 
 def add_arguments(parser: argparse.ArgumentParser, names: Sequence[str] | None = None) -> None:
     """Add the flags of `names` (default: every setting) to `parser`, defaulting to None."""
     for s in SETTINGS:
         if names is None or s.name in names:
+            extra: dict[str, Any] = {"action": "store_const", "const": "true"} if s.switch else {}
             parser.add_argument(s.flag, dest=s.name, default=None,
-                                help=f"{s.help} [{s.env}; default: {s.default}]")
+                                help=f"{s.help} [{s.env}; default: {s.default}]", **extra)
 
 
 def _pick(args: argparse.Namespace | None, env: Mapping[str, str], s: Setting) -> str | None:
@@ -183,6 +249,44 @@ def _split(value: str | None) -> tuple[str, ...]:
     return tuple(p.strip() for p in (value or "").split(",") if p.strip())
 
 
+_TRUE = ("true", "yes", "on", "1")
+_FALSE = ("false", "no", "off", "0")
+
+
+def read_secret(path: Path) -> str:
+    """The stripped text of a file holding a secret. OSError if it cannot be read,
+    ValueError if group or others may access it (as ssh refuses such a private key) or it
+    is empty."""
+    mode = path.stat().st_mode & 0o777
+    if mode & 0o077:
+        raise ValueError(f"permissions {mode:04o} are too open: it must be accessible by "
+                         f"its owner only (chmod 600 {path})")
+    text = path.read_text().strip()
+    if not text:
+        raise ValueError("it is empty")
+    return text
+
+
+def _secret(raw: Mapping[str, str | None], name: str) -> str | None:
+    """The secret `name`, given itself or as the file of the `name_file` setting."""
+    value, path = raw[name], raw[name + "_file"]
+    given, file = _setting(name), _setting(name + "_file")
+    if path is None:
+        return value
+    if value is not None:
+        raise ConfigError(f"give {given.flag}/{given.env} or {file.flag}/{file.env}, not both")
+    try:
+        return read_secret(Path(path))
+    except OSError as err:
+        raise ConfigError(f"{file.flag}/{file.env} {path}: {err.strerror or err}") from None
+    except ValueError as err:
+        raise ConfigError(f"{file.flag}/{file.env} {path}: {err}") from None
+
+
+def _setting(name: str) -> Setting:
+    return next(s for s in SETTINGS if s.name == name)
+
+
 def load(args: argparse.Namespace | None = None,
          env: Mapping[str, str] | None = None) -> GatewayConfig:
     """The configuration from parsed flags, then the environment, then the defaults."""
@@ -193,8 +297,24 @@ def load(args: argparse.Namespace | None = None,
         try:
             return kind(raw[name])  # type: ignore[no-any-return]
         except (TypeError, ValueError):
-            s = next(x for x in SETTINGS if x.name == name)
+            s = _setting(name)
             raise ConfigError(f"{s.flag}/{s.env} must be a number, not {raw[name]!r}") from None
+
+    def switch(name: str) -> bool:
+        value = (raw[name] or "").lower()
+        if value not in _TRUE + _FALSE:
+            s = _setting(name)
+            raise ConfigError(f"{s.env} must be true or false, not {raw[name]!r}")
+        return value in _TRUE
+
+    admin_secret_key = _secret(raw, "admin_secret_key")
+    if raw["admin_secret_key_file"] is not None:
+        try:
+            admin_secret_key = str(uuid.UUID(admin_secret_key or ""))
+        except ValueError:
+            raise ConfigError(f"--admin-secret-key-file/IPAM_ADMIN_SECRET_KEY_FILE "
+                              f"{raw['admin_secret_key_file']}: it does not hold a UUID"
+                              ) from None
 
     return GatewayConfig(
         region=raw["region"] or "fr-par",
@@ -207,10 +327,16 @@ def load(args: argparse.Namespace | None = None,
         etcd_security=EtcdSecurity(
             ca_file=raw["etcd_ca_file"], cert_file=raw["etcd_cert_file"],
             key_file=raw["etcd_key_file"], username=raw["etcd_username"],
-            password=raw["etcd_password"]),
+            password=_secret(raw, "etcd_password")),
+        etcd_insecure_transport=switch("etcd_insecure_transport"),
         data_dir=Path(raw["data_dir"] or "./.ipam"),
-        admin_secret_key=raw["admin_secret_key"],
+        admin_secret_key=admin_secret_key,
+        tls_cert_file=raw["tls_cert_file"],
+        tls_key_file=raw["tls_key_file"],
         max_body_bytes=int(number("max_body_bytes", int)),
+        header_timeout=float(number("header_timeout", float)),
+        keepalive_timeout=float(number("keepalive_timeout", float)),
+        max_connections=int(number("max_connections", int)),
         drain_seconds=float(number("drain_seconds", float)),
         shutdown_timeout=float(number("shutdown_timeout", float)),
         log_level=(raw["log_level"] or "info").lower(),

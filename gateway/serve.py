@@ -1,10 +1,13 @@
 """`ipam serve`: run one gateway node.
 
-Without `--etcd-endpoints` the node locks `--data-dir` (one `ipam serve` per directory),
-starts and supervises an embedded single-member etcd under it, and on first start
-generates an admin secret key, stores it there with mode 0600 and prints it once. On
-SIGTERM or SIGINT a node drains (see `gateway.drain`) for `--drain-seconds`, then stops
-accepting, gives in-flight requests `--shutdown-timeout`, and closes etcd.
+Without `--etcd-endpoints` the node locks `--data-dir` (one `ipam serve` per directory,
+created 0700, refused if group or others can write it), starts and supervises an
+embedded single-member etcd under it, and on first start generates an admin secret key,
+stores it there with mode 0600 and prints it once. With `--tls-cert-file` it serves
+HTTPS. `gateway.listener` bounds what aiohttp leaves open: the time to send a request's
+headers, and the number of connections. On SIGTERM or SIGINT a node drains (see
+`gateway.drain`) for `--drain-seconds`, then stops accepting, gives in-flight requests
+`--shutdown-timeout`, and closes etcd.
 """
 
 from __future__ import annotations
@@ -15,8 +18,10 @@ import dataclasses
 import fcntl
 import logging
 import os
+import re
 import signal
 import socket
+import ssl
 import sys
 import uuid
 from collections.abc import Sequence
@@ -26,6 +31,7 @@ from typing import TYPE_CHECKING, Any
 
 from . import config as cfg
 from . import logs
+from .listener import allow_open_files, listen
 from .logs import AccessLogger
 
 if TYPE_CHECKING:
@@ -51,7 +57,7 @@ def lock_data_dir(data_dir: Path) -> int:
     too, but only after a 30 s wait, and then blames its peer port. The lock goes
     with the descriptor, which no child process inherits, so it dies with us.
     """
-    data_dir.mkdir(parents=True, exist_ok=True)
+    data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     fd = os.open(data_dir / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o600)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -72,7 +78,7 @@ def admin_secret(config: cfg.GatewayConfig, out: Any = None) -> str:
     path = config.data_dir / ADMIN_SECRET_FILE
     if path.exists():
         return str(uuid.UUID(path.read_text().strip()))
-    config.data_dir.mkdir(parents=True, exist_ok=True)
+    config.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     secret = str(uuid.uuid4())
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "w") as f:
@@ -87,7 +93,7 @@ def start_embedded_etcd(data_dir: Path) -> Any:
     from devcluster.etcd import EtcdCluster
 
     base = data_dir / "etcd"
-    base.mkdir(parents=True, exist_ok=True)
+    base.mkdir(mode=0o700, parents=True, exist_ok=True)
     cluster = EtcdCluster(1, base_dir=base, name_prefix="embedded")
     cluster.start()
     log.info("embedded etcd serving at %s (data in %s)", cluster.endpoints[0], base)
@@ -121,10 +127,12 @@ class PreflightError(ValueError):
 
 @dataclass
 class Preflight:
-    """What `preflight` secured: the listening socket, and the data directory's lock."""
+    """What `preflight` secured: the listening socket, the data directory's lock, and the
+    TLS context to serve HTTPS with."""
 
     listener: socket.socket
     lock: int | None
+    tls: ssl.SSLContext | None = None
 
     def release(self) -> None:
         self.listener.close()
@@ -134,8 +142,10 @@ class Preflight:
 
 def preflight(config: cfg.GatewayConfig) -> Preflight:
     """Check what can be checked before any side effect (no secret generated, no etcd
-    started): the address can be listened on (and is then held), the data directory is
-    writable and free. PreflightError names the flag."""
+    started): the TLS certificate and key load, the address can be listened on (and is
+    then held), the data directory is writable, free and not writable by others.
+    PreflightError names the flag."""
+    tls = tls_context(config)
     try:
         family, kind, proto, _, address = socket.getaddrinfo(
             config.host, config.port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0]
@@ -152,17 +162,55 @@ def preflight(config: cfg.GatewayConfig) -> Preflight:
     lock = None
     if config.embedded_etcd:
         try:
-            config.data_dir.mkdir(parents=True, exist_ok=True)
+            check_data_dir(config.data_dir, stored_secret=not config.admin_secret_key)
             probe = config.data_dir / ".write-test"
             probe.write_text("")
             probe.unlink()
             lock = lock_data_dir(config.data_dir)
-        except (OSError, DataDirBusy) as err:
+        except (OSError, ValueError, DataDirBusy) as err:
             listener.close()
             reason = err.strerror if isinstance(err, OSError) and err.strerror else err
             raise PreflightError(f"--data-dir/IPAM_DATA_DIR {config.data_dir}: {reason}"
                                  ) from None
-    return Preflight(listener, lock)
+    return Preflight(listener, lock, tls)
+
+
+def check_data_dir(data_dir: Path, *, stored_secret: bool) -> None:
+    """Create `data_dir` for its owner only (0700) if it is missing; ValueError if group or
+    others can write it (they could swap the admin secret or etcd's data), or, when the
+    `stored_secret` will be used, if they can read it."""
+    if data_dir.is_dir():
+        mode = data_dir.stat().st_mode & 0o777
+        if mode & 0o022:
+            raise ValueError(f"group or others can write it (mode {mode:04o}): chmod 700 it")
+    else:
+        data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    secret = data_dir / ADMIN_SECRET_FILE
+    if stored_secret and secret.exists():
+        try:
+            cfg.read_secret(secret)
+        except ValueError as err:
+            raise ValueError(f"{ADMIN_SECRET_FILE}: {err}") from None
+
+
+def tls_context(config: cfg.GatewayConfig) -> ssl.SSLContext | None:
+    """The server TLS context of `--tls-cert-file`/`--tls-key-file`, or None without them;
+    PreflightError when they do not load (a key with a passphrase is refused rather than
+    asked for on a terminal)."""
+    if not config.tls:
+        return None
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    try:
+        context.load_cert_chain(config.tls_cert_file or "", config.tls_key_file,
+                                password=lambda: b"")
+    except (ssl.SSLError, OSError) as err:
+        detail = re.sub(r"^\[[^]]*\] | \(_ssl\.c:\d+\)$", "", err.strerror or str(err))
+        raise PreflightError(
+            f"--tls-cert-file/IPAM_TLS_CERT_FILE {config.tls_cert_file} and "
+            f"--tls-key-file/IPAM_TLS_KEY_FILE {config.tls_key_file} do not load as a PEM "
+            f"certificate and its unencrypted key: {detail}") from None
+    return context
 
 
 async def serve(config: cfg.GatewayConfig, out: Any = None,
@@ -170,7 +218,7 @@ async def serve(config: cfg.GatewayConfig, out: Any = None,
     """Run one gateway node until SIGTERM or SIGINT, then drain it and shut down gracefully."""
     checked = checked or preflight(config)
     try:
-        return await _serve(config, out or sys.stdout, checked.listener)
+        return await _serve(config, out or sys.stdout, checked)
     finally:
         checked.release()
 
@@ -178,7 +226,7 @@ async def serve(config: cfg.GatewayConfig, out: Any = None,
 _STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
 
-async def _serve(config: cfg.GatewayConfig, out: Any, listener: socket.socket) -> int:
+async def _serve(config: cfg.GatewayConfig, out: Any, checked: Preflight) -> int:
     from aiohttp import web
 
     from allocator.contract import IPAM
@@ -196,11 +244,16 @@ async def _serve(config: cfg.GatewayConfig, out: Any, listener: socket.socket) -
     elif not config.admin_secret_key:
         log.warning("no IPAM_ADMIN_SECRET_KEY: only admin keys already stored in etcd can "
                     "administer this deployment")
+    if config.etcd_credentials_in_clear:  # refused by the configuration unless accepted
+        log.warning("etcd's user and password cross the network in clear "
+                    "(--etcd-insecure-transport): anyone on the path can read them")
+    allow_open_files(config.max_connections)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in _STOP_SIGNALS:
         loop.add_signal_handler(sig, stop.set)
     runner: web.AppRunner | None = None
+    http: asyncio.AbstractServer | None = None
     supervisor = asyncio.ensure_future(_supervise(cluster, stop)) if cluster else None
     try:
         ipam = await IPAM.connect(endpoints, prefix=config.etcd_prefix,
@@ -209,11 +262,11 @@ async def _serve(config: cfg.GatewayConfig, out: Any, listener: socket.socket) -
         runner = web.AppRunner(create_app(ipam, config, close_ipam=True),
                                access_log=logging.getLogger("ipam.access"),
                                access_log_class=AccessLogger,
-                               shutdown_timeout=config.shutdown_timeout)
+                               shutdown_timeout=config.shutdown_timeout,
+                               keepalive_timeout=config.keepalive_timeout)
         await runner.setup()
-        site = web.SockSite(runner, listener)
-        await site.start()
-        port = listener.getsockname()[1]
+        http = await listen(runner, checked.listener, checked.tls, config)
+        port = checked.listener.getsockname()[1]
         announce = asyncio.ensure_future(_announce(runner.app, config, port, endpoints, out))
         stopping = asyncio.ensure_future(stop.wait())
         failed = asyncio.ensure_future(availability_of(runner.app).wait_failed())
@@ -229,6 +282,8 @@ async def _serve(config: cfg.GatewayConfig, out: Any, listener: socket.socket) -
     finally:
         for sig in _STOP_SIGNALS:
             loop.remove_signal_handler(sig)
+        if http is not None:
+            http.close()  # stops accepting; the runner's cleanup then closes connections
         if runner is not None:
             await runner.cleanup()  # stops accepting, waits for handlers, closes the IPAM
         if supervisor:
@@ -245,7 +300,7 @@ async def _announce(app: web.Application, config: cfg.GatewayConfig, port: int,
     else say it listens and waits (the log tells each attempt), and later that it serves."""
     from .app import availability_of
 
-    url = f"http://{config.host}:{port}"
+    url = f"{'https' if config.tls else 'http'}://{config.host}:{port}"
     availability = availability_of(app)
     if not await availability.wait_ready(ANNOUNCE_WAIT):
         print(f"ipam gateway listening on {url}, waiting for etcd at {','.join(endpoints)} "
@@ -279,8 +334,9 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """`ipam serve [flags]`: exit 0 after a clean shutdown; 2 on a bad flag, a taken port
-    or an unusable data directory (one line, before anything was started); 1 on a failure."""
+    """`ipam serve [flags]`: exit 0 after a clean shutdown; 2 on a bad flag, a secret file
+    others may read, TLS files that do not load, a taken port or an unusable data directory
+    (one line, before anything was started); 1 on a failure."""
     args = parser().parse_args(list(sys.argv[1:] if argv is None else argv))
     try:
         config = cfg.load(args)

@@ -27,13 +27,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from aiohttp import web
+from aiohttp.web import RequestPayloadError
 from multidict import MultiMapping
 from pydantic import BaseModel, ValidationError
 
 from allocator.contract import ArgumentProblem
 
 from .context import served_region
-from .errors import invalid_argument, invalid_arguments
+from .errors import ApiError, invalid_argument, invalid_arguments
 
 PARTS = ("path", "headers", "query", "body")
 _WIRE = "ipam_endpoint"
@@ -180,8 +181,12 @@ def query_values(query: MultiMapping[str], model: type[BaseModel]) -> dict[str, 
 
 
 async def json_body(request: web.Request, *, empty_ok: bool = False) -> dict[str, Any]:
-    """The request body as a JSON object; 400 when it is not one, 413 when too large."""
-    raw = await request.read()  # raises 413 beyond client_max_size
+    """The request body as a JSON object; 400 when it is not one or cannot be read (a
+    `Content-Encoding: gzip` body that is no gzip, a body cut short), 413 when too large."""
+    try:
+        raw = await request.read()  # raises 413 beyond client_max_size
+    except (RequestPayloadError, ConnectionResetError) as err:
+        raise unreadable_body(request, err) from None
     if not raw.strip():
         if empty_ok:
             return {}
@@ -193,3 +198,37 @@ async def json_body(request: web.Request, *, empty_ok: bool = False) -> dict[str
     if not isinstance(data, dict):
         raise invalid_argument("body", "the body must be a JSON object", "format")
     return data
+
+
+def unreadable_body(request: web.Request, err: Exception) -> ApiError:
+    """400 for a body aiohttp could not deliver; the answer closes the connection.
+
+    aiohttp raises RequestPayloadError when the body does not decode as its
+    Content-Encoding says, and ConnectionResetError when the client closed before the
+    body's end: either would otherwise be a 500. The parser's place in the stream is
+    then unknown, so the connection is not reused, and the rest of the body is not read
+    (aiohttp would read it after the answer, meet the same error and log a traceback).
+    """
+    if isinstance(err, ConnectionResetError):
+        reason = "the body ended before its announced length"
+    else:
+        cause = getattr(err.__cause__, "message", "") or str(err)
+        encoding = request.headers.get("Content-Encoding")
+        reason = (f"the body is not valid {encoding}, as its Content-Encoding says"
+                  if encoding and "content-encoding" in cause.lower()
+                  else f"the body could not be read: {cause}")
+    request.content.feed_eof()
+    return _ClosingError.of(invalid_argument("body", reason, "format"))
+
+
+class _ClosingError(ApiError):
+    """An error answer after which the connection is closed."""
+
+    @classmethod
+    def of(cls, err: ApiError) -> _ClosingError:
+        return cls(err.status, err.body, err.headers)
+
+    def response(self) -> web.Response:
+        answer = super().response()
+        answer.force_close()
+        return answer

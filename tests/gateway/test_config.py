@@ -52,6 +52,12 @@ def test_etcd_security_settings_come_from_flags_or_variables(tmp_path):
     (["--drain-seconds", "soon"], {}, "--drain-seconds/IPAM_DRAIN_SECONDS"),
     ([], {"IPAM_DRAIN_SECONDS": "-1"}, "--drain-seconds/IPAM_DRAIN_SECONDS"),
     ([], {"IPAM_SHUTDOWN_TIMEOUT": "-1"}, "--shutdown-timeout/IPAM_SHUTDOWN_TIMEOUT"),
+    (["--header-timeout", "0"], {}, "--header-timeout/IPAM_HEADER_TIMEOUT"),
+    ([], {"IPAM_KEEPALIVE_TIMEOUT": "soon"}, "--keepalive-timeout/IPAM_KEEPALIVE_TIMEOUT"),
+    (["--max-connections", "0"], {}, "--max-connections/IPAM_MAX_CONNECTIONS"),
+    (["--tls-key-file", "/nonexistent.pem"], {}, "IPAM_TLS_CERT_FILE/IPAM_TLS_KEY_FILE"),
+    (["--etcd-endpoints", "a:1", "--etcd-username", "u", "--etcd-password", "p"], {},
+     "IPAM_ETCD_INSECURE_TRANSPORT"),
 ])
 def test_bad_settings_name_the_flag_and_the_variable(argv, env, names):
     with pytest.raises(ConfigError) as err:

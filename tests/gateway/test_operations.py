@@ -87,6 +87,8 @@ def _get(url: str, token: str | None = None) -> tuple[int, Any, dict[str, str]]:
      "not 'loud'"),
     (["--port", "70000"], "ipam serve: --port/IPAM_PORT must be a TCP port (0-65535), not 70000"),
     (["--etcd-timeout", "0"], "ipam serve: --etcd-timeout/IPAM_ETCD_TIMEOUT must be positive"),
+    (["--header-timeout", "-1"],
+     "ipam serve: --header-timeout/IPAM_HEADER_TIMEOUT must be positive"),
 ])
 def test_a_bad_flag_is_one_line_and_exit_2_with_nothing_started(tmp_path: Path, flags: list[str],
                                                                   line: str) -> None:
