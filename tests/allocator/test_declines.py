@@ -8,7 +8,7 @@ import ipaddress
 import json
 
 import pytest
-from allocator_support import REGION, book_in, make_pn, revision
+from allocator_support import REGION, book_in, make_pn, revision, view_until
 
 from allocator.contract import (
     IPAM,
@@ -24,14 +24,6 @@ from devcluster.faults import FaultyStore
 
 MAC, OTHER_MAC = "02:00:00:00:00:0a", "02:00:00:00:00:0b"
 
-
-async def _until(view, check, rounds: int = 40) -> None:
-    """Wait (bounded) until `check()` holds, one view change at a time."""
-    for _ in range(rounds):
-        if check():
-            return
-        await view.changed(view.revision, 0.25)
-    assert check()
 
 
 async def _attached(ipam: IPAM, pn, project: str, mac: str, address: str | None = None,
@@ -287,11 +279,11 @@ async def test_a_network_view_loads_and_follows_the_declines_of_its_networks(ipa
         assert not view.declined(pn.id, OTHER_MAC, "10.9.0.6")
         followed = await ipam.record_decline(pn.id, OTHER_MAC, "10.9.0.6")
         await ipam.record_decline(other.id, MAC, "10.8.0.5")  # not a served network
-        await _until(view, lambda: view.declined(pn.id, OTHER_MAC, "10.9.0.6"))
+        await view_until(view, lambda: view.declined(pn.id, OTHER_MAC, "10.9.0.6"))
         assert view.declines(pn.id) == [loaded, followed]
         assert view.declines(other.id) == [] and not view.declined(other.id, MAC, "10.8.0.5")
         await ipam.clear_declines(REGION, pn.id, MAC)
-        await _until(view, lambda: not view.declined(pn.id, MAC, "10.9.0.5"))
+        await view_until(view, lambda: not view.declined(pn.id, MAC, "10.9.0.5"))
         assert view.declines() == [followed] and view.decline_count(pn.id) == 1
     finally:
         await view.close()
@@ -307,10 +299,10 @@ async def test_a_reloaded_view_sees_the_declines_recorded_meanwhile(etcd_single,
         await _attached(ipam, pn, project, OTHER_MAC, "10.9.0.6")
         view = await ipam.network_view([pn.id])
         await ipam.record_decline(pn.id, MAC, "10.9.0.5")
-        await _until(view, lambda: view.declined(pn.id, MAC, "10.9.0.5"))
+        await view_until(view, lambda: view.declined(pn.id, MAC, "10.9.0.5"))
         faults.compact_watches()  # the view's watches are open now
         await ipam.record_decline(pn.id, OTHER_MAC, "10.9.0.6")
-        await _until(view, lambda: view.declined(pn.id, OTHER_MAC, "10.9.0.6"))
+        await view_until(view, lambda: view.declined(pn.id, OTHER_MAC, "10.9.0.6"))
         assert view.reloads >= 2 and view.decline_count(pn.id) == 2
         await view.close()
     finally:

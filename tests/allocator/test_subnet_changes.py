@@ -13,7 +13,7 @@ import json
 from typing import Any
 
 import pytest
-from allocator_support import book_in, clean_audit, connected, make_pn
+from allocator_support import book_in, clean_audit, connected, make_pn, view_until
 
 from allocator.contract import IPAM, AddressAsk, IPFilter, IPRecord, PrivateNetwork, Resource
 from allocator.errors import AlreadyExists, InvalidArgument, NotFound, PreconditionFailed
@@ -243,29 +243,22 @@ async def test_another_node_stops_booking_in_a_subnet_deleted_elsewhere(
         await clean_audit(one)
 
 
-async def _until(view, check, rounds: int = 40) -> None:
-    for _ in range(rounds):
-        if check():
-            return
-        await view.changed(view.revision, 0.25)
-    assert check()
-
 
 async def test_the_network_view_follows_subnets_added_and_deleted(ipam, project):
     pn = await make_pn(ipam, project, "10.93.0.0/24")
     view = await ipam.network_view([pn.id])
     try:
         await ipam.add_subnets(pn.id, ["10.94.0.0/24", "fd00:94::/64"])
-        await _until(view, lambda: len(view.network(pn.id).subnets) == 3)
+        await view_until(view, lambda: len(view.network(pn.id).subnets) == 3)
         assert view.network(pn.id).subnet(is_ipv6=True).gateway == "fd00:94::1"
         ip = await ipam.book(book_in(pn, project, address="10.94.0.20",
                                      resource=Resource.custom(MAC, "vm")))
-        await _until(view, lambda: view.lease(pn.id, MAC, False) is not None)
+        await view_until(view, lambda: view.lease(pn.id, MAC, False) is not None)
         assert view.lease(pn.id, MAC, False).address == "10.94.0.20"
         await ipam.detach(ip.id, Resource.custom(MAC, "vm"))
         await ipam.release(ip.id)
         await ipam.delete_subnets(pn.id, ["10.94.0.0/24", "fd00:94::/64"])
-        await _until(view, lambda: [s.cidr for s in view.network(pn.id).subnets]
+        await view_until(view, lambda: [s.cidr for s in view.network(pn.id).subnets]
                      == ["10.93.0.0/24"])
         assert view.at("10.94.0.20") is None
     finally:

@@ -46,3 +46,12 @@ async def clean_audit(ipam: IPAM) -> AuditReport:
     report = await audit(ipam.store, ipam.keys)
     assert report.ok, report
     return report
+
+
+async def view_until(view, check, rounds: int = 40) -> None:
+    """Wait (bounded: `rounds` view changes of at most 0.25 s each) until `check()` holds."""
+    for _ in range(rounds):
+        if check():
+            return
+        await view.changed(view.revision, 0.25)
+    assert check()
