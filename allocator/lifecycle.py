@@ -29,6 +29,7 @@ from .errors import (
     Conflict,
     CredentialRevoked,
     InvalidArgument,
+    IPAMError,
     NotFound,
     OutcomeUnknown,
     PermissionDenied,
@@ -80,17 +81,30 @@ class Lifecycle:
         tags = check_tags(list(ask.tags))
         if ask.resource:
             _check_may_manage(ask.resource, caller, "attach")
-        idem_key = None
-        if ask.idempotency_key is not None:
-            idem_key = self.keys.idempotency(ask.idempotency_scope,
-                                             idem.check_key(ask.idempotency_key))
+        if ask.idempotency_key is None:
+            return await self._book(ask, caller, tags, None, "")
+        idem_key = self.keys.idempotency(ask.idempotency_scope,
+                                         idem.check_key(ask.idempotency_key))
+        fp = idem.fingerprint("book", ask.fingerprint_fields())
+        try:
+            return await self._book(ask, caller, tags, idem_key, fp)
+        except IPAMError as refused:
+            # Every booking transaction is guarded by the key's absence and replays the
+            # first answer when it is there, so a first request costs no read of it. A
+            # retry that cannot even try (the pool full since, the network deleted) reads
+            # it here, and still gets the answer of the request that succeeded.
+            try:
+                kv = await self.store.get(idem_key)
+            except StoreError:
+                raise refused from None
+            if kv is None:
+                raise
+            return await idem.replay(self.store, self.keys, kv.value, fp, caller.credential)
+
+    async def _book(self, ask: AddressAsk, caller: Caller, tags: tuple[str, ...],
+                    idem_key: str | None, fp: str) -> IPRecord:
         sources, mac_scope = await self.resolver.resolve(ask, caller)
         chosen = sources[0].offset_of(ask.address) if ask.address else None
-        fp = idem.fingerprint("book", ask.fingerprint_fields()) if idem_key else ""
-        if idem_key:
-            kv = await self.store.get(idem_key)
-            if kv is not None:
-                return await idem.replay(self.store, self.keys, kv.value, fp, caller.credential)
         lease = await self._leases.lease() if idem_key else 0
         res = ask.resource
         ip_id = new_id()

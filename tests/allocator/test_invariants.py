@@ -230,6 +230,27 @@ async def test_idempotent_booking_returns_the_first_result(ipam, pn, project):
     await clean_audit(ipam)
 
 
+async def test_a_retry_of_a_booking_that_succeeded_gets_its_answer_when_the_pool_is_full(
+        ipam, project):
+    # The key is read only when a booking cannot even be tried: a full pool is such a case.
+    small = await make_pn(ipam, project, "10.77.0.0/29")  # 4 bookable addresses
+    req = book_in(small, project, idempotency_key="full-1", idempotency_scope="k3",
+                  resource=Resource.custom("02:00:00:00:77:01", "vm"))
+    first = await ipam.book(req)
+    for _ in range(3):
+        await ipam.book(book_in(small, project))
+    with pytest.raises(PoolExhausted):
+        await ipam.book(book_in(small, project))
+    assert (await ipam.book(req)).id == first.id  # a replay, not "out of stock"
+    chosen = book_in(small, project, address=first.address.split("/")[0],
+                     idempotency_key="full-1", idempotency_scope="k3",
+                     resource=Resource.custom("02:00:00:00:77:01", "vm"))
+    with pytest.raises(Conflict):  # the same key for another request (a chosen address)
+        await ipam.book(chosen)
+    assert (await ipam.list_ips(IPFilter(private_network_id=small.id)))[1] == 4
+    await clean_audit(ipam)
+
+
 async def test_idempotent_attach_returns_the_first_result(ipam, pn, project):
     ip = await ipam.book(book_in(pn, project))
     first = await ipam.attach(ip.id, vm(3), idempotency_key="att-1")
