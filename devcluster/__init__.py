@@ -3,6 +3,7 @@
 For development, the tests, the embedded etcd of `ipam serve` and the bench:
 
     etcd       local etcd members and clusters (`EtcdCluster`), on loopback
+    pki        the embedded etcd's CA and certificates (mutual TLS), made and checked
     topology   the reference topology from local processes: three etcd members,
                N `ipam serve` nodes and haproxy in front (`LocalTopology`)
     tour       `python -m devcluster.tour`: the allocator alone, on an embedded etcd

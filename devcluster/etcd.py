@@ -24,6 +24,7 @@ import os
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import tempfile
 import time
@@ -58,12 +59,33 @@ _LOOPBACK_HTTP = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
 @dataclass(frozen=True)
 class ServerTLS:
-    """PEM files for a member's TLS client listener (mutual TLS when `client_cert_auth`)."""
+    """PEM files for a member's TLS client listener (mutual TLS when `client_cert_auth`).
+
+    Without a probe certificate the member keeps a plain client listener beside the TLS
+    one, for the harness's own probes. With `probe_cert_file` and `probe_key_file` (a
+    client certificate of `ca_file`) it speaks mutual TLS only: its one client listener
+    and its peer listener accept only certificates of `ca_file` (so `cert_file` must be
+    good for client authentication too: etcd dials itself and its peers with it), and
+    the harness's probes present the probe certificate.
+    """
 
     cert_file: str
     key_file: str
     ca_file: str
     client_cert_auth: bool = True
+    probe_cert_file: str | None = None
+    probe_key_file: str | None = None
+
+    @property
+    def only(self) -> bool:
+        """Whether the member has no plain listener, clients' nor peers'."""
+        return self.probe_cert_file is not None
+
+    def probe_context(self) -> ssl.SSLContext:
+        """What the harness's probes present to a TLS-only member and trust of it."""
+        context = ssl.create_default_context(cafile=self.ca_file)
+        context.load_cert_chain(self.probe_cert_file or "", self.probe_key_file)
+        return context
 
 
 class EtcdStartError(RuntimeError):
@@ -157,12 +179,19 @@ class EtcdMember:
         self.quota_backend_bytes = quota_backend_bytes
         self.tls = tls
         # With TLS, clients use `tls_endpoint`; the plain `endpoint` stays for the
-        # harness's own probes (health, status, metrics).
-        self.tls_endpoint = f"{LOOPBACK}:{tls_port}" if tls and tls_port else None
+        # harness's own probes (health, status, metrics), unless the member is TLS only:
+        # then both are its one client port.
+        self.endpoint = f"{LOOPBACK}:{client_port}"
+        self.tls_endpoint = (self.endpoint if tls and tls.only
+                             else f"{LOOPBACK}:{tls_port}" if tls and tls_port else None)
+        self._scheme = "https" if tls and tls.only else "http"
+        self._http = urllib.request.build_opener(
+            urllib.request.ProxyHandler({}),
+            urllib.request.HTTPSHandler(context=tls.probe_context()),
+        ) if tls and tls.only else _LOOPBACK_HTTP
         self.client_port = client_port
         self.peer_port = peer_port
         self.data_dir = data_dir
-        self.endpoint = f"{LOOPBACK}:{client_port}"
         self.log_file = data_dir.parent / "etcd.log"
         self.process: subprocess.Popen[bytes] | None = None
         self.paused = False
@@ -176,13 +205,13 @@ class EtcdMember:
 
     @property
     def client_url(self) -> str:
-        """The member's client URL, ``http://127.0.0.1:PORT``."""
-        return f"http://{self.endpoint}"
+        """The member's client URL, ``http://127.0.0.1:PORT`` (https:// if TLS only)."""
+        return f"{self._scheme}://{self.endpoint}"
 
     @property
     def peer_url(self) -> str:
         """The member's raft peer URL."""
-        return f"http://{LOOPBACK}:{self.peer_port}"
+        return f"{self._scheme}://{LOOPBACK}:{self.peer_port}"
 
     @property
     def is_running(self) -> bool:
@@ -222,6 +251,13 @@ class EtcdMember:
     def _tls_flags(self) -> list[str]:
         if not (self.tls and self.tls_endpoint):
             return []
+        if self.tls.only:
+            return [
+                "--cert-file", self.tls.cert_file, "--key-file", self.tls.key_file,
+                "--trusted-ca-file", self.tls.ca_file, "--client-cert-auth",
+                "--peer-cert-file", self.tls.cert_file, "--peer-key-file", self.tls.key_file,
+                "--peer-trusted-ca-file", self.tls.ca_file, "--peer-client-cert-auth",
+            ]  # fmt: skip
         flags = [
             "--listen-client-urls", f"{self.client_url},https://{self.tls_endpoint}",
             "--advertise-client-urls", f"https://{self.tls_endpoint}",
@@ -305,7 +341,7 @@ class EtcdMember:
         """True once the member answers on its raft peer port (before it has a leader)."""
         request = urllib.request.Request(self.peer_url + "/version")
         try:
-            with _LOOPBACK_HTTP.open(request, timeout=_PEER_PROBE_TIMEOUT_SECONDS):
+            with self._http.open(request, timeout=_PEER_PROBE_TIMEOUT_SECONDS):
                 return True
         except OSError:
             return False
@@ -327,7 +363,7 @@ class EtcdMember:
     def _request(self, method: str, path: str, body: bytes | None = None) -> dict[str, Any] | None:
         request = urllib.request.Request(self.client_url + path, data=body, method=method)
         try:
-            with _LOOPBACK_HTTP.open(request, timeout=_HTTP_TIMEOUT_SECONDS) as response:
+            with self._http.open(request, timeout=_HTTP_TIMEOUT_SECONDS) as response:
                 decoded = json.loads(response.read())
         except (OSError, ValueError):  # refused, timed out, HTTP error, or not JSON
             return None
@@ -340,7 +376,7 @@ class EtcdMember:
         """
         request = urllib.request.Request(self.client_url + "/metrics")
         try:
-            with _LOOPBACK_HTTP.open(request, timeout=_HTTP_TIMEOUT_SECONDS) as response:
+            with self._http.open(request, timeout=_HTTP_TIMEOUT_SECONDS) as response:
                 text = response.read().decode()
         except OSError:
             return None
@@ -454,11 +490,14 @@ class EtcdCluster:
         for name in names:
             if name not in keep:
                 shutil.rmtree(self.base_dir / name, ignore_errors=True)
-        ports = _free_loopback_ports((3 if self.tls else 2) * self.size)
+        extra_tls_port = self.tls is not None and not self.tls.only
+        ports = _free_loopback_ports((3 if extra_tls_port else 2) * self.size)
         client_ports, peer_ports = ports[: self.size], ports[self.size : 2 * self.size]
         tls_ports: list[int | None] = list(ports[2 * self.size :]) or [None] * self.size
+        scheme = "https" if self.tls and self.tls.only else "http"
         initial_cluster = ",".join(
-            f"{name}=http://{LOOPBACK}:{port}" for name, port in zip(names, peer_ports, strict=True)
+            f"{name}={scheme}://{LOOPBACK}:{port}"
+            for name, port in zip(names, peer_ports, strict=True)
         )
         token = f"ipam-{uuid.uuid4().hex}"
         self.members = [

@@ -3,11 +3,25 @@
 Without `--etcd-endpoints` the node locks `--data-dir` (one `ipam serve` per directory,
 created 0700, refused if group or others can write it), starts and supervises an
 embedded single-member etcd under it, and on first start generates an admin secret key,
-stores it there with mode 0600 and prints it once. With `--tls-cert-file` it serves
-HTTPS. `gateway.listener` bounds what aiohttp leaves open: the time to send a request's
-headers, and the number of connections. On SIGTERM or SIGINT a node drains (see
-`gateway.drain`) for `--drain-seconds`, then stops accepting, gives in-flight requests
-`--shutdown-timeout`, and closes etcd.
+stores it there with mode 0600 and prints it once.
+
+The embedded etcd speaks mutual TLS only, on loopback: its client and peer ports accept
+nothing but a certificate of its own CA, made on first start under
+`<data-dir>/etcd-tls/` (`devcluster.pki`; keys 0600, kept across restarts). etcd holds
+the API key records, so whoever can write to it is an admin: a plain port, even on
+loopback, let every local user in. Why mutual TLS: a unix socket would close the client
+port only; etcd's own auth (a root password) would guard the client port's requests,
+not its transport; neither touches the peer port that a single member still opens on
+TCP. TLS closes both ports alike, with files etcdctl takes as they are (`--cacert
+--cert --key`) and no new code in the gateway's store.
+`<data-dir>/etcd_endpoint` holds the https URL, for `ipam backup`/`restore` and etcdctl.
+A data directory from before (a plain embedded etcd) keeps its data: etcd restarts on
+it with TLS (new client URLs do not touch the data).
+
+With `--tls-cert-file` the node serves HTTPS. `gateway.listener` bounds what aiohttp
+leaves open: the time to send a request's headers, and the number of connections. On
+SIGTERM or SIGINT a node drains (see `gateway.drain`) for `--drain-seconds`, then stops
+accepting, gives in-flight requests `--shutdown-timeout`, and closes etcd.
 """
 
 from __future__ import annotations
@@ -29,6 +43,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from allocator.contract import EtcdSecurity
+
 from . import config as cfg
 from . import logs
 from .listener import allow_open_files, listen
@@ -41,6 +57,7 @@ log = logging.getLogger("ipam")
 
 ADMIN_SECRET_FILE = "admin_secret_key"
 ETCD_ENDPOINT_FILE = "etcd_endpoint"  # the embedded etcd's client URL, for etcdctl
+ETCD_TLS_DIR = "etcd-tls"  # its CA, and the client certificate its users present
 LOCK_FILE = "serve.lock"
 SUPERVISE_SECONDS = 1.0
 ANNOUNCE_WAIT = 3.0  # seconds etcd may take before stdout says the node waits for it
@@ -89,15 +106,32 @@ def admin_secret(config: cfg.GatewayConfig, out: Any = None) -> str:
 
 
 def start_embedded_etcd(data_dir: Path) -> Any:
-    """A single-member etcd whose data lives under `data_dir/etcd` (kept across restarts)."""
+    """A single-member etcd whose data lives under `data_dir/etcd` (kept across restarts),
+    speaking mutual TLS only with the certificates of `data_dir/etcd-tls` (made if
+    missing or within a year of their end)."""
     from devcluster.etcd import EtcdCluster
+    from devcluster.pki import ensure_member_pki
 
     base = data_dir / "etcd"
     base.mkdir(mode=0o700, parents=True, exist_ok=True)
-    cluster = EtcdCluster(1, base_dir=base, name_prefix="embedded")
+    pki = ensure_member_pki(data_dir / ETCD_TLS_DIR)
+    cluster = EtcdCluster(1, base_dir=base, name_prefix="embedded", tls=pki.server_tls())
     cluster.start()
-    log.info("embedded etcd serving at %s (data in %s)", cluster.endpoints[0], base)
+    log.info("embedded etcd serving at %s (data in %s, mutual TLS with %s)",
+             cluster.members[0].client_url, base, pki.directory)
     return cluster
+
+
+def embedded_etcd_security(data_dir: Path, given: EtcdSecurity | None = None
+                           ) -> EtcdSecurity:
+    """How a client reaches the embedded etcd of `data_dir`: `given` (for a user and
+    password) with the CA and client certificate of `data_dir/etcd-tls`."""
+    from devcluster.pki import MemberPKI
+
+    pki = MemberPKI(data_dir / ETCD_TLS_DIR)
+    return dataclasses.replace(given or EtcdSecurity(), ca_file=str(pki.ca_file),
+                               cert_file=str(pki.client_cert_file),
+                               key_file=str(pki.client_key_file))
 
 
 async def _supervise(cluster: Any, stop: asyncio.Event) -> None:
@@ -115,7 +149,7 @@ async def _supervise(cluster: Any, stop: asyncio.Event) -> None:
         try:
             member.start()
             await asyncio.to_thread(cluster.wait_healthy, 30)
-            log.info("embedded etcd is back at %s", member.endpoint)
+            log.info("embedded etcd is back at %s", member.client_url)
         except Exception as err:  # noqa: BLE001 - a failed restart stops the node
             log.error("could not restart the embedded etcd: %s; stopping", err)
             stop.set()
@@ -236,11 +270,14 @@ async def _serve(config: cfg.GatewayConfig, out: Any, checked: Preflight) -> int
     cluster = None
     endpoints = list(config.etcd_endpoints)
     if config.embedded_etcd:
-        config = dataclasses.replace(config, admin_secret_key=admin_secret(config, out))
+        secret = admin_secret(config, out)
         cluster = start_embedded_etcd(config.data_dir)
-        endpoints = cluster.endpoints
+        config = dataclasses.replace(
+            config, admin_secret_key=secret,
+            etcd_security=embedded_etcd_security(config.data_dir, config.etcd_security))
+        endpoints = [member.client_url for member in cluster.members]
         # etcdctl's way in (snapshot save, defrag): the client URL, in the data dir.
-        (config.data_dir / ETCD_ENDPOINT_FILE).write_text(f"http://{endpoints[0]}\n")
+        (config.data_dir / ETCD_ENDPOINT_FILE).write_text(f"{endpoints[0]}\n")
     elif not config.admin_secret_key:
         log.warning("no IPAM_ADMIN_SECRET_KEY: only admin keys already stored in etcd can "
                     "administer this deployment")

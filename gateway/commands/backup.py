@@ -5,8 +5,9 @@ from etcd (no gateway needed, none must be writing during a restore).
     ipam restore ipam-2026-12-02.jsonl    # into an empty prefix only; checked before writing
 
 etcd is found like `ipam serve` finds it: `--etcd-endpoints`/`IPAM_ETCD_ENDPOINTS` (and
-the TLS/auth flags and variables), else the embedded etcd of `--data-dir` (whose client
-URL `ipam serve` writes in `<data-dir>/etcd_endpoint`). `--etcd-prefix` as the node's.
+the TLS/auth flags and variables), else the embedded etcd of `--data-dir`: its client
+URL `ipam serve` writes in `<data-dir>/etcd_endpoint`, and an https one is reached with
+the CA and client certificate of `<data-dir>/etcd-tls/`. `--etcd-prefix` as the node's.
 A restore that stopped midway is finished by running it again with the same file.
 """
 
@@ -23,7 +24,7 @@ import click
 from allocator.contract import IPAM, EtcdSecurity, errors
 
 from .. import config as cfg
-from ..serve import ETCD_ENDPOINT_FILE
+from ..serve import ETCD_ENDPOINT_FILE, embedded_etcd_security
 
 F = TypeVar("F", bound=Callable[..., Any])
 _ETCD = ("etcd_endpoints", "etcd_prefix", "etcd_timeout", "etcd_ca_file", "etcd_cert_file",
@@ -41,16 +42,18 @@ def etcd_options(command: F) -> F:
 
 async def _connect(options: dict[str, Any]) -> IPAM:
     endpoints = [e.strip() for e in (options["etcd_endpoints"] or "").split(",") if e.strip()]
+    security = EtcdSecurity(ca_file=options["etcd_ca_file"], cert_file=options["etcd_cert_file"],
+                            key_file=options["etcd_key_file"],
+                            username=options["etcd_username"],
+                            password=options["etcd_password"])
     if not endpoints:
         found = Path(options["data_dir"]) / ETCD_ENDPOINT_FILE
         if not found.is_file():
             raise click.UsageError(f"no etcd: give --etcd-endpoints, or run `ipam serve` with "
                                    f"--data-dir {options['data_dir']} first ({found} is missing)")
         endpoints = [found.read_text().strip()]
-    security = EtcdSecurity(ca_file=options["etcd_ca_file"], cert_file=options["etcd_cert_file"],
-                            key_file=options["etcd_key_file"],
-                            username=options["etcd_username"],
-                            password=options["etcd_password"])
+        if endpoints[0].startswith("https://"):  # plain before the embedded etcd had TLS
+            security = embedded_etcd_security(Path(options["data_dir"]), security)
     return await IPAM.connect(endpoints, prefix=options["etcd_prefix"],
                               timeout=float(options["etcd_timeout"]), security=security)
 
