@@ -3,6 +3,8 @@ ceiling; the DHCP and DNS agent, side by side with UDP echo and the allocator's 
 
     python -m bench contention [--quick] [--out bench/results]
     python -m bench dhcp [--quick] [--out bench/results]
+    python -m bench compaction [--quick]      bookings before/after a mass release
+    python -m bench soak [--seconds N]        a steady lifecycle load: RSS, fds, tasks, etcd size
 
 Modules, one concept each:
 - `rig`: the reference topology (3 etcd, 2 gateways, haproxy) and what the bench reads
@@ -15,5 +17,12 @@ Modules, one concept each:
 - `dhcp`: the agent's run and its checks; `dhcpload` its load generator (a DHCP relay, a
   DNS client, an echo client) in a process of its own; `endpoints` the loopback servers;
   `attacher` the attaches for the watch lag; `viewmem` a view's memory; `dnsperf` the
-  second opinion; `dhcpreport` the table and the JSON file.
+  second opinion; `dhcpreport` the table and the JSON file; `gatewaynode` one `ipam
+  serve` for the gateway baseline.
+- `compaction`: bookings before and right after a mass release, with and without the
+  elected compactor.
+- `history`, `history_check`: every client-visible operation recorded, and the history
+  checked (no address held twice over acknowledged intervals, releases free, unknown
+  outcomes took effect once or not at all, nothing acknowledged lost), shared by the
+  fault tests; `soak`, `soakprobe`, `soaknode`: the soak and what it samples.
 """

@@ -3,6 +3,7 @@
     python -m bench contention [--quick] [--out bench/results]
     python -m bench dhcp [--quick] [--out bench/results]
     python -m bench compaction [--quick] [--out bench/results]
+    python -m bench soak [--seconds N] [--quick] [--out bench/results]
 """
 
 from __future__ import annotations
@@ -28,6 +29,10 @@ def main(argv: list[str] | None = None) -> int:
         from .compaction import main as compaction
 
         return compaction(rest)
+    if command == "soak":
+        from .soak import main as soak
+
+        return soak(rest)
     print(f"unknown command {command!r}\n\n{__doc__.strip()}", file=sys.stderr)
     return 2
 

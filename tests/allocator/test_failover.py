@@ -6,6 +6,8 @@ After each fault, bookings must succeed again within a few seconds. Afterwards,
 read from etcd: every booking answered as booked is there with its address, every
 booking answered as failed left nothing, nothing is held twice, and an
 "outcome unknown" answer is settled by retrying with the same idempotency key.
+Every attempt is recorded in a history, checked against etcd at the end
+(`bench.history_check`): what each client was told, not only the final state.
 """
 
 from __future__ import annotations
@@ -17,9 +19,11 @@ from dataclasses import dataclass, field
 
 import pytest
 from allocator_support import book_in, clean_audit, connected, make_pn, new_project
+from recording import RecordingIPAM, clean_history
 
 from allocator.contract import IPRecord
 from allocator.errors import IPAMError, OutcomeUnknown
+from bench.history import History
 
 RECOVERY_SECONDS = 5.0
 WORKERS = 12
@@ -33,6 +37,7 @@ class Ledger:
     failed: dict[str, IPAMError] = field(default_factory=dict)
     unknown_retries: int = 0
     success_times: list[float] = field(default_factory=list)
+    history: History = field(default_factory=History)  # every attempt, with its times
     changed: asyncio.Condition = field(default_factory=asyncio.Condition)
 
     async def record(self, key: str, ip: IPRecord) -> None:
@@ -56,8 +61,9 @@ class Ledger:
 
 
 async def _client(
-    node, pn, project, ledger: Ledger, name: str, stop: asyncio.Event, limit: int
+    ipam, pn, project, ledger: Ledger, name: str, stop: asyncio.Event, limit: int
 ) -> None:
+    node = RecordingIPAM(ipam, ledger.history, name)
     for n in range(limit):
         if stop.is_set():
             return
@@ -142,3 +148,5 @@ async def test_bookings_survive_kill_leader_kill_and_hang(etcd_cluster3_fresh, k
             got = await a.get_ip(record.id)
             assert got.address == record.address
         assert not set(ledger.failed) & set(stored)
+        verdict = await clean_history(a, ledger.history)
+        print(verdict)
