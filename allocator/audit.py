@@ -3,7 +3,8 @@
 Used by the tests, the bench (after every run) and operators. It reads every
 address key, IP record and index key under one prefix at a single revision and
 reports what disagrees: an address held twice, an address key without its record
-or the reverse, an index key pointing nowhere, a record missing its index key.
+or the reverse, an index key pointing nowhere, a record missing its index key, a
+tag-index key of a tag its IP does not carry (or of another project).
 """
 
 from __future__ import annotations
@@ -99,6 +100,11 @@ async def audit(store: Store, keys: Keys) -> AuditReport:
             if rec is None or not rec.get("resource") or \
                     rec["resource"].get("mac_address") != parts[2]:
                 report.bad_index_keys.append(key)
+        elif kind == "by_tag":
+            tag, project_id, ip_id = keys.tag_entry(key)
+            rec = records.get(ip_id)
+            if rec is None or rec["project_id"] != project_id or tag not in rec.get("tags", ()):
+                report.bad_index_keys.append(key)
     return report
 
 
@@ -108,4 +114,5 @@ def _index_keys(keys: Keys, rec: dict) -> list[str]:
     res = rec.get("resource")
     if res:
         out.append(keys.by_resource(res["id"], rec["id"]))
+    out += [keys.by_tag(tag, rec["project_id"], rec["id"]) for tag in rec.get("tags", ())]
     return out

@@ -8,7 +8,8 @@ How a booking is served (DESIGN.md section 3), all in the caller's own coroutine
    never apply twice), and on the idempotency and MAC keys it writes; its failure
    branch reads them all, so a loser learns by name what beat it.
 3. The node's committer carries it to etcd with every other change in flight
-   (group commit: one etcd request, one nested transaction per change).
+   (group commit: one etcd request, one nested transaction per change); one too
+   heavy to share a request (an IP with very many tags) goes alone.
 4. A loser whose address was taken picks again; an empty cache is confirmed with
    one linearizable count before "exhausted".
 5. A transaction that errors has an unknown outcome: the booking reads back its IP
@@ -23,11 +24,14 @@ import json
 import logging
 import random
 import time
+from collections.abc import Awaitable
 from dataclasses import dataclass, field, replace
+
+from aetcd import rpc
 
 from . import idempotency as idem
 from . import retry
-from .committer import Committer
+from .committer import MAX_NESTED, Committer
 from .errors import (
     AlreadyExists,
     Conflict,
@@ -42,14 +46,58 @@ from .keys import Keys
 from .records import IPRecord
 from .source_cache import SourceCache
 from .sources import Source
-from .store import Store
-from .txn import GuardedTxn, TxnOutcome
+from .store import MAX_TXN_OPS, Store
+from .txn import GuardedTxn, TxnOutcome, nested
 
 log = logging.getLogger(__name__)
 
 # How long a booking that found no free candidate waits for an in-flight one to settle
 # before it looks again.
 SETTLE_WAIT = 0.5
+# The operations a change may use inside a committer's request that carries the most
+# nested transactions (etcd counts them against its --max-txn-ops with their parent's).
+SHARED_TXN_OPS = MAX_TXN_OPS - MAX_NESTED
+
+
+def commit_change(committer: Committer, store: Store, txn: GuardedTxn
+                  ) -> Awaitable[TxnOutcome]:
+    """Commit `txn` through the node's committer, or alone when it outweighs its share of
+    a shared request: an IP with very many tags (one index key each) would make etcd
+    refuse the whole request, every other change in it with it. (A plain function, as
+    `Committer.commit` is: the booking's await chain stays one frame short.)"""
+    if max(len(txn.writes), len(txn.guard_names)) <= SHARED_TXN_OPS:
+        return committer.commit(txn)
+    return commit_alone(store, txn)
+
+
+async def commit_alone(store: Store, txn: GuardedTxn) -> TxnOutcome:
+    """`txn` in a request of its own, its writes nested as deep as etcd's --max-txn-ops
+    needs (a release set of IPs with many tags: thousands of index keys).
+
+    etcd counts a transaction's operations as the most of its guards, writes and failure
+    reads, and lets each nested transaction use what its parent left. `txn.commit`
+    nests one level, sized by the guards alone: one short when there are few guards and
+    two chunks or more, and not enough for a hundred IPs of thirty tags each.
+    """
+    compares, failure, writes = txn.compares(), txn.failure_reads(), txn.writes
+    guards = max(len(compares), len(failure))
+    if len(writes) > MAX_TXN_OPS - guards:
+        width = max(guards, MAX_TXN_OPS // 2)  # this level's count stays `width`
+        size = -(-len(writes) // width)
+        writes = [nested([], _packed(writes[i:i + size], MAX_TXN_OPS - width))
+                  for i in range(0, len(writes), size)]
+    return txn.outcome(await store.txn(compares, writes, failure))
+
+
+def _packed(ops: list[rpc.RequestOp], room: int) -> list[rpc.RequestOp]:
+    """`ops` as at most `room` operations of an unguarded nested transaction (at most
+    3,456 in a room of 27, what a release set's hundred guards leave each chunk)."""
+    if len(ops) <= room or room < 4:  # more than that: etcd refuses it, and says so
+        return ops
+    width = max(2, room // 3)  # few and deep: each level keeps most of its room
+    size = -(-len(ops) // width)
+    return [nested([], _packed(ops[i:i + size], room - width))
+            for i in range(0, len(ops), size)]
 
 
 @dataclass
@@ -122,7 +170,7 @@ class SourceEngine:
                     continue
             txn = self._txn(b, offset)
             try:
-                outcome = await self.committer.commit(txn)
+                outcome = await commit_change(self.committer, self.store, txn)
             except StorageFull:  # refused whole, nothing applied: not an unknown outcome
                 self.cache.give_back(offset)
                 raise
@@ -184,6 +232,8 @@ class SourceEngine:
                .put(k.by_project(record.project_id, record.region, record.created_at,
                                  record.id), "")
                .put(k.created(self.source.id, record.created_at, record.id), ""))
+        for tag in record.tags:  # an untagged IP adds no operation
+            txn.put(k.by_tag(tag, record.project_id, record.id), "")
         if b.credential_key:
             txn.present("credential", b.credential_key)
         if b.resource_key:

@@ -14,12 +14,13 @@
     {p}ix/project/{project_id}/{region}/{inverted time}/{ip_id}   IPs of a project
     {p}ix/res/{resource_id}/{ip_id}       IPs attached to a resource
     {p}ix/mac/{mac}/{scope}[/v6]          the IPv4 (IPv6) holding a MAC in a network or zone
+    {p}ix/tag/{tag}/{project_id}/{ip_id}  IPs carrying a tag (tag percent-encoded), per project
     {p}idem/{scope}/{key}                 idempotency key -> first result (leased, 24 h)
+    {p}decline/{pn_id}/{mac}/{address}    a DHCP decline: withheld from that MAC (`declines`)
     {p}auth/secret/{sha256 of secret}     API key record, found by its secret
     {p}auth/key/{access_key}              the hash of its secret, found by access key
     {p}compactor                          the node that compacts etcd's history (leased)
     {p}schema                             schema version of the data (and a restore's progress)
-    {p}decline/{pn_id}/{mac}/{address}    a DHCP decline: withheld from that MAC (`declines`)
 
 Every key of one held address is written in the same transaction, so an index
 never disagrees with the data. Keys are built and taken apart here only.
@@ -29,6 +30,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
+from urllib.parse import quote, unquote
 
 
 @dataclass(frozen=True)
@@ -93,15 +95,28 @@ class Keys:
 
     def by_project(self, project_id: str, region: str = "", created_at: str = "",
                    ip_id: str = "") -> str:
-        """IPs of a project, per region, newest first in key order (listing)."""
+        """IPs of a project, per region, newest first in key order (listing); every
+        project's without one."""
+        if not project_id:
+            return f"{self.prefix}ix/project/"
         if not region:
             return f"{self.prefix}ix/project/{project_id}/"
         if not created_at:
             return f"{self.prefix}ix/project/{project_id}/{region}/"
         return f"{self.prefix}ix/project/{project_id}/{region}/{newest_first(created_at)}/{ip_id}"
 
-    def by_resource(self, resource_id: str, ip_id: str = "") -> str:
+    def by_resource(self, resource_id: str = "", ip_id: str = "") -> str:
+        """IPs attached to a resource (every attached IP's without one)."""
+        if not resource_id:
+            return f"{self.prefix}ix/res/"
         return f"{self.prefix}ix/res/{resource_id}/{ip_id}"
+
+    def by_tag(self, tag: str, project_id: str = "", ip_id: str = "") -> str:
+        """IPs carrying `tag` in a project (in every project without one). The tag is
+        percent-encoded: any printable text is a tag, and a "/" must not reach the key."""
+        if not project_id:
+            return f"{self.prefix}ix/tag/{quote(tag, safe='')}/"
+        return f"{self.prefix}ix/tag/{quote(tag, safe='')}/{project_id}/{ip_id}"
 
     def mac(self, mac: str, scope: str = "", is_ipv6: bool = False) -> str:
         """The IP holding `mac` in a scope (`pn-<id>` or `zone-<zone>`), per family: a
@@ -109,6 +124,15 @@ class Keys:
         if not scope:
             return f"{self.prefix}ix/mac/{mac}/"
         return f"{self.prefix}ix/mac/{mac}/{scope}" + ("/v6" if is_ipv6 else "")
+
+    def decline(self, pn_id: str = "", mac: str = "", address: str = "") -> str:
+        """`mac` declined `address` in `pn_id` (DHCP); with fewer arguments, the prefix of
+        that MAC's declines in the network, of the network's, or of every network's."""
+        if not pn_id:
+            return f"{self.prefix}decline/"
+        if not mac:
+            return f"{self.prefix}decline/{pn_id}/"
+        return f"{self.prefix}decline/{pn_id}/{mac}/{address}"
 
     def idempotency(self, scope: str, key: str) -> str:
         return f"{self.prefix}idem/{scope}/{key}"
@@ -127,15 +151,6 @@ class Keys:
     def compactor(self) -> str:
         """Held, on its lease, by the one node that compacts etcd (see `compactor`)."""
         return f"{self.prefix}compactor"
-
-    def decline(self, pn_id: str = "", mac: str = "", address: str = "") -> str:
-        """`mac` declined `address` in `pn_id` (DHCP); with fewer arguments, the prefix of
-        that MAC's declines in the network, of the network's, or of every network's."""
-        if not pn_id:
-            return f"{self.prefix}decline/"
-        if not mac:
-            return f"{self.prefix}decline/{pn_id}/"
-        return f"{self.prefix}decline/{pn_id}/{mac}/{address}"
 
     # -- taking keys apart ----------------------------------------------------------
 
@@ -157,6 +172,12 @@ class Keys:
         return inverted_time, ip_id
 
     @staticmethod
+    def tag_entry(key: str) -> tuple[str, str, str]:
+        """(tag, project id, IP id) of a tag-index key `ix/tag/{tag}/{project_id}/{ip_id}`."""
+        tag, project_id, ip_id = key.rsplit("/", 3)[1:]
+        return unquote(tag), project_id, ip_id
+
+    @staticmethod
     def address_offset(key: str) -> int:
         """The offset of a held-address key `src/{source_id}/a/{offset}`."""
         return int(key.rsplit("/", 1)[1], 16)
@@ -165,7 +186,7 @@ class Keys:
         """What a key under this prefix is, and its segments after the prefix:
 
         `source`, `address`, `freed`, `created` (of a source), `ip`, `by_project`,
-        `by_resource`, `mac`, or the first segment for anything else.
+        `by_resource`, `mac`, `by_tag`, or the first segment for anything else.
         """
         parts = key[len(self.prefix):].split("/")
         head = parts[0]
@@ -174,7 +195,7 @@ class Keys:
                     "c": "created"}.get(parts[2], "src"), parts
         if head == "ix" and len(parts) >= 2:
             return {"project": "by_project", "res": "by_resource",
-                    "mac": "mac"}.get(parts[1], "ix"), parts
+                    "mac": "mac", "tag": "by_tag"}.get(parts[1], "ix"), parts
         return head, parts
 
 

@@ -22,7 +22,7 @@ from . import retry
 from .access import BOOK_ZONAL, WRITE_IPS, Caller
 from .asks import AddressAsk
 from .committer import Committer
-from .engine import Booking, SourceEngine
+from .engine import Booking, SourceEngine, commit_alone, commit_change
 from .errors import (
     STILL_ATTACHED,
     AlreadyExists,
@@ -43,7 +43,7 @@ from .records import IPRecord, Resource, check_reverses, check_tags, check_uuid,
 from .resolution import SourceResolver
 from .sources import Source
 from .store import KV, Store
-from .txn import GuardedTxn, commit
+from .txn import GuardedTxn
 
 MAX_RELEASE_SET = 100
 
@@ -174,7 +174,7 @@ class Lifecycle:
                     idem_key, idem.entry(fp, new), await self._leases.lease())
             # Rides the node's committer with the bookings and other changes in flight.
             try:
-                out = await self.committer.commit(txn)
+                out = await commit_change(self.committer, self.store, txn)
             except StorageFull:
                 raise  # refused whole, nothing applied: not an unknown outcome
             except StoreError:
@@ -235,6 +235,7 @@ class Lifecycle:
             changes: dict[str, Any] = {}
             if new_tags is not None:
                 changes["tags"] = new_tags
+                self._retag(txn, r, new_tags)
             if reverses is not None:
                 changes["reverses"] = check_reverses(reverses, r.address)
             return r.with_changes(**changes)
@@ -257,6 +258,18 @@ class Lifecycle:
             .delete(self.keys.address(src.id, src.offset_key(offset)))
             .delete(self.keys.by_project(r.project_id, r.region, r.created_at, r.id))
             .delete(self.keys.created(r.source_id, r.created_at, r.id)))
+        for tag in r.tags:
+            txn.delete(self.keys.by_tag(tag, r.project_id, r.id))
+
+    def _retag(self, txn: GuardedTxn, r: IPRecord, tags: Sequence[str]) -> None:
+        """Move the IP's tag-index keys from its tags to `tags`; a tag it keeps keeps its key
+        (etcd refuses a key both deleted and written in one transaction)."""
+        for tag in r.tags:
+            if tag not in tags:
+                txn.delete(self.keys.by_tag(tag, r.project_id, r.id))
+        for tag in tags:
+            if tag not in r.tags:
+                txn.put(self.keys.by_tag(tag, r.project_id, r.id), "")
 
     async def release_set(self, ip_ids: Sequence[str], caller: Caller = Caller()) -> None:
         """Release several detached IPs atomically: all of them, or none."""
@@ -286,7 +299,7 @@ class Lifecycle:
             for sid, ip in freed.items():
                 txn.put(self.keys.freed(sid), ip)
             try:
-                out = await commit(self.store, txn)
+                out = await commit_alone(self.store, txn)
             except StorageFull:
                 raise  # refused whole, nothing applied: not an unknown outcome
             except StoreError:

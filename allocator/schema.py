@@ -37,10 +37,10 @@ from typing import Any
 from .errors import Conflict, PreconditionFailed
 from .keys import Keys
 from .retry import RACES
-from .store import Store
+from .store import KV, Store
 from .txn import GuardedTxn, TxnOutcome, commit
 
-CURRENT_SCHEMA = 1
+CURRENT_SCHEMA = 2  # 2: the tag index (`_index_tags`)
 
 # The guard name `MigrationContext.commit` adds to a step's transaction.
 _SCHEMA_GUARD = "schema version"
@@ -173,8 +173,51 @@ async def _stamp_unversioned(ctx: MigrationContext) -> None:
     version written after this step is the whole migration."""
 
 
+async def _index_tags(ctx: MigrationContext) -> None:
+    """1 -> 2: the tag index (`{p}ix/tag/...`, written with every IP since version 2) for
+    the IPs tagged before it existed. Idempotent: a key already there is written again
+    with the same empty value. Each batch is guarded by its records' revisions; a record
+    changed meanwhile was written by a version-2 node, with its index: it is skipped.
+
+    Nodes of version 1 still running would go on writing tags without the index: stop
+    them before starting the first node of version 2 (it migrates before it serves)."""
+    kvs, _ = await ctx.store.scan(ctx.keys.ip())
+    batch: list[tuple[KV, dict[str, Any]]] = []
+
+    async def flush() -> None:
+        txn = GuardedTxn()
+        for n, (kv, record) in enumerate(batch):
+            txn.unchanged(f"record {n}", kv.key, kv.mod_revision)
+            for tag in record["tags"]:
+                txn.put(ctx.keys.by_tag(tag, record["project_id"], record["id"]), "")
+        outcome = await ctx.commit(txn)
+        if not outcome.succeeded:  # some changed since the scan: index the others
+            unchanged = [(kv, r) for n, (kv, r) in enumerate(batch)
+                         if f"record {n}" not in outcome.failed]
+            batch[:] = unchanged
+            if unchanged:
+                await flush()
+                return
+        batch.clear()
+
+    ops = 0
+    for kv in kvs:
+        record = json.loads(kv.value)
+        if not record.get("tags"):
+            continue
+        batch.append((kv, record))
+        ops += 1 + len(record["tags"])
+        if ops >= _TAG_BATCH_OPS:
+            await flush()
+            ops = 0
+    if batch:
+        await flush()
+
+
+_TAG_BATCH_OPS = 100  # guards and writes per transaction, under etcd's 128 ops
+
 # Step v migrates version v to v + 1.
-MIGRATIONS: Mapping[int, Migration] = {0: _stamp_unversioned}
+MIGRATIONS: Mapping[int, Migration] = {0: _stamp_unversioned, 1: _index_tags}
 
 
 async def ensure_schema(store: Store, keys: Keys, *, current: int = CURRENT_SCHEMA,

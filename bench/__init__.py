@@ -5,6 +5,7 @@ ceiling; the DHCP and DNS agent, side by side with UDP echo and the allocator's 
     python -m bench dhcp [--quick] [--out bench/results]
     python -m bench compaction [--quick]      bookings before/after a mass release
     python -m bench soak [--seconds N]        a steady lifecycle load: RSS, fds, tasks, etcd size
+    python -m bench lists [--quick]           paging through 20k IPs, a tag filter
 
 Modules, one concept each:
 - `rig`: the reference topology (3 etcd, 2 gateways, haproxy) and what the bench reads
@@ -20,7 +21,7 @@ Modules, one concept each:
   second opinion; `dhcpreport` the table and the JSON file; `gatewaynode` one `ipam
   serve` for the gateway baseline.
 - `compaction`: bookings before and right after a mass release, with and without the
-  elected compactor.
+  elected compactor; `lists`: paging and filters on 20k IPs, beside a raw etcd read.
 - `history`, `history_check`: every client-visible operation recorded, and the history
   checked (no address held twice over acknowledged intervals, releases free, unknown
   outcomes took effect once or not at all, nothing acknowledged lost), shared by the

@@ -3,6 +3,7 @@
     python -m bench contention [--quick] [--out bench/results]
     python -m bench dhcp [--quick] [--out bench/results]
     python -m bench compaction [--quick] [--out bench/results]
+    python -m bench lists [--quick] [--out bench/results]
     python -m bench soak [--seconds N] [--quick] [--out bench/results]
 """
 
@@ -29,6 +30,10 @@ def main(argv: list[str] | None = None) -> int:
         from .compaction import main as compaction
 
         return compaction(rest)
+    if command == "lists":
+        from .lists import main as lists
+
+        return lists(rest)
     if command == "soak":
         from .soak import main as soak
 

@@ -26,6 +26,7 @@ from allocator.contract import (
     SchemaTooNew,
     TargetNotEmpty,
     check_key_spec,
+    CURRENT_SCHEMA,
     ensure_schema,
     export_state,
     import_state,
@@ -111,7 +112,7 @@ async def test_a_populated_ipam_restores_into_an_empty_prefix_key_for_key(ipam, 
 
     assert await state(target) == before
     assert exported.count == restored.count == len(before) - 1  # the schema key is the header
-    assert exported.schema_version == restored.schema_version == 1
+    assert exported.schema_version == restored.schema_version == CURRENT_SCHEMA
     assert restored.leased == exported.leased == 2  # the two idempotency records
     assert (restored.prefix, restored.source_prefix) == (target.keys.prefix, ipam.keys.prefix)
     assert (restored.resumed_from, restored.written) == (0, restored.count)
@@ -171,7 +172,8 @@ async def test_data_without_a_schema_key_restores_as_version_0_and_migrates(ipam
     await import_state(target.store, target.keys, io.BytesIO(data))
     assert "schema" not in await state(target)
     schema = await ensure_schema(target.store, target.keys)
-    assert (schema.found, schema.migrated, schema.version) == (0, (0,), 1)
+    assert (schema.found, schema.migrated, schema.version) == (
+        0, tuple(range(CURRENT_SCHEMA)), CURRENT_SCHEMA)
 
 
 @pytest.mark.parametrize("stamped", [False, True])
@@ -216,7 +218,8 @@ async def test_a_target_stamped_with_another_schema_is_refused(ipam, target):
     rev = await cluster_revision(target)
     with pytest.raises(TargetNotEmpty) as err:
         await import_state(target.store, target.keys, io.BytesIO(data))
-    assert "stamped with schema 1 and the backup is schema 0" in err.value.message
+    assert (f"stamped with schema {CURRENT_SCHEMA} and the backup is schema 0"
+            in err.value.message)
     assert await cluster_revision(target) == rev
 
 
@@ -300,12 +303,12 @@ async def test_a_backup_of_a_newer_schema_is_refused_before_any_write(ipam, targ
     await populate(ipam)
     data, _ = await backup_of(ipam)
     ls = lines_of(data)
-    newer = resealed([edit_json(ls[0], schema_version=2), *ls[1:-1]])
+    newer = resealed([edit_json(ls[0], schema_version=CURRENT_SCHEMA + 1), *ls[1:-1]])
     rev = await cluster_revision(target)
     with pytest.raises(SchemaTooNew) as err:
         await import_state(target.store, target.keys, io.BytesIO(newer))
-    assert err.value.message == ("etcd holds schema 2, this node understands up to 1: "
-                                 "upgrade this node")
+    assert err.value.message == (f"etcd holds schema {CURRENT_SCHEMA + 1}, this node "
+                                 f"understands up to {CURRENT_SCHEMA}: upgrade this node")
     assert await cluster_revision(target) == rev
 
 
@@ -396,7 +399,7 @@ async def test_a_restore_cut_short_is_refused_by_nodes_and_resumes(
         assert resumed.written == resumed.count - written
         assert await state(target) == await state(ipam)
         await clean_audit(target)
-        assert (await ensure_schema(target.store, target.keys)).version == 1
+        assert (await ensure_schema(target.store, target.keys)).version == CURRENT_SCHEMA
     await store.close()
 
 

@@ -72,7 +72,14 @@ async def marks(ipam: IPAM) -> dict[str, int | None]:
     return {json.loads(kv.value)["id"]: json.loads(kv.value).get("v2") for kv in kvs}
 
 
-TO_2 = {**MIGRATIONS, 1: mark_records()}
+# The machinery's own tests stop at version 1 (`V1`) and register their own step 1,
+# whatever the real steps after it are.
+V1 = {0: MIGRATIONS[0]}
+TO_2 = {**V1, 1: mark_records()}
+
+
+async def stamp_1(ipam) -> SchemaState:
+    return await ensure_schema(ipam.store, ipam.keys, current=1, migrations=V1)
 
 
 # --- stamping ------------------------------------------------------------------------
@@ -82,7 +89,8 @@ async def test_an_empty_prefix_is_stamped_with_the_current_schema(ipam):
     assert await ensure_schema(ipam.store, ipam.keys) == SchemaState(
         CURRENT_SCHEMA, found=None, stamped=True)
     assert await schema_value(ipam) == {"version": CURRENT_SCHEMA}
-    assert await ensure_schema(ipam.store, ipam.keys) == SchemaState(CURRENT_SCHEMA, found=1)
+    assert await ensure_schema(ipam.store, ipam.keys) == SchemaState(CURRENT_SCHEMA,
+                                                                     found=CURRENT_SCHEMA)
 
 
 async def test_nodes_starting_at_once_agree_on_one_stamp(etcd_single, key_prefix):
@@ -99,13 +107,14 @@ async def test_nodes_starting_at_once_agree_on_one_stamp(etcd_single, key_prefix
 
 
 async def test_a_newer_schema_is_refused_with_what_to_do(ipam):
-    await put(ipam, ipam.keys.schema(), b'{"version": 2}')
+    newer = CURRENT_SCHEMA + 1
+    await put(ipam, ipam.keys.schema(), json.dumps({"version": newer}).encode())
     rev = await revision(ipam)
     with pytest.raises(SchemaTooNew) as err:
         await ensure_schema(ipam.store, ipam.keys)
-    assert err.value.message == ("etcd holds schema 2, this node understands up to 1: "
-                                 "upgrade this node")
-    assert (err.value.found, err.value.understood) == (2, 1)
+    assert err.value.message == (f"etcd holds schema {newer}, this node understands up to "
+                                 f"{CURRENT_SCHEMA}: upgrade this node")
+    assert (err.value.found, err.value.understood) == (newer, CURRENT_SCHEMA)
     assert await revision(ipam) == rev
 
 
@@ -131,8 +140,9 @@ async def test_a_prefix_under_restore_is_refused(ipam):
 
 async def test_data_without_a_schema_key_is_version_0_and_is_stamped(ipam):
     ips = await with_ips(ipam)
-    assert await ensure_schema(ipam.store, ipam.keys) == SchemaState(1, found=0, migrated=(0,))
-    assert await schema_value(ipam) == {"version": 1}
+    assert await ensure_schema(ipam.store, ipam.keys) == SchemaState(
+        CURRENT_SCHEMA, found=0, migrated=tuple(range(CURRENT_SCHEMA)))
+    assert await schema_value(ipam) == {"version": CURRENT_SCHEMA}
     await clean_audit(ipam)
     assert (await ipam.get_ip(ips[0])).id == ips[0]
 
@@ -161,7 +171,7 @@ async def test_an_older_schema_runs_its_steps_in_order(ipam):
 
 async def test_a_data_changing_step_run_twice_changes_the_data_once(ipam):
     await with_ips(ipam)
-    await ensure_schema(ipam.store, ipam.keys)
+    await stamp_1(ipam)
     kv = await ipam.store.get(ipam.keys.schema())
     ctx = MigrationContext(ipam.store, ipam.keys, 1, kv.mod_revision)
     await mark_records()(ctx)
@@ -175,10 +185,10 @@ async def test_a_data_changing_step_run_twice_changes_the_data_once(ipam):
 
 async def test_an_interrupted_migration_resumes_where_it_stopped(ipam):
     await with_ips(ipam, 6)
-    await ensure_schema(ipam.store, ipam.keys)
+    await stamp_1(ipam)
     with pytest.raises(Interrupted):
         await ensure_schema(ipam.store, ipam.keys, current=2,
-                            migrations={**MIGRATIONS, 1: mark_records(stop_after=2)})
+                            migrations={**V1, 1: mark_records(stop_after=2)})
     assert await schema_value(ipam) == {"version": 1}  # the step did not finish
     assert sorted(v or 0 for v in (await marks(ipam)).values()) == [0, 0, 0, 0, 1, 1]
 
@@ -193,7 +203,7 @@ async def test_nodes_migrating_at_once_agree(etcd_single, key_prefix):
     nodes = [await IPAM.connect(etcd_single.endpoints, prefix=key_prefix) for _ in range(4)]
     try:
         await with_ips(nodes[0], 12)
-        await ensure_schema(nodes[0].store, nodes[0].keys)
+        await stamp_1(nodes[0])
         states = await asyncio.gather(*(ensure_schema(n.store, n.keys, current=2,
                                                       migrations=TO_2) for n in nodes))
         assert {s.version for s in states} == {2}
@@ -209,7 +219,7 @@ async def test_a_slow_node_writes_nothing_once_the_version_moved_on(etcd_single,
     async with connected(etcd_single.endpoints, key_prefix) as fast, \
             connected(etcd_single.endpoints, key_prefix) as slow:
         await with_ips(fast)
-        await ensure_schema(fast.store, fast.keys)
+        await stamp_1(fast)
         reached, go_on = asyncio.Event(), asyncio.Event()
         late_key = f"{key_prefix}late-write"
 
@@ -219,7 +229,7 @@ async def test_a_slow_node_writes_nothing_once_the_version_moved_on(etcd_single,
             await ctx.commit(GuardedTxn().put(late_key, "written by the slow node"))
 
         slowly = asyncio.ensure_future(ensure_schema(
-            slow.store, slow.keys, current=2, migrations={**MIGRATIONS, 1: slow_step}))
+            slow.store, slow.keys, current=2, migrations={**V1, 1: slow_step}))
         await reached.wait()
         assert (await ensure_schema(fast.store, fast.keys, current=2,
                                     migrations=TO_2)).migrated == (1,)
@@ -229,14 +239,14 @@ async def test_a_slow_node_writes_nothing_once_the_version_moved_on(etcd_single,
 
 
 async def test_a_missing_step_is_a_programming_error(ipam):
-    await ensure_schema(ipam.store, ipam.keys)
+    await stamp_1(ipam)
     with pytest.raises(LookupError, match="no migration registered from schema 1"):
-        await ensure_schema(ipam.store, ipam.keys, current=2)
+        await ensure_schema(ipam.store, ipam.keys, current=2, migrations=V1)
     assert await schema_value(ipam) == {"version": 1}
 
 
 async def test_a_schema_key_that_never_settles_ends_in_conflict(ipam):
-    await ensure_schema(ipam.store, ipam.keys)
+    await stamp_1(ipam)
 
     async def meddling(ctx: MigrationContext) -> None:
         # Another writer keeps rewriting the schema key while the step runs.
@@ -245,5 +255,5 @@ async def test_a_schema_key_that_never_settles_ends_in_conflict(ipam):
 
     with pytest.raises(Conflict, match="schema key kept changing"):
         await ensure_schema(ipam.store, ipam.keys, current=2,
-                            migrations={**MIGRATIONS, 1: meddling})
+                            migrations={**V1, 1: meddling})
     assert await ipam.store.get(f"{ipam.keys.prefix}x") is None
