@@ -4,13 +4,13 @@ A fault test or a bench run records every client-visible operation into a `Histo
 its kind (book, release, attach, detach, move), what was asked (the Private Network or
 source, the IPs, the resource, a specific address, the Idempotency-Key), when it was
 invoked and when its answer came back, the outcome and the answer. Afterwards
-`History.check(final)` reads the whole history against `FinalState`, etcd's state
-read once at the end (`read_final_state`), with the rules of `bench.history_check`.
+`bench.history_check.check(history.operations, final)` reads the whole history against
+`FinalState`, etcd's state read once at the end (`read_final_state`).
 
     history = History()
     ip = await history.call("book", ipam.book(ask), pool=pn.id, idempotency_key=key)
     ...
-    verdict = history.check(await read_final_state(ipam.store, ipam.keys))
+    verdict = check(history.operations, await read_final_state(ipam.store, ipam.keys))
     assert verdict.ok, verdict
 
 Outcomes, as a client must read its answers:
@@ -33,15 +33,12 @@ import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any, TypeVar
 
 from allocator.audit import audit
 from allocator.errors import IPAMError, OutcomeUnknown
 from allocator.keys import Keys
 from allocator.store import Store
-
-if TYPE_CHECKING:
-    from .history_check import Verdict
 
 OK, FAIL, UNKNOWN = "ok", "fail", "unknown"
 KINDS = ("book", "release", "attach", "detach", "move")
@@ -167,11 +164,6 @@ class History:
             out.setdefault(op.kind, Counter())[op.settled] += 1
         return {k: dict(v) for k, v in out.items()}
 
-    def check(self, final: FinalState) -> Verdict:
-        """The history read against `final`, by the rules of `bench.history_check`."""
-        from .history_check import check  # it imports this module
-
-        return check(self.operations, final)
 
 
 # -- the state at the end -----------------------------------------------------------------

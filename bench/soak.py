@@ -57,6 +57,7 @@ from allocator.contract import IPAM, Resource
 from devcluster.etcd import EtcdCluster
 
 from .history import OK, UNKNOWN, History, read_final_state
+from .history_check import check
 from .rig import ROOT, HttpError, http, stop_process
 from .soakprobe import Probe, node_tasks
 
@@ -258,7 +259,7 @@ async def run(plan: Plan, cluster: EtcdCluster, node: SoakNode, quiet: bool
         final = await read_final_state(ipam.store, ipam.keys)
     finally:
         await ipam.close()
-    verdict = load.history.check(final)
+    verdict = check(load.history.operations, final)
     return document(plan, samples, load, verdict.summary(), wall, len(final.ips))
 
 

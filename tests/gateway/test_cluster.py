@@ -17,6 +17,7 @@ import requests
 from gateway_fixtures import ADMIN_SECRET, ApiKeys, GatewayNode, gateway_pair  # noqa: F401
 
 from bench.history import History, read_final_state
+from bench.history_check import check
 
 pytestmark = pytest.mark.cluster
 
@@ -40,7 +41,7 @@ def assert_history_clean(node: GatewayNode, history: History) -> None:
     """`history` checked against etcd under the node's prefix, read on the node's loop."""
     assert node.ipam is not None
     final = node.call(read_final_state(node.ipam.store, node.ipam.keys))
-    verdict = history.check(final)
+    verdict = check(history.operations, final)
     assert verdict.ok, str(verdict)
 
 

@@ -13,7 +13,7 @@ from typing import Any
 
 from allocator.contract import IPAM, AddressAsk, Caller, IPRecord, Resource
 from bench.history import History, read_final_state
-from bench.history_check import Verdict
+from bench.history_check import Verdict, check
 
 ANYONE = Caller()  # the IPAM's own default caller
 
@@ -74,6 +74,7 @@ class RecordingIPAM:
 
 async def clean_history(ipam: IPAM | RecordingIPAM, history: History) -> Verdict:
     """`history` checked against etcd under `ipam`'s prefix; fails listing the violations."""
-    verdict: Verdict = history.check(await read_final_state(ipam.store, ipam.keys))
+    verdict: Verdict = check(history.operations,
+                             await read_final_state(ipam.store, ipam.keys))
     assert verdict.ok, str(verdict)
     return verdict
