@@ -19,7 +19,7 @@ import netaddr
 
 from . import idempotency as idem
 from . import retry
-from .access import BOOK_ZONAL, WRITE_IPS, Caller
+from .access import DETACH, RELEASE, UPDATE, Caller
 from .asks import AddressAsk
 from .committer import Committer
 from .engine import Booking, SourceEngine, commit_alone, commit_change
@@ -32,7 +32,6 @@ from .errors import (
     IPAMError,
     NotFound,
     OutcomeUnknown,
-    PermissionDenied,
     PoolExhausted,
     PreconditionFailed,
     StorageFull,
@@ -73,14 +72,10 @@ class Lifecycle:
     async def book(self, ask: AddressAsk, caller: Caller) -> IPRecord:
         """Book an address (any free one, or `ask.address`), optionally attached at once."""
         check_uuid(ask.project_id, "project_id")
-        caller.require(WRITE_IPS, "ip", ask.project_id)
-        if ask.zonal:  # zonal IPs are products' to book
-            caller.require(BOOK_ZONAL, "zonal_ip")
+        caller.require_book(ask.project_id, bool(ask.zonal), ask.resource)
         if not isinstance(ask.is_ipv6, bool):
             raise InvalidArgument("is_ipv6", "must be a boolean", "format")
         tags = check_tags(list(ask.tags))
-        if ask.resource:
-            _check_may_manage(ask.resource, caller, "attach")
         if ask.idempotency_key is None:
             return await self._book(ask, caller, tags, None, "")
         idem_key = self.keys.idempotency(ask.idempotency_scope,
@@ -117,7 +112,8 @@ class Lifecycle:
                 region=ask.region, source_id=src.id, source_kind=src.kind, created_at=ts,
                 updated_at=ts, organization_id=src.organization_id or ask.organization_id,
                 zone=src.zone, vpc_id=src.vpc_id, private_network_id=src.private_network_id,
-                resource=res, attached_at=ts if res else None, tags=tags)
+                resource=res, attached_at=ts if res else None, tags=tags,
+                booked_by_product=caller.booked_by_product)
             booking = Booking(
                 record=record, chosen=chosen, fingerprint=fp, credential_key=caller.credential,
                 idempotency_key=idem_key, idempotency_lease=lease,
@@ -148,7 +144,7 @@ class Lifecycle:
                       idem_scope: str = "") -> IPRecord:
         """Read the record, let `decide` build the change, commit it guarded; retry on races."""
         check_uuid(ip_id, "ip_id")
-        caller.require(WRITE_IPS, "ip")
+        caller.require_any_ip_change()
         idem_key = None
         fp = idem.fingerprint(op, {"ip_id": ip_id, **payload})
         if idem_key_name is not None:
@@ -232,6 +228,7 @@ class Lifecycle:
             raise InvalidArgument("reverses", "must be a list", "format")
 
         async def decide(r: IPRecord, txn: GuardedTxn) -> IPRecord:
+            caller.require_ip(UPDATE, r)
             changes: dict[str, Any] = {}
             if new_tags is not None:
                 changes["tags"] = new_tags
@@ -245,6 +242,7 @@ class Lifecycle:
     async def release(self, ip_id: str, caller: Caller = Caller()) -> None:
         """Release a detached IP: its address is free again."""
         async def decide(r: IPRecord, txn: GuardedTxn) -> None:
+            caller.require_ip(RELEASE, r)
             _check_detached(r)
             await self._delete(txn, r)
             txn.put(self.keys.freed(r.source_id), r.id)
@@ -275,7 +273,7 @@ class Lifecycle:
         """Release several detached IPs atomically: all of them, or none."""
         if not isinstance(ip_ids, (list, tuple)) or not ip_ids:
             raise InvalidArgument("ip_ids", "must be a non-empty list of IP ids", "required")
-        caller.require(WRITE_IPS, "ip")
+        caller.require_any_ip_change()
         if len(ip_ids) > MAX_RELEASE_SET:
             raise InvalidArgument("ip_ids", f"at most {MAX_RELEASE_SET} IPs at once")
         ids = list(dict.fromkeys(check_uuid(i, "ip_ids") for i in ip_ids))
@@ -292,6 +290,7 @@ class Lifecycle:
                 kv = found.get(self.keys.ip(i))
                 if kv is None or not caller.sees(r := _record(kv)):
                     raise NotFound("ip", i)
+                caller.require_ip(RELEASE, r)
                 _check_detached(r)
                 txn.unchanged(f"record {i}", self.keys.ip(i), kv.mod_revision)
                 await self._delete(txn, r)
@@ -324,9 +323,10 @@ class Lifecycle:
                      idempotency_key: str | None = None,
                      idempotency_scope: str = "") -> IPRecord:
         """Attach a detached IP to a resource (a MAC holds one IP per Private Network)."""
-        _check_resource(resource, caller, "attach")
+        _check_resource(resource)
 
         async def decide(r: IPRecord, txn: GuardedTxn) -> IPRecord:
+            caller.require_attach(r, resource)
             if r.resource is not None:
                 if r.resource.same_as(resource):
                     return r
@@ -344,7 +344,8 @@ class Lifecycle:
                      idempotency_scope: str = "") -> IPRecord:
         """Detach an IP from the resource it is attached to (which the caller must name)."""
         async def decide(r: IPRecord, txn: GuardedTxn) -> IPRecord:
-            self._detach(txn, r, _check_attached_to(r, resource, caller, "detach"))
+            caller.require_ip(DETACH, r)
+            self._detach(txn, r, _check_attached_to(r, resource))
             return r.with_changes(resource=None, attached_at=None)
 
         return await self._change("detach", ip_id, {"resource": resource.__dict__}, decide,
@@ -355,10 +356,11 @@ class Lifecycle:
                    idempotency_scope: str = "") -> IPRecord:
         """Move an IP from the resource it is attached to, to another one (or to none)."""
         if to_resource is not None:
-            _check_resource(to_resource, caller, "move")
+            _check_resource(to_resource)
 
         async def decide(r: IPRecord, txn: GuardedTxn) -> IPRecord:
-            current = _check_attached_to(r, from_resource, caller, "move")
+            caller.require_move(r, to_resource)
+            current = _check_attached_to(r, from_resource)
             self._detach(txn, r, current)
             if to_resource is None:
                 return r.with_changes(resource=None, attached_at=None)
@@ -404,28 +406,16 @@ def _check_detached(r: IPRecord) -> None:
                                                  "detach it before releasing it")
 
 
-def _check_may_manage(resource: Resource, caller: Caller, action: str) -> None:
-    if not caller.may_manage(resource.type):
-        raise PermissionDenied(action, resource.type,
-                               f"only the product managing {resource.type} resources may "
-                               f"{action} them")
-
-
-def _check_resource(resource: Resource, caller: Caller, action: str) -> None:
+def _check_resource(resource: Resource) -> None:
     if not isinstance(resource, Resource):
         raise InvalidArgument("resource", "is required", "required")
-    _check_may_manage(resource, caller, action)
 
 
-def _check_attached_to(r: IPRecord, named: Resource, caller: Caller, action: str) -> Resource:
+def _check_attached_to(r: IPRecord, named: Resource) -> Resource:
     if not isinstance(named, Resource):
         raise InvalidArgument("resource", "is required", "required")
     if r.resource is None:
         raise PreconditionFailed("ip_not_attached", f"IP {r.id} is not attached")
-    if not caller.may_manage(r.resource.type):
-        raise PermissionDenied(action, r.resource.type,
-                               f"only the product managing {r.resource.type} resources may "
-                               f"{action} this IP")
     if not r.resource.same_as(named):
         raise PreconditionFailed("resource_mismatch",
                                  f"IP {r.id} is attached to another resource")

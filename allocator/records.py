@@ -177,6 +177,9 @@ class IPRecord:
     attached_at: str | None = None
     tags: tuple[str, ...] = field(default_factory=tuple)
     reverses: tuple[Reverse, ...] = field(default_factory=tuple)
+    # The resource types of the product key that booked it, kept through every change;
+    # empty when a member or an admin booked it, and in records written before it was.
+    booked_by_product: tuple[str, ...] = field(default_factory=tuple)
 
     @property
     def source(self) -> dict[str, Any]:
@@ -200,6 +203,9 @@ class IPRecord:
             "attached_at": self.attached_at,
             "resource": self.resource.to_json() if self.resource else None,
             "tags": list(self.tags), "reverses": [r.to_json() for r in self.reverses],
+            # Only when set: a record no product booked is stored as it always was.
+            **({"booked_by_product": list(self.booked_by_product)}
+               if self.booked_by_product else {}),
         }
 
     @classmethod
@@ -214,4 +220,5 @@ class IPRecord:
             resource=Resource.from_json(d.get("resource")), tags=tuple(d.get("tags") or ()),
             reverses=tuple(Reverse(r["hostname"], r.get("address")) for r in
                            d.get("reverses") or ()),
+            booked_by_product=tuple(d.get("booked_by_product") or ()),
         )

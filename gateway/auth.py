@@ -5,10 +5,9 @@ Roles:
     project_member  read and write IPAM and VPC objects of its projects
     project_reader  read only, in its projects
     product         a service (e.g. Instances): reads IPs and Private Networks of every
-                    project, books IPs (zonal ones: only products and admins), releases
-                    them, and attaches, detaches and moves IPs to resources of its
-                    `resource_types`; the allocator makes sure only that product can detach
-                    them again
+                    project, books IPs (zonal ones: only products and admins), and changes
+                    only the IPs it booked or that sit on resources of its `resource_types`
+                    (the one table of who may do what: `allocator.access.RULES`)
 
 Outside its projects a key sees nothing: objects of other projects answer 404
 exactly like absent ones, and lists leave them out.

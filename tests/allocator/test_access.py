@@ -6,6 +6,7 @@ import pytest
 
 from allocator.access import ANY, OWN, RULES, Caller
 from allocator.errors import NotFound, PermissionDenied
+from allocator.records import IPRecord, Resource
 
 MINE, OTHER = "11111111-1111-4111-8111-111111111111", "22222222-2222-4222-8222-222222222222"
 ACTIONS = sorted({a for rules in RULES.values() for a in rules})
@@ -39,9 +40,15 @@ def test_an_object_of_another_project_is_not_found_unless_the_role_reads_any(rol
             caller.require_visible("ip", "x", OTHER)
 
 
-def test_only_a_product_of_that_type_manages_a_product_resource():
-    product = Caller(role="product", product_types=frozenset({"instance_server"}))
-    assert product.may_manage("instance_server") and product.may_manage("custom")
-    assert not product.may_manage("lb_server")
-    assert not Caller(role="admin", product_types=frozenset({"instance_server"})).may_manage(
-        "instance_server")
+def test_only_a_product_of_that_type_attaches_a_product_resource():
+    server = Resource.product("instance_server", MINE)
+    fresh = IPRecord(id=MINE, address="10.0.0.2/24", project_id=MINE, is_ipv6=False,
+                     region="fr-par", source_id=MINE, source_kind="subnet", created_at="",
+                     updated_at="")
+    Caller(role="product", product_types=frozenset({"instance_server"})).require_attach(
+        fresh, server)
+    for caller in (Caller(role="product", product_types=frozenset({"lb_server"})),
+                   Caller(role="admin", product_types=frozenset({"instance_server"})),
+                   Caller(role="project_member", projects=frozenset({MINE}))):
+        with pytest.raises(PermissionDenied):
+            caller.require_attach(fresh, server)
