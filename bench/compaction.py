@@ -39,7 +39,6 @@ import argparse
 import asyncio
 import dataclasses
 import datetime
-import json
 import os
 import platform
 import sys
@@ -57,6 +56,7 @@ from allocator.store import EtcdStore
 from allocator.txn import GuardedTxn
 from devcluster.etcd import EtcdCluster
 
+from . import results
 from .ceiling import RECORD_SIZE
 from .rig import ROOT, cpu_seconds
 from .stats import summary
@@ -345,20 +345,13 @@ def table(doc: dict[str, Any]) -> str:
     for t in doc["targets"]:
         met = {True: "met", False: "NOT met", None: "not measured"}[t["met"]]
         lines.append(f"target {t['target']} {t['bound']}: {t['measured']} ({met}; {t['detail']})")
-    failed = [c for c in doc["checks"] if not c["ok"]]
-    lines.append("self-checks: " + ("all passed" if not failed else
-                                    "FAILED: " + "; ".join(f"{c['name']}: {c['problems']}"
-                                                           for c in failed)))
+    lines.append(results.self_checks_line(doc["checks"]))
     return "\n".join(lines)
 
 
 def write(doc: dict[str, Any], out: Path) -> Path:
     """`compaction[-quick]-<time>.json` under `out`."""
-    out.mkdir(parents=True, exist_ok=True)
-    stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
-    path = out / f"compaction{'-quick' if doc['quick'] else ''}-{stamp}.json"
-    path.write_text(json.dumps(doc, indent=1, default=str))
-    return path
+    return results.write("compaction", doc["quick"], doc, out)
 
 
 def main(argv: list[str] | None = None) -> int:

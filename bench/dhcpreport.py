@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
-import json
 import os
 import platform
 from pathlib import Path
 from typing import Any
+
+from . import results
 
 DORA_TARGET = 5_000  # exchanges/s on one core
 UNKNOWN_TARGET = 0.8  # x a gateway node's single-source booking rate (HTTP), same run
@@ -183,8 +184,4 @@ def targets_text(doc: dict[str, Any]) -> str:
 
 def write(doc: dict[str, Any], out: Path) -> Path:
     """`dhcp[-quick]-<time>.json` under `out`."""
-    out.mkdir(parents=True, exist_ok=True)
-    stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
-    path = out / f"dhcp{'-quick' if doc['quick'] else ''}-{stamp}.json"
-    path.write_text(json.dumps(doc, indent=1, default=str))
-    return path
+    return results.write("dhcp", doc["quick"], doc, out)

@@ -34,7 +34,6 @@ import argparse
 import asyncio
 import dataclasses
 import datetime
-import json
 import os
 import platform
 import statistics
@@ -50,6 +49,7 @@ from allocator.contract import IPAM, AddressAsk, IPFilter, IPRecord, Resource
 from allocator.store import EtcdStore, prefix_end
 from devcluster.etcd import EtcdCluster
 
+from . import results
 from .rig import ROOT
 from .stats import summary
 from .verify import full_audit
@@ -319,20 +319,13 @@ def table(doc: dict[str, Any]) -> str:
         met = {True: "met", False: "NOT met"}[t["met"]]
         lines.append(f"target {t['target']} {t['bound']}: {t['measured']} ({met}; "
                      f"{t['detail']})")
-    failed = [c for c in doc["checks"] if not c["ok"]]
-    lines.append("self-checks: " + ("all passed" if not failed else
-                                    "FAILED: " + "; ".join(f"{c['name']}: {c['problems']}"
-                                                           for c in failed)))
+    lines.append(results.self_checks_line(doc["checks"]))
     return "\n".join(lines)
 
 
 def write(doc: dict[str, Any], out: Path) -> Path:
     """`lists[-quick]-<time>.json` under `out`."""
-    out.mkdir(parents=True, exist_ok=True)
-    stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
-    path = out / f"lists{'-quick' if doc['quick'] else ''}-{stamp}.json"
-    path.write_text(json.dumps(doc, indent=1, default=str))
-    return path
+    return results.write("lists", doc["quick"], doc, out)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
-import json
 import os
 import platform
 from pathlib import Path
 from typing import Any
+
+from . import results
 
 BOOKING_MODES = ("book", "lifecycle")
 
@@ -255,12 +256,8 @@ def targets_text(doc: dict[str, Any]) -> str:
 
 
 def write(doc: dict[str, Any], out: Path, chart: bool = True) -> tuple[Path, Path | None]:
-    out.mkdir(parents=True, exist_ok=True)
-    stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
-    name = f"contention{'-quick' if doc['quick'] else ''}-{stamp}"
-    json_path = out / f"{name}.json"
-    json_path.write_text(json.dumps(doc, indent=1, default=str))
-    png_path = out / f"{name}.png" if chart else None
+    json_path = results.write("contention", doc["quick"], doc, out)
+    png_path = json_path.with_suffix(".png") if chart else None
     if png_path:
         draw(doc, png_path)
     return json_path, png_path

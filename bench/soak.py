@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import datetime
 import json
 import os
 import platform
@@ -56,6 +55,7 @@ import aiohttp
 from allocator.contract import IPAM, Resource
 from devcluster.etcd import EtcdCluster
 
+from . import results
 from .history import OK, UNKNOWN, History, read_final_state
 from .history_check import check
 from .rig import ROOT, HttpError, http, stop_process
@@ -430,11 +430,8 @@ class SoakNode:
 
 
 def write(doc: dict[str, Any], out: Path) -> Path:
-    out.mkdir(parents=True, exist_ok=True)
-    stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
-    path = out / f"soak{'-quick' if doc['plan']['quick'] else ''}-{stamp}.json"
-    path.write_text(json.dumps(doc, indent=1, default=str))
-    return path
+    """`soak[-quick]-<time>.json` under `out`."""
+    return results.write("soak", doc["plan"]["quick"], doc, out)
 
 
 def main(argv: list[str] | None = None) -> int:
