@@ -91,10 +91,12 @@ async def test_a_new_holder_compacts_at_once_keeping_retain_revisions(store, key
 
 
 async def test_more_than_every_revisions_written_trigger_a_compaction(store, key_prefix):
+    await write(store, key_prefix, 11)  # so that the start compacts, on a fresh etcd too
     c = compactor(store, key_prefix, retain_revisions=10, every_revisions=20)
     try:
         await c.start()
         first = c.compacted_revision
+        assert first > 0
         head = await write(store, key_prefix, 15)  # not more than 20 since the last one
         looks = c.looks
         await c.until(lambda c: c.looks >= looks + 3, 5)
