@@ -25,11 +25,17 @@ def pools() -> None:
 @pools.command("add")
 @click.option("--zone", required=True, metavar="ZONE", help="a zone of the region (fr-par-1)")
 @click.option("--subnet", required=True, metavar="CIDR", help="its public addresses")
+@click.option("--allow-private", is_flag=True,
+              help="for a lab: accept a private, shared (100.64.0.0/10), documentation or "
+                   "benchmarking range as well as a global unicast one")
 @common_options()
 @pass_session()
-def add_pool(session: Session, zone: str, subnet: str) -> None:
+def add_pool(session: Session, zone: str, subnet: str, allow_private: bool) -> None:
     """Add a pool of public addresses to a zone."""
-    pool = session.call("POST", _pools_path(session), {"zone": zone, "subnet": subnet})
+    body: dict[str, object] = {"zone": zone, "subnet": subnet}
+    if allow_private:  # sent only when asked, as a lab's explicit choice
+        body["allow_private"] = True
+    pool = session.call("POST", _pools_path(session), body)
     show(pool, session.output, [pool], COLUMNS)
 
 

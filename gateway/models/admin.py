@@ -3,9 +3,11 @@ Scaleway's."""
 
 from __future__ import annotations
 
+import ipaddress
 from typing import Any, Literal
 
-from pydantic import ConfigDict, Field, RootModel
+from pydantic import ConfigDict, Field, RootModel, model_validator
+from pydantic_core import PydanticCustomError
 
 from allocator.contract import ApiKey as DomainApiKey
 from allocator.contract import Decline, Source
@@ -14,6 +16,7 @@ from .fields import (
     RESOURCE_TYPE_PATTERN,
     Body,
     Cidr,
+    Description,
     Mac,
     Path,
     Query,
@@ -53,7 +56,7 @@ class CreateApiKeyRequest(Body):
         default=None, json_schema_extra={"items": {"type": "string",
                                                    "pattern": RESOURCE_TYPE_PATTERN,
                                                    "not": {"const": "custom"}}})
-    description: str | None = Field(default=None, max_length=255)
+    description: Description | None = None
     expires_at: str | None = Field(default=None, json_schema_extra={
         "format": "future-date-time",
         "description": "an RFC 3339 time with its time zone, in the future"})
@@ -89,9 +92,82 @@ class ListApiKeysResponse(Reply):
     total_count: int = Field(ge=0)
 
 
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+def _ranges(*ranges: tuple[str, str]) -> list[tuple[Network, str]]:
+    return [(ipaddress.ip_network(cidr), why) for cidr, why in ranges]
+
+
+# No address of these is unicast to a host on the Internet: never a zonal pool.
+_NEVER_PUBLIC = _ranges(
+    ("0.0.0.0/8", "unspecified (this network)"), ("127.0.0.0/8", "loopback"),
+    ("169.254.0.0/16", "link-local"), ("192.0.0.0/24", "reserved for IETF protocols"),
+    ("192.88.99.0/24", "reserved (the former 6to4 relay anycast)"),
+    ("224.0.0.0/4", "multicast"), ("240.0.0.0/4", "reserved (and the broadcast address)"),
+    ("::/128", "unspecified"), ("::1/128", "loopback"), ("::ffff:0:0/96", "IPv4-mapped"),
+    ("fe80::/10", "link-local"), ("ff00::/8", "multicast"),
+    ("2001::/23", "reserved for IETF protocols"))
+# Not public either, but what a lab uses for its make-believe Internet: allowed by
+# `allow_private`.
+_PRIVATE_USE = _ranges(
+    ("10.0.0.0/8", "private (RFC 1918)"), ("172.16.0.0/12", "private (RFC 1918)"),
+    ("192.168.0.0/16", "private (RFC 1918)"),
+    ("100.64.0.0/10", "shared address space (carrier-grade NAT, RFC 6598)"),
+    ("192.0.2.0/24", "documentation (RFC 5737)"),
+    ("198.51.100.0/24", "documentation (RFC 5737)"),
+    ("203.0.113.0/24", "documentation (RFC 5737)"), ("198.18.0.0/15", "benchmarking (RFC 2544)"),
+    ("fc00::/7", "unique local (RFC 4193)"), ("2001:db8::/32", "documentation (RFC 3849)"),
+    ("3fff::/20", "documentation (RFC 9637)"))
+_GLOBAL_UNICAST_V6 = ipaddress.IPv6Network("2000::/3")
+
+
+def _within(net: Network, ranges: list[tuple[Network, str]]) -> str | None:
+    first, last = int(net.network_address), int(net.broadcast_address)
+    for known, why in ranges:
+        low, high = int(known.network_address), int(known.broadcast_address)
+        if known.version == net.version and first <= high and low <= last:
+            where = "lies in" if low <= first and last <= high else "overlaps"
+            return f"{net} {where} {known}: {why}"
+    return None
+
+
+def public_refusal(subnet: str, allow_private: bool) -> str | None:
+    """Why `subnet` (a CIDR in its canonical text) may not be a zonal pool, or None.
+
+    A zonal pool hands out public addresses: global unicast only, or for a lab that says
+    so, private-use ranges too. Multicast, loopback, link-local, unspecified and reserved
+    ranges never (no host is reached at one)."""
+    net = ipaddress.ip_network(subnet, strict=False)  # host bits are the allocator's 400
+    public = "a zonal pool holds public (global unicast) addresses"
+    never = _within(net, _NEVER_PUBLIC)
+    if never is not None:
+        return f"{never}; {public}"
+    private = _within(net, _PRIVATE_USE)
+    if private is not None:
+        return None if allow_private else f"{private}; {public} (allow_private: true for a lab)"
+    if isinstance(net, ipaddress.IPv6Network) and not net.subnet_of(_GLOBAL_UNICAST_V6):
+        return f"{net} lies outside {_GLOBAL_UNICAST_V6}, the global unicast range; {public}"
+    return None
+
+
 class CreateZonalPoolRequest(Body):
+    """A pool of public addresses for a zone: global unicast, unless a lab says otherwise."""
+
     zone: Zone
     subnet: Cidr
+    allow_private: bool | None = Field(default=None, description=(
+        "Our extension, for a lab: true lets `subnet` be a private (RFC 1918, unique local "
+        "fc00::/7), shared (100.64.0.0/10), documentation or benchmarking range. Absent or "
+        "false: only global unicast ranges. Multicast, loopback, link-local, unspecified "
+        "and reserved ranges are refused either way."))
+
+    @model_validator(mode="after")
+    def _public(self) -> CreateZonalPoolRequest:
+        refusal = public_refusal(self.subnet, bool(self.allow_private))
+        if refusal is not None:
+            raise PydanticCustomError("public_range", refusal, {"field": "subnet"})
+        return self
 
 
 class ListZonalPoolsQuery(Query):

@@ -6,12 +6,20 @@ Where a rule cannot be written in JSON Schema (a CIDR's host bits, a time in the
 future), the type names a custom `format` whose meaning its description gives,
 and the check is left to the allocator, which makes it today.
 
+Text is checked here, where the 400 can name the field: free text (names, tags,
+descriptions) holds no control, format or separator character but the space and no
+space at either end (`_text`); an address or a CIDR is accepted only in its canonical
+text, which the allocator's parsers would otherwise quietly read past (`10.1.0.0/016`,
+a trailing newline, `%eth0`).
+
 Two formats are filled in per node by `gateway.openapi`: `region` and `zone`
 become the enumerations of what the node serves.
 """
 
 from __future__ import annotations
 
+import ipaddress
+import re
 import uuid
 from typing import Annotated, Any
 
@@ -99,11 +107,87 @@ def _uuid(value: str) -> str:
     return canonical
 
 
-def _printable(value: str) -> str:
-    # The allocator refuses the same (str.isprintable); checked here so the 400 names
-    # the field where it stands.
-    if not value.isprintable():
-        raise PydanticCustomError("string_format", "must hold no control characters")
+def _printable(value: Any) -> Any:
+    # The allocator refuses the same in tags (str.isprintable); checked here so the 400
+    # names the field where it stands. A JSON "\ud800" decodes to a lone surrogate, of
+    # category Cs: refused with the controls, before pydantic's own (vaguer) refusal.
+    if isinstance(value, str) and not value.isprintable():
+        at, char = next((i, c) for i, c in enumerate(value) if not c.isprintable())
+        raise PydanticCustomError(
+            "string_format", "must hold no control, format or separator character but the "
+                             "space: U+{code} at index {at}", {"code": f"{ord(char):04X}", "at": at})
+    return value
+
+
+def _text(value: Any) -> Any:
+    """Free text as it is stored and shown back: printable, and no space at either end
+    (two names that differ by a trailing space look the same in every listing)."""
+    value = _printable(value)
+    if isinstance(value, str) and value != value.strip(" "):
+        raise PydanticCustomError("string_format", "must not start or end with a space")
+    return value
+
+
+TEXT_RULE = ("printable (no control, format or separator character but the space), "
+             "no space at either end")
+
+
+def _text_schema(min_length: int, max_length: int) -> WithJsonSchema:
+    return WithJsonSchema({"type": "string", "minLength": min_length,
+                           "maxLength": max_length, "format": "text",
+                           "description": TEXT_RULE})
+
+
+def _shown(value: str) -> str:
+    """`value` quoted for a help message: ASCII only (no lone surrogate in the answer),
+    cut short."""
+    return ascii(value if len(value) <= 64 else value[:64] + "...")
+
+
+def _canonical_address(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
+    # ipaddress already refuses leading zeros in IPv4 octets, short or hexadecimal forms
+    # and non-ASCII digits; it accepts an IPv6 zone index, which names an interface of
+    # one host and has no place in an API.
+    if any(c.isspace() for c in text):
+        raise PydanticCustomError("address_format", "{value} must hold no whitespace",
+                                  {"value": _shown(text)})
+    if "%" in text:
+        raise PydanticCustomError("address_format", "{value} must carry no zone index (%...)",
+                                  {"value": _shown(text)})
+    try:
+        return ipaddress.ip_address(text)
+    except ValueError:
+        raise PydanticCustomError(
+            "address_format", "{value} is not an IP address: IPv4 as four decimal numbers "
+                              "without leading zeros, IPv6 as RFC 4291 writes it",
+            {"value": _shown(text)}) from None
+
+
+def _address(value: Any) -> Any:
+    if isinstance(value, str):
+        _canonical_address(value)
+    return value
+
+
+_PREFIX_LENGTH = re.compile(r"0|[1-9][0-9]{0,2}")  # ASCII digits, no sign, no leading zero
+
+
+def _cidr(value: Any) -> Any:
+    # The text only: host bits, sizes and ranges are the allocator's (or the model's) rules.
+    if isinstance(value, str):
+        address, slash, length = value.partition("/")
+        if not slash:
+            raise PydanticCustomError("cidr_format", "{value} has no prefix length",
+                                      {"value": _shown(value)})
+        if any(c.isspace() for c in value):
+            raise PydanticCustomError("cidr_format", "{value} must hold no whitespace",
+                                      {"value": _shown(value)})
+        parsed = _canonical_address(address)
+        if not _PREFIX_LENGTH.fullmatch(length) or int(length) > parsed.max_prefixlen:
+            raise PydanticCustomError(
+                "cidr_format", "{value}: the prefix length must be a decimal number without "
+                               "leading zeros, at most {most}",
+                {"value": _shown(value), "most": parsed.max_prefixlen})
     return value
 
 
@@ -130,22 +214,35 @@ Flag = Annotated[bool, BeforeValidator(_flag)]
 
 Timestamp = Annotated[str, WithJsonSchema({"type": "string", "format": "date-time"})]
 
-Printable = Annotated[str, StringConstraints(min_length=1), AfterValidator(_printable),
+Printable = Annotated[str, StringConstraints(min_length=1), BeforeValidator(_printable),
                       WithJsonSchema({"type": "string", "minLength": 1, "format": "printable",
                                       "description": "printable: no control, format or "
                                                      "separator character but the space"})]
+"""A free-text filter: matched as a part of what is stored, so spaces at its ends count."""
 
-Name = Annotated[str, StringConstraints(min_length=1, max_length=255)]
+# Every free-text field that is stored is one of these: one rule, `_text`.
+Name = Annotated[str, StringConstraints(min_length=1, max_length=255), BeforeValidator(_text),
+                 _text_schema(1, 255)]
+
+ResourceName = Annotated[str, StringConstraints(max_length=255), BeforeValidator(_text),
+                         _text_schema(0, 255)]
+"""A resource's name: the empty one is no name."""
+
+Description = Annotated[str, StringConstraints(max_length=255), BeforeValidator(_text),
+                        _text_schema(0, 255)]
 
 TAG_MAX = 128
 TAGS_MAX = 64
-Tag = Annotated[str, StringConstraints(min_length=1, max_length=TAG_MAX),
-                AfterValidator(_printable),
-                WithJsonSchema({"type": "string", "minLength": 1, "maxLength": TAG_MAX,
-                                "format": "printable",
-                                "description": "printable: no control, format or "
-                                               "separator character but the space"})]
+Tag = Annotated[str, StringConstraints(min_length=1, max_length=TAG_MAX), BeforeValidator(_text),
+                _text_schema(1, TAG_MAX)]
 Tags = Annotated[list[Tag], Field(max_length=TAGS_MAX)]
+
+Hostname = Annotated[str, StringConstraints(min_length=1, max_length=253), BeforeValidator(_text),
+                     WithJsonSchema({"type": "string", "minLength": 1, "maxLength": 253,
+                                     "format": "hostname",
+                                     "description": "a hostname (RFC 1123), a final dot "
+                                                    "allowed"})]
+"""A reverse DNS name: free text refused here, the hostname grammar by the allocator."""
 
 MAC_PATTERN = r"^\s*[0-9A-Fa-f]{2}([:-][0-9A-Fa-f]{2}){5}\s*$"
 Mac = Annotated[str, StringConstraints(pattern=MAC_PATTERN)]
@@ -159,17 +256,25 @@ Zone = Annotated[str, StringConstraints(min_length=1, max_length=32),
 Region = Annotated[str, WithJsonSchema({"type": "string", "format": "region"})]
 """The served region: the OpenAPI document enumerates it."""
 
-IpAddress = Annotated[str, StringConstraints(max_length=64), WithJsonSchema(
-    {"anyOf": [{"type": "string", "format": "ipv4"}, {"type": "string", "format": "ipv6"}]})]
+IpAddress = Annotated[str, StringConstraints(max_length=64), BeforeValidator(_address),
+                      WithJsonSchema({"anyOf": [{"type": "string", "format": "ipv4"},
+                                                {"type": "string", "format": "ipv6"}]})]
+"""An address as written canonically: no whitespace, no leading zero, no zone index."""
 
-PrivateCidr = Annotated[str, WithJsonSchema({
+CANONICAL = ("written canonically: no whitespace, no leading zero in an IPv4 octet or the "
+             "prefix length, no IPv6 zone index")
+
+PrivateCidr = Annotated[str, BeforeValidator(_cidr), WithJsonSchema({
     "type": "string", "format": "private-cidr",
     "description": "a private CIDR (10.0.0.0/8, 172.16.0.0/12, 192.168.0.0/16 or "
-                   "fc00::/7), /16 to /29 for IPv4, /48 to /125 for IPv6, host bits zero"})]
+                   "fc00::/7), /16 to /29 for IPv4, /48 to /125 for IPv6, host bits zero, "
+                   + CANONICAL})]
 
-Cidr = Annotated[str, StringConstraints(min_length=1, max_length=64), WithJsonSchema({
-    "type": "string", "format": "cidr", "minLength": 1, "maxLength": 64,
-    "description": "a CIDR, /16 to /29 for IPv4, /48 to /125 for IPv6, host bits zero"})]
+Cidr = Annotated[str, StringConstraints(min_length=1, max_length=64), BeforeValidator(_cidr),
+                 WithJsonSchema({
+                     "type": "string", "format": "cidr", "minLength": 1, "maxLength": 64,
+                     "description": "a CIDR, /16 to /29 for IPv4, /48 to /125 for IPv6, host "
+                                    "bits zero, " + CANONICAL})]
 
 Page = Annotated[int, Field(ge=1, le=1_000_000)]
 PageSize = Annotated[int, Field(ge=0, le=MAX_PAGE_SIZE,

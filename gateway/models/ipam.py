@@ -14,13 +14,16 @@ from allocator.contract import IPRecord
 from .fields import (
     Body,
     Flag,
+    Hostname,
     IpAddress,
     Mac,
     Page,
     PageSize,
+    Printable,
     Query,
     RegionPath,
     Reply,
+    ResourceName,
     Tags,
     Timestamp,
     Uuid,
@@ -83,7 +86,7 @@ class CustomResource(Body):
     model_config = ConfigDict(json_schema_extra=lambda schema: _resource_shapes(schema))
 
     mac_address: Mac | None = None
-    name: str | None = Field(default=None, max_length=255)
+    name: ResourceName | None = None
     type: str | None = Field(default=None, min_length=1, max_length=64,
                              pattern=r"^[a-z][a-z0-9_]{0,63}$")
     id: Uuid | None = None
@@ -133,7 +136,7 @@ class BookIPRequest(Body):
 
 
 class ReverseRequest(Body):
-    hostname: str = Field(min_length=1, max_length=253)
+    hostname: Hostname
     address: IpAddress | None = None
 
 
@@ -179,7 +182,7 @@ class ListIPsQuery(Query):
     page_size: PageSize = 0
     project_id: Uuid | None = None
     organization_id: Uuid | None = None
-    zonal: str | None = None
+    zonal: Printable | None = None
     private_network_id: Uuid | None = None
     subnet_id: Uuid | None = None
     source_vpc_id: Uuid | None = None
@@ -187,11 +190,11 @@ class ListIPsQuery(Query):
     attached: Flag | None = None
     resource_id: Uuid | None = None
     resource_ids: list[Uuid] = Field(default_factory=list)
-    resource_type: str | None = None
-    resource_types: list[str] = Field(default_factory=list)
-    resource_name: str | None = None
+    resource_type: Printable | None = None
+    resource_types: list[Printable] = Field(default_factory=list)
+    resource_name: Printable | None = None
     mac_address: Mac | None = None
-    tags: list[str] = Field(default_factory=list)
+    tags: list[Printable] = Field(default_factory=list)
     is_ipv6: Flag | None = None
     ip_ids: list[Uuid] = Field(default_factory=list)
     regional: Flag | None = None

@@ -17,6 +17,7 @@ from .fields import (
     Name,
     Page,
     PageSize,
+    Printable,
     PrivateCidr,
     Query,
     RegionPath,
@@ -104,8 +105,8 @@ class ListQuery(Query):
 
 class ListVPCsQuery(ListQuery):
     order_by: ObjectOrder = "created_at_asc"
-    name: str | None = None
-    tags: list[str] = Field(default_factory=list)
+    name: Printable | None = None
+    tags: list[Printable] = Field(default_factory=list)
     is_default: Flag | None = None
     routing_enabled: Flag | None = None
     object_storage_private_access_enabled: Flag | None = None
@@ -113,8 +114,8 @@ class ListVPCsQuery(ListQuery):
 
 class ListPrivateNetworksQuery(ListQuery):
     order_by: ObjectOrder = "created_at_asc"
-    name: str | None = None
-    tags: list[str] = Field(default_factory=list)
+    name: Printable | None = None
+    tags: list[Printable] = Field(default_factory=list)
     vpc_id: Uuid | None = None
     private_network_ids: list[Uuid] = Field(default_factory=list)
     dhcp_enabled: Flag | None = None

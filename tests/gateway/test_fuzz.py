@@ -31,11 +31,13 @@ def _subnets(network: str, prefix: int) -> list[str]:
 
 # Disjoint so that a list of distinct ones never overlaps.
 _PRIVATE = _subnets("10.128.0.0/16", 24)[:64] + _subnets("fd00:1::/48", 64)[:16]
-_PUBLIC = _subnets("198.18.0.0/16", 24)[:64]
+_PUBLIC = _subnets("51.158.0.0/16", 24)[:64]  # global unicast: a zonal pool must be
 
-schemathesis.openapi.format("printable", st.text(
+_PRINTABLE = st.text(
     st.characters(codec="utf-8", exclude_categories=("C", "Z"), include_characters=" "),
-    min_size=1, max_size=40).filter(str.isprintable))
+    min_size=1, max_size=40).filter(str.isprintable)
+schemathesis.openapi.format("printable", _PRINTABLE)
+schemathesis.openapi.format("text", _PRINTABLE.filter(lambda s: s == s.strip(" ")))
 schemathesis.openapi.format("private-cidr", st.sampled_from(_PRIVATE))
 schemathesis.openapi.format("cidr", st.sampled_from(_PUBLIC))
 schemathesis.openapi.format("future-date-time", st.datetimes(
