@@ -96,9 +96,10 @@ class Committer:
             self.requests += 1
             resp = await self.store.txn([], [w.op for w in packed])
             failed = False
+            revision = resp.header.revision
             for w, r in zip(packed, resp.responses, strict=True):
                 if not w.future.done():
-                    w.future.set_result(w.txn.outcome(r.response_txn))
+                    w.future.set_result(w.txn.outcome(r.response_txn, revision))
         except StoreError as err:
             for w in packed:
                 if not w.future.done():

@@ -69,7 +69,7 @@ from .network_registry import NetworkRegistry
 from .network_view import Lease, NetworkInfo, NetworkView, SubnetInfo
 from .networks import VPC, PrivateNetwork, Subnet
 from .queries import Queries
-from .records import CUSTOM, IPRecord, Resource, Reverse, normalize_mac
+from .records import CUSTOM, IfMatch, IPRecord, Resource, Reverse, normalize_mac
 from .resolution import SourceResolver
 from .schema import (
     CURRENT_SCHEMA,
@@ -85,7 +85,7 @@ from .store import EtcdSecurity, EtcdStore, Store
 __all__ = [
     "ADMIN", "CUSTOM", "OPERATE", "RULES", "WRITE_NETWORKS", "DEFAULT_PAGE_SIZE", "IPAM", "MAX_PAGE_SIZE", "ORDERS", "PRODUCT",
     "PROJECT_MEMBER", "PROJECT_READER", "VPC", "AddressAsk", "ApiKey", "ArgumentProblem",
-    "Caller", "Credentials", "EtcdSecurity", "IPFilter", "IPRecord", "Lease", "NetworkInfo",
+    "Caller", "Credentials", "EtcdSecurity", "IfMatch", "IPFilter", "IPRecord", "Lease", "NetworkInfo",
     "NetworkView", "PrivateNetwork", "SubnetInfo", "CommitObserver", "SourceUsage",
     "ReservedAddress", "Resource", "Reverse", "Source", "Store", "Subnet", "access_key_for_secret",
     "check_key_spec", "errors", "is_access_key", "normalize_mac", "secret_hash",
@@ -230,38 +230,41 @@ class IPAM:
         return await self.queries.reserved_ips(pn_id)
 
     async def update_ip(self, ip_id: str, tags: Any = None, reverses: Any = None,
-                        caller: Caller = Caller()) -> IPRecord:
+                        caller: Caller = Caller(), if_match: IfMatch | None = None
+                        ) -> IPRecord:
         """Change an IP's tags and/or reverse DNS entries."""
-        return await self.lifecycle.update_ip(ip_id, tags, reverses, caller)
+        return await self.lifecycle.update_ip(ip_id, tags, reverses, caller, if_match)
 
-    async def release(self, ip_id: str, caller: Caller = Caller()) -> None:
+    async def release(self, ip_id: str, caller: Caller = Caller(),
+                      if_match: IfMatch | None = None) -> None:
         """Release a detached IP: its address is free again."""
-        await self.lifecycle.release(ip_id, caller)
+        await self.lifecycle.release(ip_id, caller, if_match)
 
     async def release_set(self, ip_ids: Sequence[str], caller: Caller = Caller()) -> None:
         """Release several detached IPs atomically: all of them, or none."""
         await self.lifecycle.release_set(ip_ids, caller)
 
     async def attach(self, ip_id: str, resource: Resource, caller: Caller = Caller(),
-                     idempotency_key: str | None = None,
-                     idempotency_scope: str = "") -> IPRecord:
+                     idempotency_key: str | None = None, idempotency_scope: str = "",
+                     if_match: IfMatch | None = None) -> IPRecord:
         """Attach a detached IP to a resource (a MAC holds one IP per Private Network)."""
         return await self.lifecycle.attach(ip_id, resource, caller, idempotency_key,
-                                           idempotency_scope)
+                                           idempotency_scope, if_match)
 
     async def detach(self, ip_id: str, resource: Resource, caller: Caller = Caller(),
-                     idempotency_key: str | None = None,
-                     idempotency_scope: str = "") -> IPRecord:
+                     idempotency_key: str | None = None, idempotency_scope: str = "",
+                     if_match: IfMatch | None = None) -> IPRecord:
         """Detach an IP from the resource it is attached to (which the caller must name)."""
         return await self.lifecycle.detach(ip_id, resource, caller, idempotency_key,
-                                           idempotency_scope)
+                                           idempotency_scope, if_match)
 
     async def move(self, ip_id: str, from_resource: Resource, to_resource: Resource | None,
                    caller: Caller = Caller(), idempotency_key: str | None = None,
-                   idempotency_scope: str = "") -> IPRecord:
+                   idempotency_scope: str = "", if_match: IfMatch | None = None
+                   ) -> IPRecord:
         """Move an IP from the resource it is attached to, to another one (or to none)."""
         return await self.lifecycle.move(ip_id, from_resource, to_resource, caller,
-                                         idempotency_key, idempotency_scope)
+                                         idempotency_key, idempotency_scope, if_match)
 
     async def network_view(self, pn_ids: Sequence[str]) -> NetworkView:
         """A live view of these Private Networks and their IPs (DHCP and DNS read it),

@@ -250,7 +250,7 @@ class SourceEngine:
         if out.succeeded:
             self.cache.settle_held(offset)
             self.stats.bookings += 1
-            return b.record
+            return b.record.at(out.revision)
         failed = out.failed
         if "address" in failed:
             self.cache.settle_held(offset)
@@ -260,7 +260,7 @@ class SourceEngine:
             found = out.found("ip")
             assert found is not None
             self.stats.bookings += 1
-            return IPRecord.from_json(json.loads(found.value))
+            return IPRecord.from_json(json.loads(found.value), found.mod_revision)
         if "source" in failed:  # the source was deleted: stop following it
             self.close()
             raise NotFound("source", self.source.id)
@@ -291,7 +291,7 @@ class SourceEngine:
             if kv is None:
                 return None
             self.stats.bookings += 1
-            return IPRecord.from_json(json.loads(kv.value))
+            return IPRecord.from_json(json.loads(kv.value), kv.mod_revision)
         raise OutcomeUnknown("etcd unreachable while booking; retry with the same "
                              "idempotency key")
 

@@ -38,7 +38,16 @@ from .errors import (
     StoreError,
 )
 from .keys import Keys
-from .records import IPRecord, Resource, check_reverses, check_tags, check_uuid, new_id, now
+from .records import (
+    IfMatch,
+    IPRecord,
+    Resource,
+    check_reverses,
+    check_tags,
+    check_uuid,
+    new_id,
+    now,
+)
 from .resolution import SourceResolver
 from .sources import Source
 from .store import KV, Store
@@ -141,8 +150,12 @@ class Lifecycle:
 
     async def _change(self, op: str, ip_id: str, payload: dict[str, Any], decide: Decide,
                       caller: Caller, idem_key_name: str | None = None,
-                      idem_scope: str = "") -> IPRecord:
-        """Read the record, let `decide` build the change, commit it guarded; retry on races."""
+                      idem_scope: str = "", if_match: IfMatch | None = None) -> IPRecord:
+        """Read the record, let `decide` build the change, commit it guarded; retry on races.
+
+        `if_match`: the versions (mod revisions) the IP must be at, else nothing changes
+        and PreconditionFailed says so; a race lost to another change fails it too, where
+        an unconditional change would decide again on the new version."""
         check_uuid(ip_id, "ip_id")
         caller.require_any_ip_change()
         idem_key = None
@@ -158,6 +171,9 @@ class Lifecycle:
             return await idem.replay(self.store, self.keys, found[idem_key].value, fp,
                                      caller.credential)
         async for _ in retry.RACES.attempts():
+            if if_match is not None and kv.mod_revision not in if_match:
+                raise PreconditionFailed("if_match", f"IP {ip_id} is at version "
+                                         f"{kv.mod_revision}, not the one If-Match names")
             current = _record(kv)
             txn = GuardedTxn().unchanged("record", ip_key, kv.mod_revision)
             new = await decide(current, txn)
@@ -179,7 +195,7 @@ class Lifecycle:
                     continue  # not applied: try again
                 return settled
             if out.succeeded:
-                return new if new is not None else current
+                return current if new is None or new is current else new.at(out.revision)
             if "credential" in out.failed:
                 raise CredentialRevoked()
             if "idempotency" in out.failed:
@@ -216,12 +232,13 @@ class Lifecycle:
             return _record(seen)  # released
         if new is not None and now_kv is not None and \
                 json.loads(now_kv.value) == new.to_json():
-            return new
+            return new.at(now_kv.mod_revision)
         raise OutcomeUnknown("the IP changed while etcd was failing; read it to see whether "
                              "this change applied")
 
     async def update_ip(self, ip_id: str, tags: Any = None, reverses: Any = None,
-                        caller: Caller = Caller()) -> IPRecord:
+                        caller: Caller = Caller(), if_match: IfMatch | None = None
+                        ) -> IPRecord:
         """Change an IP's tags and/or reverse DNS entries."""
         new_tags = check_tags(tags) if tags is not None else None
         if reverses is not None and not isinstance(reverses, (list, tuple)):
@@ -237,9 +254,10 @@ class Lifecycle:
                 changes["reverses"] = check_reverses(reverses, r.address)
             return r.with_changes(**changes)
 
-        return await self._change("update", ip_id, {}, decide, caller)
+        return await self._change("update", ip_id, {}, decide, caller, if_match=if_match)
 
-    async def release(self, ip_id: str, caller: Caller = Caller()) -> None:
+    async def release(self, ip_id: str, caller: Caller = Caller(),
+                      if_match: IfMatch | None = None) -> None:
         """Release a detached IP: its address is free again."""
         async def decide(r: IPRecord, txn: GuardedTxn) -> None:
             caller.require_ip(RELEASE, r)
@@ -247,7 +265,7 @@ class Lifecycle:
             await self._delete(txn, r)
             txn.put(self.keys.freed(r.source_id), r.id)
 
-        await self._change("release", ip_id, {}, decide, caller)
+        await self._change("release", ip_id, {}, decide, caller, if_match=if_match)
 
     async def _delete(self, txn: GuardedTxn, r: IPRecord) -> None:
         src = await self.resolver.source(r.source_id)
@@ -320,8 +338,8 @@ class Lifecycle:
         raise Conflict("the IPs kept changing; try again")
 
     async def attach(self, ip_id: str, resource: Resource, caller: Caller = Caller(),
-                     idempotency_key: str | None = None,
-                     idempotency_scope: str = "") -> IPRecord:
+                     idempotency_key: str | None = None, idempotency_scope: str = "",
+                     if_match: IfMatch | None = None) -> IPRecord:
         """Attach a detached IP to a resource (a MAC holds one IP per Private Network)."""
         _check_resource(resource)
 
@@ -337,11 +355,11 @@ class Lifecycle:
             return r.with_changes(resource=resource, attached_at=now())
 
         return await self._change("attach", ip_id, {"resource": resource.__dict__}, decide,
-                                  caller, idempotency_key, idempotency_scope)
+                                  caller, idempotency_key, idempotency_scope, if_match)
 
     async def detach(self, ip_id: str, resource: Resource, caller: Caller = Caller(),
-                     idempotency_key: str | None = None,
-                     idempotency_scope: str = "") -> IPRecord:
+                     idempotency_key: str | None = None, idempotency_scope: str = "",
+                     if_match: IfMatch | None = None) -> IPRecord:
         """Detach an IP from the resource it is attached to (which the caller must name)."""
         async def decide(r: IPRecord, txn: GuardedTxn) -> IPRecord:
             caller.require_ip(DETACH, r)
@@ -349,11 +367,12 @@ class Lifecycle:
             return r.with_changes(resource=None, attached_at=None)
 
         return await self._change("detach", ip_id, {"resource": resource.__dict__}, decide,
-                                  caller, idempotency_key, idempotency_scope)
+                                  caller, idempotency_key, idempotency_scope, if_match)
 
     async def move(self, ip_id: str, from_resource: Resource, to_resource: Resource | None,
                    caller: Caller = Caller(), idempotency_key: str | None = None,
-                   idempotency_scope: str = "") -> IPRecord:
+                   idempotency_scope: str = "", if_match: IfMatch | None = None
+                   ) -> IPRecord:
         """Move an IP from the resource it is attached to, to another one (or to none)."""
         if to_resource is not None:
             _check_resource(to_resource)
@@ -375,7 +394,7 @@ class Lifecycle:
         return await self._change(
             "move", ip_id, {"from": from_resource.__dict__,
                             "to": to_resource.__dict__ if to_resource else None},
-            decide, caller, idempotency_key, idempotency_scope)
+            decide, caller, idempotency_key, idempotency_scope, if_match)
 
     def _mac_key(self, r: IPRecord, res: Resource) -> str | None:
         if not res.mac_address:
@@ -397,7 +416,7 @@ class Lifecycle:
 
 
 def _record(kv: KV) -> IPRecord:
-    return IPRecord.from_json(json.loads(kv.value))
+    return IPRecord.from_json(json.loads(kv.value), kv.mod_revision)
 
 
 def _check_detached(r: IPRecord) -> None:

@@ -156,6 +156,10 @@ def check_reverses(reverses: Any, ip_address: str) -> tuple[Reverse, ...]:
     return tuple(out)
 
 
+# The versions (IPRecord.revision) a conditional change accepts: HTTP's If-Match.
+IfMatch = frozenset[int]
+
+
 @dataclass(frozen=True)
 class IPRecord:
     """One booked IP: its address never changes; everything else may."""
@@ -180,6 +184,9 @@ class IPRecord:
     # The resource types of the product key that booked it, kept through every change;
     # empty when a member or an admin booked it, and in records written before it was.
     booked_by_product: tuple[str, ...] = field(default_factory=tuple)
+    # The etcd mod revision of the record as read or written (0: not known): the IP's
+    # version, sent as its ETag and compared by If-Match. Not stored in the record.
+    revision: int = field(default=0, compare=False)
 
     @property
     def source(self) -> dict[str, Any]:
@@ -190,7 +197,12 @@ class IPRecord:
                 "vpc_id": self.vpc_id}
 
     def with_changes(self, **changes: Any) -> IPRecord:
-        return replace(self, updated_at=now(), **changes)
+        """The record changed: a new version, whose revision etcd gives when it commits."""
+        return replace(self, updated_at=now(), revision=0, **changes)
+
+    def at(self, revision: int) -> IPRecord:
+        """This record as etcd holds it at `revision` (its mod revision)."""
+        return replace(self, revision=revision)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -209,7 +221,8 @@ class IPRecord:
         }
 
     @classmethod
-    def from_json(cls, d: dict[str, Any]) -> IPRecord:
+    def from_json(cls, d: dict[str, Any], revision: int = 0) -> IPRecord:
+        """A record as stored; `revision`: the mod revision it was read at, when known."""
         return cls(
             id=d["id"], address=d["address"], project_id=d["project_id"],
             organization_id=d.get("organization_id"), is_ipv6=d["is_ipv6"],
@@ -221,4 +234,5 @@ class IPRecord:
             reverses=tuple(Reverse(r["hostname"], r.get("address")) for r in
                            d.get("reverses") or ()),
             booked_by_product=tuple(d.get("booked_by_product") or ()),
+            revision=revision,
         )

@@ -105,14 +105,14 @@ class TxnOutcome:
     succeeded: bool
     failed: frozenset[str] = frozenset()
     reads: dict[str, list[KV]] = field(default_factory=dict)
+    # The revision etcd gave the request: the mod revision of every key it wrote (0: unknown).
+    revision: int = 0
 
     def found(self, name: str) -> KV | None:
         """The key a failed transaction read under `name` (a guard's or an extra read)."""
         kvs = self.reads.get(name)
         return kvs[0] if kvs else None
 
-
-APPLIED = TxnOutcome(True)
 
 
 class GuardedTxn:
@@ -197,15 +197,19 @@ class GuardedTxn:
         """This transaction as one nested operation of a larger request."""
         return nested(self.compares(), self.writes, self.failure_reads())
 
-    def outcome(self, resp: rpc.TxnResponse) -> TxnOutcome:
-        """Decode etcd's answer: which guards failed, by name, and what each read."""
+    def outcome(self, resp: rpc.TxnResponse, revision: int | None = None) -> TxnOutcome:
+        """Decode etcd's answer: which guards failed, by name, and what each read.
+
+        `revision`: the request's, for a nested answer (etcd heads only the top level)."""
+        if revision is None:
+            revision = resp.header.revision
         if resp.succeeded:
-            return APPLIED
+            return TxnOutcome(True, revision=revision)
         names = [g.name for g in self._guards] + [n for n, _ in self._reads]
         reads = {name: [kv_of(kv) for kv in r.response_range.kvs]
                  for name, r in zip(names, resp.responses, strict=True)}
         failed = frozenset(g.name for g in self._guards if not g.held(reads[g.name]))
-        return TxnOutcome(False, failed, reads)
+        return TxnOutcome(False, failed, reads, revision)
 
 
 async def commit(store: Store, txn: GuardedTxn) -> TxnOutcome:

@@ -185,6 +185,13 @@ def _operation(schemas: _Schemas, method: str, path: str, spec: Endpoint) -> dic
                             "content": {spec.media_type: {"schema": {"type": "string"}}}}
     else:
         responses["200"] = _answer("OK", schemas.of(spec.reply))
+        if getattr(spec.reply, "versioned", False):
+            responses["200"]["headers"] = {"ETag": {
+                "description": "the version of the object: give it in If-Match to change "
+                               "this version only", "schema": {"type": "string"}}}
+            if method == "GET":
+                responses["304"] = {"description": "not modified: the version named in "
+                                                   "If-None-Match is the current one"}
     responses.update(_errors(schemas, method, path, spec))
     for status, reply in spec.replies.items():
         responses[str(status)] = _answer(f"status {status}", schemas.of(reply))

@@ -20,11 +20,14 @@ from allocator.contract import (
 from .auth import Principal, guarded_change, principal
 from .context import ipam_of, served_zone
 from .errors import invalid_argument, not_found
+from .etags import if_match
 from .models.fields import RegionPath
 from .models.ipam import (
     IP,
     AttachIPRequest,
     BookIPRequest,
+    ChangeHeaders,
+    ConditionalHeaders,
     CustomResource,
     DetachIPRequest,
     IdempotencyHeaders,
@@ -143,22 +146,25 @@ async def get_ip(request: web.Request, path: IPPath) -> IP:
 @routes.patch(_BASE + "/ips/{ip_id}")
 @guarded_change
 @endpoint(optional_body=True)
-async def update_ip(request: web.Request, path: IPPath, body: UpdateIPRequest) -> IP:
+async def update_ip(request: web.Request, path: IPPath, headers: ConditionalHeaders,
+                    body: UpdateIPRequest) -> IP:
     """Change an IP's tags and reverse DNS entries."""
     who = principal(request)
     reverses = None if body.reverses is None else [
         {"hostname": r.hostname, "address": r.address} for r in body.reverses]
     updated = await ipam_of(request).update_ip(path.ip_id, tags=body.tags, reverses=reverses,
-                                               caller=who.caller(path.region))
+                                               caller=who.caller(path.region),
+                                               if_match=if_match(headers.if_match))
     return IP.of(updated)
 
 
 @routes.delete(_BASE + "/ips/{ip_id}")
 @guarded_change
 @endpoint
-async def release_ip(request: web.Request, path: IPPath) -> None:
+async def release_ip(request: web.Request, path: IPPath, headers: ConditionalHeaders) -> None:
     """Release a detached IP (412 resource_still_in_use while attached)."""
-    await ipam_of(request).release(path.ip_id, principal(request).caller(path.region))
+    await ipam_of(request).release(path.ip_id, principal(request).caller(path.region),
+                                   if_match(headers.if_match))
 
 
 @routes.post(_BASE + "/ip-sets/release")
@@ -173,7 +179,7 @@ async def release_ip_set(request: web.Request, path: RegionPath,
 @routes.post(_BASE + "/ips/{ip_id}/attach")
 @guarded_change
 @endpoint
-async def attach_ip(request: web.Request, path: IPPath, headers: IdempotencyHeaders,
+async def attach_ip(request: web.Request, path: IPPath, headers: ChangeHeaders,
                     body: AttachIPRequest) -> IP:
     """Attach a detached IP to a custom resource (or, for a product key, its resource)."""
     who = principal(request)
@@ -181,14 +187,14 @@ async def attach_ip(request: web.Request, path: IPPath, headers: IdempotencyHead
     assert resource is not None
     key, scope = _idempotency(headers, who)
     record = await ipam_of(request).attach(path.ip_id, resource, who.caller(path.region), key,
-                                           scope)
+                                           scope, if_match(headers.if_match))
     return IP.of(record)
 
 
 @routes.post(_BASE + "/ips/{ip_id}/detach")
 @guarded_change
 @endpoint
-async def detach_ip(request: web.Request, path: IPPath, headers: IdempotencyHeaders,
+async def detach_ip(request: web.Request, path: IPPath, headers: ChangeHeaders,
                     body: DetachIPRequest) -> IP:
     """Detach an IP from the resource it is attached to (named in the body)."""
     who = principal(request)
@@ -196,14 +202,14 @@ async def detach_ip(request: web.Request, path: IPPath, headers: IdempotencyHead
     assert resource is not None
     key, scope = _idempotency(headers, who)
     record = await ipam_of(request).detach(path.ip_id, resource, who.caller(path.region), key,
-                                           scope)
+                                           scope, if_match(headers.if_match))
     return IP.of(record)
 
 
 @routes.post(_BASE + "/ips/{ip_id}/move")
 @guarded_change
 @endpoint
-async def move_ip(request: web.Request, path: IPPath, headers: IdempotencyHeaders,
+async def move_ip(request: web.Request, path: IPPath, headers: ChangeHeaders,
                   body: MoveIPRequest) -> IP:
     """Move an IP from the resource it is attached to, to another one (or to none)."""
     who = principal(request)
@@ -213,7 +219,7 @@ async def move_ip(request: web.Request, path: IPPath, headers: IdempotencyHeader
     caller = who.caller(path.region)
     key, scope = _idempotency(headers, who)
     record = await ipam_of(request).move(path.ip_id, from_resource, to_resource, caller, key,
-                                         scope)
+                                         scope, if_match(headers.if_match))
     return IP.of(record)
 
 

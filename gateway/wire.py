@@ -7,10 +7,12 @@ and writes them.
 
 Parameters named `path`, `headers`, `query` and `body` are parsed from the request
 into the model they are annotated with; the returned model is sent with status 200,
-and None as an empty 204. A handler whose answer is no JSON (the Prometheus text of
-`/metrics`, an HTML page) returns `Raw` and declares its media type. Before any of it, the region of the path must be the one
-this node serves (404), then a `before` check runs (an admin-only route refuses
-other keys before reading anything). A model that refuses its part answers one 400
+and None as an empty 204. A model that shows one version of an object (`Reply._revision`)
+is sent with its ETag, and a GET naming that version in If-None-Match is answered 304
+(`gateway.etags`). A handler whose answer is no JSON (the Prometheus text of
+`/metrics`, an HTML page) returns `Raw` and declares its media type. Before any of it,
+the region of the path must be the one this node serves (404), then a `before` check
+runs (an admin-only route refuses other keys before reading anything). A model that refuses its part answers one 400
 listing every bad argument, each named by its dotted path (`source.private_network_id`)
 with a reason mapped from pydantic's error type: missing -> required,
 extra_forbidden -> unknown, type and parsing errors -> format, the rest -> constraint.
@@ -35,6 +37,8 @@ from allocator.contract import ArgumentProblem
 
 from .context import served_region
 from .errors import ApiError, invalid_argument, invalid_arguments
+from .etags import etag, matches
+from .models.fields import Reply
 
 PARTS = ("path", "headers", "query", "body")
 _WIRE = "ipam_endpoint"
@@ -95,8 +99,17 @@ def endpoint(handler: Callable[..., Awaitable[Any]] | None = None, *,
                 return web.Response(status=204)
             if isinstance(reply, Raw):
                 return web.Response(body=reply.body, headers={"Content-Type": reply.media_type})
-            # pydantic writes the JSON itself (in Rust): no dict, no json.dumps.
-            return web.Response(text=reply.model_dump_json(), content_type="application/json")
+            revision = reply._revision if isinstance(reply, Reply) else 0
+            if not revision:
+                # pydantic writes the JSON itself (in Rust): no dict, no json.dumps.
+                return web.Response(text=reply.model_dump_json(),
+                                    content_type="application/json")
+            tag = etag(revision)
+            held = request.headers.get("If-None-Match")
+            if held is not None and request.method == "GET" and matches(held, revision):
+                return web.Response(status=304, headers={"ETag": tag})
+            return web.Response(text=reply.model_dump_json(), content_type="application/json",
+                                headers={"ETag": tag})
 
         setattr(handle, _WIRE, spec)
         return handle

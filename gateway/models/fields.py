@@ -21,7 +21,7 @@ from __future__ import annotations
 import ipaddress
 import re
 import uuid
-from typing import Annotated, Any
+from typing import Annotated, Any, ClassVar
 
 from pydantic import (
     AfterValidator,
@@ -29,6 +29,7 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     Field,
+    PrivateAttr,
     Strict,
     StringConstraints,
     WithJsonSchema,
@@ -57,9 +58,14 @@ class Path(BaseModel):
 
 
 class Reply(BaseModel):
-    """A JSON answer: every field is always sent, and nothing else."""
+    """A JSON answer: every field is always sent, and nothing else.
+
+    `_revision`: the version of the object it shows, sent as its ETag (0: none);
+    `versioned`: whether the model's answers carry one (the API document says so)."""
 
     model_config = ConfigDict(extra="forbid")
+    versioned: ClassVar[bool] = False
+    _revision: int = PrivateAttr(default=0)
 
 
 def not_null(schema: dict[str, Any]) -> dict[str, Any]:

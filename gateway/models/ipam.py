@@ -4,7 +4,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema, model_validator
 from pydantic_core import PydanticCustomError
@@ -176,6 +176,27 @@ class IdempotencyHeaders(BaseModel):
                                         pattern=r"^[\x21-\x7e]([\x20-\x7e]*[\x21-\x7e])?$")
 
 
+# `*`, or entity tags (RFC 9110: optional W/, then an opaque string in double quotes);
+# an empty header is an absent one.
+_TAG = r'(W/)?"[\x21\x23-\x7e]*"'
+IF_MATCH = rf"^[ \t]*(\*|{_TAG}([ \t]*,[ \t]*{_TAG})*)?[ \t]*$"
+
+
+class ConditionalHeaders(BaseModel):
+    """A change that applies only while the IP is at a version its ETag named."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    if_match: str | None = Field(
+        default=None, alias="If-Match", pattern=IF_MATCH,
+        description='`*` or the ETags (`"4711"`) of the versions of the IP this change '
+                    "may apply to; otherwise 412 precondition_failed and nothing changes.")
+
+
+class ChangeHeaders(IdempotencyHeaders, ConditionalHeaders):
+    """A retryable change that may also be conditional."""
+
+
 class ListIPsQuery(Query):
     order_by: IPOrder = "created_at_desc"
     page: Page = 1
@@ -229,6 +250,8 @@ class SubnetSource(Reply):
 
 
 class IP(Reply):
+    versioned: ClassVar[bool] = True
+
     id: Uuid
     address: str
     project_id: str
@@ -254,7 +277,11 @@ class IP(Reply):
                 type=r.type, id=r.id, mac_address=r.mac_address, name=r.name),
             tags=list(record.tags),
             reverses=[Reverse(hostname=v.hostname, address=v.address) for v in record.reverses],
-            region=record.region, zone=record.zone)
+            region=record.region, zone=record.zone)._of_version(record.revision)
+
+    def _of_version(self, revision: int) -> IP:
+        self._revision = revision
+        return self
 
 
 def _source(record: IPRecord) -> ZonalSource | SubnetSource:
