@@ -14,7 +14,8 @@ own business and may change without notice.
 nothing itself:
 
     lifecycle   book, update, release, release a set, attach, detach, move
-    queries     one IP, a list page, the reserved addresses of a Private Network
+    queries     one IP, a list page, the reserved addresses of a Private Network, how
+                full its subnets (or a zonal pool) are
     networks    VPCs, Private Networks, subnets and zonal pools
     declines    DHCP declines: recorded by the agents, listed and cleared by operators
 """
@@ -68,7 +69,7 @@ from .listing import DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE, ORDERS, IPFilter
 from .network_registry import NetworkRegistry
 from .network_view import Lease, NetworkInfo, NetworkView, SubnetInfo
 from .networks import VPC, PrivateNetwork, Subnet
-from .queries import Queries
+from .queries import NetworkUsage, Queries, SubnetUsage
 from .records import CUSTOM, IfMatch, IPRecord, Resource, Reverse, normalize_mac
 from .resolution import SourceResolver
 from .schema import (
@@ -93,7 +94,7 @@ __all__ = [
     "RestoreSummary", "SchemaState", "SchemaTooNew", "SchemaUnreadable", "TargetNotEmpty",
     "ensure_schema", "export_state", "import_state", "Compactor",
     "ADDRESS_NOT_HELD", "DECLINE_LIMIT", "TOO_MANY_DECLINES", "AddressNotHeld", "Decline",
-    "TooManyDeclines",
+    "TooManyDeclines", "NetworkUsage", "SubnetUsage",
 ]
 
 
@@ -228,6 +229,16 @@ class IPAM:
     async def reserved_ips(self, pn_id: str) -> list[dict[str, Any]]:
         """For each subnet of the Private Network, the addresses never handed out and why."""
         return await self.queries.reserved_ips(pn_id)
+
+    async def network_usage(self, pn_id: str, caller: Caller) -> NetworkUsage:
+        """How full each subnet of the Private Network is (usable, reserved, held, free),
+        every count read at one etcd revision, none by listing keys; NotFound for a
+        network `caller` may not see (`Caller()`: an admin, anywhere), as the gateway's
+        get-private-network answers."""
+        return await self.queries.network_usage(pn_id, caller)
+
+    # `if_match` on a change of one IP: the versions (`IPRecord.revision`) it must be at,
+    # else PreconditionFailed and nothing changes (HTTP's If-Match; None: any version).
 
     async def update_ip(self, ip_id: str, tags: Any = None, reverses: Any = None,
                         caller: Caller = Caller(), if_match: IfMatch | None = None
@@ -373,3 +384,7 @@ class IPAM:
     async def delete_zonal_pool(self, pool_id: str) -> None:
         """Delete a zonal pool that holds no IP."""
         await self.networks.delete_zonal_pool(pool_id)
+
+    async def pool_usage(self, pool_id: str, region: str | None = None) -> SubnetUsage:
+        """How full a zonal pool (of `region`, when given) is, counted at one etcd revision."""
+        return await self.queries.pool_usage(pool_id, region)

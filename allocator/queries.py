@@ -28,6 +28,7 @@ from typing import Any
 
 from aetcd import rpc
 
+from .access import Caller
 from .errors import NotFound, StoreError
 from .keys import Keys
 from .listing import (
@@ -89,8 +90,51 @@ def _compacted(err: StoreError) -> bool:
     return "compacted" in str(err)
 
 
+@dataclass(frozen=True)
+class SubnetUsage:
+    """How full one source (a Private Network's subnet or a zonal pool) was at `revision`.
+
+    `held` is the number of its held-address keys, one per IP, counted by etcd; the rest
+    follows from the source's size and the allocator's own rule of which addresses it
+    never hands out, so no two answers can disagree on them.
+    """
+
+    source: Source
+    held: int
+    revision: int
+
+    @property
+    def usable(self) -> int:
+        """The addresses the allocator hands out: the source's size less the reserved."""
+        return self.source.bookable_count
+
+    @property
+    def reserved(self) -> int:
+        """The addresses never handed out (network, gateway, broadcast, provider's)."""
+        return self.source.size - self.usable
+
+    @property
+    def free(self) -> int:
+        return self.usable - self.held
+
+    @property
+    def used_percent(self) -> float:
+        """100 * held / usable, unrounded (an IPv6 /64 is never visibly used otherwise)."""
+        return 100 * self.held / self.usable if self.usable else 0.0
+
+
+@dataclass(frozen=True)
+class NetworkUsage:
+    """How full each subnet of a Private Network was, every count read at `revision`."""
+
+    private_network_id: str
+    revision: int
+    subnets: tuple[SubnetUsage, ...]
+
+
 class Queries:
-    """The read side of IPs: one IP, a list page, the reserved addresses of a network."""
+    """The read side of IPs: one IP, a list page, the reserved addresses of a network, how
+    full its subnets (or a zonal pool) are."""
 
     def __init__(self, store: Store, keys: Keys, networks: NetworkRegistry,
                  walks: Walks | None = None) -> None:
@@ -111,6 +155,58 @@ class Queries:
         return [{"subnet_id": s.id, "subnet": s.subnet,
                  "reserved": [r.__dict__ for r in pn.source(s).reserved_addresses()]}
                 for s in pn.subnets]
+
+    # -- usage ----------------------------------------------------------------------------
+
+    async def network_usage(self, pn_id: str, caller: Caller) -> NetworkUsage:
+        """How full each subnet of the Private Network is, all counted at one revision.
+
+        NotFound, before any count, for a network the caller may not see or of another
+        region than the caller's. One read-only transaction carries the network's record
+        and a count of each subnet's held-address keys (`count_only`: etcd counts in its
+        index and sends no key), for the subnets this node's cache last saw. When the
+        record read with them has other subnets, those are counted again at that same
+        revision: the answer is always of one revision, and usually of one round trip.
+        """
+        check_uuid(pn_id, "private_network_id")
+        cached = await self.networks.cached_private_network(pn_id)
+        # A network's project and region never change: the cached record settles them.
+        caller.require_visible("private_network", pn_id, cached.project_id)
+        if caller.region is not None and cached.region != caller.region:
+            raise NotFound("private_network", pn_id)
+        answers, revision = await self._ranges(
+            [_Range(self.keys.private_network(pn_id)), *self._held(cached)], 0)
+        if not answers[0].kvs:  # deleted since this node cached it
+            self.networks.forget(pn_id)
+            raise NotFound("private_network", pn_id)
+        pn = PrivateNetwork.from_json(json.loads(answers[0].kvs[0].value))
+        counts = answers[1:]
+        if [s.id for s in pn.subnets] != [s.id for s in cached.subnets]:
+            self.networks.forget(pn_id)  # the next read takes the record afresh
+            counts, _ = await self._ranges(self._held(pn), revision)
+        return NetworkUsage(pn_id, revision, tuple(
+            SubnetUsage(pn.source(s), a.count, revision)
+            for s, a in zip(pn.subnets, counts, strict=True)))
+
+    async def pool_usage(self, pool_id: str, region: str | None = None) -> SubnetUsage:
+        """How full the zonal pool is: its record and the count of its held addresses in
+        one read-only transaction. NotFound for a pool unknown (in `region`, when given)."""
+        check_uuid(pool_id, "pool_id")
+        answers, revision = await self._ranges(
+            [_Range(self.keys.source(pool_id)),
+             _Range(self.keys.addresses(pool_id), prefix_end(self.keys.addresses(pool_id)),
+                    count_only=True)], 0)
+        if not answers[0].kvs:
+            raise NotFound("zonal_pool", pool_id)
+        pool = Source.from_json(json.loads(answers[0].kvs[0].value))
+        if pool.kind != ZONAL or (region is not None and pool.region != region):
+            raise NotFound("zonal_pool", pool_id)
+        return SubnetUsage(pool, answers[1].count, revision)
+
+    def _held(self, pn: PrivateNetwork) -> list[_Range]:
+        """A count of the held-address keys of each subnet of `pn`, in its order."""
+        return [_Range(self.keys.addresses(s.id), prefix_end(self.keys.addresses(s.id)),
+                       count_only=True) for s in pn.subnets]
 
     # -- a list page ----------------------------------------------------------------------
 

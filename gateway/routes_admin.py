@@ -7,6 +7,7 @@
     POST   /ipam/admin/v1/regions/{region}/zonal-pools      {"zone", "subnet"}
     GET    /ipam/admin/v1/regions/{region}/zonal-pools      ?zone=
     DELETE /ipam/admin/v1/regions/{region}/zonal-pools/{id} only while it holds no IP
+    GET    /ipam/admin/v1/regions/{region}/zonal-pools/{id}/usage  usable, held, free...
     GET    /ipam/admin/v1/regions/{region}/dhcp-declines    ?private_network_id=&mac_address=
     DELETE /ipam/admin/v1/regions/{region}/dhcp-declines    the same filters: offered again
 """
@@ -35,6 +36,7 @@ from .models.admin import (
     ListZonalPoolsResponse,
     ZonalPool,
     ZonalPoolPath,
+    ZonalPoolUsage,
 )
 from .models.fields import RegionPath
 from .wire import endpoint
@@ -115,6 +117,13 @@ async def list_zonal_pools(request: web.Request, path: RegionPath,
 async def delete_zonal_pool(request: web.Request, path: ZonalPoolPath) -> None:
     """Delete a zonal pool that holds no IP."""
     await ipam_of(request).delete_zonal_pool(path.pool_id)
+
+
+@routes.get("/ipam/admin/v1/regions/{region}/zonal-pools/{pool_id}/usage")
+@endpoint(before=_ZONAL_POOLS)
+async def zonal_pool_usage(request: web.Request, path: ZonalPoolPath) -> ZonalPoolUsage:
+    """How full a zonal pool is, counted at one etcd revision."""
+    return ZonalPoolUsage.of(await ipam_of(request).pool_usage(path.pool_id, path.region))
 
 
 @routes.get("/ipam/admin/v1/regions/{region}/dhcp-declines")

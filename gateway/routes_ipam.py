@@ -1,7 +1,8 @@
 """IPAM API v1 routes: book, get, list, update, release, release a set, attach, detach, move.
 
 Paths, bodies and query parameters are those of the SDK's `scaleway/ipam/v1/api.py`,
-plus our extension `GET .../private-networks/{id}/reserved-ips`.
+plus our extensions `GET .../private-networks/{id}/reserved-ips` and
+`GET .../private-networks/{id}/usage`.
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ from .models.ipam import (
     ListIPsQuery,
     ListIPsResponse,
     MoveIPRequest,
+    PrivateNetworkUsageResponse,
     ReleaseIPSetRequest,
     ReservedIPsResponse,
     UpdateIPRequest,
@@ -234,3 +236,15 @@ async def reserved_ips(request: web.Request, path: PrivateNetworkPath) -> Reserv
     who.check_visible("private_network", pn_id, pn.project_id)
     return ReservedIPsResponse.model_validate(
         {"private_network_id": pn_id, "subnets": await ipam.reserved_ips(pn_id)})
+
+
+@routes.get(_BASE + "/private-networks/{private_network_id}/usage")
+@endpoint
+async def private_network_usage(request: web.Request, path: PrivateNetworkPath
+                                ) -> PrivateNetworkUsageResponse:
+    """How full each subnet of a Private Network is, counted at one revision (extension).
+
+    Whoever may get the Private Network may read it; anyone else gets its 404."""
+    usage = await ipam_of(request).network_usage(path.private_network_id,
+                                                 principal(request).caller(path.region))
+    return PrivateNetworkUsageResponse.of(usage)

@@ -1,9 +1,8 @@
 """`ipam usage`: how full each subnet of a Private Network is.
 
-Everything comes from the public API: the subnets from the Private Network, the
-addresses never handed out from our `reserved-ips` extension (so the allocator's own
-rule is used, not a copy of it: the first two and the last two of each subnet
-today), and the held ones from the `total_count` of the IP list of each subnet.
+One request: our `usage` extension counts every subnet at one etcd revision (the held
+addresses from etcd, the reserved ones by the allocator's own rule: the first two and
+the last two of each subnet today). The command shapes its rows from those counts.
 """
 
 from __future__ import annotations
@@ -23,7 +22,7 @@ COLUMNS = ("subnet", "held", "free", "used")
 
 def subnet_usage(subnet_id: str, cidr: str, reserved: int, held: int) -> dict[str, Any]:
     """The usage of one subnet: its bookable addresses (all but the `reserved` ones),
-    how many are held, how many are free, and the percentage held."""
+    how many are held, how many are free, and the percentage held (one decimal)."""
     bookable = ipaddress.ip_network(cidr).num_addresses - reserved
     return {"subnet_id": subnet_id, "subnet": cidr, "bookable": bookable, "held": held,
             "free": bookable - held,
@@ -36,14 +35,8 @@ def subnet_usage(subnet_id: str, cidr: str, reserved: int, held: int) -> dict[st
 @pass_session()
 def usage(session: Session, pn: str) -> None:
     """Per subnet of a Private Network: addresses held, free, and the share used."""
-    network = session.call("GET", f"{session.vpc_path}/private-networks/{pn}")
-    reserved = session.call("GET", f"{session.ipam_path}/private-networks/{pn}/reserved-ips")
-    reserved_count = {s["subnet_id"]: len(s["reserved"]) for s in reserved["subnets"]}
-    answer = []
-    for subnet in network["subnets"]:
-        held = session.call("GET", f"{session.ipam_path}/ips", query={
-            "private_network_id": pn, "subnet_id": subnet["id"], "page_size": "1"})
-        answer.append(subnet_usage(subnet["id"], subnet["subnet"],
-                                   reserved_count.get(subnet["id"], 0), held["total_count"]))
+    counted = session.call("GET", f"{session.ipam_path}/private-networks/{pn}/usage")
+    answer = [subnet_usage(s["subnet_id"], s["subnet"], s["reserved"], s["held"])
+              for s in counted["subnets"]]
     rows = [{**u, "used": f"{u['used_percent']:.1f}%"} for u in answer]
     show(answer, session.output, rows, COLUMNS)

@@ -10,7 +10,7 @@ from pydantic import ConfigDict, Field, RootModel, model_validator
 from pydantic_core import PydanticCustomError
 
 from allocator.contract import ApiKey as DomainApiKey
-from allocator.contract import Decline, Source
+from allocator.contract import Decline, Source, SubnetUsage
 
 from .fields import (
     RESOURCE_TYPE_PATTERN,
@@ -26,6 +26,7 @@ from .fields import (
     Uuid,
     Zone,
 )
+from .ipam import AddressCounts
 
 Role = Literal["admin", "project_member", "project_reader", "product"]
 
@@ -195,6 +196,24 @@ class ZonalPool(Reply):
 class ListZonalPoolsResponse(Reply):
     zonal_pools: list[ZonalPool]
     total_count: int = Field(ge=0)
+
+
+class ZonalPoolUsage(AddressCounts):
+    """How full a zonal pool is, counted at one etcd revision."""
+
+    id: Uuid
+    region: str
+    zone: str | None
+    subnet: str
+    is_ipv6: bool
+    revision: int = Field(ge=1, description="the etcd revision the count was read at")
+
+    @classmethod
+    def of(cls, usage: SubnetUsage) -> ZonalPoolUsage:
+        pool = usage.source
+        return cls(id=pool.id, region=pool.region, zone=pool.zone, subnet=pool.cidr,
+                   is_ipv6=pool.is_ipv6, revision=usage.revision,
+                   **AddressCounts.counts(usage))
 
 
 class DhcpDeclinesQuery(Query):

@@ -1,5 +1,5 @@
 """IPAM API v1: the shapes of the SDK's `scaleway/ipam/v1/types.py`, plus our
-`reserved-ips` extension.
+`reserved-ips` and `usage` extensions.
 """
 
 from __future__ import annotations
@@ -9,7 +9,8 @@ from typing import Annotated, Any, ClassVar, Literal
 from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema, model_validator
 from pydantic_core import PydanticCustomError
 
-from allocator.contract import IPRecord
+from allocator.contract import IPRecord, NetworkUsage
+from allocator.contract import SubnetUsage as DomainSubnetUsage
 
 from .fields import (
     Body,
@@ -312,3 +313,47 @@ class ReservedIPsResponse(Reply):
 
     private_network_id: Uuid
     subnets: list[ReservedSubnet]
+
+
+class AddressCounts(Reply):
+    """How full a source is. Counts are exact JSON integers, never strings: an IPv6 /64
+    has 2^64 addresses, more than a double holds exactly, so read them with a parser that
+    keeps integers whole (Python's does)."""
+
+    usable: int = Field(ge=0, description="addresses the allocator hands out: the size "
+                                          "less the reserved ones")
+    reserved: int = Field(ge=0, description="addresses never handed out: network, "
+                                            "gateway, broadcast, the provider's")
+    held: int = Field(ge=0, description="IPs in it")
+    free: int = Field(ge=0, description="usable - held")
+    used_percent: float = Field(ge=0, le=100, description="100 * held / usable, unrounded")
+
+    @staticmethod
+    def counts(usage: DomainSubnetUsage) -> dict[str, Any]:
+        """The fields of this model for one source's usage."""
+        return {"usable": usage.usable, "reserved": usage.reserved, "held": usage.held,
+                "free": usage.free, "used_percent": usage.used_percent}
+
+
+class SubnetUsage(AddressCounts):
+    """How full one subnet of a Private Network is."""
+
+    subnet_id: Uuid
+    subnet: str
+    is_ipv6: bool
+
+
+class PrivateNetworkUsageResponse(Reply):
+    """Our extension: how full each subnet of a Private Network is, every count read at
+    one etcd revision."""
+
+    private_network_id: Uuid
+    revision: int = Field(ge=1, description="the etcd revision every count was read at")
+    subnets: list[SubnetUsage]
+
+    @classmethod
+    def of(cls, usage: NetworkUsage) -> PrivateNetworkUsageResponse:
+        return cls(private_network_id=usage.private_network_id, revision=usage.revision,
+                   subnets=[SubnetUsage(subnet_id=u.source.id, subnet=u.source.cidr,
+                                        is_ipv6=u.source.is_ipv6, **AddressCounts.counts(u))
+                            for u in usage.subnets])
