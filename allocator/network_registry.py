@@ -122,9 +122,10 @@ class NetworkRegistry:
         if is_default:
             dkey = self.keys.default_vpc(region, project_id)
             txn.absent("default_vpc", dkey).put(dkey, vpc.id)
-        if not (await commit(self.store, txn)).succeeded:
+        outcome = await commit(self.store, txn)
+        if not outcome.succeeded:
             raise AlreadyExists("vpc", project_id, "the project already has a default VPC")
-        return vpc
+        return replace(vpc, revision=outcome.revision)
 
     async def default_vpc(self, region: str, project_id: str,
                           organization_id: str | None) -> VPC:
@@ -149,7 +150,8 @@ class NetworkRegistry:
         if kv is None:
             raise NotFound("vpc", vpc_id)
         count, _ = await self.store.count(self.keys.vpc_private_networks(vpc_id))
-        return replace(VPC.from_stored(json.loads(kv.value)), private_network_count=count)
+        return replace(VPC.from_stored(json.loads(kv.value), kv.mod_revision),
+                       private_network_count=count)
 
     async def list_vpcs(self, region: str, project_ids: set[str] | None = None,
                         organization_id: str | None = None, name: str | None = None,
@@ -206,13 +208,14 @@ class NetworkRegistry:
             kv = await self.store.get(key)
             if kv is None:
                 raise NotFound(resource, object_id)
-            current = decode(json.loads(kv.value))
+            current = replace(decode(json.loads(kv.value)), revision=kv.mod_revision)
             obj = change(current)
             if obj is None:
                 return current
             txn = GuardedTxn().unchanged(resource, key, kv.mod_revision)
-            if (await commit(self.store, txn.put(key, json.dumps(encode(obj))))).succeeded:
-                return obj
+            outcome = await commit(self.store, txn.put(key, json.dumps(encode(obj))))
+            if outcome.succeeded:
+                return replace(obj, revision=outcome.revision)
         raise Conflict(f"the {resource} kept changing; try again")
 
     async def delete_vpc(self, vpc_id: str) -> None:
@@ -265,8 +268,9 @@ class NetworkRegistry:
             for s in pn.subnets:
                 txn.put(self.keys.source(s.id), json.dumps(pn.source(s).to_json()))
                 txn.put(self.keys.vpc_network(vpc.id, s.id), s.subnet)
-            if (await commit(self.store, txn)).succeeded:
-                return pn
+            outcome = await commit(self.store, txn)
+            if outcome.succeeded:
+                return replace(pn, revision=outcome.revision)
             await self.get_vpc(vpc.id)  # NotFound if it went away meanwhile
         raise Conflict("the VPC's subnets kept changing; try again")
 
@@ -293,7 +297,7 @@ class NetworkRegistry:
         if kv is None:
             self._pn_cache.pop(pn_id, None)
             raise NotFound("private_network", pn_id)
-        return self._remember(PrivateNetwork.from_json(json.loads(kv.value)))
+        return self._remember(PrivateNetwork.from_json(json.loads(kv.value), kv.mod_revision))
 
     def _remember(self, pn: PrivateNetwork) -> PrivateNetwork:
         self._pn_cache[pn.id] = (time.monotonic(), pn)
@@ -424,8 +428,9 @@ class NetworkRegistry:
             for s in added:
                 txn.put(self.keys.source(s.id), json.dumps(updated.source(s).to_json()))
                 txn.put(self.keys.vpc_network(pn.vpc_id, s.id), s.subnet)
-            if (await commit(self.store, txn)).succeeded:
-                return self._remember(updated), added
+            outcome = await commit(self.store, txn)
+            if outcome.succeeded:
+                return self._remember(replace(updated, revision=outcome.revision)), added
         raise Conflict("the Private Network or its VPC's subnets kept changing; try again")
 
     async def delete_subnets(self, pn_id: str, subnets: Any
@@ -456,7 +461,7 @@ class NetworkRegistry:
             self._delete_sources(txn, pn, gone)
             outcome = await commit(self.store, txn)
             if outcome.succeeded:
-                return self._remember(updated), gone
+                return self._remember(replace(updated, revision=outcome.revision)), gone
             in_use = [s for s in gone if f"addresses of {s.id}" in outcome.failed]
             if in_use:
                 s = in_use[0]

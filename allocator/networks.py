@@ -28,6 +28,8 @@ class VPC:
     private_network_count: int = 0
     routing_enabled: bool = True
     transitivity_enabled: bool = False
+    # The etcd mod revision of its record as read or written (0: not known). Not stored.
+    revision: int = field(default=0, compare=False)
 
     @property
     def object_storage_private_access_enabled(self) -> bool:
@@ -51,11 +53,12 @@ class VPC:
         return {**self.to_json(), "ipv6_prefix": self.ipv6_prefix}
 
     @classmethod
-    def from_stored(cls, d: dict[str, Any]) -> VPC:
+    def from_stored(cls, d: dict[str, Any], revision: int = 0) -> VPC:
         return cls(d["id"], d["name"], d["region"], d["project_id"], d.get("organization_id"),
                    d["ipv6_prefix"], d["created_at"], d["updated_at"], d.get("is_default", False),
                    tuple(d.get("tags") or ()), routing_enabled=d.get("routing_enabled", True),
-                   transitivity_enabled=d.get("transitivity_enabled", False))
+                   transitivity_enabled=d.get("transitivity_enabled", False),
+                   revision=revision)
 
 
 @dataclass(frozen=True)
@@ -88,6 +91,8 @@ class PrivateNetwork:
     default_route_propagation_enabled: bool = False
     # Whether the network's DHCP and DNS answer (the agent answers nothing when false).
     dhcp_enabled: bool = True
+    # The etcd mod revision of its record as read or written (0: not known). Not stored.
+    revision: int = field(default=0, compare=False)
 
     @property
     def has_object_storage_private_access(self) -> bool:
@@ -106,12 +111,12 @@ class PrivateNetwork:
         }
 
     @classmethod
-    def from_json(cls, d: dict[str, Any]) -> PrivateNetwork:
+    def from_json(cls, d: dict[str, Any], revision: int = 0) -> PrivateNetwork:
         return cls(d["id"], d["name"], d["region"], d["project_id"], d.get("organization_id"),
                    d["vpc_id"], d["created_at"], d["updated_at"], tuple(d.get("tags") or ()),
                    tuple(Subnet(**s) for s in d.get("subnets") or ()),
                    bool(d.get("default_route_propagation_enabled", False)),
-                   bool(d.get("dhcp_enabled", True)))
+                   bool(d.get("dhcp_enabled", True)), revision)
 
     def source(self, subnet: Subnet) -> Source:
         return Source(id=subnet.id, kind=SUBNET, cidr=subnet.subnet, region=self.region,

@@ -2,7 +2,9 @@
 
 An IP's version is the etcd mod revision of its record (`IPRecord.revision`): every
 change of the IP moves it, and nothing else does. Its ETag is that number, quoted
-(`"4711"`), a strong validator. A change sent with `If-Match` applies only while the IP
+(`"4711"`), a strong validator. A Private Network's is its record's, which holds its
+subnets too; a VPC's adds the count of its Private Networks, which its answer shows
+(`"4711-3"`). Only IPs take If-Match. A change sent with `If-Match` applies only while the IP
 is at one of the versions named, in the same etcd transaction that checks it (the
 guard on the record), so a product that lost track of an IP cannot undo a newer
 owner's attach by replaying an old detach: the ETag is a fencing token. A stale one is
@@ -23,9 +25,12 @@ from allocator.contract import IfMatch
 _TAG = re.compile(r'\s*(W/)?"([\x21\x23-\x7e]*)"\s*')
 
 
-def etag(revision: int) -> str:
-    """The ETag of a version."""
-    return f'"{revision}"'
+def etag(revision: int, *more: int) -> str | None:
+    """The ETag of a version (None when it is not known: no ETag is sent). `more`: the
+    versions of what else the answer shows (a VPC's count of Private Networks)."""
+    if not revision:
+        return None
+    return '"' + "-".join(str(v) for v in (revision, *more)) + '"'
 
 
 def if_match(header: str | None) -> IfMatch | None:
@@ -40,9 +45,9 @@ def if_match(header: str | None) -> IfMatch | None:
     return frozenset(versions)
 
 
-def matches(header: str, revision: int) -> bool:
-    """Whether an `If-None-Match` header names this version (weakly: RFC 9110, 13.1.2)."""
+def matches(header: str, etag: str) -> bool:
+    """Whether an `If-None-Match` header names this ETag (weakly: RFC 9110, 13.1.2)."""
     if header.strip() == "*":
         return True
-    return any((tag := _TAG.fullmatch(item)) is not None and tag.group(2) == str(revision)
+    return any((tag := _TAG.fullmatch(item)) is not None and f'"{tag.group(2)}"' == etag
                for item in header.split(","))

@@ -7,7 +7,7 @@ and writes them.
 
 Parameters named `path`, `headers`, `query` and `body` are parsed from the request
 into the model they are annotated with; the returned model is sent with status 200,
-and None as an empty 204. A model that shows one version of an object (`Reply._revision`)
+and None as an empty 204. A model that shows one version of an object (`Reply._etag`)
 is sent with its ETag, and a GET naming that version in If-None-Match is answered 304
 (`gateway.etags`). A handler whose answer is no JSON (the Prometheus text of
 `/metrics`, an HTML page) returns `Raw` and declares its media type. Before any of it,
@@ -37,7 +37,7 @@ from allocator.contract import ArgumentProblem
 
 from .context import served_region
 from .errors import ApiError, invalid_argument, invalid_arguments
-from .etags import etag, matches
+from .etags import matches
 from .models.fields import Reply
 
 PARTS = ("path", "headers", "query", "body")
@@ -99,14 +99,13 @@ def endpoint(handler: Callable[..., Awaitable[Any]] | None = None, *,
                 return web.Response(status=204)
             if isinstance(reply, Raw):
                 return web.Response(body=reply.body, headers={"Content-Type": reply.media_type})
-            revision = reply._revision if isinstance(reply, Reply) else 0
-            if not revision:
+            tag = reply._etag if isinstance(reply, Reply) else None
+            if tag is None:
                 # pydantic writes the JSON itself (in Rust): no dict, no json.dumps.
                 return web.Response(text=reply.model_dump_json(),
                                     content_type="application/json")
-            tag = etag(revision)
             held = request.headers.get("If-None-Match")
-            if held is not None and request.method == "GET" and matches(held, revision):
+            if held is not None and request.method == "GET" and matches(held, tag):
                 return web.Response(status=304, headers={"ETag": tag})
             return web.Response(text=reply.model_dump_json(), content_type="application/json",
                                 headers={"ETag": tag})

@@ -21,7 +21,7 @@ from __future__ import annotations
 import ipaddress
 import re
 import uuid
-from typing import Annotated, Any, ClassVar
+from typing import Annotated, Any, ClassVar, Self
 
 from pydantic import (
     AfterValidator,
@@ -60,12 +60,17 @@ class Path(BaseModel):
 class Reply(BaseModel):
     """A JSON answer: every field is always sent, and nothing else.
 
-    `_revision`: the version of the object it shows, sent as its ETag (0: none);
+    `_etag`: the version of the object it shows, sent as its ETag (None: none);
     `versioned`: whether the model's answers carry one (the API document says so)."""
 
     model_config = ConfigDict(extra="forbid")
     versioned: ClassVar[bool] = False
-    _revision: int = PrivateAttr(default=0)
+    _etag: str | None = PrivateAttr(default=None)
+
+    def versioned_as(self, etag: str | None) -> Self:
+        """This answer, sent with `etag` (gateway.etags makes them)."""
+        self._etag = etag
+        return self
 
 
 def not_null(schema: dict[str, Any]) -> dict[str, Any]:

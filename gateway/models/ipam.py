@@ -12,6 +12,7 @@ from pydantic_core import PydanticCustomError
 from allocator.contract import IPRecord, NetworkUsage
 from allocator.contract import SubnetUsage as DomainSubnetUsage
 
+from ..etags import etag
 from .fields import (
     Body,
     Flag,
@@ -278,11 +279,7 @@ class IP(Reply):
                 type=r.type, id=r.id, mac_address=r.mac_address, name=r.name),
             tags=list(record.tags),
             reverses=[Reverse(hostname=v.hostname, address=v.address) for v in record.reverses],
-            region=record.region, zone=record.zone)._of_version(record.revision)
-
-    def _of_version(self, revision: int) -> IP:
-        self._revision = revision
-        return self
+            region=record.region, zone=record.zone).versioned_as(etag(record.revision))
 
 
 def _source(record: IPRecord) -> ZonalSource | SubnetSource:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 from pydantic import ConfigDict, Field
 
@@ -10,6 +10,7 @@ from allocator.contract import VPC as DomainVPC
 from allocator.contract import PrivateNetwork as DomainPrivateNetwork
 from allocator.contract import Subnet as DomainSubnet
 
+from ..etags import etag
 from .fields import (
     Body,
     Cidr,
@@ -138,6 +139,8 @@ def _known(model: type[Reply], data: dict[str, Any]) -> dict[str, Any]:
 
 
 class VPC(Reply):
+    versioned: ClassVar[bool] = True
+
     id: Uuid
     name: str
     organization_id: str | None
@@ -155,8 +158,9 @@ class VPC(Reply):
 
     @classmethod
     def of(cls, vpc: DomainVPC) -> VPC:
-        """The SDK's `VPC`."""
-        return cls(**_known(cls, vpc.to_json()))
+        """The SDK's `VPC`; its version counts its Private Networks too, which it shows."""
+        return cls(**_known(cls, vpc.to_json())).versioned_as(
+            etag(vpc.revision, vpc.private_network_count))
 
 
 class Subnet(Reply):
@@ -177,6 +181,8 @@ class Subnet(Reply):
 
 
 class PrivateNetwork(Reply):
+    versioned: ClassVar[bool] = True
+
     id: Uuid
     name: str
     organization_id: str | None
@@ -196,7 +202,7 @@ class PrivateNetwork(Reply):
         """The SDK's `PrivateNetwork`, subnets included."""
         data = pn.to_json()
         subnets = [Subnet.of(s) for s in data.get("subnets") or []]
-        return cls(**{**_known(cls, data), "subnets": subnets})
+        return cls(**{**_known(cls, data), "subnets": subnets}).versioned_as(etag(pn.revision))
 
 
 class ListVPCsResponse(Reply):

@@ -145,3 +145,31 @@ def test_of_concurrent_changes_naming_one_version_exactly_one_applies(user: Memb
     assert statuses == [200] + [412] * 15
     winner = next(a for a in answers if a.status_code == 200)
     assert user("GET", url).json()["tags"] == winner.json()["tags"]
+
+
+VPCS = "/vpc/v2/regions/fr-par/vpcs"
+
+
+def test_a_private_network_and_a_vpc_carry_their_version_too(user: Member):
+    pn = user("POST", PNS, {"name": "versions", "project_id": user.project,
+                            "subnets": ["10.78.0.0/24"]})
+    url, tag = f"{PNS}/{pn.json()['id']}", pn.headers["ETag"]
+    assert user("GET", url).headers["ETag"] == tag
+    assert user("GET", url, If_None_Match=tag).status_code == 304
+    renamed = user("PATCH", url, {"name": "renamed"})
+    assert renamed.headers["ETag"] not in (None, tag)
+    added = user("POST", url + "/subnets", {"subnets": ["10.79.0.0/24"]})
+    assert added.status_code == 200, added.text
+    assert user("GET", url).headers["ETag"] not in (tag, renamed.headers["ETag"])
+    assert user("GET", url, If_None_Match=tag).status_code == 200
+
+    vpc_url = f"{VPCS}/{pn.json()['vpc_id']}"
+    vpc_tag = user("GET", vpc_url).headers["ETag"]
+    assert user("GET", vpc_url, If_None_Match=vpc_tag).status_code == 304
+    # A second Private Network changes what the VPC shows (its count), not its record.
+    assert user("POST", PNS, {"name": "second", "project_id": user.project,
+                              "vpc_id": pn.json()["vpc_id"],
+                              "subnets": ["10.80.0.0/24"]}).status_code == 200
+    again = user("GET", vpc_url, If_None_Match=vpc_tag)
+    assert again.status_code == 200 and again.json()["private_network_count"] == 2
+    assert again.headers["ETag"] != vpc_tag
