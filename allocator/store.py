@@ -10,6 +10,17 @@ times out or is unavailable is taken out of use for `eject_seconds`, then tried
 again. A hung member (alive, not answering) is the case this exists for: without
 ejection gRPC keeps sending to it.
 
+With several endpoints, a prober also asks each one a linearizable read (what every
+call needs: the member answers and has a quorum) every `probe_interval`, with a
+`probe_timeout` deadline. An endpoint whose probe goes unanswered is out of use until
+one is answered, however long its ejection was, and the calls waiting on it are
+abandoned at once: they fail as a deadline would (`ABANDONED`), and go elsewhere
+(reads) or come back unknown (writes), instead of waiting out their deadline. Measured
+on a real partition (tests/devcluster/test_partitions.py): without the prober, a member
+cut off held every commit in flight for the full 3 s deadline (the committer sends two
+at a time, and round-robin puts both on it within milliseconds), and was taken back
+after its 5 s ejection while still cut, for another 3 s: bookings stopped twice.
+
 Writes are never retried here: when a transaction errors its outcome is unknown,
 and only the caller can tell (by reading back the token it wrote). Transactions are
 built in `txn` (guards with names); this module only sends them.
@@ -32,7 +43,7 @@ import itertools
 import logging
 import time
 from collections.abc import AsyncIterator, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol
 
 import grpc
@@ -70,6 +81,13 @@ MAX_TXN_OPS = 128
 # etcd's default --quota-backend-bytes. etcd does not tell a member's own over gRPC
 # (its /metrics does: etcd_server_quota_backend_bytes).
 DEFAULT_QUOTA_BYTES = 2 * 1024**3
+# The prober's cadence and patience: a member on a LAN answers a linearizable read in
+# milliseconds, so a probe left unanswered 0.4 s means the member is cut off, hung or
+# without a quorum; cut off, its calls are abandoned at most 0.6 s after the cut.
+PROBE_INTERVAL = 0.2
+PROBE_TIMEOUT = 0.4
+ABANDONED = "endpoint stopped answering probes"
+_PROBE_KEY = b"\0"  # any key: the read is the point, not what it finds
 _NO_SPACE = "database space exceeded"
 _ALREADY_COMPACTED = "required revision has been compacted"
 
@@ -236,6 +254,9 @@ class _Endpoint:
     maintenance: rpc.MaintenanceStub
     auth: rpc.AuthStub
     ejected_until: float = 0.0
+    answering: bool = True  # its last probe was answered (the prober's view)
+    calls: set[grpc.aio.Call] = field(default_factory=set)  # unary calls waiting on it
+    abandoned: set[grpc.aio.Call] = field(default_factory=set)  # those the prober gave up
 
 
 class Store(Protocol):
@@ -275,11 +296,16 @@ class EtcdStore:
     """
 
     def __init__(self, endpoints: Sequence[str], *, timeout: float = 3.0,
-                 eject_seconds: float = 5.0, security: EtcdSecurity | None = None) -> None:
+                 eject_seconds: float = 5.0, security: EtcdSecurity | None = None,
+                 probe_interval: float = PROBE_INTERVAL,
+                 probe_timeout: float = PROBE_TIMEOUT) -> None:
         if not endpoints:
             raise ValueError("at least one etcd endpoint is needed")
         self.timeout = timeout
         self.eject_seconds = eject_seconds
+        self.probe_interval, self.probe_timeout = probe_interval, probe_timeout
+        self.abandoned_calls = 0  # calls given up because their endpoint went silent
+        self._prober: asyncio.Task[None] | None = None
         self.requests = 0
         self.security = security or EtcdSecurity()
         self._endpoints = [self._connect(a.strip()) for a in endpoints]
@@ -337,22 +363,28 @@ class EtcdStore:
 
     async def close(self) -> None:
         """Close every channel; pending calls fail."""
+        if self._prober is not None:
+            self._prober.cancel()
+            await asyncio.gather(self._prober, return_exceptions=True)
+            self._prober = None
         await asyncio.gather(*(e.channel.close(None) for e in self._endpoints),
                              return_exceptions=True)
 
     # -- endpoint choice ----------------------------------------------------------
 
     def _pick(self, avoid: set[str] | None = None) -> _Endpoint:
+        if self._prober is None and len(self._endpoints) > 1:
+            self._prober = asyncio.ensure_future(self._probe_forever())
         now = time.monotonic()
         n = len(self._endpoints)
         start = next(self._rr)
         candidates = [self._endpoints[(start + i) % n] for i in range(n)]
         for ep in candidates:
-            if ep.ejected_until <= now and not (avoid and ep.address in avoid):
+            if ep.answering and ep.ejected_until <= now and not (avoid and ep.address in avoid):
                 return ep
-        # Everything is ejected (or avoided): take the one that comes back first.
+        # Everything is out of use (or avoided): take the one that comes back first.
         return min(candidates, key=lambda e: (avoid is not None and e.address in avoid,
-                                              e.ejected_until))
+                                              not e.answering, e.ejected_until))
 
     def _eject(self, ep: _Endpoint, err: grpc.aio.AioRpcError) -> None:
         if err.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
@@ -365,7 +397,46 @@ class EtcdStore:
 
     def healthy_endpoints(self) -> list[str]:
         now = time.monotonic()
-        return [e.address for e in self._endpoints if e.ejected_until <= now]
+        return [e.address for e in self._endpoints if e.answering and e.ejected_until <= now]
+
+    # -- probing ----------------------------------------------------------------------
+
+    async def _probe_forever(self) -> None:
+        while True:  # ends with the store (cancelled by close)
+            await self.probe_endpoints()
+            await asyncio.sleep(self.probe_interval)
+
+    async def probe_endpoints(self) -> list[tuple[str, bool]]:
+        """Probe every endpoint once, now (the prober does it every `probe_interval`):
+        (endpoint, answered) each. One that does not answer is out of use and its calls
+        are abandoned; one that answers again is back (once its ejection, if any, ran out).
+        """
+        return list(await asyncio.gather(*(self._probe(ep) for ep in self._endpoints)))
+
+    async def _probe(self, ep: _Endpoint) -> tuple[str, bool]:
+        answered = True
+        # The token the calls use, if one was fetched: a probe never fetches one itself.
+        metadata = (("token", self._token),) if self._token else None
+        try:
+            await ep.kv.Range(rpc.RangeRequest(key=_PROBE_KEY, count_only=True),
+                              timeout=self.probe_timeout, metadata=metadata)
+        except grpc.aio.AioRpcError as err:
+            # Refused (auth, permission) is an answer; only silence or no connection is not.
+            answered = err.code() not in (grpc.StatusCode.UNAVAILABLE,
+                                          grpc.StatusCode.DEADLINE_EXCEEDED)
+        if ep.answering and not answered:
+            log.warning("etcd endpoint %s out of use: no answer to a probe within %.1fs; "
+                        "abandoning its %d call(s)", ep.address, self.probe_timeout,
+                        len(ep.calls))
+            for call in ep.calls:
+                ep.abandoned.add(call)
+                call.cancel()
+            for event in self._eject_listeners:
+                event.set()
+        elif answered and not ep.answering:
+            log.info("etcd endpoint %s answers probes again", ep.address)
+        ep.answering = answered
+        return ep.address, answered
 
     # -- unary calls ----------------------------------------------------------------
 
@@ -383,8 +454,8 @@ class EtcdStore:
             tried.add(ep.address)
             self.requests += 1
             try:
-                return await getattr(getattr(ep, service), method)(
-                    request, timeout=timeout or self.timeout, metadata=metadata)
+                return await self._call(ep, getattr(getattr(ep, service), method)(
+                    request, timeout=timeout or self.timeout, metadata=metadata))
             except grpc.aio.AioRpcError as err:
                 last = err
                 if not renewed and metadata and _auth_expired(err):
@@ -401,6 +472,23 @@ class EtcdStore:
                     break
         assert last is not None
         raise StoreError(f"etcd {method} failed: {last.code().name}: {last.details()}")
+
+    async def _call(self, ep: _Endpoint, call: grpc.aio.UnaryUnaryCall) -> object:
+        """Await `call` on `ep`; abandoned by the prober, it fails as a deadline would."""
+        ep.calls.add(call)
+        try:
+            return await call
+        except asyncio.CancelledError:
+            task = asyncio.current_task()
+            if call not in ep.abandoned or (task is not None and task.cancelling()):
+                raise  # our caller was cancelled, not the call
+            self.abandoned_calls += 1
+            raise grpc.aio.AioRpcError(grpc.StatusCode.DEADLINE_EXCEEDED,
+                                       grpc.aio.Metadata(), grpc.aio.Metadata(),
+                                       ABANDONED) from None
+        finally:
+            ep.calls.discard(call)
+            ep.abandoned.discard(call)
 
     async def txn(self, compare: Sequence[rpc.Compare], success: Sequence[rpc.RequestOp],
                   failure: Sequence[rpc.RequestOp] = (), *, retry: bool = False

@@ -30,6 +30,7 @@ import tempfile
 import time
 import urllib.request
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -174,16 +175,24 @@ class EtcdMember:
         tls: ServerTLS | None = None,
         tls_port: int | None = None,
         quota_backend_bytes: int = QUOTA_BACKEND_BYTES,
+        host: str = LOOPBACK,
+        command_prefix: Sequence[str] = (),
+        extra_flags: Sequence[str] = (),
     ) -> None:
         self.name = name
+        # A member in a network namespace of its own (devcluster.partition) listens on
+        # its own address there, and is launched behind `ip netns exec NAMESPACE`.
+        self.host = host
+        self.command_prefix = list(command_prefix)
+        self.extra_flags = list(extra_flags)  # more etcd flags, after ours
         self.quota_backend_bytes = quota_backend_bytes
         self.tls = tls
         # With TLS, clients use `tls_endpoint`; the plain `endpoint` stays for the
         # harness's own probes (health, status, metrics), unless the member is TLS only:
         # then both are its one client port.
-        self.endpoint = f"{LOOPBACK}:{client_port}"
+        self.endpoint = f"{host}:{client_port}"
         self.tls_endpoint = (self.endpoint if tls and tls.only
-                             else f"{LOOPBACK}:{tls_port}" if tls and tls_port else None)
+                             else f"{host}:{tls_port}" if tls and tls_port else None)
         self._scheme = "https" if tls and tls.only else "http"
         self._http = urllib.request.build_opener(
             urllib.request.ProxyHandler({}),
@@ -211,7 +220,7 @@ class EtcdMember:
     @property
     def peer_url(self) -> str:
         """The member's raft peer URL."""
-        return f"{self._scheme}://{LOOPBACK}:{self.peer_port}"
+        return f"{self._scheme}://{self.host}:{self.peer_port}"
 
     @property
     def is_running(self) -> bool:
@@ -237,7 +246,7 @@ class EtcdMember:
         self.data_dir.mkdir(mode=0o700, exist_ok=True)
         with open(self.log_file, "ab") as log:
             self.process = subprocess.Popen(
-                _die_with_parent_prefix() + self._command(state),
+                _die_with_parent_prefix() + self.command_prefix + self._command(state),
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=subprocess.STDOUT,
@@ -246,7 +255,7 @@ class EtcdMember:
         self.paused = False
 
     def _command(self, initial_cluster_state: str) -> list[str]:
-        return self._base_command(initial_cluster_state) + self._tls_flags()
+        return self._base_command(initial_cluster_state) + self._tls_flags() + self.extra_flags
 
     def _tls_flags(self) -> list[str]:
         if not (self.tls and self.tls_endpoint):

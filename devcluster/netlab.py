@@ -12,8 +12,15 @@ names per lab, and everything is removed on exit, even on failure.
         lab.exec_in(client.namespace, ["dhclient", ...])
 
 `call` runs Python in a thread that entered the lab namespace (setns): sockets it
-opens, threads and processes it starts, all live in the lab. Needs root and
-iproute2; `available()` says whether this machine can.
+opens, threads and processes it starts, all live in the lab; `call_in` does the same in
+any namespace of the lab. Needs root and iproute2; `available()` says whether this
+machine can.
+
+Hosts with addresses, for a stack split over namespaces (devcluster.partition): each
+`add_host` is a namespace with one veth to a bridge and a 10.x address on its side,
+`add_link` gives an existing namespace one more leg on another bridge, and
+`set_link(lab_side, up=False)` cuts a leg at the bridge (the host keeps its address and
+routes, and its packets vanish: a real partition, not an error it could see).
 """
 
 from __future__ import annotations
@@ -83,6 +90,8 @@ class NetLab:
         self._bridges: list[str] = []
         self._made: list[str] = []
         self._pool: ThreadPoolExecutor | None = None
+        self._pools: dict[str, ThreadPoolExecutor] = {}  # call_in's, one per namespace
+        self._veths = 0
         self._processes: list[subprocess.Popen[bytes]] = []
 
     def __enter__(self) -> Self:
@@ -117,21 +126,50 @@ class NetLab:
     def add_client(self, mac: str, bridge: str | None = None) -> Client:
         """A new client namespace with one veth pair to the lab (its lab side on `bridge`,
         when given); the client side has `mac`."""
-        n = len(self.clients) + 1
-        namespace = f"ipam-c{n}-{self.tag}"
-        lab_side, client_side = f"l{n}{self.tag}", f"c{n}{self.tag}"
+        namespace = f"ipam-c{len(self.clients) + 1}-{self.tag}"
         self._netns_add(namespace)
+        self.exec_in(namespace, ["ip", "link", "set", "lo", "up"])
+        client = self._veth(namespace, mac, bridge)
+        self.clients.append(client)
+        return client
+
+    def add_host(self, bridge: str, address: str) -> Client:
+        """A new namespace on `bridge` with `address` (CIDR, e.g. "10.77.1.1/24") on its
+        side of the veth: a machine of the lab's network (an etcd member, a gateway)."""
+        client = self.add_client(self._mac(), bridge)
+        self.exec_in(client.namespace, ["ip", "addr", "add", address, "dev",
+                                        client.client_side])
+        return client
+
+    def add_link(self, namespace: str, bridge: str, address: str) -> Client:
+        """One more veth for an existing `namespace`, to `bridge`, with `address` on its
+        side: a host on two networks (a gateway reached by its clients on one, reaching
+        etcd on the other)."""
+        link = self._veth(namespace, self._mac(), bridge)
+        self.exec_in(namespace, ["ip", "addr", "add", address, "dev", link.client_side])
+        return link
+
+    def _mac(self) -> str:
+        # Locally administered, unique in the lab (the next veth's number).
+        return f"02:00:00:00:{(self._veths + 1) >> 8 & 0xFF:02x}:{(self._veths + 1) & 0xFF:02x}"
+
+    def _veth(self, namespace: str, mac: str, bridge: str | None) -> Client:
+        self._veths += 1
+        n = self._veths
+        lab_side, client_side = f"l{n}{self.tag}", f"c{n}{self.tag}"
         _run(["ip", "link", "add", lab_side, "netns", self.namespace, "type", "veth",
               "peer", "name", client_side, "netns", namespace])
-        self.exec_in(namespace, ["ip", "link", "set", "lo", "up"])
         self.exec_in(namespace, ["ip", "link", "set", client_side, "address", mac])
         self.exec_in(namespace, ["ip", "link", "set", client_side, "up"])
         if bridge is not None:
             self.exec_in(self.namespace, ["ip", "link", "set", lab_side, "master", bridge])
         self.exec_in(self.namespace, ["ip", "link", "set", lab_side, "up"])
-        client = Client(namespace, lab_side, client_side, mac)
-        self.clients.append(client)
-        return client
+        return Client(namespace, lab_side, client_side, mac)
+
+    def set_link(self, lab_side: str, up: bool) -> None:
+        """Take a veth's lab side up or down: down, nothing crosses it either way, and
+        neither end is told (its peer keeps its address and routes; TCP just waits)."""
+        self.exec_in(self.namespace, ["ip", "link", "set", lab_side, "up" if up else "down"])
 
     # -- running ------------------------------------------------------------------------
 
@@ -139,6 +177,20 @@ class NetLab:
         """Run `fn(*args)` in the lab namespace's thread and return its result."""
         assert self._pool is not None
         return self._pool.submit(fn, *args).result(timeout)
+
+    def call_in(self, namespace: str, fn: Callable[..., T], *args: Any,
+                timeout: float = 120.0) -> T:
+        """Run `fn(*args)` in a thread inside `namespace` (one of the lab's), as `call` does
+        in the lab's: a load client runs its event loop there."""
+        if namespace == self.namespace:
+            return self.call(fn, *args, timeout=timeout)
+        if namespace not in self._made:
+            raise ValueError(f"{namespace} is not a namespace of this lab")
+        pool = self._pools.get(namespace)
+        if pool is None:
+            pool = self._pools[namespace] = ThreadPoolExecutor(
+                1, thread_name_prefix=namespace, initializer=_enter, initargs=(namespace,))
+        return pool.submit(fn, *args).result(timeout)
 
     def exec_in(self, namespace: str, command: Sequence[str],
                 timeout: float = COMMAND_TIMEOUT) -> subprocess.CompletedProcess[str]:
@@ -169,9 +221,11 @@ class NetLab:
     def close(self) -> None:
         """Stop what was started and delete every namespace (their veths go with them)."""
         self.stop_processes()
-        if self._pool is not None:
-            self._pool.shutdown(wait=False, cancel_futures=True)
-            self._pool = None
+        for pool in [self._pool, *self._pools.values()]:
+            if pool is not None:
+                pool.shutdown(wait=False, cancel_futures=True)
+        self._pool = None
+        self._pools.clear()
         for name in reversed(self._made):
             # Processes still inside would keep a namespace alive unnamed: kill them first.
             pids = subprocess.run(["ip", "netns", "pids", name], capture_output=True,

@@ -14,7 +14,12 @@ unfinished): it raises one of the `fatal` errors, the node stays unavailable and
 The same after a total etcd outage while running: a quorum probe every
 `PROBE_INTERVAL`; `FAILED_PROBES` failures in a row mark etcd unavailable, and API
 requests are answered 503 at once until a probe succeeds again (the node recovers by
-itself). Requests already in flight keep their own deadlines.
+itself). Requests already in flight are answered the same 503 then, instead of keeping
+their own deadlines: a booking retries etcd for up to 30 s (`retry.BOOKING`), and a node
+cut off from every member held its requests until the heal (measured: 10 s, with
+/readyz already 503; tests/devcluster/test_partitions.py). The 503 says the outcome is
+unknown, which it is: the client retries with its Idempotency-Key. So a request on a
+node cut off is answered within PROBE_INTERVAL + FAILED_PROBES * PROBE_TIMEOUT (3 s).
 
     STARTING --quorum + steps--> AVAILABLE --probes fail--> UNAVAILABLE --probe ok--> AVAILABLE
 """
@@ -74,10 +79,17 @@ class Availability:
         self._failed = asyncio.Event()
         self._changed = asyncio.Event()  # replaced at each change of state
         self._task: asyncio.Task[None] | None = None
+        self._serving: set[asyncio.Task[object]] = set()  # tasks running a gated request
+        self._refused: set[asyncio.Task[object]] = set()  # those cancelled to answer 503
 
     @property
     def available(self) -> bool:
         return self.state is State.AVAILABLE
+
+    @property
+    def in_flight(self) -> int:
+        """Gated requests being served now."""
+        return len(self._serving)
 
     def start(self) -> None:
         """Begin (in the background): connect, run the steps, then watch the quorum."""
@@ -122,6 +134,31 @@ class Availability:
             message = (f"etcd has been unreachable for {time.monotonic() - self.since:.0f}s "
                        f"({self.reason}); retry later")
         return ApiError(503, ServiceUnavailable(message=message), {"Retry-After": "1"})
+
+    async def serve(self, handler: Callable[[web.Request], Awaitable[web.StreamResponse]],
+                    request: web.Request) -> web.StreamResponse:
+        """Run `handler` for a gated request; if the node becomes unavailable meanwhile,
+        stop it there and answer the 503 (`refusal`) at once."""
+        task = asyncio.current_task()
+        assert task is not None
+        self._serving.add(task)
+        try:
+            return await handler(request)
+        except asyncio.CancelledError:
+            if task not in self._refused or task.cancelling() > 1:
+                raise  # cancelled by someone else too (the client went away, shutdown)
+            task.uncancel()
+            raise self.refusal() from None
+        finally:
+            self._serving.discard(task)
+            self._refused.discard(task)
+
+    def _refuse_in_flight(self) -> None:
+        # Each task is suspended inside `serve`'s handler (this runs in another task), so
+        # the cancellation lands there and `serve` turns it into the 503.
+        for task in self._serving - self._refused:
+            self._refused.add(task)
+            task.cancel()
 
     # -- the background task ------------------------------------------------------------
 
@@ -175,8 +212,10 @@ class Availability:
             failures += 1
             self.reason = problem
         if self.state is State.AVAILABLE:
-            log.error("etcd unreachable (%s): answering 503 until it is back", self.reason)
+            log.error("etcd unreachable (%s): answering 503 until it is back, %d request(s) "
+                      "in flight included", self.reason, self.in_flight)
             self._become(State.UNAVAILABLE, self.reason)
+            self._refuse_in_flight()
 
     def _become(self, state: State, reason: str) -> None:
         self.state, self.reason, self.since = state, reason, time.monotonic()
@@ -195,8 +234,11 @@ def is_gated(path: str) -> bool:
 async def availability_middleware(
         request: web.Request,
         handler: Callable[[web.Request], Awaitable[web.StreamResponse]]) -> web.StreamResponse:
-    """Answer API requests 503 at once while the node is starting or etcd is down."""
+    """Answer API requests 503 at once while the node is starting or etcd is down, and
+    those in flight when etcd goes."""
     availability = request.app[AVAILABILITY]
-    if not availability.available and is_gated(request.path):
+    if not is_gated(request.path):
+        return await handler(request)
+    if not availability.available:
         raise availability.refusal()
-    return await handler(request)
+    return await availability.serve(handler, request)
