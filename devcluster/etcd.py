@@ -15,6 +15,18 @@ Each member lives in ``<base_dir>/<name>/``: etcd's data directory is
 crash for debugging. Where ``setpriv`` exists (util-linux), members are tied to
 the thread that launched them and die with it, so a hard-killed test run
 leaves no etcd behind.
+
+Which etcd: ``$IPAM_ETCD_BIN`` when set (it must be an executable file), else
+``etcd`` on PATH, else /usr/bin/etcd (Debian's ``etcd-server``, 3.4). CI runs the
+storage and fault tests a second time with ``IPAM_ETCD_BIN`` pointing at etcd 3.5
+(``scripts/test-etcd35.sh``), so everything here must hold for both: the flags are
+the ones 3.4 and 3.5 share (``--logger zap`` with ``--log-outputs``, which both
+write as JSON lines; 3.5 dropped ``capnslog``; no ``--experimental-*`` flag), and
+what is read back is what both answer alike: ``/health``'s ``health`` field (3.5
+adds ``reason``), ``/version``'s ``etcdserver``, the JSON gateway's
+``/v3/maintenance/status``, the ``etcd_network_active_peers`` metric, and the
+log's "address already in use". Nothing here runs ``etcdctl``; tests that do take
+the one on PATH, so a run on another etcd puts its directory first on PATH too.
 """
 
 from __future__ import annotations
@@ -52,6 +64,7 @@ _HTTP_TIMEOUT_SECONDS = 1.0
 _PEER_PROBE_TIMEOUT_SECONDS = 0.2
 _POLL_SECONDS = 0.05
 _START_ATTEMPTS = 3
+_VERSION_TIMEOUT_SECONDS = 10.0
 _LOG_TAIL_LINES = 40
 
 # urllib honours http_proxy and friends; probes of loopback must never use one.
@@ -111,6 +124,28 @@ def find_etcd_binary() -> str:
         "etcd not found on PATH nor at /usr/bin/etcd; install the Debian package "
         f"'{ETCD_DEBIAN_PACKAGE}' (apt-get install -y {ETCD_DEBIAN_PACKAGE}) "
         "or set IPAM_ETCD_BIN to the etcd executable"
+    )
+
+
+def etcd_binary_version(binary: str) -> str:
+    """The version an etcd executable reports (``etcd --version``), e.g. ``"3.5.1"``.
+
+    Read from the binary rather than from a running member so a caller can tell
+    which etcd it is about to launch (the 3.5 test run checks it got 3.5).
+    """
+    try:
+        done = subprocess.run([binary, "--version"], capture_output=True, text=True,
+                              timeout=_VERSION_TIMEOUT_SECONDS, check=False,
+                              env=_child_environment())
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise RuntimeError(f"{binary} --version did not run: {exc}") from exc
+    for line in done.stdout.splitlines():
+        label, _, version = line.partition(":")
+        if label.strip() == "etcd Version" and version.strip():
+            return version.strip()
+    raise RuntimeError(
+        f"{binary} --version exited with code {done.returncode} and named no etcd "
+        f"version: {(done.stdout + done.stderr).strip()[:200]!r}"
     )
 
 
@@ -359,6 +394,12 @@ class EtcdMember:
         """True if ``GET /health`` answers ``{"health": "true"}`` (needs a leader and quorum)."""
         body = self._request("GET", "/health")
         return body is not None and body.get("health") == "true"
+
+    def version(self) -> str | None:
+        """The etcd server version the member reports on ``GET /version``, or None if it does not answer."""
+        body = self._request("GET", "/version")
+        version = body.get("etcdserver") if body is not None else None
+        return version if isinstance(version, str) else None
 
     def status(self) -> dict[str, Any] | None:
         """The member's maintenance status from etcd's JSON gateway, or None if it does not answer.
@@ -644,7 +685,7 @@ class EtcdCluster:
             self._owns_base_dir = False
 
     def _stop_members(self) -> None:
-        # etcd 3.4 answers SIGTERM on a leader by handing leadership to the
+        # etcd (3.4 and 3.5 alike) answers SIGTERM on a leader by handing leadership to the
         # peer it believes connected and waiting up to ~6 s for the hand-over.
         # If that peer is stopping too, the wait runs out and we would SIGKILL.
         # So: followers first, then the leader once it sees no peer connected,
