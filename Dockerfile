@@ -31,10 +31,13 @@ ENV IPAM_HOST=0.0.0.0 \
 EXPOSE 8080
 STOPSIGNAL SIGTERM
 # Ready on the port the node listens on: IPAM_PORT as the container runs it, else the
-# default of `ipam serve`. Without a proxy (an HTTP_PROXY given to the node is not for
-# this), and in Python: the image has no curl. A node waits for etcd while it starts,
-# hence the start period.
+# default of `ipam serve`; over HTTPS when IPAM_TLS_CERT_FILE is set (give the TLS files
+# as variables, not flags, for the check to see them). The certificate is not verified:
+# it names the service, not 127.0.0.1, and the check asks only whether the node is
+# ready. Without a proxy (an HTTP_PROXY given to the node is not for this), and in
+# Python: the image has no curl. A node waits for etcd while it starts, hence the start
+# period.
 HEALTHCHECK --interval=5s --timeout=3s --start-period=30s --retries=3 \
-    CMD ["python", "-c", "import os, urllib.request as r; r.build_opener(r.ProxyHandler({})).open('http://127.0.0.1:%s/readyz' % (os.environ.get('IPAM_PORT') or '8080'), timeout=2)"]
+    CMD ["python", "-c", "import os, ssl, urllib.request as r; c = ssl.create_default_context(); c.check_hostname = False; c.verify_mode = ssl.CERT_NONE; scheme = 'https' if os.environ.get('IPAM_TLS_CERT_FILE') else 'http'; r.build_opener(r.ProxyHandler({}), r.HTTPSHandler(context=c)).open('%s://127.0.0.1:%s/readyz' % (scheme, os.environ.get('IPAM_PORT') or '8080'), timeout=2)"]
 ENTRYPOINT ["ipam"]
 CMD ["serve"]

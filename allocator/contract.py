@@ -112,13 +112,15 @@ class IPAM:
     """The allocator over one etcd cluster; one per process, shared by all requests.
 
     `store` and `keys` are public for audits and tests; callers change state only
-    through the methods below.
+    through the methods below. `signing_key` signs and checks the API key records
+    (`allocator.credentials`; None: this node creates no key and accepts none).
     """
 
     def __init__(self, store: Store, prefix: str = "/ipam/", *,
-                 max_inflight: int = 2) -> None:
+                 max_inflight: int = 2, signing_key: bytes | None = None) -> None:
         self.store = store
         self.keys = Keys(prefix)
+        self.signing_key = signing_key
         self.networks = NetworkRegistry(store, self.keys)
         # One committer per node: the changes of every source share its etcd requests.
         self.committer = Committer(store, max_inflight=max_inflight)
@@ -143,7 +145,7 @@ class IPAM:
 
     def credentials(self) -> Credentials:
         """The API keys kept in this cluster (the gateway's tenancy layer)."""
-        return Credentials(self.store, self.keys)
+        return Credentials(self.store, self.keys, self.signing_key)
 
     async def readiness(self, timeout: float = 2.0) -> tuple[bool, list[tuple[str, bool]]]:
         """(a quorum answers a linearizable read, [(endpoint, answered)]) for /readyz."""
@@ -171,7 +173,7 @@ class IPAM:
 
     async def ensure_schema(self) -> SchemaState:
         """Stamp, migrate or refuse the data under the prefix (see `allocator.schema`)."""
-        return await ensure_schema(self.store, self.keys)
+        return await ensure_schema(self.store, self.keys, signing_key=self.signing_key)
 
     async def export_state(self, out: Any) -> BackupSummary:
         """Everything under the prefix at one revision, as a backup file (`allocator.backup`)."""

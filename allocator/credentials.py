@@ -10,6 +10,18 @@ so a fast hash is as safe as a slow one and costs nothing per request.
 
 Both keys are written and deleted in one transaction.
 
+Each key record is signed: its `signature` is an HMAC-SHA256, with a signing key that
+is never written to etcd (the gateway derives it from its configuration, see
+`gateway.config`), over a canonical encoding of every other field of the record and of
+the etcd key it is stored under (relative to the prefix, so a backup restores into
+another prefix). Whoever can write etcd but lacks the signing key cannot mint a key: a
+record without a signature, or with a wrong one, authenticates nobody, as if it were
+absent; each such record is logged once (its access key, never its secret or hash).
+The etcd key binds a record to its secret's hash, so a genuine record copied under the
+hash of another secret is refused too. A node built without a signing key creates no
+key and accepts none. Records written before signatures existed are signed once by
+the schema step 2 -> 3 (`allocator.schema`).
+
 Revocation holds on every node at once, two ways:
 - a lookup (`lookup`) is one linearizable read: reads and administration use it;
 - changes (book, attach, release, ...) take the key from this node's cache, kept
@@ -23,19 +35,21 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import hmac
 import json
 import logging
 import re
 import secrets
 import string
 import uuid
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
 from . import retry
 from . import store as st
-from .errors import AlreadyExists, InvalidArgument, NotFound
+from .errors import AlreadyExists, InvalidArgument, NotFound, PreconditionFailed
 from .keys import Keys
 from .records import check_uuid, now
 from .txn import GuardedTxn, commit
@@ -51,6 +65,38 @@ ROLES = (ADMIN, PROJECT_MEMBER, PROJECT_READER, PRODUCT)
 _ACCESS_KEY = re.compile(r"^SCW[A-Z0-9]{17}$")
 _ALPHABET = string.ascii_uppercase + string.digits
 _RESOURCE_TYPE = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
+
+
+SIGNATURE = "signature"  # the field of a key record that holds its HMAC
+# Set (and signed) on the records the schema step 2 -> 3 signed; any signed record
+# without it was written by `create`, which tells that step the prefix was signed before.
+SIGNED_AT_UPGRADE = "signed_at_upgrade"
+# The first bytes of what is signed: a record can never pass for another kind of message.
+_SIGNED_LABEL = b"ipam api key record v1\n"
+_REFUSALS_REMEMBERED = 10_000  # records whose refusal was logged; beyond, forgotten
+
+
+def sign_record(signing_key: bytes, where: str, record: Mapping[str, Any]) -> dict[str, Any]:
+    """`record` with its `signature` for storage under `where` (its etcd key, relative to
+    the prefix): an HMAC-SHA256 over every other field and `where`."""
+    fields = {k: v for k, v in record.items() if k != SIGNATURE}
+    return {**fields, SIGNATURE: _signature(signing_key, where, fields)}
+
+
+def signature_is_valid(signing_key: bytes, where: str, record: Mapping[str, Any]) -> bool:
+    """Whether `record`, stored under `where`, carries its signature by `signing_key`."""
+    given = record.get(SIGNATURE)
+    if not isinstance(given, str):
+        return False
+    fields = {k: v for k, v in record.items() if k != SIGNATURE}
+    return hmac.compare_digest(given, _signature(signing_key, where, fields))
+
+
+def _signature(signing_key: bytes, where: str, fields: Mapping[str, Any]) -> str:
+    # Sorted keys, no spaces, ASCII only: one encoding per record, whoever wrote its JSON.
+    canonical = json.dumps({"key": where, "record": fields}, sort_keys=True,
+                           separators=(",", ":"), ensure_ascii=True)
+    return hmac.new(signing_key, _SIGNED_LABEL + canonical.encode(), hashlib.sha256).hexdigest()
 
 
 def secret_hash(secret_key: str) -> str:
@@ -162,20 +208,66 @@ def check_key_spec(role: Any, organization_id: Any, project_ids: Any, resource_t
 
 
 class Credentials:
-    """The API keys of one deployment, stored in etcd."""
+    """The API keys of one deployment, stored in etcd and signed with `signing_key`
+    (None: this node creates no key and accepts none)."""
 
-    def __init__(self, store: st.Store, keys: Keys) -> None:
+    def __init__(self, store: st.Store, keys: Keys, signing_key: bytes | None = None) -> None:
         self.store = store
         self.keys = keys
+        self._signing_key = signing_key
         self._cache: dict[str, ApiKey] | None = None
         self._follow: asyncio.Task[None] | None = None
+        self._refusals: set[tuple[str, str]] = set()  # (etcd key, signature) logged
 
     async def start(self) -> None:
-        """Load every key into this node's cache and follow changes with a watch."""
+        """Load every valid key into this node's cache and follow changes with a watch."""
         kvs, revision = await self.store.scan(self.keys.api_key_by_secret())
-        self._cache = {self.keys.last_segment(kv.key): ApiKey.from_json(json.loads(kv.value))
-                       for kv in kvs}
+        cache = {}
+        for kv in kvs:
+            key = self._verified(kv.key, kv.value)
+            if key is not None:
+                cache[self.keys.last_segment(kv.key)] = key
+        self._cache = cache
         self._follow = asyncio.ensure_future(self._watch(revision + 1))
+
+    def _verified(self, etcd_key: str, value: bytes) -> ApiKey | None:
+        """The key a stored record grants, or None when its signature is missing or wrong
+        (logged once per record)."""
+        try:
+            record = json.loads(value)
+        except ValueError:
+            record = None
+        if not isinstance(record, dict):
+            self._refuse(etcd_key, {}, "is not a key record")
+            return None
+        where = etcd_key.removeprefix(self.keys.prefix)
+        if self._signing_key is None:
+            self._refuse(etcd_key, record, "cannot be checked: this node has no signing key")
+            return None
+        if not signature_is_valid(self._signing_key, where, record):
+            why = ("carries no signature" if SIGNATURE not in record else
+                   "has a wrong signature (changed since it was signed, or signed with "
+                   "another key)")
+            self._refuse(etcd_key, record, why)
+            return None
+        try:
+            return ApiKey.from_json(record)
+        except (KeyError, TypeError):
+            self._refuse(etcd_key, record, "is not a key record")
+            return None
+
+    def _refuse(self, etcd_key: str, record: Mapping[str, Any], why: str) -> None:
+        """Log a refused record once: the access key it names, never its secret's hash."""
+        seen = (etcd_key, str(record.get(SIGNATURE)))
+        if seen in self._refusals:
+            return
+        if len(self._refusals) >= _REFUSALS_REMEMBERED:
+            self._refusals.clear()
+        self._refusals.add(seen)
+        access = record.get("access_key")
+        named = access if isinstance(access, str) and is_access_key(access) else "(none)"
+        log.warning("API key %s refused: its record in etcd %s; it authenticates nobody",
+                    named, why)
 
     async def close(self) -> None:
         if self._follow is not None:
@@ -190,10 +282,11 @@ class Credentials:
                     return
                 for ev in events:
                     digest = self.keys.last_segment(ev.key)
-                    if ev.deleted:
+                    key = None if ev.deleted else self._verified(ev.key, ev.value)
+                    if key is None:
                         cache.pop(digest, None)
                     else:
-                        cache[digest] = ApiKey.from_json(json.loads(ev.value))
+                        cache[digest] = key
         except st.Compacted:
             self._cache = None  # lookups fall back to etcd until restarted
             await self.start()
@@ -223,12 +316,19 @@ class Credentials:
         return self.keys.api_key_by_access(access_key)
 
     async def create(self, spec: ApiKey) -> tuple[ApiKey, str]:
-        """Store a new key for `spec` (from `check_key_spec`); returns (key, secret)."""
+        """Store a new key for `spec` (from `check_key_spec`), signed; returns (key, secret).
+
+        PreconditionFailed when this node has no signing key."""
+        if self._signing_key is None:
+            raise PreconditionFailed("no_signing_key", "this node has no credential signing "
+                                                       "key: it cannot create API keys")
         async for _ in retry.NETWORK_RACES.attempts():
             key = ApiKey(**{**asdict(spec), "access_key": new_access_key(), "created_at": now()})
             secret = str(uuid.uuid4())
             digest = secret_hash(secret)
-            record = json.dumps({**key.to_json(), "secret_hash": digest})
+            where = self._by_secret(digest).removeprefix(self.keys.prefix)
+            record = json.dumps(sign_record(self._signing_key, where,
+                                            {**key.to_json(), "secret_hash": digest}))
             txn = (GuardedTxn().absent("access_key", self._by_access(key.access_key))
                    .absent("secret", self._by_secret(digest))
                    .put(self._by_access(key.access_key), digest)
@@ -238,27 +338,31 @@ class Credentials:
         raise AlreadyExists("api_key", key.access_key)
 
     async def lookup(self, secret_key: str) -> ApiKey | None:
-        """The key whose secret this is, or None; one linearizable read."""
+        """The key whose secret this is, or None (also for a record whose signature is
+        missing or wrong); one linearizable read."""
         kv = await self.store.get(self._by_secret(secret_hash(secret_key)))
-        return ApiKey.from_json(json.loads(kv.value)) if kv else None
+        return self._verified(kv.key, kv.value) if kv else None
 
     async def get(self, access_key: str) -> ApiKey:
+        """The key named `access_key`; NotFound also when its record is not validly signed."""
         kv = await self.store.get(self._by_access(access_key))
         if kv is None:
             raise NotFound("api_key", access_key)
         rec = await self.store.get(self._by_secret(kv.value.decode()))
-        if rec is None:
+        key = self._verified(rec.key, rec.value) if rec else None
+        if key is None or key.access_key != access_key:  # the index may point elsewhere
             raise NotFound("api_key", access_key)
-        return ApiKey.from_json(json.loads(rec.value))
+        return key
 
     async def list(self) -> list[ApiKey]:
-        """Every key, oldest first, without secrets."""
+        """Every validly signed key, oldest first, without secrets."""
         kvs, _ = await self.store.scan(self.keys.api_key_by_secret())
-        found = [ApiKey.from_json(json.loads(kv.value)) for kv in kvs]
+        found = [k for k in (self._verified(kv.key, kv.value) for kv in kvs) if k is not None]
         return sorted(found, key=lambda k: (k.created_at, k.access_key))
 
     async def revoke(self, access_key: str) -> None:
-        """Delete the key; every later lookup of its secret, on any node, finds nothing."""
+        """Delete the key (signed or not); every later lookup of its secret, on any node,
+        finds nothing."""
         async for _ in retry.NETWORK_RACES.attempts():
             kv = await self.store.get(self._by_access(access_key))
             if kv is None:

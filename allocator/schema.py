@@ -20,27 +20,35 @@ while the version is still the step's own: once any node has advanced the versio
 a slower node still running the same step can write nothing more, and nodes racing
 through one migration never interleave two steps.
 
+Some steps need what only the node knows: the credential signing key (step 2 -> 3)
+comes in `MigrationContext.signing_key`, given to `ensure_schema` by the node.
+
 Errors (all `PreconditionFailed`, so the gateway maps them like any other):
 
     SchemaTooNew        etcd holds a version this node does not understand
     SchemaUnreadable    the schema key holds something that is not a schema record
     RestoreInProgress   a restore into the prefix has not finished
+    NoSigningKey        API key records must be signed and this node has no signing key
 """
 
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from . import credentials
 from .errors import Conflict, PreconditionFailed
 from .keys import Keys
 from .retry import RACES
 from .store import KV, Store
 from .txn import GuardedTxn, TxnOutcome, commit
 
-CURRENT_SCHEMA = 2  # 2: the tag index (`_index_tags`)
+CURRENT_SCHEMA = 3  # 2: the tag index (`_index_tags`); 3: signed API keys (`_sign_api_keys`)
+
+log = logging.getLogger(__name__)
 
 # The guard name `MigrationContext.commit` adds to a step's transaction.
 _SCHEMA_GUARD = "schema version"
@@ -65,6 +73,16 @@ class SchemaUnreadable(PreconditionFailed):
                          f"the schema key {key} holds {value[:80]!r}, which is not a schema "
                          "record: repair it by hand before starting a node on this prefix")
         self.key = key
+
+
+class NoSigningKey(PreconditionFailed):
+    """API key records wait to be signed, and this node was given no signing key."""
+
+    def __init__(self, count: int) -> None:
+        super().__init__("no_signing_key",
+                         f"{count} API key records written before schema 3 must be signed, "
+                         "and this node has no credential signing key: start a gateway node")
+        self.count = count
 
 
 @dataclass(frozen=True)
@@ -144,13 +162,15 @@ class MigrationContext:
     """What a migration step gets: the store, the keys, and a commit bound to its version.
 
     `schema_revision` is the mod revision of the schema key when the step began (0: the
-    key is absent, version 0).
+    key is absent, version 0). `signing_key`: the node's credential signing key (None:
+    it has none), for the step that signs API keys.
     """
 
     store: Store
     keys: Keys
     version: int
     schema_revision: int
+    signing_key: bytes | None = None
 
     async def commit(self, txn: GuardedTxn) -> TxnOutcome:
         """Commit `txn` only if the schema is still at this step's version.
@@ -216,19 +236,87 @@ async def _index_tags(ctx: MigrationContext) -> None:
 
 _TAG_BATCH_OPS = 100  # guards and writes per transaction, under etcd's 128 ops
 
+
+async def _sign_api_keys(ctx: MigrationContext) -> None:
+    """2 -> 3: sign the API key records written before signatures existed (every node of
+    version 3 refuses an unsigned one), with the signing key of the node that migrates.
+
+    Only records without a signature are signed: one with a wrong signature was changed
+    by someone without the key, and stays refused. Idempotent: a record signed already
+    is skipped; each write is guarded by the record's revision (a record revoked or
+    changed meanwhile is left alone).
+
+    A rollback guard: whoever can write etcd could set the schema key back to 2 and plant
+    an unsigned admin record for the next node start to sign. The records this step signs
+    carry `signed_at_upgrade`; a validly signed record without it was created by a node of
+    version 3, so the prefix was at 3 already: then nothing is signed (logged as an
+    error). An attacker who also deletes every key created since the upgrade is not
+    caught: each record this step signs is logged (its access key and role)."""
+    kvs, _ = await ctx.store.scan(ctx.keys.api_key_by_secret())
+    unsigned: list[tuple[KV, dict[str, Any]]] = []
+    created_signed = 0
+    for kv in kvs:
+        try:
+            record = json.loads(kv.value)
+        except ValueError:
+            continue
+        if not isinstance(record, dict):
+            continue
+        if credentials.SIGNATURE not in record:
+            unsigned.append((kv, record))
+        elif (ctx.signing_key is not None and not record.get(credentials.SIGNED_AT_UPGRADE)
+              and credentials.signature_is_valid(
+                  ctx.signing_key, kv.key.removeprefix(ctx.keys.prefix), record)):
+            created_signed += 1
+    if not unsigned:
+        return
+    if ctx.signing_key is None:
+        raise NoSigningKey(len(unsigned))
+    if created_signed:
+        log.error("%d unsigned API key records found under %s, which holds keys created "
+                  "signed: the schema was set back by a writer of etcd; none is signed, "
+                  "they authenticate nobody", len(unsigned), ctx.keys.prefix)
+        return
+    signing_key = ctx.signing_key
+    for start in range(0, len(unsigned), _SIGN_BATCH):
+        batch = unsigned[start:start + _SIGN_BATCH]
+        while batch:
+            txn = GuardedTxn()
+            for n, (kv, record) in enumerate(batch):
+                signed = credentials.sign_record(
+                    signing_key, kv.key.removeprefix(ctx.keys.prefix),
+                    {**record, credentials.SIGNED_AT_UPGRADE: True})
+                txn.unchanged(f"record {n}", kv.key, kv.mod_revision).put(
+                    kv.key, json.dumps(signed))
+            outcome = await ctx.commit(txn)
+            if outcome.succeeded:
+                for _, record in batch:
+                    log.warning("signed API key %r (role %r), written before schema 3",
+                                record.get("access_key"), record.get("role"))
+                break
+            # Some were revoked or changed since the scan: sign the others.
+            batch = [item for n, item in enumerate(batch) if f"record {n}" not in outcome.failed]
+
+
+_SIGN_BATCH = 50  # records per transaction: a guard and a write each, under etcd's 128 ops
+
 # Step v migrates version v to v + 1.
-MIGRATIONS: Mapping[int, Migration] = {0: _stamp_unversioned, 1: _index_tags}
+MIGRATIONS: Mapping[int, Migration] = {0: _stamp_unversioned, 1: _index_tags,
+                                       2: _sign_api_keys}
 
 
 async def ensure_schema(store: Store, keys: Keys, *, current: int = CURRENT_SCHEMA,
-                        migrations: Mapping[int, Migration] = MIGRATIONS) -> SchemaState:
+                        migrations: Mapping[int, Migration] = MIGRATIONS,
+                        signing_key: bytes | None = None) -> SchemaState:
     """Make the data under `keys.prefix` be at schema `current`, or refuse to go on.
 
     Stamps an empty prefix, migrates an older version step by step (resuming an
     interrupted migration), returns at once when the version is `current`. Raises
     SchemaTooNew for a newer version, RestoreInProgress while a restore is unfinished,
     SchemaUnreadable for a damaged schema key, Conflict when the schema key keeps
-    changing under it. `current` and `migrations` are for tests of the mechanism.
+    changing under it, NoSigningKey when API keys must be signed and `signing_key` (the
+    node's credential signing key) is None. `current` and `migrations` are for tests of
+    the mechanism.
     """
     schema_key = keys.schema()
     found: int | None = None
@@ -260,7 +348,7 @@ async def ensure_schema(store: Store, keys: Keys, *, current: int = CURRENT_SCHE
             raise LookupError(f"no migration registered from schema {version} "
                               f"(this node migrates up to {current})")
         try:
-            await step(MigrationContext(store, keys, version, revision))
+            await step(MigrationContext(store, keys, version, revision, signing_key))
         except _Superseded:
             await _lost_race(races)
             continue

@@ -14,7 +14,11 @@ exactly like absent ones, and lists leave them out.
 
 The bootstrap admin (`IPAM_ADMIN_SECRET_KEY`) is held in memory only; every
 other key is looked up in etcd on each request (one read), so a revocation
-takes effect on every node at once.
+takes effect on every node at once. A record in etcd counts only when it is signed
+with this node's credential signing key (`allocator.credentials`, configured in
+`gateway.config`): a record written by someone who could write etcd but lacks the key
+(forged, or changed after signing) answers 401 `not_found`, exactly like an unknown key,
+and is logged once.
 """
 
 from __future__ import annotations

@@ -8,11 +8,22 @@ takes no value; its variable reads true/false, yes/no, on/off or 1/0.
 Secrets (the admin secret key, etcd's password) are best given as variables or files
 (`--admin-secret-key-file`): any user of the host sees a process's argv in `ps`. A
 secret file must be readable by its owner only, as ssh insists for a private key.
+
+The credential signing key (`allocator.credentials`: API key records in etcd are
+HMAC-signed with it, so that etcd write access alone cannot mint a key) is never
+written to etcd. It is derived (HKDF-SHA256, a fixed label) from a secret every node of
+a deployment shares: by default the admin secret key, so no new setting is needed; with
+`--credential-signing-key-file`, the secret in that file (at least 32 characters), so
+that the admin secret can be rotated without re-signing the keys: put the admin secret
+the keys were signed with in that file, and the keys stay valid. Nodes that derive
+different keys refuse each other's API keys.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
+import hmac
 import os
 import re
 import uuid
@@ -25,6 +36,8 @@ from allocator.contract import EtcdSecurity
 
 _REGION = re.compile(r"^[a-z]{2}-[a-z]{3}$")
 _ZONE = re.compile(r"^[a-z]{2}-[a-z]{3}-[1-9]$")
+
+MIN_SIGNING_SECRET = 32  # characters: a UUID (36) passes, a password does not
 
 DEFAULT_MAX_BODY_BYTES = 256 * 1024
 # aiohttp refuses a longer request line or header in text/plain, which the SDK cannot
@@ -83,6 +96,9 @@ SETTINGS: tuple[Setting, ...] = (
             "variable or --admin-secret-key-file)"),
     Setting("admin_secret_key_file", None,
             "file holding --admin-secret-key, readable by its owner only"),
+    Setting("credential_signing_key_file", None,
+            "file holding the secret (32 characters or more, readable by its owner only) "
+            "the credential signing key is derived from; default: the admin secret key"),
     Setting("tls_cert_file", None,
             "PEM certificate (chain) to serve HTTPS with; with --tls-key-file"),
     Setting("tls_key_file", None, "PEM private key of --tls-cert-file"),
@@ -129,6 +145,8 @@ class GatewayConfig:
     etcd_insecure_transport: bool = False
     data_dir: Path = field(default_factory=lambda: Path("./.ipam"))
     admin_secret_key: str | None = None
+    # The text of --credential-signing-key-file (None: the admin secret key stands in).
+    credential_signing_secret: str | None = field(default=None, repr=False)
     tls_cert_file: str | None = None
     tls_key_file: str | None = None
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
@@ -209,6 +227,13 @@ class GatewayConfig:
                               f"{', '.join(LOG_FORMATS)}, not {self.log_format!r}")
 
     @property
+    def credential_signing_key(self) -> bytes | None:
+        """The key API key records are signed with, from the signing key file's secret or
+        else the admin secret key; None when the node has neither."""
+        secret = self.credential_signing_secret or self.admin_secret_key
+        return None if secret is None else signing_key_of(secret)
+
+    @property
     def embedded_etcd(self) -> bool:
         """Whether `ipam serve` must start its own etcd (no endpoints given)."""
         return not self.etcd_endpoints
@@ -225,6 +250,22 @@ class GatewayConfig:
     def tls(self) -> bool:
         """Whether the node serves HTTPS."""
         return bool(self.tls_cert_file)
+
+
+_SIGNING_SALT = b"ipam credential signing"
+_SIGNING_INFO = b"api key records v1"
+
+
+def signing_key_of(secret: str) -> bytes:
+    """The credential signing key derived from `secret` (HKDF-SHA256, RFC 5869, with a
+    fixed salt and label): every node given the same secret derives the same key. A UUID
+    counts in its canonical form, however it is written."""
+    try:
+        secret = str(uuid.UUID(secret))
+    except ValueError:
+        pass
+    extracted = hmac.new(_SIGNING_SALT, secret.encode(), hashlib.sha256).digest()
+    return hmac.new(extracted, _SIGNING_INFO + b"\x01", hashlib.sha256).digest()
 
 
 def add_arguments(parser: argparse.ArgumentParser, names: Sequence[str] | None = None) -> None:
@@ -275,12 +316,18 @@ def _secret(raw: Mapping[str, str | None], name: str) -> str | None:
         return value
     if value is not None:
         raise ConfigError(f"give {given.flag}/{given.env} or {file.flag}/{file.env}, not both")
+    return _secret_file(file, path)
+
+
+def _secret_file(setting: Setting, path: str) -> str:
+    """The secret in the file of `setting`; ConfigError naming it if it cannot be used."""
     try:
         return read_secret(Path(path))
     except OSError as err:
-        raise ConfigError(f"{file.flag}/{file.env} {path}: {err.strerror or err}") from None
+        raise ConfigError(f"{setting.flag}/{setting.env} {path}: {err.strerror or err}"
+                          ) from None
     except ValueError as err:
-        raise ConfigError(f"{file.flag}/{file.env} {path}: {err}") from None
+        raise ConfigError(f"{setting.flag}/{setting.env} {path}: {err}") from None
 
 
 def _setting(name: str) -> Setting:
@@ -316,6 +363,16 @@ def load(args: argparse.Namespace | None = None,
                               f"{raw['admin_secret_key_file']}: it does not hold a UUID"
                               ) from None
 
+    signing_secret = None
+    if raw["credential_signing_key_file"] is not None:
+        signing_secret = _secret_file(_setting("credential_signing_key_file"),
+                                      raw["credential_signing_key_file"])
+        if len(signing_secret) < MIN_SIGNING_SECRET:
+            raise ConfigError(f"--credential-signing-key-file/IPAM_CREDENTIAL_SIGNING_KEY_FILE "
+                              f"{raw['credential_signing_key_file']}: it holds "
+                              f"{len(signing_secret)} characters, fewer than "
+                              f"{MIN_SIGNING_SECRET} (make one with: openssl rand -hex 32)")
+
     return GatewayConfig(
         region=raw["region"] or "fr-par",
         zones=_split(raw["zones"]),
@@ -331,6 +388,7 @@ def load(args: argparse.Namespace | None = None,
         etcd_insecure_transport=switch("etcd_insecure_transport"),
         data_dir=Path(raw["data_dir"] or "./.ipam"),
         admin_secret_key=admin_secret_key,
+        credential_signing_secret=signing_secret,
         tls_cert_file=raw["tls_cert_file"],
         tls_key_file=raw["tls_key_file"],
         max_body_bytes=int(number("max_body_bytes", int)),

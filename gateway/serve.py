@@ -18,6 +18,12 @@ TCP. TLS closes both ports alike, with files etcdctl takes as they are (`--cacer
 A data directory from before (a plain embedded etcd) keeps its data: etcd restarts on
 it with TLS (new client URLs do not touch the data).
 
+API key records in etcd are signed with the credential signing key (`gateway.config`):
+derived from the admin secret key, or from `--credential-signing-key-file`. A node
+without either (an external etcd and no admin secret) could accept no API key at all:
+it refuses to start (exit 2, one line). With the embedded etcd the admin secret always
+exists (generated on first start), so its key is derived from it.
+
 With `--tls-cert-file` the node serves HTTPS. `gateway.listener` bounds what aiohttp
 leaves open: the time to send a request's headers, and the number of connections. On
 SIGTERM or SIGINT a node drains (see `gateway.drain`) for `--drain-seconds`, then stops
@@ -177,8 +183,15 @@ class Preflight:
 def preflight(config: cfg.GatewayConfig) -> Preflight:
     """Check what can be checked before any side effect (no secret generated, no etcd
     started): the TLS certificate and key load, the address can be listened on (and is
-    then held), the data directory is writable, free and not writable by others.
-    PreflightError names the flag."""
+    then held), the data directory is writable, free and not writable by others, the node
+    has a credential signing key (the embedded etcd's admin secret counts: it is made
+    if missing). PreflightError names the flag."""
+    if not config.embedded_etcd and config.credential_signing_key is None:
+        raise PreflightError("no credential signing key: API keys stored in etcd are signed "
+                             "with a key derived from --admin-secret-key/"
+                             "IPAM_ADMIN_SECRET_KEY (or its file) or from "
+                             "--credential-signing-key-file/IPAM_CREDENTIAL_SIGNING_KEY_FILE: "
+                             "give one")
     tls = tls_context(config)
     try:
         family, kind, proto, _, address = socket.getaddrinfo(
@@ -278,7 +291,7 @@ async def _serve(config: cfg.GatewayConfig, out: Any, checked: Preflight) -> int
         endpoints = [member.client_url for member in cluster.members]
         # etcdctl's way in (snapshot save, defrag): the client URL, in the data dir.
         (config.data_dir / ETCD_ENDPOINT_FILE).write_text(f"{endpoints[0]}\n")
-    elif not config.admin_secret_key:
+    elif not config.admin_secret_key:  # preflight made sure a signing key file is given
         log.warning("no IPAM_ADMIN_SECRET_KEY: only admin keys already stored in etcd can "
                     "administer this deployment")
     if config.etcd_credentials_in_clear:  # refused by the configuration unless accepted
@@ -295,7 +308,8 @@ async def _serve(config: cfg.GatewayConfig, out: Any, checked: Preflight) -> int
     try:
         ipam = await IPAM.connect(endpoints, prefix=config.etcd_prefix,
                                   timeout=config.etcd_timeout,
-                                  security=config.etcd_security)
+                                  security=config.etcd_security,
+                                  signing_key=config.credential_signing_key)
         runner = web.AppRunner(create_app(ipam, config, close_ipam=True),
                                access_log=logging.getLogger("ipam.access"),
                                access_log_class=AccessLogger,
@@ -372,8 +386,9 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """`ipam serve [flags]`: exit 0 after a clean shutdown; 2 on a bad flag, a secret file
-    others may read, TLS files that do not load, a taken port or an unusable data directory
-    (one line, before anything was started); 1 on a failure."""
+    others may read, TLS files that do not load, a taken port, an unusable data directory
+    or no credential signing key (one line, before anything was started); 1 on a
+    failure."""
     args = parser().parse_args(list(sys.argv[1:] if argv is None else argv))
     try:
         config = cfg.load(args)

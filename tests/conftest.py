@@ -11,6 +11,7 @@ import uuid
 from collections.abc import AsyncIterator, Iterator
 
 import pytest
+from allocator_support import SIGNING_KEY
 
 from allocator.contract import IPAM
 from devcluster.etcd import EtcdCluster
@@ -46,7 +47,8 @@ def key_prefix() -> str:
 @pytest.fixture
 async def ipam(etcd_single: EtcdCluster, key_prefix: str) -> AsyncIterator[IPAM]:
     """An allocator on the shared single member, under this test's own prefix."""
-    ipam = await IPAM.connect(etcd_single.endpoints, prefix=key_prefix)
+    ipam = await IPAM.connect(etcd_single.endpoints, prefix=key_prefix,
+                              signing_key=SIGNING_KEY)
     try:
         yield ipam
     finally:

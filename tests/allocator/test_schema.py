@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
+import uuid
 
 import pytest
-from allocator_support import book_in, clean_audit, connected, make_pn, new_project
+from allocator_support import SIGNING_KEY, book_in, clean_audit, connected, make_pn, new_project
 
 from allocator.contract import (
     CURRENT_SCHEMA,
@@ -17,8 +19,15 @@ from allocator.contract import (
     SchemaUnreadable,
     ensure_schema,
 )
+from allocator.credentials import (
+    SIGNATURE,
+    SIGNED_AT_UPGRADE,
+    check_key_spec,
+    secret_hash,
+    sign_record,
+)
 from allocator.errors import Conflict
-from allocator.schema import MIGRATIONS, Migration, MigrationContext
+from allocator.schema import MIGRATIONS, Migration, MigrationContext, NoSigningKey
 from allocator.txn import GuardedTxn
 
 
@@ -257,3 +266,107 @@ async def test_a_schema_key_that_never_settles_ends_in_conflict(ipam):
         await ensure_schema(ipam.store, ipam.keys, current=2,
                             migrations={**V1, 1: meddling})
     assert await ipam.store.get(f"{ipam.keys.prefix}x") is None
+
+
+# --- 2 -> 3: API key records are signed --------------------------------------------------
+
+
+async def unsigned_key(ipam: IPAM, role: str = "project_reader", n: int = 0) -> str:
+    """An API key as a node of schema 2 wrote it (no signature); its secret."""
+    secret = str(uuid.uuid4())
+    digest = secret_hash(secret)
+    access = f"SCW{n:017d}"
+    record = {"access_key": access, "role": role, "organization_id": None,
+              "project_ids": [] if role == "admin" else [new_project()],
+              "resource_types": [], "description": "before signatures",
+              "created_at": "2025-06-01T00:00:00+00:00", "expires_at": None,
+              "secret_hash": digest}
+    await put(ipam, ipam.keys.api_key_by_access(access), digest.encode())
+    await put(ipam, ipam.keys.api_key_by_secret(digest), json.dumps(record).encode())
+    return secret
+
+
+async def at_schema_2(ipam: IPAM) -> None:
+    await put(ipam, ipam.keys.schema(), b'{"version": 2}')
+
+
+async def stored(ipam: IPAM, secret: str) -> dict:
+    kv = await ipam.store.get(ipam.keys.api_key_by_secret(secret_hash(secret)))
+    assert kv is not None
+    return json.loads(kv.value)
+
+
+async def test_api_keys_written_at_schema_2_are_signed_once_by_the_step_to_3(ipam):
+    await at_schema_2(ipam)
+    secrets = [await unsigned_key(ipam, n=n) for n in range(60)]  # more than one batch
+    credentials = ipam.credentials()
+    assert await credentials.lookup(secrets[0]) is None  # refused until signed
+
+    assert await ipam.ensure_schema() == SchemaState(3, found=2, migrated=(2,))
+
+    for secret in secrets:
+        assert (await credentials.lookup(secret)).role == "project_reader"
+        assert (await stored(ipam, secret))[SIGNED_AT_UPGRADE] is True
+    rev = await revision(ipam)
+    assert await ipam.ensure_schema() == SchemaState(3, found=3)
+    assert await revision(ipam) == rev
+
+
+async def test_a_record_with_a_wrong_signature_stays_refused_after_the_step(ipam):
+    await at_schema_2(ipam)
+    secret = await unsigned_key(ipam, role="admin")
+    where = ipam.keys.api_key_by_secret(secret_hash(secret))
+    await put(ipam, where, json.dumps({**await stored(ipam, secret),
+                                       SIGNATURE: "0" * 64}).encode())
+    await ipam.ensure_schema()
+    assert (await stored(ipam, secret))[SIGNATURE] == "0" * 64
+    assert await ipam.credentials().lookup(secret) is None
+
+
+async def test_keys_waiting_for_a_signature_stop_a_node_without_a_signing_key(
+        etcd_single, key_prefix):
+    async with connected(etcd_single.endpoints, key_prefix, signing_key=None) as unkeyed:
+        await at_schema_2(unkeyed)
+        await unsigned_key(unkeyed)
+        rev = await revision(unkeyed)
+        with pytest.raises(NoSigningKey) as err:
+            await unkeyed.ensure_schema()
+        assert (err.value.precondition, err.value.message) == (
+            "no_signing_key", ("1 API key records written before schema 3 must be signed, "
+                               "and this node has no credential signing key: start a gateway "
+                               "node"))
+        assert await schema_value(unkeyed) == {"version": 2}
+        assert await revision(unkeyed) == rev
+
+
+async def test_a_schema_set_back_to_2_gets_no_planted_key_signed(ipam, caplog):
+    caplog.set_level(logging.ERROR, "allocator.schema")
+    await ipam.ensure_schema()
+    _, genuine = await ipam.credentials().create(check_key_spec(
+        "admin", None, None, None, "ops", None))
+    planted = await unsigned_key(ipam, role="admin")
+    await at_schema_2(ipam)  # an etcd writer sets the version back
+
+    assert (await ipam.ensure_schema()).version == 3
+
+    assert SIGNATURE not in await stored(ipam, planted)
+    assert await ipam.credentials().lookup(planted) is None
+    assert await ipam.credentials().lookup(genuine) is not None
+    assert [r.getMessage() for r in caplog.records] == [
+        (f"1 unsigned API key records found under {ipam.keys.prefix}, which holds keys "
+         "created signed: the schema was set back by a writer of etcd; none is signed, they "
+         "authenticate nobody")]
+
+
+async def test_a_signing_step_stopped_midway_signs_the_rest_when_run_again(ipam):
+    await at_schema_2(ipam)
+    secrets = [await unsigned_key(ipam, n=n) for n in range(4)]
+    for secret in secrets[:2]:  # what the interrupted run signed
+        where = ipam.keys.api_key_by_secret(secret_hash(secret))
+        signed = sign_record(SIGNING_KEY, where.removeprefix(ipam.keys.prefix),
+                             {**await stored(ipam, secret), SIGNED_AT_UPGRADE: True})
+        await put(ipam, where, json.dumps(signed).encode())
+
+    assert (await ipam.ensure_schema()).migrated == (2,)
+
+    assert all([await ipam.credentials().lookup(s) for s in secrets])

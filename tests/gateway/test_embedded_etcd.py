@@ -156,10 +156,16 @@ def test_the_forged_admin_probe_gets_no_admin_and_leaves_no_record(tmp_path: Pat
             401, "denied_authentication", "not_found")
         done = etcdctl(node, "get", key)
         assert (done.returncode, done.stdout) == (0, "")
-        # The same record written with the client certificate is an admin: its key is
-        # worth the admin secret, which is why it is the owner's only (0600, in a 0700 dir).
+        # The same record written with the client certificate reaches etcd, and still
+        # mints no admin: it is not signed with the node's credential signing key.
         assert etcdctl(node, "put", key, record).stdout == "OK\n"
-        assert node.api("GET", "/ipam/admin/v1/api-keys", secret).status_code == 200
+        answer = node.api("GET", "/ipam/admin/v1/api-keys", secret)
+        assert (answer.status_code, answer.json()["reason"]) == (401, "not_found")
+        node.wait_for(f"API key {'SCW' + 'F' * 17} refused: its record in etcd carries no "
+                      "signature; it authenticates nobody")
+        logged = node.out.read_text()
+        assert key.rsplit("/", 1)[1] not in logged and secret not in logged
+        assert logged.count(f"API key {'SCW' + 'F' * 17} refused") == 1
 
 
 def test_the_peer_port_is_on_loopback_and_wants_a_certificate_too(tmp_path: Path) -> None:

@@ -106,7 +106,11 @@ def line_with(path: Path, needle: str, proc: subprocess.Popen[str]) -> str:
 
 @contextmanager
 def node(tmp: Path, etcd: EtcdCluster, prefix: str, *flags: str) -> Iterator[tuple[str, Path]]:
-    """`ipam serve` on `etcd` under `prefix`: its URL once it serves, and its stderr file."""
+    """`ipam serve` on `etcd` under `prefix`: its URL once it serves, and its stderr file.
+    Without an admin secret among `flags` it gets ADMIN_SECRET (a node needs one, or a
+    credential signing key file)."""
+    if not any(f.startswith("--admin-secret-key") for f in flags):
+        flags = ("--admin-secret-key", ADMIN_SECRET, *flags)
     with started(tmp, "--port", "0", "--etcd-endpoints", etcd.endpoints[0],
                  "--etcd-prefix", prefix, *flags) as (proc, out, err):
         line = line_with(out, "serving region", proc)

@@ -223,11 +223,11 @@ def test_an_api_key_expiring_in_the_future_is_created_and_works(
 
 
 def test_expired_key_is_denied_with_reason_expired(gateway: GatewayNode) -> None:  # noqa: F811
-    from allocator.credentials import ADMIN, ApiKey, Credentials
+    from allocator.credentials import ADMIN, ApiKey
 
     assert gateway.ipam is not None
     # The API refuses a past expiry, so the key that has outlived it is stored directly.
-    credentials = Credentials(gateway.ipam.store, gateway.ipam.keys)
+    credentials = gateway.ipam.credentials()
     _, secret = gateway.call(credentials.create(
         ApiKey(access_key="", role=ADMIN, expires_at="2020-01-01T00:00:00+00:00")))
     resp = Http(gateway.url, secret)("GET", IPS)

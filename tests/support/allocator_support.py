@@ -11,6 +11,8 @@ from allocator.contract import IPAM, AddressAsk
 from allocator.networks import PrivateNetwork
 
 REGION = "fr-par"
+# The credential signing key of the tests' allocators (a gateway derives its own).
+SIGNING_KEY = b"the tests' credential signing key"
 
 
 def new_project() -> str:
@@ -19,6 +21,7 @@ def new_project() -> str:
 
 @asynccontextmanager
 async def connected(endpoints: Sequence[str], prefix: str, **kwargs) -> AsyncIterator[IPAM]:
+    kwargs.setdefault("signing_key", SIGNING_KEY)
     ipam = await IPAM.connect(list(endpoints), prefix=prefix, **kwargs)
     try:
         yield ipam
