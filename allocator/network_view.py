@@ -11,6 +11,11 @@ watch reloads it.
     view.named(pn_id, "web-1"); view.at("10.0.0.5")
     view.declined(pn_id, "02:00:00:00:00:01", "10.0.0.5")  # withheld from that MAC?
     await view.changed(since=view.revision, timeout=1.0)
+    await view.networks_changed(since=view.network_changes)  # a network's info changed
+
+`changed` wakes on every change, IPs included; `networks_changed` only when what a
+network's service depends on changes (its name, DHCP, subnets; it appearing or going):
+the agent re-opens its listeners then, and a burst of bookings does not wake it.
 
 Lookups are O(1) dictionaries rebuilt incrementally on each event: answering a DHCP
 or DNS query reads no etcd.
@@ -137,6 +142,10 @@ class NetworkView:
         self._withheld: set[tuple[str, str, str]] = set()  # (network, MAC, address)
         self._decline_counts: Counter[str] = Counter()
         self._changed = asyncio.Event()
+        # Bumped (at least once) whenever a served network's `NetworkInfo` changes, appears
+        # or goes, a reload that changed one included; see `networks_changed`.
+        self.network_changes = 0
+        self._networks_changed = asyncio.Event()
         # Waiters for one NIC's lease (see `leased`), woken by the change of that NIC only:
         # a waiter per booking woken by every change would cost O(waiters) per event.
         self._awaited: dict[tuple[str, str, bool], list[asyncio.Future[Lease | None]]] = {}
@@ -193,6 +202,23 @@ class NetworkView:
                 return False
         return True
 
+    async def networks_changed(self, since: int, timeout: float | None = None) -> bool:
+        """Wait (at most `timeout` s; None: for as long as it takes) until a served
+        network's info changed after `network_changes` was `since`; whether one did.
+        Snapshot `network_changes` before reading the networks, so that no change made
+        while they are acted on is missed."""
+        loop = asyncio.get_running_loop()
+        deadline = None if timeout is None else loop.time() + timeout
+        while self.network_changes <= since:
+            left = None if deadline is None else deadline - loop.time()
+            if left is not None and left <= 0:
+                return False
+            try:
+                await asyncio.wait_for(self._networks_changed.wait(), left)
+            except TimeoutError:
+                return False
+        return True
+
     async def leased(self, pn_id: str, mac: str, is_ipv6: bool, address: str,
                      timeout: float) -> bool:
         """Wait (at most `timeout` s) until the view holds `address` for `mac` in `pn_id`;
@@ -244,11 +270,14 @@ class NetworkView:
         pn_kvs, revision = await self.store.scan(self.keys.private_network())
         ip_kvs, _ = await self.store.scan(self.keys.ip(), revision=revision)
         decline_kvs, _ = await self.store.scan(self.keys.decline(), revision=revision)
+        before = self._networks
         self._networks, self._leases = {}, {}
         self._by_mac, self._by_name, self._by_address = {}, {}, {}
         self._declines, self._withheld, self._decline_counts = {}, set(), Counter()
         for kv in pn_kvs:
             self._network_changed(kv.key, kv.value)
+        if self._networks != before:  # a network gone while the watch was lost included
+            self._note_network_change()
         for kv in ip_kvs:
             self._ip_changed(kv.key, kv.value)
         for kv in decline_kvs:
@@ -307,16 +336,27 @@ class NetworkView:
             event, self._changed = self._changed, asyncio.Event()
             event.set()
 
+    def _note_network_change(self) -> None:
+        self.network_changes += 1
+        event, self._networks_changed = self._networks_changed, asyncio.Event()
+        event.set()
+
     # -- applying changes ---------------------------------------------------------------
 
     def _network_changed(self, key: str, value: bytes | None) -> None:
         pn_id = self.keys.last_segment(key)
         if pn_id not in self.pn_ids:
             return
+        old = self._networks.get(pn_id)
         if value is None:
             self._networks.pop(pn_id, None)
+            new = None
         else:
-            self._networks[pn_id] = NetworkInfo.of(PrivateNetwork.from_json(json.loads(value)))
+            new = NetworkInfo.of(PrivateNetwork.from_json(json.loads(value)))
+            self._networks[pn_id] = new
+        # Compared as values: a change of tags or of `updated_at` alone wakes nobody.
+        if new != old:
+            self._note_network_change()
 
     def _ip_changed(self, key: str, value: bytes | None) -> None:
         ip_id = self.keys.last_segment(key)

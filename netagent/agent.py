@@ -7,8 +7,18 @@ reserves "for the provider", the subnet's second-to-last (10.0.0.254 in 10.0.0.0
 which DHCP hands out as the DNS server; the router option is the subnet's gateway
 (its second address). The DHCP socket of an interface is bound to it
 (SO_BINDTODEVICE), so a broadcast reply leaves by the interface its request came in on.
-DNS listens on `dns_port` of each subnet's server address (the IPv4 one must be on
-the interface; an IPv6 one that is not is skipped with a warning).
+DNS listens on `dns_port` of each subnet's server address (at start, the IPv4 one
+must be on the interface; an IPv6 one that is not is a warning).
+
+The agent follows the networks while it runs (subnets added or deleted, a network
+created after the agent started): on each change of the view's networks it reconciles
+its listeners with them, one reconciliation at a time: a DNS listener on each server
+address, DHCPv6 and RAs on each interface whose network has an IPv6 subnet; the ones
+no longer wanted are closed. The agent does not configure addresses: a server address
+not (yet) on the interface is a warning, and is tried again at the next change and
+every `RELISTEN_FIRST` s, doubling up to `RELISTEN_MAX` s, until it can be had or is
+no longer wanted. Only at start is a missing IPv4 server address fatal: there it is
+a configuration error the operator should hear about at once.
 
 Unknown MACs, per network: `ignore` (default) or `book`: the agent books a free IPv4
 of the network and attaches it to a resource of type `unknown_dhcp_client` whose id
@@ -27,10 +37,10 @@ import logging
 import socket
 import struct
 import uuid
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from functools import partial
-from typing import Any
+from typing import Any, TypeVar
 
 from allocator.contract import (
     IPAM,
@@ -65,6 +75,11 @@ IDEMPOTENCY_SCOPE = "netagent-dhcp"
 VIEW_CATCH_UP = 2.0
 # Receive buffers of the DHCP sockets: a burst of clients must not overflow them.
 RECEIVE_BUFFER = 4 * 1024 * 1024
+# A listener the view wants that cannot be opened (its address not yet on the interface)
+# is tried again after this many seconds, doubling up to the maximum, until it opens.
+RELISTEN_FIRST, RELISTEN_MAX = 1.0, 30.0
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -92,7 +107,7 @@ class AgentConfig:
 
 class Agent:
     """Serves DHCP (v4, and v6 with RAs on dual-stack networks) on each configured
-    interface and DNS for every served network."""
+    interface and DNS for every served network, following the networks' subnets."""
 
     def __init__(self, ipam: IPAM, config: AgentConfig) -> None:
         self.ipam, self.config = ipam, config
@@ -101,12 +116,39 @@ class Agent:
         self.dhcp: Dhcp4Responder | None = None
         self.dns: InternalDns | None = None
         self.dhcp6: Dhcp6Responder | None = None
-        self.advertisers: list[RouterAdvertiser] = []
-        self._sockets: list[DatagramServer] = []
-        self._dns_servers: list[DnsServer] = []
+        self._sockets: list[DatagramServer] = []  # DHCPv4, one per interface, for good
+        self._dns_servers: dict[str, DnsServer] = {}  # server address -> its listener
+        self._ipv6: dict[tuple[str, str], Ipv6Service] = {}  # (interface, network) -> it
+        # Listeners wanted but not open: warned about once, tried again until they open
+        # or are no longer wanted.
+        self._dns_unavailable: set[str] = set()
+        self._ipv6_unavailable: set[tuple[str, str]] = set()
+        self._reconciling = asyncio.Lock()
+        self._following: asyncio.Task[None] | None = None
+
+    @property
+    def advertisers(self) -> list[RouterAdvertiser]:
+        return [service.advertiser for service in self._ipv6.values()]
+
+    @property
+    def dns_addresses(self) -> list[str]:
+        """The addresses DNS listens on now."""
+        return list(self._dns_servers)
+
+    @property
+    def ipv6_interfaces(self) -> list[str]:
+        """The interfaces DHCPv6 and RAs are served on now."""
+        return [interface for interface, _ in self._ipv6]
+
+    @property
+    def unavailable(self) -> list[str]:
+        """The listeners the networks want that could not be opened (yet)."""
+        return sorted(self._dns_unavailable) + [f"DHCPv6 on {interface}"
+                                               for interface, _ in self._ipv6_unavailable]
 
     async def start(self) -> None:
-        """Load the view, then open every socket (errors name the interface or port)."""
+        """Load the view, open every socket (errors name the interface or port), then
+        follow the networks (see the module docstring)."""
         view = await self.ipam.network_view(self.config.networks)
         missing = [pn for pn in self.config.networks if view.network(pn) is None]
         if missing:
@@ -114,24 +156,111 @@ class Agent:
         self.dhcp = self.dhcp4_responder(view)
         for interface, pn_id in self.config.interfaces:
             self._serve(dhcp_socket(interface), partial(_dhcp4_answer, self.dhcp, pn_id))
-        await self._start_ipv6()
-        self.dns = InternalDns(view, DnsConfig(upstream=self.config.dns_upstream,
-                                               networks=tuple(self.config.networks)))
-        # DNS answers on each subnet's server address (the one DHCP hands out): a reply
-        # from a wildcard socket could leave from another address, which resolvers reject.
-        for address in self._server_addresses():
-            try:
-                self._dns_servers.append(await serve_dns(self.dns, address,
-                                                         self.config.dns_port))
-            except OSError as err:
-                if ":" not in address:
-                    raise OSError(err.errno, f"cannot serve DNS on {address} port "
-                                             f"{self.config.dns_port} (is the address on the "
-                                             f"network's interface?): {err.strerror}") from None
-                log.warning("no DNS on %s: %s (put the address on the interface)", address,
-                            err.strerror)
+        self._build_ipv6_and_dns(view)
+        seen = view.network_changes  # before reading the networks: see `_follow`
+        complete = await self.reconcile(strict=True)
+        self._following = asyncio.ensure_future(self._follow(view, seen, complete))
         log.info("serving DHCP on %s and DNS on port %d",
                  ", ".join(f"{i}={p}" for i, p in self.config.interfaces), self.config.dns_port)
+
+    def _build_ipv6_and_dns(self, view: NetworkView) -> None:
+        """The DHCPv6 responder and the DNS over `view`; `reconcile` opens their sockets."""
+        valid = self.config.lease_time
+        self.dhcp6 = Dhcp6Responder(view, Dhcp6Config(
+            preferred_lifetime=valid, valid_lifetime=valid, renewal_time=self.config.t1,
+            rebinding_time=self.config.t2), record_decline=self.record_decline)
+        self.dns = InternalDns(view, DnsConfig(upstream=self.config.dns_upstream,
+                                               networks=tuple(self.config.networks)))
+
+    async def reconcile(self, *, strict: bool = False) -> bool:
+        """Open the listeners the view's networks now want and close the others; whether
+        every wanted one is open. One reconciliation at a time.
+
+        DNS answers on each subnet's server address (the one DHCP hands out): a reply
+        from a wildcard socket could leave from another address, which resolvers reject.
+        `strict` (at start): an IPv4 server address that cannot be had raises OSError;
+        otherwise it is a warning, and the caller tries again later.
+        """
+        async with self._reconciling:
+            dns_open = await self._reconcile_dns(strict)
+            ipv6_open = await self._reconcile_ipv6()
+            return dns_open and ipv6_open
+
+    async def _reconcile_dns(self, strict: bool) -> bool:
+        assert self.dns is not None
+        port = self.config.dns_port
+        wanted = self._server_addresses()
+        for address in [a for a in self._dns_servers if a not in wanted]:
+            await self._dns_servers.pop(address).close()
+            log.info("dns: stopped serving on %s port %d (no served subnet has it)",
+                     address, port)
+        self._dns_unavailable &= set(wanted)
+        complete = True
+        for address in wanted:
+            if address in self._dns_servers:
+                continue
+            try:
+                self._dns_servers[address] = await serve_dns(self.dns, address, port)
+            except OSError as err:
+                if strict and ":" not in address:
+                    raise OSError(err.errno, f"cannot serve DNS on {address} port {port} (is "
+                                             f"the address on the network's interface?): "
+                                             f"{err.strerror}") from None
+                complete = False
+                _warn_once(self._dns_unavailable, address,
+                           "dns: cannot serve on %s port %d yet: %s (put the address on the "
+                           "interface)", address, port, err.strerror)
+                continue
+            self._dns_unavailable.discard(address)
+            log.info("dns: serving on %s port %d", address, port)
+        return complete
+
+    async def _reconcile_ipv6(self) -> bool:
+        """DHCPv6 and Router Advertisements on the interfaces of dual-stack networks.
+
+        IPv4 is the service a network cannot do without: an interface where IPv6 cannot
+        be served (disabled, no link-local address yet) is logged, not fatal.
+        """
+        assert self.view is not None and self.dhcp6 is not None
+        wanted = [(interface, pn_id) for interface, pn_id in self.config.interfaces
+                  if _has_ipv6(self.view.network(pn_id))]
+        for key in [k for k in self._ipv6 if k not in wanted]:
+            await self._ipv6.pop(key).close()
+            log.info("dhcp6: stopped DHCPv6 and RAs on %s (%s has no IPv6 subnet)", *key)
+        self._ipv6_unavailable &= set(wanted)
+        complete = True
+        for interface, pn_id in wanted:
+            if (interface, pn_id) in self._ipv6:
+                continue
+            try:
+                self._ipv6[interface, pn_id] = await Ipv6Service.start(
+                    interface, partial(_dhcp6_answer, self.dhcp6, pn_id),
+                    partial(self.view.network, pn_id))
+            except OSError as err:
+                complete = False
+                _warn_once(self._ipv6_unavailable, (interface, pn_id),
+                           "dhcp6: no DHCPv6/RA on %s yet: %s", interface, err.strerror or err)
+                continue
+            self._ipv6_unavailable.discard((interface, pn_id))
+            log.info("dhcp6: serving DHCPv6 and RAs on %s for %s", interface, pn_id)
+        return complete
+
+    async def _follow(self, view: NetworkView, seen: int, complete: bool) -> None:
+        """Reconcile at each change of the networks after `seen` (`network_changes` when
+        the last reconciliation began) and, while a wanted listener is not open (not
+        `complete`), every RELISTEN_FIRST..RELISTEN_MAX s (doubling)."""
+        delay = RELISTEN_FIRST
+        while True:
+            if await view.networks_changed(seen, None if complete else delay):
+                delay = RELISTEN_FIRST
+            else:
+                delay = min(delay * 2, RELISTEN_MAX)
+            seen = view.network_changes  # before reading them: nothing made meanwhile is missed
+            try:
+                complete = await self.reconcile()
+            except Exception:  # a bug: logged, and tried again rather than never again
+                log.exception("reconciling the listeners with the networks failed")
+                complete = False
 
     def dhcp4_responder(self, view: NetworkView) -> Dhcp4Responder:
         """The DHCPv4 responder over `view` (which the agent then owns and closes), with
@@ -147,39 +276,22 @@ class Agent:
                                                   for pn in self.config.networks}),
             book_unknown=self._book_unknown, record_decline=self.record_decline)
 
-    async def _start_ipv6(self) -> None:
-        """DHCPv6 and Router Advertisements on the interfaces of dual-stack networks.
-
-        IPv4 is the service a network cannot do without: an interface where IPv6 cannot
-        be served (disabled, no link-local address yet) is logged, not fatal.
-        """
-        assert self.view is not None
-        view = self.view
-        valid = self.config.lease_time
-        self.dhcp6 = Dhcp6Responder(view, Dhcp6Config(
-            preferred_lifetime=valid, valid_lifetime=valid, renewal_time=self.config.t1,
-            rebinding_time=self.config.t2), record_decline=self.record_decline)
-        for interface, pn_id in self.config.interfaces:
-            info = view.network(pn_id)
-            if info is None or info.subnet(is_ipv6=True) is None:
-                continue
-            try:
-                self._serve(dhcp6_socket(interface), partial(_dhcp6_answer, self.dhcp6, pn_id))
-                advertiser = RouterAdvertiser(interface, partial(view.network, pn_id))
-                await advertiser.start()
-                self.advertisers.append(advertiser)
-            except OSError as err:
-                log.warning("no DHCPv6/RA on %s: %s", interface, err.strerror or err)
-
     async def close(self) -> None:
+        """Stop following the networks, then close every socket and the view."""
+        if self._following is not None:
+            async with self._reconciling:  # not in the middle of opening a socket
+                self._following.cancel()
+            await asyncio.gather(self._following, return_exceptions=True)
         if self.leases is not None:
             await self.leases.close()
-        for advertiser in self.advertisers:
-            await advertiser.close()
+        for service in self._ipv6.values():
+            await service.close()
+        self._ipv6.clear()
         for socket_server in self._sockets:
             await socket_server.close()
-        for dns_server in self._dns_servers:
+        for dns_server in self._dns_servers.values():
             await dns_server.close()
+        self._dns_servers.clear()
         if self.view is not None:
             await self.view.close()
 
@@ -289,6 +401,45 @@ class BookedLeases:
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+
+
+@dataclass
+class Ipv6Service:
+    """DHCPv6 and Router Advertisements on one interface, for one network: started and
+    stopped together (an RA sends hosts to a DHCPv6 server that must be there)."""
+
+    interface: str
+    server: DatagramServer
+    advertiser: RouterAdvertiser
+
+    @classmethod
+    async def start(cls, interface: str, answer: Answer,
+                    network: Callable[[], NetworkInfo | None]) -> Ipv6Service:
+        """Both started; OSError naming the interface (and nothing left open) if not."""
+        server = DatagramServer(dhcp6_socket(interface), answer)
+        server.start()
+        advertiser = RouterAdvertiser(interface, network)
+        try:
+            await advertiser.start()
+        except OSError:
+            await server.close()
+            raise
+        return cls(interface, server, advertiser)
+
+    async def close(self) -> None:
+        await self.advertiser.close()
+        await self.server.close()
+
+
+def _has_ipv6(info: NetworkInfo | None) -> bool:
+    return info is not None and info.subnet(is_ipv6=True) is not None
+
+
+def _warn_once(unavailable: set[T], what: T, message: str, *args: Any) -> None:
+    """A wanted listener did not open: a warning the first time, debug after (it is tried
+    again every few seconds until it opens or is no longer wanted)."""
+    log.log(logging.DEBUG if what in unavailable else logging.WARNING, message, *args)
+    unavailable.add(what)
 
 
 def _dhcp4_answer(dhcp: Dhcp4Responder, pn_id: str, data: bytes, _sender: Any

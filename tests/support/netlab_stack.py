@@ -10,6 +10,7 @@ and dig.
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
 import time
@@ -137,6 +138,32 @@ class Stack:
         done = self.lab.exec_in(client.namespace, ["dig", "+short", "+time=2", "+tries=2",
                                                    *args])
         return done.stdout.strip()
+
+    def ask(self, client: Client, server: str, *args: str) -> str | None:
+        """`dig +short @server` from the client (one try, 1 s); None when no server
+        answered (refused, timed out), so a caller can wait for one to."""
+        done = subprocess.run(["ip", "netns", "exec", client.namespace, "dig", "+short",
+                               "+time=1", "+tries=1", f"@{server}", *args],
+                              capture_output=True, text=True, timeout=30, check=False)
+        return done.stdout.strip() if done.returncode == 0 else None
+
+    def bindable(self, address: str, port: int) -> bool:
+        """Whether (address, port) is free in the lab, over UDP and TCP: nobody listens."""
+        def bind() -> bool:
+            family = socket.AF_INET6 if ":" in address else socket.AF_INET
+            for kind in (socket.SOCK_DGRAM, socket.SOCK_STREAM):
+                with socket.socket(family, kind) as sock:
+                    try:
+                        sock.bind((address, port))
+                    except OSError:
+                        return False
+            return True
+        return self.lab.call(bind)
+
+    def agent_log(self) -> str:
+        """What every agent of the stack logged so far."""
+        return "".join(p.read_text(errors="replace")
+                       for p in sorted(self.workdir.glob("agent-*.log")))
 
 
 def wait_for(check: Any, what: str, timeout: float = 20.0, step: float = 0.2) -> None:
