@@ -25,9 +25,12 @@ a shorter cut would not show it coming back. The members run with raft's pre-vot
 from __future__ import annotations
 
 import asyncio
+import base64
 import itertools
 import json
 import os
+import pickle
+import sys
 import threading
 import time
 import uuid
@@ -39,13 +42,13 @@ from typing import Any
 import aiohttp
 import pytest
 
-from allocator.keys import Keys
-from allocator.store import EtcdStore
-from bench.history import OK, UNKNOWN, History, read_final_state
+from bench.history import OK, UNKNOWN, History
 from bench.history_check import Verdict, check
 from devcluster import netlab
 from devcluster.etcd import ELECTION_TIMEOUT_MS
 from devcluster.partition import Gateway, PartitionLab
+
+ROOT = Path(__file__).resolve().parents[2]
 
 why_not = netlab.available()
 pytestmark = pytest.mark.skipif(why_not is not None, reason=str(why_not))
@@ -200,15 +203,34 @@ def _create_pn(url: str, token: str, project: str) -> str:
     return asyncio.run(create())
 
 
+# Run by a Python of its own inside the lab's namespace: gRPC connects from threads of
+# its own, which stay in the namespace the process started in (the host's, for pytest,
+# once any test opened a channel), and from there the members' addresses are not ours.
+_READ_FINAL = """
+import asyncio, base64, pickle, sys
+sys.path.insert(0, sys.argv[3])
+from allocator.keys import Keys
+from allocator.store import EtcdStore
+from bench.history import read_final_state
+
+async def main():
+    store = EtcdStore(sys.argv[1].split(","))
+    try:
+        final = await read_final_state(store, Keys(sys.argv[2]))
+    finally:
+        await store.close()
+    print(base64.b64encode(pickle.dumps(final)).decode())
+
+asyncio.run(main())
+"""
+
+
 def _final_verdict(stack: Stack, run: Run) -> Verdict:
-    async def read() -> Verdict:
-        store = EtcdStore(stack.lab.endpoints)
-        try:
-            final = await read_final_state(store, Keys(stack.prefix))
-        finally:
-            await store.close()
-        return check(run.history.operations, final)
-    return stack.lab.call(lambda: asyncio.run(read()))
+    lab = stack.lab
+    done = lab.net.exec_in(lab.net.namespace, [
+        sys.executable, "-c", _READ_FINAL, ",".join(lab.endpoints), stack.prefix, str(ROOT)])
+    final = pickle.loads(base64.b64decode(done.stdout.strip().splitlines()[-1]))
+    return check(run.history.operations, final)
 
 
 def _under_load(stack: Stack, cut: Any, heal: Any) -> tuple[Run, float, float]:
