@@ -70,6 +70,7 @@ from .network_registry import NetworkRegistry
 from .network_view import Lease, NetworkInfo, NetworkView, SubnetInfo
 from .networks import VPC, PrivateNetwork, Subnet
 from .queries import NetworkUsage, Queries, SubnetUsage
+from .quotas import DEFAULT_QUOTAS, IPQuota, Quotas
 from .records import CUSTOM, IfMatch, IPRecord, Resource, Reverse, normalize_mac
 from .resolution import SourceResolver
 from .schema import (
@@ -94,7 +95,7 @@ __all__ = [
     "RestoreSummary", "SchemaState", "SchemaTooNew", "SchemaUnreadable", "TargetNotEmpty",
     "ensure_schema", "export_state", "import_state", "Compactor",
     "ADDRESS_NOT_HELD", "DECLINE_LIMIT", "TOO_MANY_DECLINES", "AddressNotHeld", "Decline",
-    "TooManyDeclines", "NetworkUsage", "SubnetUsage",
+    "TooManyDeclines", "NetworkUsage", "SubnetUsage", "Quotas",
 ]
 
 
@@ -114,18 +115,24 @@ class IPAM:
     `store` and `keys` are public for audits and tests; callers change state only
     through the methods below. `signing_key` signs and checks the API key records
     (`allocator.credentials`; None: this node creates no key and accepts none).
+    `quotas`: what one project may hold (`allocator.quotas`; every node of a cluster
+    should be given the same).
     """
 
     def __init__(self, store: Store, prefix: str = "/ipam/", *,
-                 max_inflight: int = 2, signing_key: bytes | None = None) -> None:
+                 max_inflight: int = 2, signing_key: bytes | None = None,
+                 quotas: Quotas = DEFAULT_QUOTAS) -> None:
         self.store = store
         self.keys = Keys(prefix)
         self.signing_key = signing_key
-        self.networks = NetworkRegistry(store, self.keys)
+        self.quotas = quotas
+        self.networks = NetworkRegistry(store, self.keys, quotas)
         # One committer per node: the changes of every source share its etcd requests.
         self.committer = Committer(store, max_inflight=max_inflight)
         self.resolver = SourceResolver(self.networks)
         self.lifecycle = Lifecycle(store, self.keys, self.resolver, self.committer)
+        if quotas.ips_per_project is not None:
+            self.lifecycle.ip_quota = IPQuota(store, self.keys, quotas.ips_per_project)
         self.queries = Queries(store, self.keys, self.networks)
 
     @classmethod

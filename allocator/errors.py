@@ -10,6 +10,8 @@ The tree, and how callers are meant to treat each branch:
     ├── PreconditionFailed         the object is in a state that forbids the change
     │                              (still attached, still holding IPs, wrong resource)
     ├── PermissionDenied           the caller may not do this (detach of a product resource)
+    ├── QuotaExceeded              the project (or Private Network) holds all its quota
+    │                              allows of a resource (`quotas`); nothing was written
     │   └── CredentialRevoked      the caller's API key was revoked before the change applied
     ├── Conflict                   a concurrent change won; bounded retries ran out
     └── StoreError                 etcd could not be reached
@@ -109,6 +111,18 @@ class CredentialRevoked(PermissionDenied):
 
     def __init__(self) -> None:
         super().__init__("authenticate", "api_key", "the API key was revoked")
+
+
+class QuotaExceeded(IPAMError):
+    """The project (or Private Network) already holds what its quota of `resource` allows:
+    `current` of `quota`. Nothing was written; deleting one frees a slot."""
+
+
+    def __init__(self, resource: str, quota: int, current: int, message: str) -> None:
+        super().__init__(message)
+        self.resource = resource
+        self.quota = quota
+        self.current = current
 
 
 class Conflict(IPAMError):

@@ -5,6 +5,9 @@
     {p}vpcdefault/{region}/{project_id}   the project's default VPC in a region -> VPC id
     {p}vpcpn/{vpc_id}/{pn_id}             Private Networks of a VPC (counts, delete guard)
     {p}vpcnet/{vpc_id}/{subnet_id}        CIDR of each subnet of a VPC (overlap checks)
+    {p}projvpc/{project_id}/{region}/{vpc_id}  VPCs of a project (tenant lists, VPC quota)
+    {p}projpn/{project_id}/{region}/{pn_id}    Private Networks of a project -> VPC id
+                                          (tenant lists, Private Network quota)
     {p}src/{source_id}/meta               source (subnet or zonal pool)
     {p}src/{source_id}/a/{offset}         held address -> IP id (offset in fixed-width hex)
     {p}src/{source_id}/freed              last release in the source (cheap "still full?")
@@ -63,6 +66,22 @@ class Keys:
 
     def vpc_network(self, vpc_id: str, subnet_id: str) -> str:
         return f"{self.prefix}vpcnet/{vpc_id}/{subnet_id}"
+
+    def project_vpcs(self, project_id: str, region: str = "", vpc_id: str = "") -> str:
+        """The VPCs of a project, per region: a tenant's list reads its own range only, and
+        the VPC quota counts it (all regions' without a region)."""
+        if not region:
+            return f"{self.prefix}projvpc/{project_id}/"
+        return f"{self.prefix}projvpc/{project_id}/{region}/{vpc_id}"
+
+    def project_private_networks(self, project_id: str, region: str = "",
+                                 pn_id: str = "") -> str:
+        """The Private Networks of a project, per region, each holding its VPC's id (a
+        tenant's VPC list counts its networks from them); the Private Network quota counts
+        it (all regions' without a region)."""
+        if not region:
+            return f"{self.prefix}projpn/{project_id}/"
+        return f"{self.prefix}projpn/{project_id}/{region}/{pn_id}"
 
     def source(self, source_id: str = "") -> str:
         return f"{self.prefix}src/{source_id}/meta" if source_id else f"{self.prefix}src/"

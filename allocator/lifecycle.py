@@ -38,6 +38,7 @@ from .errors import (
     StoreError,
 )
 from .keys import Keys
+from .quotas import IPQuota
 from .records import (
     IfMatch,
     IPRecord,
@@ -61,6 +62,9 @@ Decide = Callable[[IPRecord, GuardedTxn], Awaitable[IPRecord | None]]
 
 class Lifecycle:
     """Every change to IPs, on one node; shares the node's committer and engines."""
+
+    # Admits each booking against its project's IP quota (None: no quota); set by IPAM.
+    ip_quota: IPQuota | None = None
 
     def __init__(self, store: Store, keys: Keys, resolver: SourceResolver,
                  committer: Committer) -> None:
@@ -108,6 +112,8 @@ class Lifecycle:
     async def _book(self, ask: AddressAsk, caller: Caller, tags: tuple[str, ...],
                     idem_key: str | None, fp: str) -> IPRecord:
         sources, mac_scope = await self.resolver.resolve(ask, caller)
+        if self.ip_quota is not None:
+            await self.ip_quota.admit(ask.project_id)
         chosen = sources[0].offset_of(ask.address) if ask.address else None
         lease = await self._leases.lease() if idem_key else 0
         res = ask.resource

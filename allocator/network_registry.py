@@ -14,6 +14,11 @@ This node keeps the Private Networks it books in for a moment
 (`PN_CACHE_SECONDS`): their subnets may change, so a cached one is read again
 once it is that old; a booking in a subnet deleted meanwhile is refused by the
 booking's own guard, never served from the cache.
+
+Each VPC and Private Network also has a key in its project's index (`Keys.project_vpcs`,
+`Keys.project_private_networks`), written and deleted in the same transaction as the
+record: a caller restricted to some projects lists by reading those projects' ranges
+only, never another tenant's records, and the quotas (`quotas`) count them.
 """
 
 from __future__ import annotations
@@ -25,7 +30,7 @@ import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import netaddr
 
@@ -33,10 +38,14 @@ from . import retry
 from .errors import AlreadyExists, Conflict, InvalidArgument, NotFound, PreconditionFailed
 from .keys import Keys
 from .networks import VPC, PrivateNetwork, Subnet
+from .quotas import DEFAULT_QUOTAS, QUOTA_GUARD, Quotas, refuse_subnets, within_quota
 from .records import check_tags, check_uuid, new_id, now
 from .sources import ZONAL, Source, check_private, overlapping, parse_cidr
-from .store import Store
+from .store import KV, Store
 from .txn import GuardedTxn, commit
+
+if TYPE_CHECKING:
+    from .schema import MigrationContext
 
 AUTO_IPV4_POOL = netaddr.IPNetwork("172.16.0.0/12")
 AUTO_IPV4_PREFIX = 22
@@ -98,10 +107,10 @@ def _ula48() -> str:
 
 
 class NetworkRegistry:
-    """VPCs, Private Networks, subnets and zonal pools, stored in etcd."""
+    """VPCs, Private Networks, subnets and zonal pools, stored in etcd, within `quotas`."""
 
-    def __init__(self, store: Store, keys: Keys) -> None:
-        self.store, self.keys = store, keys
+    def __init__(self, store: Store, keys: Keys, quotas: Quotas = DEFAULT_QUOTAS) -> None:
+        self.store, self.keys, self.quotas = store, keys, quotas
         # pn id -> (monotonic time read, the Private Network); see PN_CACHE_SECONDS
         self._pn_cache: dict[str, tuple[float, PrivateNetwork]] = {}
         self._pn_reads: dict[str, asyncio.Future[PrivateNetwork]] = {}
@@ -112,20 +121,27 @@ class NetworkRegistry:
                          name: str | None = None, tags: Any = (),
                          is_default: bool = False, enable_routing: bool = True,
                          enable_transitivity: bool = False) -> VPC:
-        """A new VPC with its own IPv6 ULA /48."""
+        """A new VPC with its own IPv6 ULA /48, within the project's VPC quota."""
         check_uuid(project_id, "project_id")
         ts = now()
         vpc = VPC(new_id(), _name(name, "vpc"), region, project_id, organization_id, _ula48(),
                   ts, ts, is_default, check_tags(tags), routing_enabled=enable_routing,
                   transitivity_enabled=enable_transitivity)
-        txn = GuardedTxn().put(self.keys.vpc(vpc.id), json.dumps(vpc.stored()))
-        if is_default:
-            dkey = self.keys.default_vpc(region, project_id)
-            txn.absent("default_vpc", dkey).put(dkey, vpc.id)
-        outcome = await commit(self.store, txn)
-        if not outcome.succeeded:
-            raise AlreadyExists("vpc", project_id, "the project already has a default VPC")
-        return replace(vpc, revision=outcome.revision)
+        async for _ in retry.NETWORK_RACES.attempts():
+            txn = (GuardedTxn().put(self.keys.vpc(vpc.id), json.dumps(vpc.stored()))
+                   .put(self.keys.project_vpcs(project_id, region, vpc.id), ""))
+            if is_default:
+                dkey = self.keys.default_vpc(region, project_id)
+                txn.absent("default_vpc", dkey).put(dkey, vpc.id)
+            await within_quota(self.store, txn, self.keys.project_vpcs(project_id),
+                               self.quotas.vpcs_per_project, "vpc", f"project {project_id}")
+            outcome = await commit(self.store, txn)
+            if outcome.succeeded:
+                return replace(vpc, revision=outcome.revision)
+            if "default_vpc" in outcome.failed:
+                raise AlreadyExists("vpc", project_id, "the project already has a default VPC")
+            # QUOTA_GUARD: another VPC of the project was created meanwhile: count again
+        raise Conflict("the project's VPCs kept changing; try again")
 
     async def default_vpc(self, region: str, project_id: str,
                           organization_id: str | None) -> VPC:
@@ -162,18 +178,45 @@ class NetworkRegistry:
         """The VPCs of `region` that pass every filter (None or empty: any)."""
         if project_ids is not None and not project_ids:
             return []  # the caller sees no project: nothing to read
-        kvs, _ = await self.store.scan(self.keys.vpc())
+        if project_ids is None:
+            kvs, _ = await self.store.scan(self.keys.vpc())
+            # One keys-only read counts the Private Networks of every VPC at once.
+            pn_keys, _ = await self.store.scan(self.keys.vpc_private_networks(),
+                                               keys_only=True)
+            counts = Counter(self.keys.vpc_of_private_network_key(kv.key) for kv in pn_keys)
+        else:
+            # A tenant reads its projects' indexes and records, nothing of anyone else's;
+            # a VPC's networks are of its project, so that project's index counts them.
+            kvs = await self._indexed(self.keys.project_vpcs, project_ids, region,
+                                      self.keys.vpc)
+            pn_index = await self._index(self.keys.project_private_networks, project_ids,
+                                         region)
+            counts = Counter(kv.value.decode() for kv in pn_index)
         vpcs = [v for v in (VPC.from_stored(json.loads(kv.value)) for kv in kvs)
                 if _listed(v, region, project_ids, organization_id, name, tags)
                 and _flag(v.is_default, is_default)
                 and _flag(v.routing_enabled, routing_enabled)
                 and _flag(v.object_storage_private_access_enabled,
                           object_storage_private_access_enabled)]
-        # One keys-only read counts the Private Networks of every VPC at once.
-        pn_keys, _ = await self.store.scan(f"{self.keys.prefix}vpcpn/", keys_only=True)
-        counts = Counter(self.keys.vpc_of_private_network_key(kv.key) for kv in pn_keys)
         return sorted((replace(v, private_network_count=counts[v.id]) for v in vpcs),
                       key=lambda v: v.created_at)
+
+    async def _index(self, index: Callable[[str, str], str], project_ids: set[str],
+                     region: str) -> list[KV]:
+        """The keys of one project index (`index(project, region)`) for these projects,
+        one range read each, side by side."""
+        found = await asyncio.gather(*(self.store.scan(index(p, region))
+                                       for p in sorted(project_ids)))
+        return [kv for kvs, _ in found for kv in kvs]
+
+    async def _indexed(self, index: Callable[[str, str], str], project_ids: set[str],
+                       region: str, record: Callable[[str], str]) -> list[KV]:
+        """The records (`record(id)`) a project index names for these projects; one gone
+        since the index was read is left out."""
+        ids = [self.keys.last_segment(kv.key)
+               for kv in await self._index(index, project_ids, region)]
+        found = await self.store.get_many(record(i) for i in ids)
+        return [found[record(i)] for i in ids if record(i) in found]
 
     async def update_vpc(self, vpc_id: str, name: str | None = None, tags: Any = None) -> VPC:
         check_uuid(vpc_id, "vpc_id")
@@ -223,7 +266,8 @@ class NetworkRegistry:
         vpc = await self.get_vpc(vpc_id)
         txn = (GuardedTxn().present("vpc", self.keys.vpc(vpc_id))
                .prefix_empty("private_networks", self.keys.vpc_private_networks(vpc_id))
-               .delete(self.keys.vpc(vpc_id)))
+               .delete(self.keys.vpc(vpc_id))
+               .delete(self.keys.project_vpcs(vpc.project_id, vpc.region, vpc_id)))
         if vpc.is_default:
             txn.delete(self.keys.default_vpc(vpc.region, vpc.project_id))
         if not (await commit(self.store, txn)).succeeded:
@@ -237,7 +281,8 @@ class NetworkRegistry:
         name: str | None = None, tags: Any = (), vpc_id: str | None = None,
         subnets: list[str] | None = None, default_route_propagation_enabled: bool = False,
     ) -> PrivateNetwork:
-        """A Private Network with its subnets; subnets never overlap others of the VPC."""
+        """A Private Network with its subnets; subnets never overlap others of the VPC.
+        Within the project's Private Network quota and the subnet quota of a network."""
         check_uuid(project_id, "project_id")
         tags = check_tags(tags)
         pn_name = _name(name, "pn")
@@ -254,6 +299,7 @@ class NetworkRegistry:
             existing_kvs, rev = await self.store.scan(self.keys.vpc_networks(vpc.id))
             existing = {self.keys.last_segment(kv.key): kv.value.decode() for kv in existing_kvs}
             chosen = [str(n.cidr) for n in nets] if nets else self._auto_subnets(vpc, existing)
+            refuse_subnets(self.quotas.subnets_per_private_network, 0, len(chosen), "")
             _refuse_overlaps(chosen, existing, vpc.id)
             ts = now()
             pn_id = new_id()
@@ -264,15 +310,20 @@ class NetworkRegistry:
             txn = (GuardedTxn().present("vpc", self.keys.vpc(vpc.id))
                    .prefix_unchanged_since("vpc_subnets", self.keys.vpc_networks(vpc.id), rev)
                    .put(self.keys.private_network(pn.id), json.dumps(pn.to_json()))
-                   .put(self.keys.vpc_private_networks(vpc.id, pn.id), ""))
+                   .put(self.keys.vpc_private_networks(vpc.id, pn.id), "")
+                   .put(self.keys.project_private_networks(project_id, region, pn.id), vpc.id))
             for s in pn.subnets:
                 txn.put(self.keys.source(s.id), json.dumps(pn.source(s).to_json()))
                 txn.put(self.keys.vpc_network(vpc.id, s.id), s.subnet)
+            await within_quota(self.store, txn, self.keys.project_private_networks(project_id),
+                               self.quotas.private_networks_per_project, "private_network",
+                               f"project {project_id}")
             outcome = await commit(self.store, txn)
             if outcome.succeeded:
                 return replace(pn, revision=outcome.revision)
-            await self.get_vpc(vpc.id)  # NotFound if it went away meanwhile
-        raise Conflict("the VPC's subnets kept changing; try again")
+            if outcome.failed - {QUOTA_GUARD}:
+                await self.get_vpc(vpc.id)  # NotFound if it went away meanwhile
+        raise Conflict("the VPC's subnets or the project's networks kept changing; try again")
 
     def _auto_subnets(self, vpc: VPC, existing: dict[str, str]) -> list[str]:
         """A free IPv4 /22 of 172.16.0.0/12 and a free /64 of the VPC's ULA /48."""
@@ -331,7 +382,11 @@ class NetworkRegistry:
         """The Private Networks of `region` that pass every filter (None or empty: any)."""
         if project_ids is not None and not project_ids:
             return []  # the caller sees no project: nothing to read
-        kvs, _ = await self.store.scan(self.keys.private_network())
+        if project_ids is None:
+            kvs, _ = await self.store.scan(self.keys.private_network())
+        else:  # a tenant reads its projects' indexes and records only
+            kvs = await self._indexed(self.keys.project_private_networks, project_ids, region,
+                                      self.keys.private_network)
         ids = set(private_network_ids or ())
         pns = [pn for pn in (PrivateNetwork.from_json(json.loads(kv.value)) for kv in kvs)
                if _listed(pn, region, project_ids, organization_id, name, tags)
@@ -377,7 +432,8 @@ class NetworkRegistry:
             pn = PrivateNetwork.from_json(json.loads(kv.value))
             # Guarded on the record's revision: a subnet added meanwhile is deleted too.
             txn = (GuardedTxn().unchanged("private_network", key, kv.mod_revision)
-                   .delete(key).delete(self.keys.vpc_private_networks(pn.vpc_id, pn_id)))
+                   .delete(key).delete(self.keys.vpc_private_networks(pn.vpc_id, pn_id))
+                   .delete(self.keys.project_private_networks(pn.project_id, pn.region, pn_id)))
             self._delete_sources(txn, pn, pn.subnets)
             outcome = await commit(self.store, txn)
             if outcome.succeeded:
@@ -403,7 +459,8 @@ class NetworkRegistry:
         """Add subnets to a Private Network: (the network now, the subnets added).
 
         Each is a private range that overlaps no subnet of the VPC (AlreadyExists names
-        the one it overlaps, as at creation)."""
+        the one it overlaps, as at creation); the network holds at most its subnet quota
+        (exact: the write is guarded on the record it counts them in)."""
         check_uuid(pn_id, "private_network_id")
         nets = _checked_subnets(subnets)
         if not nets:
@@ -414,6 +471,8 @@ class NetworkRegistry:
             if kv is None:
                 raise NotFound("private_network", pn_id)
             pn = PrivateNetwork.from_json(json.loads(kv.value))
+            refuse_subnets(self.quotas.subnets_per_private_network, len(pn.subnets), len(nets),
+                           pn.id)
             index = self.keys.vpc_networks(pn.vpc_id)
             existing_kvs, rev = await self.store.scan(index)
             existing = {self.keys.last_segment(kv.key): kv.value.decode() for kv in existing_kvs}
@@ -534,3 +593,42 @@ class NetworkRegistry:
                .delete(self.keys.zone_pool(pool.region, pool.zone, pool_id)))
         if not (await commit(self.store, txn)).succeeded:
             raise PreconditionFailed(STILL_IN_USE, "the zonal pool still holds IPs")
+
+
+# -- the project indexes of data written before them -----------------------------------------
+
+_INDEX_BATCH = 50  # records per transaction: a guard and a write each, under etcd's 128 ops
+
+
+async def index_projects(ctx: MigrationContext) -> None:
+    """Schema step 3 -> 4: the project indexes of VPCs and Private Networks
+    (`Keys.project_vpcs`, `Keys.project_private_networks`, written with every create
+    since) for the ones created before them. Without it, a tenant's list would miss them
+    and the quotas would not count them.
+
+    Idempotent: a key there already is written again with the same value. Each key is
+    guarded by its record being present, so a network deleted since the scan gets no
+    index key pointing nowhere. Nodes of the previous version still running would create
+    networks without the index: stop them first (a node migrates before it serves)."""
+    keys = ctx.keys
+    vpcs, _ = await ctx.store.scan(keys.vpc())
+    pns, _ = await ctx.store.scan(keys.private_network())
+    entries: list[tuple[str, str, str]] = []  # (record key, index key, index value)
+    for kv in vpcs:
+        v = json.loads(kv.value)
+        entries.append((kv.key, keys.project_vpcs(v["project_id"], v["region"], v["id"]), ""))
+    for kv in pns:
+        p = json.loads(kv.value)
+        entries.append((kv.key, keys.project_private_networks(p["project_id"], p["region"],
+                                                              p["id"]), p["vpc_id"]))
+    for start in range(0, len(entries), _INDEX_BATCH):
+        batch = entries[start:start + _INDEX_BATCH]
+        while batch:
+            txn = GuardedTxn()
+            for n, (record_key, index_key, value) in enumerate(batch):
+                txn.present(f"record {n}", record_key).put(index_key, value)
+            outcome = await ctx.commit(txn)
+            if outcome.succeeded:
+                break
+            # Some were deleted since the scan: index the others.
+            batch = [e for n, e in enumerate(batch) if f"record {n}" not in outcome.failed]

@@ -42,11 +42,14 @@ from typing import Any
 from . import credentials
 from .errors import Conflict, PreconditionFailed
 from .keys import Keys
+from .network_registry import index_projects
 from .retry import RACES
 from .store import KV, Store
 from .txn import GuardedTxn, TxnOutcome, commit
 
-CURRENT_SCHEMA = 3  # 2: the tag index (`_index_tags`); 3: signed API keys (`_sign_api_keys`)
+# 2: the tag index (`_index_tags`); 3: signed API keys (`_sign_api_keys`); 4: the
+# project indexes of VPCs and Private Networks (`network_registry.index_projects`)
+CURRENT_SCHEMA = 4
 
 log = logging.getLogger(__name__)
 
@@ -302,7 +305,7 @@ _SIGN_BATCH = 50  # records per transaction: a guard and a write each, under etc
 
 # Step v migrates version v to v + 1.
 MIGRATIONS: Mapping[int, Migration] = {0: _stamp_unversioned, 1: _index_tags,
-                                       2: _sign_api_keys}
+                                       2: _sign_api_keys, 3: index_projects}
 
 
 async def ensure_schema(store: Store, keys: Keys, *, current: int = CURRENT_SCHEMA,

@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from allocator.contract import EtcdSecurity
+from allocator.contract import EtcdSecurity, Quotas
 
 _REGION = re.compile(r"^[a-z]{2}-[a-z]{3}$")
 _ZONE = re.compile(r"^[a-z]{2}-[a-z]{3}-[1-9]$")
@@ -124,6 +124,12 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("compact_every_deletes", "10000",
             "compact as soon as this many keys were deleted since the last compaction "
             "(a mass release slows etcd's writes until then)"),
+    Setting("quota_vpcs", "100", "VPCs one project may hold, every region counted (0: no quota)"),
+    Setting("quota_private_networks", "500",
+            "Private Networks one project may hold, every region counted (0: no quota)"),
+    Setting("quota_subnets", "16", "subnets one Private Network may hold (0: no quota)"),
+    Setting("quota_ips", "0", "IPs one project may hold booked (0: no quota; see "
+            "allocator.quotas for why it is off by default and how it is counted)"),
 )
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
@@ -160,6 +166,7 @@ class GatewayConfig:
     compact_interval: float = 60.0
     compact_retain_revisions: int = 2000
     compact_every_deletes: int = 10000
+    quotas: Quotas = field(default_factory=Quotas)
 
     def __post_init__(self) -> None:
         if not _REGION.match(self.region):
@@ -402,4 +409,19 @@ def load(args: argparse.Namespace | None = None,
         compact_interval=float(number("compact_interval", float)),
         compact_retain_revisions=int(number("compact_retain_revisions", int)),
         compact_every_deletes=int(number("compact_every_deletes", int)),
+        quotas=_quotas(**{name: int(number(f"quota_{name}", int))
+                          for name in ("vpcs", "private_networks", "subnets", "ips")}),
     )
+
+
+def _quotas(vpcs: int, private_networks: int, subnets: int, ips: int) -> Quotas:
+    """The per-project quotas of the --quota-* settings (0: none of that resource)."""
+    given = {"vpcs": vpcs, "private_networks": private_networks, "subnets": subnets,
+             "ips": ips}
+    for name, value in given.items():
+        if value < 0:
+            raise ConfigError(f"--quota-{name.replace('_', '-')}/IPAM_QUOTA_"
+                              f"{name.upper()} must be 0 (no quota) or more")
+    return Quotas(vpcs_per_project=vpcs or None,
+                  private_networks_per_project=private_networks or None,
+                  subnets_per_private_network=subnets or None, ips_per_project=ips or None)

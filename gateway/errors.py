@@ -6,6 +6,7 @@ as Scaleway writes it, because the SDK calls `res.json()` on every error:
     400 invalid_arguments     details: [{argument_name, reason, help_message}]
     401 denied_authentication method: api_key, reason: not_found|invalid_argument|expired
     403 permissions_denied    details: [{action, resource}]
+    403 quotas_exceeded       details: [{resource, quota, current}] (a create over quota)
     404 not_found             resource, resource_id
     405 method_not_allowed    with the `Allow` header listing the path's methods
     409 already_exists        resource, resource_id (an address booked already)
@@ -113,6 +114,9 @@ _ANSWERS: dict[type[e.IPAMError], Callable[[Any], ApiError]] = {
     e.CredentialRevoked: lambda err: denied_authentication("not_found",
                                                            "authentication is denied"),
     e.PermissionDenied: lambda err: permissions_denied(err.action, err.resource, err.message),
+    e.QuotaExceeded: lambda err: ApiError(403, m.QuotasExceeded(
+        message=err.message, details=[m.QuotaDetail(resource=err.resource, quota=err.quota,
+                                                     current=err.current)])),
     e.Conflict: lambda err: ApiError(409, m.Conflict(message=err.message)),
     e.OutcomeUnknown: lambda err: ApiError(503, m.ServiceUnavailable(
         message=err.message, help_message="the change may have been applied: retry with "

@@ -158,7 +158,9 @@ def _errors(schemas: _Schemas, method: str, path: str, spec: Endpoint) -> dict[s
     rules: list[tuple[int, list[type[BaseModel]], bool]] = [
         (400, [m.InvalidArguments], reads),
         (401, [m.DeniedAuthentication], not public),
-        (403, [m.PermissionsDenied], not public),
+        # A create (a POST) may also find its project's quota full.
+        (403, [m.PermissionsDenied] + ([m.QuotasExceeded] if method == "POST" else []),
+         not public),
         (404, [m.NotFound], "{" in path or body),
         (409, [m.AlreadyExists, m.OutOfStock, m.Conflict], method in _WRITES),
         (412, [m.PreconditionFailed], method in _WRITES),

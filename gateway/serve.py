@@ -309,7 +309,8 @@ async def _serve(config: cfg.GatewayConfig, out: Any, checked: Preflight) -> int
         ipam = await IPAM.connect(endpoints, prefix=config.etcd_prefix,
                                   timeout=config.etcd_timeout,
                                   security=config.etcd_security,
-                                  signing_key=config.credential_signing_key)
+                                  signing_key=config.credential_signing_key,
+                                  quotas=config.quotas)
         runner = web.AppRunner(create_app(ipam, config, close_ipam=True),
                                access_log=logging.getLogger("ipam.access"),
                                access_log_class=AccessLogger,

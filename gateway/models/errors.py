@@ -58,6 +58,22 @@ class PermissionsDenied(ErrorBody):
     details: list[PermissionDetail]
 
 
+class QuotaDetail(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    resource: str
+    quota: int
+    current: int
+
+
+class QuotasExceeded(ErrorBody):
+    """403: the project (or Private Network) holds all its quota of a resource allows."""
+
+    type: Literal["quotas_exceeded"] = "quotas_exceeded"
+    message: str = "quota(s) exceeded for this resource"
+    details: list[QuotaDetail]
+
+
 class NotFound(ErrorBody):
     """404: the object (or region, or route) is absent or invisible to the caller."""
 

@@ -6,6 +6,7 @@ import argparse
 
 import pytest
 
+from allocator.contract import Quotas
 from gateway.config import ConfigError, add_arguments, load
 
 
@@ -63,3 +64,17 @@ def test_bad_settings_name_the_flag_and_the_variable(argv, env, names):
     with pytest.raises(ConfigError) as err:
         load(parse(*argv), env)
     assert names in str(err.value)
+
+
+def test_quota_settings_become_the_allocator_quotas_and_0_means_none():
+    config = load(parse(), {"IPAM_QUOTA_VPCS": "3", "IPAM_QUOTA_IPS": "1000",
+                           "IPAM_QUOTA_SUBNETS": "0"})
+    assert config.quotas == Quotas(vpcs_per_project=3, private_networks_per_project=500,
+                                   subnets_per_private_network=None, ips_per_project=1000)
+    assert load(parse(), {}).quotas == Quotas()
+
+
+def test_a_negative_quota_is_refused_naming_its_flag():
+    with pytest.raises(ConfigError, match=r"--quota-private-networks/"
+                                          r"IPAM_QUOTA_PRIVATE_NETWORKS must be 0 \(no quota\)"):
+        load(parse(), {"IPAM_QUOTA_PRIVATE_NETWORKS": "-1"})

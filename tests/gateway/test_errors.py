@@ -17,6 +17,7 @@ SAMPLES = {
     e.PreconditionFailed: e.PreconditionFailed("resource_still_in_use", "attached"),
     e.PermissionDenied: e.PermissionDenied("detach", "instance_server", "not yours"),
     e.CredentialRevoked: e.CredentialRevoked(),
+    e.QuotaExceeded: e.QuotaExceeded("vpc", 100, 100, "project p holds 100 vpcs"),
     e.Conflict: e.Conflict("kept changing"),
     e.StoreError: e.StoreError("down"),
     e.OutcomeUnknown: e.OutcomeUnknown("maybe"),
@@ -28,6 +29,7 @@ EXPECTED = {
     e.PreconditionFailed: (412, "precondition_failed"),
     e.PermissionDenied: (403, "permissions_denied"),
     e.CredentialRevoked: (401, "denied_authentication"), e.Conflict: (409, "conflict"),
+    e.QuotaExceeded: (403, "quotas_exceeded"),
     e.StoreError: (503, "service_unavailable"), e.OutcomeUnknown: (503, "service_unavailable"),
     e.StorageFull: (507, "service_unavailable"),
 }

@@ -59,7 +59,8 @@ class GatewayNode:
 
     async def _start(self) -> None:
         self.ipam = await IPAM.connect(self.endpoints, prefix=self.prefix,
-                                       signing_key=self.config.credential_signing_key)
+                                       signing_key=self.config.credential_signing_key,
+                                       quotas=self.config.quotas)
         app = create_app(self.ipam, self.config, close_ipam=True)
         self.conformance = Conformance(app)
         app.middlewares.insert(0, self.conformance.middleware)  # outermost: sees every answer
