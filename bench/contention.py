@@ -4,7 +4,11 @@ One run starts the reference topology (3 etcd members, 2 gateway nodes, haproxy)
 measures the raw etcd ceiling at every concurrency, runs the scenarios of issue 4
 through haproxy with the load generator in a process of its own, measures the
 ceiling again, checks every run from etcd, evaluates the targets and writes
-`contention-<time>.json` and `.png` under `--out`. Scenarios:
+`contention-<time>.json` and `.png` under `--out`. Every write of the run (the load
+generator's, the pre-fills', the cold start's) is recorded in one `bench.history`
+History, checked against etcd after each scenario (`bench.history_check`: no address
+held twice, nothing acknowledged lost, nothing made unanswered); `--no-history` leaves
+it out, to measure what recording costs. Scenarios:
 
   a  empty IPv4 /16, C = 1, 16, 64, 256
   b  one /16 pre-filled to 0/50/90/99 %, booked at C=256, then until full;
@@ -36,7 +40,9 @@ from allocator import store as st
 from allocator.contract import IPAM, AddressAsk, Caller, Resource
 from allocator.errors import IPAMError
 
-from . import ceiling, report
+from . import ceiling, report, results
+from .history import History, read_final_state
+from .history_check import check
 from .rig import ROOT, HttpError, Rig, http, rss_mib, stop_process
 from .stats import summary
 from .verify import check_run, full_audit
@@ -73,6 +79,7 @@ class Plan:
     audit_each_scenario: bool = True  # else once, at the end
     prefill_concurrency: int = 256
     bracket_seconds: float = 1.5
+    record_history: bool = True  # record every write, check the history per scenario
 
     @classmethod
     def make(cls, quick: bool, scale: float, concurrency: list[int] | None,
@@ -118,11 +125,44 @@ class Context:
     held: dict[str, int] = field(default_factory=dict)  # pn id -> addresses held
     sources: dict[str, list[str]] = field(default_factory=dict)  # pn id -> source ids
     slash16: list[str] = field(default_factory=list)  # /16 Private Networks
+    history: History | None = None  # every write of the run, when the plan records them
+    checked: dict[str, dict[str, Any]] = field(default_factory=dict)  # scenario -> verdict
     _next16: int = 0
 
     def log(self, msg: str) -> None:
         if not self.quiet:
             print(msg, flush=True)
+
+    # -- the history ------------------------------------------------------------------
+
+    def book_over_http(self, url: str, body: dict[str, Any]) -> Any:
+        """`POST .../ips` to one node (not through haproxy), recorded; its JSON answer."""
+        if self.history is None:
+            return http(url, "POST", f"/ipam/v1/regions/{REGION}/ips", body, self.token)
+        op = self.history.invoke("book", pool=body["source"]["private_network_id"])
+        try:
+            ip = http(url, "POST", f"/ipam/v1/regions/{REGION}/ips", body, self.token)
+        except HttpError as err:
+            self.history.answered(op, err.status)
+            raise
+        except OSError:
+            self.history.answered(op, 0)
+            raise
+        self.history.answered(op, 200, ip)
+        return ip
+
+    async def check_history(self, scenario: str) -> None:
+        """The whole history so far against etcd now (every rule of bench.history_check)."""
+        if self.history is None:
+            return
+        t0 = time.monotonic()
+        final = await read_final_state(self.ipam.store, self.ipam.keys)
+        verdict = check(self.history.operations, final).summary()
+        verdict["seconds"] = round(time.monotonic() - t0, 2)
+        self.checked[scenario] = verdict
+        self.log(f"  history after {scenario}: {'clean' if verdict['ok'] else 'VIOLATED'} "
+                 f"({verdict['operations']} operations checked in {verdict['seconds']}s)"
+                 + ("" if verdict["ok"] else f": {verdict['examples'][:3]}"))
 
     # -- Private Networks ------------------------------------------------------------
 
@@ -167,11 +207,15 @@ class Context:
                 if attached:
                     mac = "02:" + ":".join(f"{random.randrange(256):02x}" for _ in range(5))
                     res = Resource.product(PRODUCT, str(uuid.uuid4()), mac)
+                ask = AddressAsk(region=REGION, project_id=self.project_id, is_ipv6=is_ipv6,
+                                 organization_id=self.organization_id, private_network_id=pn,
+                                 resource=res)
                 try:
-                    r = await self.ipam.book(AddressAsk(
-                        region=REGION, project_id=self.project_id, is_ipv6=is_ipv6,
-                        organization_id=self.organization_id, private_network_id=pn,
-                        resource=res), caller)
+                    if self.history is None:
+                        r = await self.ipam.book(ask, caller)
+                    else:
+                        r = await self.history.call("book", self.ipam.book(ask, caller),
+                                                    pool=pn, resource=res and res.id)
                 except IPAMError as err:
                     errors += 1
                     if errors <= 3:
@@ -206,7 +250,7 @@ class Context:
         """Run the load generator once, count etcd requests and CPU, verify from etcd."""
         job = {"url": self.rig.url, "token": self.token, "project_id": self.project_id,
                "region": REGION, "pns": pns, "label": f"{scenario} {label}",
-               "quiet": self.quiet, **job}
+               "quiet": self.quiet, "record": self.history is not None, **job}
         c = int(job.get("concurrency", 1))
         bracket = job["mode"] in ("book", "lifecycle") and not extra.get("exhausted_probe")
         before = await self.bracket_ceiling(c) if bracket else None
@@ -222,6 +266,8 @@ class Context:
                                 3)}
         cpu1["loadgen"] = result.pop("client_cpu_s", 0.0)
         cpu0["loadgen"] = 0.0
+        if self.history is not None:
+            record_loadgen_rows(self.history, result.pop("history", []))
         acked = result.pop("ips", [])
         released = result.pop("released", [])
         if job["mode"] == "book":
@@ -249,6 +295,18 @@ class Context:
         self.runs.append(run)
         self.log("  " + report.run_line(run))
         return run
+
+
+def record_loadgen_rows(history: History, rows: list[list[Any]]) -> None:
+    """The load generator's rows (`bench.loadgen.HISTORY_FIELDS`) into `history`."""
+    for kind, subject, mac, t0, t1, status, error, answer_id, address in rows:
+        body = ({"id": answer_id, "address": address} if answer_id
+                else {"type": error.split(":", 1)[1]} if error else None)
+        if kind == "book":
+            history.record(kind, t0, t1, status, body, pool=subject)
+        else:
+            history.record(kind, t0, t1, status, body, ip_id=subject,
+                           resource=Resource.custom(mac).id if mac else None)
 
 
 async def run_loadgen(job: dict[str, Any], quiet: bool) -> dict[str, Any]:
@@ -422,7 +480,11 @@ async def cold_start(ctx: Context) -> None:
         prefix = ctx.ipam.keys.addresses(ctx.sources[big][0])
         resp = await ctx.ipam.store.range(prefix, st.prefix_end(prefix), limit=10)
         for kv in resp.kvs:
-            await ctx.ipam.release(kv.value.decode())
+            ip_id = kv.value.decode()
+            if ctx.history is None:
+                await ctx.ipam.release(ip_id)
+            else:
+                await ctx.history.call("release", ctx.ipam.release(ip_id), ip_id=ip_id)
             ctx.held[big] -= 1
     target = big if ctx.held[big] < size else None
     proc, url, t_spawn = ctx.rig.start_extra_gateway()
@@ -443,7 +505,7 @@ async def cold_start(ctx: Context) -> None:
                 "source": {"private_network_id": target or big}}
         status = "ok"
         try:
-            ip = http(url, "POST", f"/ipam/v1/regions/{REGION}/ips", body, ctx.token)
+            ip = ctx.book_over_http(url, body)
             acked.append([ip["id"], ip["address"], target or big])
         except (HttpError, OSError) as err:  # out_of_stock on a full source: still an answer
             status = str(err)[:120]
@@ -460,7 +522,7 @@ async def cold_start(ctx: Context) -> None:
         for pn in warm:
             body["source"] = {"private_network_id": pn}
             try:
-                ip = http(url, "POST", f"/ipam/v1/regions/{REGION}/ips", body, ctx.token)
+                ip = ctx.book_over_http(url, body)
             except HttpError as err:
                 warm_errors.append(f"{pn}: {err}")
                 continue
@@ -503,7 +565,8 @@ async def run(rig: Rig, plan: Plan, quiet: bool) -> dict[str, Any]:
     org, project = str(uuid.uuid4()), str(uuid.uuid4())
     key = rig.create_api_key(org, project)
     ipam = await IPAM.connect(rig.etcd_endpoints, prefix=rig.prefix)
-    ctx = Context(rig, ipam, plan, org, project, key["secret_key"], quiet)
+    ctx = Context(rig, ipam, plan, org, project, key["secret_key"], quiet,
+                  history=History() if plan.record_history else None)
     try:
         ctx.log("ceiling before (raw etcd create-if-absent txns, no HTTP):")
         def etcd_cpu() -> float:
@@ -522,6 +585,7 @@ async def run(rig: Rig, plan: Plan, quiet: bool) -> dict[str, Any]:
             t0 = time.monotonic()
             await RUNNERS[s](ctx)
             t1 = time.monotonic()
+            await ctx.check_history(s)
             if plan.audit_each_scenario or s == last:
                 a = await full_audit(ipam.store, ipam.keys)
                 a["seconds"] = round(time.monotonic() - t1, 1)
@@ -538,6 +602,10 @@ async def run(rig: Rig, plan: Plan, quiet: bool) -> dict[str, Any]:
         await ipam.close()
     doc = report.document(plan, before, after, ctx.runs, ctx.scenarios, audits)
     doc["prefill_engine_stats"] = prefill_engines
+    doc["history"] = ctx.checked
+    doc["checks"] = [{"name": f"history after {s}", "ok": v["ok"], "problems": v["examples"]}
+                     for s, v in ctx.checked.items()]
+    doc["verified"] = doc["verified"] and all(c["ok"] for c in doc["checks"])
     doc["ceiling"]["read_c1"] = reads
     doc["wall_s"] = round(time.monotonic() - t_start, 1)
     return doc
@@ -554,10 +622,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--scale", type=float, default=1.0, help="multiply every count")
     ap.add_argument("--quiet", action="store_true", help="no progress, only the table")
     ap.add_argument("--no-chart", action="store_true", help="skip the PNG")
+    ap.add_argument("--no-history", action="store_true",
+                    help="record no history of the writes and check none (to measure the cost)")
     args = ap.parse_args(argv)
     scenarios = "".join(s for s in SCENARIOS if s in args.scenarios)
     cs = [int(c) for c in args.concurrency.split(",")] if args.concurrency else None
     plan = Plan.make(args.quick, args.scale, cs, scenarios)
+    plan.record_history = not args.no_history
     t0 = time.monotonic()
     print(f"bench contention{' --quick' if plan.quick else ''}: starting 3 etcd members, "
           "2 gateway nodes, haproxy", flush=True)
@@ -569,6 +640,8 @@ def main(argv: list[str] | None = None) -> int:
     json_path, png_path = report.write(doc, Path(args.out), chart=not args.no_chart)
     print(report.table(doc))
     print(report.targets_text(doc))
+    if plan.record_history:
+        print(f"  {results.self_checks_line(doc['checks'])}")
     print(f"\nwrote {json_path}" + (f" and {png_path}" if png_path else "")
           + f" in {time.monotonic() - t0:.0f}s")
     return 0 if doc["verified"] else 1

@@ -146,6 +146,16 @@ class History:
             op.error = f"{status}:{kind}"
         return op.outcome
 
+    def record(self, kind: str, invoked: float, completed: float, status: int,
+               body: Any = None, **request: Any) -> Operation:
+        """An operation its recorder timed itself: the load generator keeps bare tuples
+        while it measures and hands them over afterwards. `invoked` and `completed` must
+        be `time.monotonic()` readings (one clock for every process of a machine)."""
+        op = self.invoke(kind, **request)
+        self.answered(op, status, body)
+        op.invoked, op.completed = invoked, completed
+        return op
+
     async def call(self, kind: str, call: Awaitable[T], **request: Any) -> T:
         """Await `call`, recorded as one operation; its result, or its exception re-raised."""
         op = self.invoke(kind, **request)

@@ -12,6 +12,12 @@ Jobs (`mode`):
 - `lifecycle`: C clients loop book -> attach -> detach -> release, `count` cycles.
 - `list`: one client sends the `queries` (paths with query strings) in order, and
   walks `walk` (a query without `page`) page by page.
+
+With `record` (the default), every write is noted as a bare tuple while the load runs
+(the kind, what was asked, `time.monotonic()` at its start and end, the answer) and
+handed over in the result's `history`, one row per attempt (`HISTORY_FIELDS`), after
+the clock stopped: the bench checks them with `bench.history_check` (issue 15).
+Reads are not recorded.
 """
 
 from __future__ import annotations
@@ -33,6 +39,10 @@ from .stats import summary
 TOKEN_HEADER = "X-Auth-Token"
 REQUEST_TIMEOUT = 30.0
 PROGRESS_SECONDS = 1.0
+# One row of `history` per attempt: `subject` is the Private Network of a booking, the
+# IP of any other kind; `mac` the MAC of an attach or detach (its custom resource).
+HISTORY_FIELDS = ("kind", "subject", "mac", "invoked", "completed", "status", "error",
+                  "answer_id", "answer_address")
 
 
 class Client:
@@ -47,28 +57,49 @@ class Client:
         self.session = aiohttp.ClientSession(
             connector=conn, timeout=aiohttp.ClientTimeout(total=REQUEST_TIMEOUT),
             trust_env=False)
+        # (kind, subject, mac, invoked, completed, status, body): appended, nothing more,
+        # while the clock runs; None when the job asks not to record.
+        self.notes: list[tuple[str, str, str, float, float, int, Any]] | None = (
+            [] if job.get("record", True) else None)
 
     async def close(self) -> None:
         await self.session.close()
 
-    async def call(self, method: str, path: str,
-                   body: dict[str, Any] | None = None) -> tuple[int, Any, float]:
-        """(status, JSON body or None, seconds); status 0 with the exception name on failure."""
+    async def call(self, method: str, path: str, body: dict[str, Any] | None = None,
+                   note: tuple[str, str, str] | None = None) -> tuple[int, Any, float]:
+        """(status, JSON body or None, seconds); status 0 with the exception name on failure.
+        A write passes `note` (kind, subject, mac) to be recorded."""
         data = json.dumps(body).encode() if body is not None else None
-        t0 = time.perf_counter()
+        t0 = time.monotonic()
         try:
             async with self.session.request(method, self.base + path, data=data,
                                             headers=self.headers) as resp:
                 raw = await resp.read()
                 status = resp.status
         except (aiohttp.ClientError, TimeoutError) as err:
-            return 0, {"type": type(err).__name__}, time.perf_counter() - t0
-        elapsed = time.perf_counter() - t0
-        try:
-            parsed = json.loads(raw) if raw else None
-        except ValueError:
-            parsed = {"type": "not_json"}  # e.g. haproxy's own 503: no server up
-        return status, parsed, elapsed
+            t1 = time.monotonic()
+            parsed: Any = {"type": type(err).__name__}
+            status = 0
+        else:
+            t1 = time.monotonic()
+            try:
+                parsed = json.loads(raw) if raw else None
+            except ValueError:
+                parsed = {"type": "not_json"}  # e.g. haproxy's own 503: no server up
+        if note is not None and self.notes is not None:
+            self.notes.append((*note, t0, t1, status, parsed))
+        return status, parsed, t1 - t0
+
+    def history(self) -> list[list[Any]]:
+        """The notes as rows of `HISTORY_FIELDS` (JSON), once the load is over."""
+        rows = []
+        for kind, subject, mac, t0, t1, status, body in self.notes or ():
+            ok = 200 <= status < 300 and isinstance(body, dict)
+            rows.append([kind, subject, mac, t0, t1, status,
+                         None if 200 <= status < 300 else error_type(status, body),
+                         body.get("id") if ok else None,
+                         body.get("address") if ok else None])
+        return rows
 
 
 def error_type(status: int, body: Any) -> str:
@@ -134,7 +165,8 @@ async def run_book(job: dict[str, Any], client: Client, progress: Progress) -> d
         while more():
             pn = pns[issued % len(pns)] if round_robin else rng.choice(pns)
             issued += 1
-            status, body, dt = await client.call("POST", "/ips", _book_body(job, pn))
+            status, body, dt = await client.call("POST", "/ips", _book_body(job, pn),
+                                                 ("book", pn, ""))
             progress.done += 1
             if status == 200 and isinstance(body, dict) and "id" in body:
                 ok_lat.append(dt)
@@ -200,7 +232,8 @@ async def run_lifecycle(job: dict[str, Any], client: Client,
         while issued < count and time.perf_counter() < deadline:
             issued += 1
             pn = rng.choice(pns)
-            status, body, dt = await client.call("POST", "/ips", _book_body(job, pn))
+            status, body, dt = await client.call("POST", "/ips", _book_body(job, pn),
+                                                 ("book", pn, ""))
             if not step("book", status, body, dt):
                 continue
             ip = [body["id"], body["address"], pn]
@@ -208,14 +241,15 @@ async def run_lifecycle(job: dict[str, Any], client: Client,
             mac = "02:" + ":".join(f"{rng.randrange(256):02x}" for _ in range(5))
             res = {"mac_address": mac, "name": f"bench-{uuid.uuid4().hex[:8]}"}
             status, body, dt = await client.call("POST", f"/ips/{ip[0]}/attach",
-                                                 {"resource": res})
+                                                 {"resource": res}, ("attach", ip[0], mac))
             if not step("attach", status, body, dt):
                 continue
             status, body, dt = await client.call("POST", f"/ips/{ip[0]}/detach",
-                                                 {"resource": res})
+                                                 {"resource": res}, ("detach", ip[0], mac))
             if not step("detach", status, body, dt):
                 continue
-            status, body, dt = await client.call("DELETE", f"/ips/{ip[0]}")
+            status, body, dt = await client.call("DELETE", f"/ips/{ip[0]}",
+                                                 note=("release", ip[0], ""))
             if not step("release", status, body, dt, expect=204):
                 continue
             held.remove(ip)
@@ -297,6 +331,8 @@ async def run(job: dict[str, Any]) -> dict[str, Any]:
         await client.close()
     usage = resource.getrusage(resource.RUSAGE_SELF)
     result["client_cpu_s"] = round(usage.ru_utime + usage.ru_stime, 3)
+    if client.notes is not None:
+        result["history"] = client.history()
     return result
 
 

@@ -210,3 +210,16 @@ async def test_a_recorded_call_keeps_its_answer_or_its_error_and_times() -> None
     assert third is pending and pending.settled == UNKNOWN  # still in flight
     assert history.counts() == {"book": {OK: 1}, "release": {UNKNOWN: 1},
                                 "attach": {UNKNOWN: 1}}
+
+
+def test_an_operation_timed_by_its_recorder_keeps_its_times_and_reads_its_status() -> None:
+    history = History(clock=lambda: 99.0)
+    booked = history.record("book", 1.0, 2.0, 200, {"id": "ip1", "address": A1}, pool=PN)
+    full = history.record("book", 3.0, 4.0, 409, {"type": "out_of_stock"}, pool=PN)
+    lost = history.record("release", 5.0, 6.0, 0, ip_id="ip1")
+    assert (booked.invoked, booked.completed, booked.outcome, booked.answer_id,
+            booked.answer_address) == (1.0, 2.0, OK, "ip1", A1)
+    assert (full.invoked, full.completed, full.outcome, full.answer_id, full.error) == (
+        3.0, 4.0, FAIL, None, "409:out_of_stock")
+    assert (lost.ip_ids, lost.outcome, lost.error) == (("ip1",), UNKNOWN, "0:?")
+    assert check(history.operations, stored()).ok

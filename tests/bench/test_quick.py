@@ -2,7 +2,8 @@
 
 No timing is asserted: the machine is shared. What is asserted is what the bench
 itself must get right: the result document's shape, zero duplicates and zero lost
-acknowledged bookings in every run, and that it stops everything it started.
+acknowledged bookings in every run, a clean history of every write after each scenario
+(bench.history_check), and that it stops everything it started.
 """
 
 from __future__ import annotations
@@ -58,6 +59,15 @@ def test_quick_smoke_run_verifies_every_booking(tmp_path: Path) -> None:
     lifecycle = next(r for r in doc["runs"] if r["mode"] == "lifecycle")
     assert set(lifecycle["op_latency"]) == {"book", "attach", "detach", "release"}
     assert all(a["ok"] for a in doc["audits"].values())
+    assert set(doc["history"]) == {"a", "e"}
+    for scenario, verdict in doc["history"].items():
+        assert verdict["ok"] and verdict["violations"] == 0, (scenario, verdict)
+    # Every booking of every run is in the history, and each one answered.
+    booked = sum(r["ok"] for r in doc["runs"])
+    assert doc["history"]["e"]["requests"]["book"] == {"ok": booked}
+    assert doc["history"]["e"]["requests"]["release"] == {"ok": lifecycle["ok"]}
+    assert [c["name"] for c in doc["checks"]] == ["history after a", "history after e"]
+    assert "self-checks: all passed" in proc.stdout
     assert doc["verified"] is True
     assert [t["target"] for t in doc["targets"]]  # every target is listed, met or not
     if "--no-chart" not in cmd:
