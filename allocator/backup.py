@@ -184,8 +184,9 @@ async def export_state(store: Store, keys: Keys, out: BinaryIO | TextIO, *,
     prefix = keys.prefix.encode()
     end = prefix_end(prefix)
     schema_key = keys.schema().encode()
-    # The elected compactor's key is a node's lease, not data: never carried over.
-    compactor_key = keys.compactor().encode()
+    # The elected compactor's and expirer's keys are a node's lease, not data: never
+    # carried over (restored on a 24 h lease, they would keep every node from taking over).
+    elected_keys = (keys.compactor().encode(), keys.expirer().encode())
     # The schema key and the first page in one read: the same revision for both.
     first = await store.txn([], [_range(schema_key), _range(prefix, end, limit=page)],
                             retry=True)
@@ -211,7 +212,7 @@ async def export_state(store: Store, keys: Keys, out: BinaryIO | TextIO, *,
     resp = first.responses[1].response_range
     while True:
         for kv in resp.kvs:
-            if kv.key in (schema_key, compactor_key):
+            if kv.key == schema_key or kv.key in elected_keys:
                 continue
             line: dict[str, Any] = {"k": kv.key[len(prefix):].decode(),
                                     "v": base64.b64encode(kv.value).decode("ascii")}

@@ -27,11 +27,12 @@ holder compacts at once: it cannot know when the last one did.
 Who: kube-apiserver (`storage/etcd3/compact.go`) makes concurrent apiservers compact at
 most once per interval with a compare-and-swap on the version of one key. Here the key
 `{p}compactor` is created if absent on an etcd lease of `lease_ttl` seconds that its
-holder keeps alive: one holder at a time. When the holder dies its lease expires, etcd
-deletes the key, and the next node to look takes over; `close()` revokes the lease, so
-another node takes over at its next look. Before each compaction the holder checks, in
-the read that tells it R, that the key is still the one it created (create_revision
-guard); a holder that could not renew its lease stops before the lease may expire.
+holder keeps alive: one holder at a time (`election.ElectedLoop`, which the expirer runs
+too). When the holder dies its lease expires, etcd deletes the key, and the next node to
+look takes over; `close()` revokes the lease, so another node takes over at its next
+look. Before each compaction the holder checks, in the read that tells it R, that the
+key is still the one it created (create_revision guard); a holder that could not renew
+its lease stops before the lease may expire.
 
 Watches: a watch that is current is not affected by a compaction. One that is behind
 the compacted revision (a broken stream resuming) ends with `Compacted`, and the source
@@ -49,20 +50,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import math
-import os
-import socket
 import time
-import uuid
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Sequence
 from typing import Protocol
 
 from aetcd import rpc
 
-from .errors import IPAMError
+from .election import ElectedLoop
 from .keys import Keys
 from .store import KV, WatchEvent
-from .txn import GuardedTxn
 
 log = logging.getLogger(__name__)
 
@@ -94,9 +90,11 @@ class CompactionStore(Protocol):
               ) -> AsyncIterator[tuple[list[WatchEvent], int]]: ...
 
 
-class Compactor:
+class Compactor(ElectedLoop):
     """Compacts etcd's history to `retain_revisions` behind the head while this node
     holds the compactor key (see the module docstring for when and who)."""
+
+    chore = "compactor"
 
     def __init__(self, store: CompactionStore, keys: Keys, *,
                  retain_revisions: int = RETAIN_REVISIONS, interval: float = INTERVAL,
@@ -107,135 +105,45 @@ class Compactor:
                 check_interval <= 0 or lease_ttl < 2:
             raise ValueError("retain_revisions >= 0, every_deletes >= 0, interval > 0, "
                              "check_interval > 0 and lease_ttl >= 2 are needed")
-        self.store, self.keys = store, keys
+        super().__init__(store, keys.compactor(), check_interval=check_interval,
+                         lease_ttl=lease_ttl, holder=holder)
+        self.store: CompactionStore = store
+        self.keys = keys
         self.retain_revisions = retain_revisions
         self.interval = interval
         self.every_revisions = retain_revisions if every_revisions is None else every_revisions
         self.every_deletes = every_deletes
-        self.check_interval = check_interval
-        self.lease_ttl = lease_ttl
         self.physical = physical
-        self.holder = holder or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
-        # Counters: read by metrics and tests, written here only.
+        # Counters (besides the election's): read by metrics and tests, written here only.
         self.compactions = 0  # compactions this node made
         self.compacted_revision = 0  # the newest revision this node compacted etcd to
-        self.errors = 0  # looks that failed (etcd unreachable, full, ...)
-        self.last_error = ""
-        self.leader = False  # this node holds the compactor key now
-        self.elections = 0  # times this node took the key
-        self.looks = 0  # times this node looked (for the key, then to compact)
         self.deletes_since_compaction = 0  # keys deleted under the prefix (holder only)
-        # The holder also wakes to renew its lease, a third of the TTL apart.
-        self._leader_tick = min(check_interval, lease_ttl / 3)
-        self._lease = 0
-        self._key_revision = 0  # create_revision of the key while this node holds it
-        self._lease_deadline = 0.0  # monotonic time by which the lease may have expired
-        self._renewed_at = 0.0
         self._compacted_at: float | None = None  # monotonic; None: compact at once
         self._head_at_compaction = 0
-        self._task: asyncio.Task[None] | None = None
         self._deletes: asyncio.Task[None] | None = None
-        self._wake = asyncio.Event()
-        self._looked = asyncio.Condition()
-
-    # -- life -----------------------------------------------------------------------
-
-    async def start(self) -> None:
-        """Look for the key once (so `leader` is settled when this returns), then keep
-        looking and compacting in the background until `close()`."""
-        if self._task is not None:
-            return
-        await self._look()
-        self._task = asyncio.ensure_future(self._run())
+        self._stopped_deletes: asyncio.Task[None] | None = None  # cancelled, to await
 
     async def close(self) -> None:
         """Stop; if this node holds the key, give it up at once (revoke its lease)."""
-        if self._task is not None:
-            self._task.cancel()
+        await super().close()
+        stopped, self._stopped_deletes = self._stopped_deletes, None
+        if stopped is not None:
             with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
-        lease, deletes = self._lease, self._deletes
-        self._step_down("closing")
-        if deletes is not None:
-            with contextlib.suppress(asyncio.CancelledError):
-                await deletes
-        if lease:
-            try:
-                await self.store.lease_revoke(lease)
-            except IPAMError as err:  # it expires on its own within lease_ttl
-                log.warning("compactor: could not revoke lease %x: %s", lease, err)
+                await stopped
 
-    async def until(self, condition: Callable[[Compactor], bool], timeout: float) -> None:
-        """Wait until `condition(self)` holds after some look (TimeoutError after `timeout`)."""
-        async with self._looked:
-            await asyncio.wait_for(self._looked.wait_for(lambda: condition(self)), timeout)
+    # -- the chore ------------------------------------------------------------------------
 
-    # -- the loop -------------------------------------------------------------------------
-
-    async def _run(self) -> None:
-        while True:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), self._leader_tick if self.leader
-                                       else self.check_interval)
-            self._wake.clear()
-            await self._look()
-
-    async def _look(self) -> None:
-        try:
-            if not self.leader:
-                await self._campaign()
-            if self.leader:
-                await self._lead()
-        except Exception as err:  # noqa: BLE001 - etcd down or full, a closed channel: next look
-            self.errors += 1
-            self.last_error = f"{type(err).__name__}: {err}"
-            log.warning("compactor: %s", self.last_error)
-        self.looks += 1
-        async with self._looked:
-            self._looked.notify_all()
-
-    async def _campaign(self) -> None:
-        """Take the key if nobody holds it: create-if-absent on a fresh lease."""
-        key = self.keys.compactor()
-        if await self.store.get(key) is not None:
-            return  # another node holds it; look again later
-        granted_at = time.monotonic()
-        lease = await self.store.lease_grant(self.lease_ttl)
-        txn = GuardedTxn().absent("compactor", key).put(key, self.holder, lease)
-        resp = await self.store.txn(txn.compares(), txn.writes)
-        if not resp.succeeded:  # another node was quicker
-            await self.store.lease_revoke(lease)
-            return
-        self._lease, self._key_revision = lease, resp.header.revision
-        self._renewed_at, self._lease_deadline = granted_at, granted_at + self.lease_ttl
-        self._compacted_at = None
+    def elected(self) -> None:
+        self._compacted_at = None  # it cannot know when the last holder compacted
         self.deletes_since_compaction = 0
-        self.leader = True
-        self.elections += 1
-        log.info("compactor: %s compacts etcd from now on (lease %x)", self.holder, lease)
 
-    async def _lead(self) -> None:
-        """Renew the lease when due, confirm the key is still ours, compact when due."""
-        now = time.monotonic()
-        if now - self._renewed_at >= self.lease_ttl / 3:
-            ttl = await self.store.lease_keep_alive(self._lease)
-            if ttl <= 0:
-                self._step_down("its lease expired")
-                return
-            self._renewed_at, self._lease_deadline = now, now + ttl
-        # A margin of one look: never compact on a lease that may be gone by then.
-        if time.monotonic() >= self._lease_deadline - self._leader_tick:
-            self._step_down("its lease could not be renewed in time")
-            return
-        # Still the key this node created? The answer's header tells the head revision.
-        mine = rpc.Compare(key=self.keys.compactor().encode(), target=rpc.Compare.CREATE,
-                           result=rpc.Compare.EQUAL, create_revision=self._key_revision)
-        resp = await self.store.txn([mine], [], retry=True)
-        if not resp.succeeded:
-            self._step_down("another node holds the key")
-            return
-        head = resp.header.revision
+    def stepped_down(self) -> None:
+        if self._deletes is not None:
+            self._deletes.cancel()
+            self._stopped_deletes, self._deletes = self._deletes, None
+
+    async def work(self, head: int) -> None:
+        """Compact when due (the key was just confirmed ours, at `head`)."""
         if self.every_deletes and (self._deletes is None or self._deletes.done()):
             self._deletes = asyncio.ensure_future(self._count_deletes(head + 1))
         target = head - self.retain_revisions
@@ -265,16 +173,6 @@ class Compactor:
                 before = self.deletes_since_compaction
                 self.deletes_since_compaction += len(events)
                 if before < self.every_deletes <= self.deletes_since_compaction:
-                    self._wake.set()
+                    self.wake()
         except Exception as err:  # noqa: BLE001 - whatever ended it, the next look restarts it
             log.info("compactor: delete count restarts (%s)", err)
-
-    def _step_down(self, why: str) -> None:
-        if self.leader:
-            log.info("compactor: %s stops compacting: %s", self.holder, why)
-        if self._deletes is not None:
-            self._deletes.cancel()
-            self._deletes = None
-        self.leader = False
-        self._lease = self._key_revision = 0
-        self._lease_deadline = -math.inf

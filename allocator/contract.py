@@ -18,6 +18,8 @@ nothing itself:
                 full its subnets (or a zonal pool) are
     networks    VPCs, Private Networks, subnets and zonal pools
     declines    DHCP declines: recorded by the agents, listed and cleared by operators
+    upkeep      one elected node compacts etcd (`compactor`), one releases expired IPs
+                (`expirer`)
 """
 
 from __future__ import annotations
@@ -63,6 +65,7 @@ from .declines import (
     TooManyDeclines,
 )
 from .errors import ArgumentProblem, StoreError
+from .expiry import MAX_EXPIRY, UNCHANGED, Expirer, ExpiryChange
 from .keys import Keys
 from .lifecycle import Lifecycle
 from .listing import DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE, ORDERS, IPFilter
@@ -95,7 +98,8 @@ __all__ = [
     "RestoreSummary", "SchemaState", "SchemaTooNew", "SchemaUnreadable", "TargetNotEmpty",
     "ensure_schema", "export_state", "import_state", "Compactor",
     "ADDRESS_NOT_HELD", "DECLINE_LIMIT", "TOO_MANY_DECLINES", "AddressNotHeld", "Decline",
-    "TooManyDeclines", "NetworkUsage", "SubnetUsage", "Quotas",
+    "TooManyDeclines", "NetworkUsage", "SubnetUsage",
+    "Expirer", "ExpiryChange", "MAX_EXPIRY", "UNCHANGED", "Quotas",
 ]
 
 
@@ -195,6 +199,12 @@ class IPAM:
         `Compactor`'s (retain_revisions, interval, every_deletes, ...)."""
         return Compactor(self.store, self.keys, **options)  # type: ignore[arg-type]
 
+    def expirer(self, **options: Any) -> Expirer:
+        """The releaser of this cluster's expired IPs (started with `start`, one node
+        elected among those running it); `options` are `Expirer`'s (check_interval,
+        lease_ttl, batch)."""
+        return Expirer(self.store, self.keys, self.lifecycle, **options)  # type: ignore[arg-type]
+
     def endpoints_in_use(self) -> list[tuple[str, bool]]:
         """[(etcd endpoint, whether this node uses it now)]: an endpoint that failed is put
         out of use for a while. A store that tracks no endpoints reports none."""
@@ -250,10 +260,12 @@ class IPAM:
     # else PreconditionFailed and nothing changes (HTTP's If-Match; None: any version).
 
     async def update_ip(self, ip_id: str, tags: Any = None, reverses: Any = None,
-                        caller: Caller = Caller(), if_match: IfMatch | None = None
-                        ) -> IPRecord:
-        """Change an IP's tags and/or reverse DNS entries."""
-        return await self.lifecycle.update_ip(ip_id, tags, reverses, caller, if_match)
+                        caller: Caller = Caller(), if_match: IfMatch | None = None,
+                        expires_at: ExpiryChange = UNCHANGED) -> IPRecord:
+        """Change an IP's tags and/or reverse DNS entries; set (an RFC 3339 time, at most
+        MAX_EXPIRY ahead) or clear (None) the expiry of an unattached IP."""
+        return await self.lifecycle.update_ip(ip_id, tags, reverses, caller, if_match,
+                                              expires_at)
 
     async def release(self, ip_id: str, caller: Caller = Caller(),
                       if_match: IfMatch | None = None) -> None:

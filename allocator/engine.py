@@ -234,6 +234,8 @@ class SourceEngine:
                .put(k.created(self.source.id, record.created_at, record.id), ""))
         for tag in record.tags:  # an untagged IP adds no operation
             txn.put(k.by_tag(tag, record.project_id, record.id), "")
+        if record.expires_at:  # nor does one that never expires
+            txn.put(k.expiry(record.expires_at, record.id), "")
         if b.credential_key:
             txn.present("credential", b.credential_key)
         if b.resource_key:

@@ -22,7 +22,9 @@
     {p}decline/{pn_id}/{mac}/{address}    a DHCP decline: withheld from that MAC (`declines`)
     {p}auth/secret/{sha256 of secret}     API key record, found by its secret
     {p}auth/key/{access_key}              the hash of its secret, found by access key
+    {p}expiry/{time}/{ip_id}              IPs that expire, soonest first (`expiry`)
     {p}compactor                          the node that compacts etcd's history (leased)
+    {p}expirer                            the node that releases expired IPs (leased)
     {p}schema                             schema version of the data (and a restore's progress)
 
 Every key of one held address is written in the same transaction, so an index
@@ -167,9 +169,25 @@ class Keys:
         """The hash of an API key's secret, found by its access key."""
         return f"{self.prefix}auth/key/{access_key}"
 
+    def expiry(self, expires_at: str = "", ip_id: str = "") -> str:
+        """The expiry index key of an IP expiring at `expires_at` (a stored time); every
+        expiring IP's without one. Fixed-width hex microseconds: key order is time order."""
+        if not expires_at:
+            return f"{self.prefix}expiry/"
+        return f"{self.prefix}expiry/{format(_micros(expires_at), '016x')}/{ip_id}"
+
+    def expiry_end(self, moment: str) -> str:
+        """The end of the range of expiry keys due at `moment` (a stored time): it sorts
+        after every key of a time up to `moment`, before every later one."""
+        return f"{self.prefix}expiry/{format(_micros(moment) + 1, '016x')}"
+
     def compactor(self) -> str:
         """Held, on its lease, by the one node that compacts etcd (see `compactor`)."""
         return f"{self.prefix}compactor"
+
+    def expirer(self) -> str:
+        """Held, on its lease, by the one node that releases expired IPs (see `expiry`)."""
+        return f"{self.prefix}expirer"
 
     # -- taking keys apart ----------------------------------------------------------
 
@@ -197,6 +215,12 @@ class Keys:
         return unquote(tag), project_id, ip_id
 
     @staticmethod
+    def expiry_entry(key: str) -> tuple[int, str]:
+        """(time in microseconds since the epoch, IP id) of an expiry index key."""
+        micros, ip_id = key.rsplit("/", 2)[1:]
+        return int(micros, 16), ip_id
+
+    @staticmethod
     def address_offset(key: str) -> int:
         """The offset of a held-address key `src/{source_id}/a/{offset}`."""
         return int(key.rsplit("/", 1)[1], 16)
@@ -205,7 +229,7 @@ class Keys:
         """What a key under this prefix is, and its segments after the prefix:
 
         `source`, `address`, `freed`, `created` (of a source), `ip`, `by_project`,
-        `by_resource`, `mac`, `by_tag`, or the first segment for anything else.
+        `by_resource`, `mac`, `by_tag`, `expiry`, or the first segment for anything else.
         """
         parts = key[len(self.prefix):].split("/")
         head = parts[0]
@@ -220,6 +244,10 @@ class Keys:
 
 def newest_first(created_at: str) -> str:
     """A fixed-width hex key that sorts later timestamps first."""
-    moment = datetime.fromisoformat(created_at)
-    micros = int(moment.timestamp()) * 1_000_000 + moment.microsecond
-    return format((1 << 64) - 1 - micros, "016x")
+    return format((1 << 64) - 1 - _micros(created_at), "016x")
+
+
+def _micros(stored_time: str) -> int:
+    """A stored time (RFC 3339, UTC) in whole microseconds since the epoch."""
+    moment = datetime.fromisoformat(stored_time)
+    return int(moment.timestamp()) * 1_000_000 + moment.microsecond

@@ -1,4 +1,4 @@
-"""An IP's life: book, update, release (one or a set), attach, detach, move.
+"""An IP's life: book, update, release (one or a set), attach, detach, move, expire.
 
 Booking resolves the ask to its sources once, checks the idempotency key once,
 and hands one prepared `Booking` to the source's engine. Every other change is
@@ -37,6 +37,7 @@ from .errors import (
     StorageFull,
     StoreError,
 )
+from .expiry import UNCHANGED, ExpiryChange, check_expires_at
 from .keys import Keys
 from .quotas import IPQuota
 from .records import (
@@ -89,6 +90,9 @@ class Lifecycle:
         if not isinstance(ask.is_ipv6, bool):
             raise InvalidArgument("is_ipv6", "must be a boolean", "format")
         tags = check_tags(list(ask.tags))
+        if ask.expires_at is not None and ask.resource is not None:
+            raise InvalidArgument("expires_at", "an IP attached at booking never expires: "
+                                  "give a resource or an expiry, not both")
         if ask.idempotency_key is None:
             return await self._book(ask, caller, tags, None, "")
         idem_key = self.keys.idempotency(ask.idempotency_scope,
@@ -111,6 +115,9 @@ class Lifecycle:
 
     async def _book(self, ask: AddressAsk, caller: Caller, tags: tuple[str, ...],
                     idem_key: str | None, fp: str) -> IPRecord:
+        # Checked here, inside the idempotent retry's net: a retry after the time passed
+        # still gets the first answer.
+        expires_at = None if ask.expires_at is None else check_expires_at(ask.expires_at)
         sources, mac_scope = await self.resolver.resolve(ask, caller)
         if self.ip_quota is not None:
             await self.ip_quota.admit(ask.project_id)
@@ -128,7 +135,7 @@ class Lifecycle:
                 updated_at=ts, organization_id=src.organization_id or ask.organization_id,
                 zone=src.zone, vpc_id=src.vpc_id, private_network_id=src.private_network_id,
                 resource=res, attached_at=ts if res else None, tags=tags,
-                booked_by_product=caller.booked_by_product)
+                booked_by_product=caller.booked_by_product, expires_at=expires_at)
             booking = Booking(
                 record=record, chosen=chosen, fingerprint=fp, credential_key=caller.credential,
                 idempotency_key=idem_key, idempotency_lease=lease,
@@ -243,12 +250,15 @@ class Lifecycle:
                              "this change applied")
 
     async def update_ip(self, ip_id: str, tags: Any = None, reverses: Any = None,
-                        caller: Caller = Caller(), if_match: IfMatch | None = None
-                        ) -> IPRecord:
-        """Change an IP's tags and/or reverse DNS entries."""
+                        caller: Caller = Caller(), if_match: IfMatch | None = None,
+                        expires_at: ExpiryChange = UNCHANGED) -> IPRecord:
+        """Change an IP's tags and/or reverse DNS entries, and set (a time) or clear (None)
+        the expiry of an unattached IP."""
         new_tags = check_tags(tags) if tags is not None else None
         if reverses is not None and not isinstance(reverses, (list, tuple)):
             raise InvalidArgument("reverses", "must be a list", "format")
+        if isinstance(expires_at, str):
+            expires_at = check_expires_at(expires_at)
 
         async def decide(r: IPRecord, txn: GuardedTxn) -> IPRecord:
             caller.require_ip(UPDATE, r)
@@ -258,6 +268,9 @@ class Lifecycle:
                 self._retag(txn, r, new_tags)
             if reverses is not None:
                 changes["reverses"] = check_reverses(reverses, r.address)
+            if expires_at is not UNCHANGED:
+                # Whoever may update an unattached IP may release it too (access.RULES).
+                changes["expires_at"] = self._re_expire(txn, r, expires_at)
             return r.with_changes(**changes)
 
         return await self._change("update", ip_id, {}, decide, caller, if_match=if_match)
@@ -273,6 +286,36 @@ class Lifecycle:
 
         await self._change("release", ip_id, {}, decide, caller, if_match=if_match)
 
+    async def expire(self, ip_id: str, index_key: str) -> bool:
+        """Release the IP the expiry index key `index_key` names, as `release` does, if it
+        is still unattached and still expiring then; True when this released it.
+
+        Guarded by the record's version like every change: an attach (or a PATCH, or a
+        release) that commits first makes this read the record again and find it no
+        longer due, and an attach that comes after finds no IP. A key that no longer
+        matches its IP (or has none) is deleted, so it is not read again."""
+        released = False
+
+        async def decide(r: IPRecord, txn: GuardedTxn) -> IPRecord | None:
+            nonlocal released
+            released = (r.resource is None and r.expires_at is not None
+                        and self.keys.expiry(r.expires_at, r.id) == index_key)
+            if not released:
+                txn.delete(index_key)  # gone already with the change that won
+                return r
+            await self._delete(txn, r)
+            txn.put(self.keys.freed(r.source_id), r.id)
+            return None
+
+        try:
+            await self._change("expire", ip_id, {}, decide, Caller())
+        except NotFound:  # released meanwhile, the key with it; or a key without its IP
+            ip_key = self.keys.ip(ip_id)
+            await commit_change(self.committer, self.store,
+                                GuardedTxn().absent("ip", ip_key).delete(index_key))
+            return False
+        return released
+
     async def _delete(self, txn: GuardedTxn, r: IPRecord) -> None:
         src = await self.resolver.source(r.source_id)
         offset = int(netaddr.IPNetwork(r.address).ip) - int(src.network.network)
@@ -282,6 +325,21 @@ class Lifecycle:
             .delete(self.keys.created(r.source_id, r.created_at, r.id)))
         for tag in r.tags:
             txn.delete(self.keys.by_tag(tag, r.project_id, r.id))
+        if r.expires_at:
+            txn.delete(self.keys.expiry(r.expires_at, r.id))
+
+    def _re_expire(self, txn: GuardedTxn, r: IPRecord, expires_at: str | None) -> str | None:
+        """Move the IP's expiry index key to `expires_at` (None: none); the new expiry.
+        Only an unattached IP expires: attaching clears it, and an attached IP refuses one."""
+        if expires_at is not None and r.resource is not None:
+            raise PreconditionFailed(STILL_ATTACHED, f"IP {r.id} is attached to a resource; "
+                                     "detach it before giving it an expiry")
+        if expires_at != r.expires_at:  # the same time keeps its key as it is
+            if r.expires_at:
+                txn.delete(self.keys.expiry(r.expires_at, r.id))
+            if expires_at:
+                txn.put(self.keys.expiry(expires_at, r.id), "")
+        return expires_at
 
     def _retag(self, txn: GuardedTxn, r: IPRecord, tags: Sequence[str]) -> None:
         """Move the IP's tag-index keys from its tags to `tags`; a tag it keeps keeps its key
@@ -358,7 +416,7 @@ class Lifecycle:
                                          f"IP {r.id} is already attached to a resource; "
                                          "detach it first")
             self._attach(txn, r, resource)
-            return r.with_changes(resource=resource, attached_at=now())
+            return r.with_changes(resource=resource, attached_at=now(), expires_at=None)
 
         return await self._change("attach", ip_id, {"resource": resource.__dict__}, decide,
                                   caller, idempotency_key, idempotency_scope, if_match)
@@ -395,7 +453,7 @@ class Lifecycle:
             before = {self._mac_key(r, current), self.keys.by_resource(current.id, r.id)}
             after = {self._mac_key(r, to_resource), self.keys.by_resource(to_resource.id, r.id)}
             txn.without({k for k in before & after if k})
-            return r.with_changes(resource=to_resource, attached_at=now())
+            return r.with_changes(resource=to_resource, attached_at=now(), expires_at=None)
 
         return await self._change(
             "move", ip_id, {"from": from_resource.__dict__,
@@ -409,6 +467,9 @@ class Lifecycle:
         return self.keys.mac(res.mac_address, scope, r.is_ipv6)
 
     def _attach(self, txn: GuardedTxn, r: IPRecord, res: Resource) -> None:
+        """Index the IP under `res`; an attached IP never expires: its expiry key goes
+        (the caller's new record has none)."""
+        self._re_expire(txn, r, None)
         txn.put(self.keys.by_resource(res.id, r.id), "")
         mac_key = self._mac_key(r, res)
         if mac_key:

@@ -184,6 +184,8 @@ class IPRecord:
     # The resource types of the product key that booked it, kept through every change;
     # empty when a member or an admin booked it, and in records written before it was.
     booked_by_product: tuple[str, ...] = field(default_factory=tuple)
+    # When an unattached IP is released by itself (UTC, as stored; `expiry`); None: never.
+    expires_at: str | None = None
     # The etcd mod revision of the record as read or written (0: not known): the IP's
     # version, sent as its ETag and compared by If-Match. Not stored in the record.
     revision: int = field(default=0, compare=False)
@@ -218,6 +220,7 @@ class IPRecord:
             # Only when set: a record no product booked is stored as it always was.
             **({"booked_by_product": list(self.booked_by_product)}
                if self.booked_by_product else {}),
+            **({"expires_at": self.expires_at} if self.expires_at else {}),
         }
 
     @classmethod
@@ -234,5 +237,5 @@ class IPRecord:
             reverses=tuple(Reverse(r["hostname"], r.get("address")) for r in
                            d.get("reverses") or ()),
             booked_by_product=tuple(d.get("booked_by_product") or ()),
-            revision=revision,
+            expires_at=d.get("expires_at"), revision=revision,
         )

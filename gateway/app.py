@@ -27,7 +27,14 @@ from .context import CONFIG_KEY, CREDENTIALS_KEY, IPAM_KEY
 from .drain import DRAIN_KEY, Drain, drain_middleware
 from .errors import error_middleware
 from .logs import request_id_middleware
-from .metrics import COMPACTOR, METRICS, GatewayMetrics, metrics_endpoint, metrics_middleware
+from .metrics import (
+    COMPACTOR,
+    EXPIRER,
+    METRICS,
+    GatewayMetrics,
+    metrics_endpoint,
+    metrics_middleware,
+)
 
 
 def create_app(ipam: IPAM, config: GatewayConfig | None = None, *,
@@ -64,8 +71,8 @@ def create_app(ipam: IPAM, config: GatewayConfig | None = None, *,
     app.on_startup.append(openapi.prepare)
     # Start-up steps that need etcd run once it answers, retried until then; data this
     # node must not touch (a newer schema, an unfinished restore) stops it instead.
-    # The compactor starts after the schema check: its elected key would make an empty
-    # prefix look like data written before schema versions.
+    # The compactor and the expirer start after the schema check: their elected keys
+    # would make an empty prefix look like data written before schema versions.
     compactor = None
     steps = [lambda: ipam.ensure_schema(), credentials.start]
     if config.compact_retain_revisions > 0:
@@ -73,6 +80,10 @@ def create_app(ipam: IPAM, config: GatewayConfig | None = None, *,
             retain_revisions=config.compact_retain_revisions,
             interval=config.compact_interval, every_deletes=config.compact_every_deletes)
         steps.append(compactor.start)
+    expirer = None
+    if config.expiry_check_interval > 0:
+        expirer = app[EXPIRER] = ipam.expirer(check_interval=config.expiry_check_interval)
+        steps.append(expirer.start)
     availability = app[AVAILABILITY] = Availability(
         ipam, steps, fatal=(SchemaTooNew, SchemaUnreadable, RestoreInProgress))
 
@@ -81,8 +92,11 @@ def create_app(ipam: IPAM, config: GatewayConfig | None = None, *,
 
     async def close_availability(_: web.Application) -> None:
         await availability.close()
+        # Their leases revoked: another node takes over at its next look.
+        if expirer is not None:
+            await expirer.close()
         if compactor is not None:
-            await compactor.close()  # its lease revoked: another node takes over at once
+            await compactor.close()
         await credentials.close()
 
     app.on_startup.append(start_availability)

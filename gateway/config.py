@@ -124,6 +124,10 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("compact_every_deletes", "10000",
             "compact as soon as this many keys were deleted since the last compaction "
             "(a mass release slows etcd's writes until then)"),
+    Setting("expiry_check_interval", "1.0",
+            "seconds between two looks for expired IPs (one node, elected, releases them): "
+            "an IP is released at most this long after its expires_at, plus one commit "
+            "(0: this node never releases them, others do)"),
     Setting("quota_vpcs", "100", "VPCs one project may hold, every region counted (0: no quota)"),
     Setting("quota_private_networks", "500",
             "Private Networks one project may hold, every region counted (0: no quota)"),
@@ -133,6 +137,8 @@ SETTINGS: tuple[Setting, ...] = (
 )
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
+# Beyond this, an expired IP would wait longer than a user reads as "released then".
+MAX_EXPIRY_CHECK_INTERVAL = 60.0
 LOG_FORMATS = ("text", "json")
 
 
@@ -166,6 +172,7 @@ class GatewayConfig:
     compact_interval: float = 60.0
     compact_retain_revisions: int = 2000
     compact_every_deletes: int = 10000
+    expiry_check_interval: float = 1.0
     quotas: Quotas = field(default_factory=Quotas)
 
     def __post_init__(self) -> None:
@@ -229,6 +236,9 @@ class GatewayConfig:
         if self.compact_retain_revisions < 0 or self.compact_every_deletes < 0:
             raise ConfigError("--compact-retain-revisions and --compact-every-deletes "
                               "(IPAM_COMPACT_...) must not be negative")
+        if not 0 <= self.expiry_check_interval <= MAX_EXPIRY_CHECK_INTERVAL:
+            raise ConfigError(f"--expiry-check-interval/IPAM_EXPIRY_CHECK_INTERVAL must be "
+                              f"0 (off) to {MAX_EXPIRY_CHECK_INTERVAL:g} seconds")
         if self.log_format not in LOG_FORMATS:
             raise ConfigError(f"--log-format/IPAM_LOG_FORMAT must be one of "
                               f"{', '.join(LOG_FORMATS)}, not {self.log_format!r}")
@@ -409,6 +419,7 @@ def load(args: argparse.Namespace | None = None,
         compact_interval=float(number("compact_interval", float)),
         compact_retain_revisions=int(number("compact_retain_revisions", int)),
         compact_every_deletes=int(number("compact_every_deletes", int)),
+        expiry_check_interval=float(number("expiry_check_interval", float)),
         quotas=_quotas(**{name: int(number(f"quota_{name}", int))
                           for name in ("vpcs", "private_networks", "subnets", "ips")}),
     )

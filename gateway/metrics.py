@@ -21,6 +21,9 @@ books in, etcd's endpoints and the node's availability.
     ipam_etcd_available                                1 while a quorum answers this node
     ipam_compactor_leader, ipam_compactions_total,     the elected compactor of etcd's history
     ipam_compaction_errors_total, ipam_compacted_revision
+    ipam_expirer_leader, ipam_expired_ips_total,       the elected releaser of expired IPs
+    ipam_expiry_kept_total, ipam_expiry_errors_total,
+    ipam_expiry_lag_seconds
     ipam_build_info{version}                           1
 """
 
@@ -36,7 +39,7 @@ from prometheus_client import generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from allocator.contract import IPAM, Compactor
+from allocator.contract import IPAM, Compactor, Expirer
 
 from .availability import AVAILABILITY
 from .logs import route_of
@@ -145,6 +148,24 @@ class _AllocatorCollector(Collector):
                 yield GaugeMetricFamily("ipam_compacted_revision",
                                         "the revision this node last compacted etcd to",
                                         value=compactor.compacted_revision)
+            expirer = app.get(EXPIRER)
+            if expirer is not None:
+                yield GaugeMetricFamily("ipam_expirer_leader",
+                                        "1 while this node is the one releasing expired IPs",
+                                        value=1.0 if expirer.leader else 0.0)
+                yield CounterMetricFamily("ipam_expired_ips",
+                                          "IPs this node released when they expired",
+                                          value=expirer.expired)
+                yield CounterMetricFamily("ipam_expiry_kept",
+                                          "due IPs kept: attached, given another expiry or "
+                                          "released before their expiry's release committed",
+                                          value=expirer.kept)
+                yield CounterMetricFamily("ipam_expiry_errors",
+                                          "looks for expired IPs, and releases of them, that "
+                                          "failed on this node", value=expirer.errors)
+                yield GaugeMetricFamily("ipam_expiry_lag_seconds",
+                                        "from the expiry of the last IP this node released "
+                                        "to its release", value=expirer.last_lag)
         info = GaugeMetricFamily("ipam_build_info", "The running version", labels=["version"])
         info.add_metric([_version()], 1.0)
         yield info
@@ -152,6 +173,7 @@ class _AllocatorCollector(Collector):
 
 METRICS = web.AppKey("metrics", GatewayMetrics)
 COMPACTOR = web.AppKey("compactor", Compactor)
+EXPIRER = web.AppKey("expirer", Expirer)
 
 
 @endpoint(media_type=CONTENT_TYPE_LATEST)

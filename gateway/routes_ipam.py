@@ -12,6 +12,7 @@ from aiohttp import web
 from allocator.contract import (
     CUSTOM,
     DEFAULT_PAGE_SIZE,
+    UNCHANGED,
     AddressAsk,
     IPFilter,
     Resource,
@@ -94,7 +95,8 @@ async def book_ip(request: web.Request, path: RegionPath, headers: IdempotencyHe
         is_ipv6=body.is_ipv6 or False, zonal=source.zonal, private_network_id=pn_id,
         subnet_id=subnet_id, vpc_id=source.vpc_id, address=body.address,
         tags=tuple(body.tags or ()), resource=_resource(body.resource),
-        idempotency_key=key, idempotency_scope=scope), who.caller())
+        expires_at=body.expires_at, idempotency_key=key, idempotency_scope=scope),
+        who.caller())
     return IP.of(record)
 
 
@@ -150,13 +152,16 @@ async def get_ip(request: web.Request, path: IPPath) -> IP:
 @endpoint(optional_body=True)
 async def update_ip(request: web.Request, path: IPPath, headers: ConditionalHeaders,
                     body: UpdateIPRequest) -> IP:
-    """Change an IP's tags and reverse DNS entries."""
+    """Change an IP's tags and reverse DNS entries, and its expiry (our extension)."""
     who = principal(request)
     reverses = None if body.reverses is None else [
         {"hostname": r.hostname, "address": r.address} for r in body.reverses]
+    # `"expires_at": null` clears the expiry; leaving the field out leaves it as it is.
+    expires_at = body.expires_at if "expires_at" in body.model_fields_set else UNCHANGED
     updated = await ipam_of(request).update_ip(path.ip_id, tags=body.tags, reverses=reverses,
                                                caller=who.caller(path.region),
-                                               if_match=if_match(headers.if_match))
+                                               if_match=if_match(headers.if_match),
+                                               expires_at=expires_at)
     return IP.of(updated)
 
 

@@ -9,7 +9,7 @@ from typing import Annotated, Any, ClassVar, Literal
 from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema, model_validator
 from pydantic_core import PydanticCustomError
 
-from allocator.contract import IPRecord, NetworkUsage
+from allocator.contract import MAX_EXPIRY, IPRecord, NetworkUsage
 from allocator.contract import SubnetUsage as DomainSubnetUsage
 
 from ..etags import etag
@@ -34,6 +34,14 @@ from .fields import (
     project_required,
     shape,
 )
+
+# Our extension (Scaleway has no such field): when an unattached IP is released by itself.
+# The time rules (RFC 3339 with its offset, in the future, at most a year ahead) are the
+# allocator's (`allocator.expiry`), checked before anything is written.
+_EXPIRY_RULE = (f"RFC 3339 time with its offset, in the future and at most "
+                f"{MAX_EXPIRY.days} days ahead")
+ExpiresAt = Annotated[str, Field(max_length=64), WithJsonSchema({
+    "type": "string", "format": "date-time", "maxLength": 64, "description": _EXPIRY_RULE})]
 
 IPOrder = Literal["created_at_desc", "created_at_asc", "updated_at_desc", "updated_at_asc",
                   "attached_at_desc", "attached_at_asc", "ip_address_desc", "ip_address_asc",
@@ -135,6 +143,10 @@ class BookIPRequest(Body):
     address: IpAddress | None = None
     tags: Tags | None = None
     resource: CustomResource | None = None
+    expires_at: ExpiresAt | None = Field(
+        default=None, description="our extension: release the IP by itself at this time "
+                                  "unless it was attached meanwhile (attaching clears it); "
+                                  f"an {_EXPIRY_RULE}; not with `resource`")
 
 
 class ReverseRequest(Body):
@@ -145,6 +157,11 @@ class ReverseRequest(Body):
 class UpdateIPRequest(Body):
     tags: Tags | None = None
     reverses: list[ReverseRequest] | None = None
+    # Absent: left as it is; null: cleared (`model_fields_set` tells them apart).
+    expires_at: ExpiresAt | None = Field(
+        default=None, description="our extension: set or change (an "
+                                  f"{_EXPIRY_RULE}) or clear (null) when the unattached IP "
+                                  "is released by itself; absent: left as it is")
 
 
 class ReleaseIPSetRequest(Body):
@@ -266,6 +283,8 @@ class IP(Reply):
     reverses: list[Reverse]
     region: str
     zone: str | None
+    expires_at: Timestamp | None = Field(
+        description="our extension: when the IP is released by itself (null: never)")
 
     @classmethod
     def of(cls, record: IPRecord) -> IP:
@@ -279,7 +298,8 @@ class IP(Reply):
                 type=r.type, id=r.id, mac_address=r.mac_address, name=r.name),
             tags=list(record.tags),
             reverses=[Reverse(hostname=v.hostname, address=v.address) for v in record.reverses],
-            region=record.region, zone=record.zone).versioned_as(etag(record.revision))
+            region=record.region, zone=record.zone,
+            expires_at=record.expires_at).versioned_as(etag(record.revision))
 
 
 def _source(record: IPRecord) -> ZonalSource | SubnetSource:

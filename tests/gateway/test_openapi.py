@@ -32,8 +32,8 @@ class _NoIPAM:
 
 
 def _app() -> web.Application:
-    # No etcd behind it: nothing to compact either.
-    config = GatewayConfig(region="fr-par", compact_retain_revisions=0)
+    # No etcd behind it: nothing to compact or expire either.
+    config = GatewayConfig(region="fr-par", compact_retain_revisions=0, expiry_check_interval=0)
     return create_app(_NoIPAM(), config)  # type: ignore[arg-type]
 
 
