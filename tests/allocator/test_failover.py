@@ -98,8 +98,22 @@ async def _fault(cluster, ledger: Ledger, action, undo, hold: float = 0.0) -> fl
 
 @pytest.mark.cluster
 @pytest.mark.slow
+def loses_writes_when_killed(cluster) -> bool:
+    """etcd 3.5.0 to 3.5.2 did not save the consistent index atomically with the data: a
+    member killed mid-apply restarts behind its peers for good (etcd-io/etcd#13766, fixed
+    by PR 13908 in 3.5.3), and a read pinned to a revision it lost says "future revision".
+    The README tells operators never to run them; CI's 3.5 run uses 3.5.1 for the rest."""
+    version = cluster.members[0].version()
+    assert version is not None
+    major, minor, patch = (int(part) for part in version.split(".")[:3])
+    return (major, minor) == (3, 5) and patch < 3
+
+
 async def test_bookings_survive_kill_leader_kill_and_hang(etcd_cluster3_fresh, key_prefix):
     cluster = etcd_cluster3_fresh
+    if loses_writes_when_killed(cluster):
+        pytest.skip("etcd 3.5.0-3.5.2 lose applied writes on a member killed mid-apply "
+                    "(etcd-io/etcd#13766): the kills of this test would test etcd's bug")
     ledger = Ledger()
     stop = asyncio.Event()
     async with (
