@@ -3,6 +3,7 @@ signed records (a record etcd write access alone could mint is refused)."""
 
 from __future__ import annotations
 
+import asyncio
 import io
 import json
 import logging
@@ -52,8 +53,10 @@ async def credentials(etcd_single, key_prefix):
 
 
 async def _cached(creds: Credentials, secret: str, present: bool) -> None:
-    """Wait (bounded) until the node cache agrees with etcd about `secret`."""
-    for _ in range(100):
+    """Wait (bounded: 10 s of round trips, for a loaded machine) until the node cache
+    agrees with etcd about `secret`."""
+    deadline = asyncio.get_running_loop().time() + 10.0
+    while asyncio.get_running_loop().time() < deadline:
         if (creds.cached(secret) is not None) == present:
             return
         await creds.store.get(creds.guard(secret))  # a round trip lets the watch deliver
