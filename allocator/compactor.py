@@ -51,14 +51,12 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator
 from typing import Protocol
 
-from aetcd import rpc
-
-from .election import ElectedLoop
+from .election import ElectedLoop, ElectionStore
 from .keys import Keys
-from .store import KV, WatchEvent
+from .store import WatchEvent
 
 log = logging.getLogger(__name__)
 
@@ -69,20 +67,9 @@ CHECK_INTERVAL = 5.0
 LEASE_TTL = 15
 
 
-class CompactionStore(Protocol):
-    """What the compactor needs from etcd (`store.EtcdStore` has it)."""
-
-    async def txn(self, compare: Sequence[rpc.Compare], success: Sequence[rpc.RequestOp],
-                  failure: Sequence[rpc.RequestOp] = (), *, retry: bool = False
-                  ) -> rpc.TxnResponse: ...
-
-    async def get(self, key: str) -> KV | None: ...
-
-    async def lease_grant(self, ttl: int) -> int: ...
-
-    async def lease_keep_alive(self, lease_id: int) -> int: ...
-
-    async def lease_revoke(self, lease_id: int) -> None: ...
+class CompactionStore(ElectionStore, Protocol):
+    """What the compactor needs from etcd (`store.EtcdStore` has it): an election's
+    calls, and these."""
 
     async def compact(self, revision: int, *, physical: bool = False) -> bool: ...
 
