@@ -17,6 +17,8 @@ nothing itself:
     queries     one IP, a list page, the reserved addresses of a Private Network, how
                 full its subnets (or a zonal pool) are
     networks    VPCs, Private Networks, subnets and zonal pools
+    organizations  which organization each project belongs to (every object created in a
+                project is of it)
     declines    DHCP declines: recorded by the agents, listed and cleared by operators
     upkeep      one elected node compacts etcd (`compactor`), one releases expired IPs
                 (`expirer`)
@@ -72,6 +74,7 @@ from .listing import DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE, ORDERS, IPFilter
 from .network_registry import NetworkRegistry
 from .network_view import Lease, NetworkInfo, NetworkView, SubnetInfo
 from .networks import VPC, PrivateNetwork, Subnet
+from .organizations import OrganizationUnknown, ProjectOrganizations
 from .queries import NetworkUsage, Queries, SubnetUsage
 from .quotas import DEFAULT_QUOTAS, IPQuota, Quotas
 from .records import CUSTOM, IfMatch, IPRecord, Resource, Reverse, normalize_mac
@@ -99,7 +102,7 @@ __all__ = [
     "ensure_schema", "export_state", "import_state", "Compactor",
     "ADDRESS_NOT_HELD", "DECLINE_LIMIT", "TOO_MANY_DECLINES", "AddressNotHeld", "Decline",
     "TooManyDeclines", "NetworkUsage", "SubnetUsage",
-    "Expirer", "ExpiryChange", "MAX_EXPIRY", "UNCHANGED", "Quotas",
+    "Expirer", "ExpiryChange", "MAX_EXPIRY", "UNCHANGED", "Quotas", "OrganizationUnknown",
 ]
 
 
@@ -130,11 +133,14 @@ class IPAM:
         self.keys = Keys(prefix)
         self.signing_key = signing_key
         self.quotas = quotas
-        self.networks = NetworkRegistry(store, self.keys, quotas)
+        # One mapping per node: what it read of it is kept (a mapping never changes).
+        self.organizations = ProjectOrganizations(store, self.keys)
+        self.networks = NetworkRegistry(store, self.keys, quotas, self.organizations)
         # One committer per node: the changes of every source share its etcd requests.
         self.committer = Committer(store, max_inflight=max_inflight)
         self.resolver = SourceResolver(self.networks)
         self.lifecycle = Lifecycle(store, self.keys, self.resolver, self.committer)
+        self.lifecycle.organizations = self.organizations
         if quotas.ips_per_project is not None:
             self.lifecycle.ip_quota = IPQuota(store, self.keys, quotas.ips_per_project)
         self.queries = Queries(store, self.keys, self.networks)
@@ -156,7 +162,7 @@ class IPAM:
 
     def credentials(self) -> Credentials:
         """The API keys kept in this cluster (the gateway's tenancy layer)."""
-        return Credentials(self.store, self.keys, self.signing_key)
+        return Credentials(self.store, self.keys, self.signing_key, self.organizations)
 
     async def readiness(self, timeout: float = 2.0) -> tuple[bool, list[tuple[str, bool]]]:
         """(a quorum answers a linearizable read, [(endpoint, answered)]) for /readyz."""
@@ -226,6 +232,24 @@ class IPAM:
                 src = engine.source
                 out.append(SourceUsage(src.id, src.kind, src.bookable_count, free))
         return out
+
+    # -- organizations (`allocator.organizations`) -------------------------------------
+
+    def require_organizations(self) -> None:
+        """From now on, refuse every write into a project whose organization is unknown
+        (OrganizationUnknown, 412) instead of keeping the organization the caller names:
+        the service's rule, for a node that serves tenants."""
+        self.organizations.required = True
+
+    async def organization_of(self, project_id: str) -> str | None:
+        """The organization `project_id` belongs to, or None when nobody set it; from this
+        node's cache once read (a mapping never changes)."""
+        return await self.organizations.of(project_id)
+
+    async def set_project_organization(self, project_id: str, organization_id: str) -> str:
+        """Map a project to its organization, once: the same again changes nothing, another
+        organization is refused (AlreadyExists)."""
+        return await self.organizations.set(project_id, organization_id)
 
     # -- IPs --------------------------------------------------------------------------
 

@@ -8,7 +8,11 @@ so a fast hash is as safe as a slow one and costs nothing per request.
     {p}auth/secret/{sha256 of secret}   the key record (JSON), found by the secret
     {p}auth/key/{access_key}            the hash of its secret, found by access key
 
-Both keys are written and deleted in one transaction.
+Both keys are written and deleted in one transaction. A project key (member or reader)
+that names an organization maps its projects to it in the same transaction
+(`organizations`): a project belongs to one organization, so a key naming another
+organization for a project mapped already is refused (AlreadyExists), and nothing is
+written.
 
 Each key record is signed: its `signature` is an HMAC-SHA256, with a signing key that
 is never written to etcd (the gateway derives it from its configuration, see
@@ -51,6 +55,7 @@ from . import retry
 from . import store as st
 from .errors import AlreadyExists, InvalidArgument, NotFound, PreconditionFailed
 from .keys import Keys
+from .organizations import ProjectOrganizations
 from .records import check_uuid, now
 from .txn import GuardedTxn, commit
 
@@ -65,6 +70,9 @@ ROLES = (ADMIN, PROJECT_MEMBER, PROJECT_READER, PRODUCT)
 _ACCESS_KEY = re.compile(r"^SCW[A-Z0-9]{17}$")
 _ALPHABET = string.ascii_uppercase + string.digits
 _RESOURCE_TYPE = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
+# A project key's creation maps each of its projects to its organization in one
+# transaction (a guard and a write each): bounded under etcd's 128 operations.
+MAX_KEY_PROJECTS = 100
 
 
 SIGNATURE = "signature"  # the field of a key record that holds its HMAC
@@ -169,6 +177,8 @@ def check_key_spec(role: Any, organization_id: Any, project_ids: Any, resource_t
     if not isinstance(project_ids, list):
         raise InvalidArgument("project_ids", "must be a list of UUIDs", "format")
     projects = tuple(dict.fromkeys(check_uuid(p, "project_ids") for p in project_ids))
+    if len(projects) > MAX_KEY_PROJECTS:
+        raise InvalidArgument("project_ids", f"at most {MAX_KEY_PROJECTS} projects per key")
     if role in (PROJECT_MEMBER, PROJECT_READER) and not projects:
         raise InvalidArgument("project_ids", f"a {role} key needs at least one project",
                               "required")
@@ -209,12 +219,15 @@ def check_key_spec(role: Any, organization_id: Any, project_ids: Any, resource_t
 
 class Credentials:
     """The API keys of one deployment, stored in etcd and signed with `signing_key`
-    (None: this node creates no key and accepts none)."""
+    (None: this node creates no key and accepts none). `organizations`: the project ->
+    organization mapping a project key writes to (this node's, to share its cache)."""
 
-    def __init__(self, store: st.Store, keys: Keys, signing_key: bytes | None = None) -> None:
+    def __init__(self, store: st.Store, keys: Keys, signing_key: bytes | None = None,
+                 organizations: ProjectOrganizations | None = None) -> None:
         self.store = store
         self.keys = keys
         self._signing_key = signing_key
+        self.organizations = organizations or ProjectOrganizations(store, keys)
         self._cache: dict[str, ApiKey] | None = None
         self._follow: asyncio.Task[None] | None = None
         self._refusals: set[tuple[str, str]] = set()  # (etcd key, signature) logged
@@ -318,6 +331,8 @@ class Credentials:
     async def create(self, spec: ApiKey) -> tuple[ApiKey, str]:
         """Store a new key for `spec` (from `check_key_spec`), signed; returns (key, secret).
 
+        A project key naming an organization maps its projects to it, in the same
+        transaction; AlreadyExists when one of them belongs to another organization.
         PreconditionFailed when this node has no signing key."""
         if self._signing_key is None:
             raise PreconditionFailed("no_signing_key", "this node has no credential signing "
@@ -333,7 +348,12 @@ class Credentials:
                    .absent("secret", self._by_secret(digest))
                    .put(self._by_access(key.access_key), digest)
                    .put(self._by_secret(digest), record))
+            mapped = key.role in (PROJECT_MEMBER, PROJECT_READER) and key.organization_id
+            if mapped:
+                await self.organizations.write_once(txn, key.project_ids, mapped)
             if (await commit(self.store, txn)).succeeded:
+                if mapped:
+                    self.organizations.remember(key.project_ids, mapped)
                 return key, secret
         raise AlreadyExists("api_key", key.access_key)
 

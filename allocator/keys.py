@@ -8,6 +8,8 @@
     {p}projvpc/{project_id}/{region}/{vpc_id}  VPCs of a project (tenant lists, VPC quota)
     {p}projpn/{project_id}/{region}/{pn_id}    Private Networks of a project -> VPC id
                                           (tenant lists, Private Network quota)
+    {p}projorg/{project_id}               the project's organization id, set once
+                                          (`organizations`)
     {p}src/{source_id}/meta               source (subnet or zonal pool)
     {p}src/{source_id}/a/{offset}         held address -> IP id (offset in fixed-width hex)
     {p}src/{source_id}/freed              last release in the source (cheap "still full?")
@@ -84,6 +86,10 @@ class Keys:
         if not region:
             return f"{self.prefix}projpn/{project_id}/"
         return f"{self.prefix}projpn/{project_id}/{region}/{pn_id}"
+
+    def project_organization(self, project_id: str = "") -> str:
+        """The organization of a project, set once (every project's without one)."""
+        return f"{self.prefix}projorg/{project_id}"
 
     def source(self, source_id: str = "") -> str:
         return f"{self.prefix}src/{source_id}/meta" if source_id else f"{self.prefix}src/"

@@ -39,6 +39,7 @@ from .errors import (
 )
 from .expiry import UNCHANGED, ExpiryChange, check_expires_at
 from .keys import Keys
+from .organizations import ProjectOrganizations
 from .quotas import IPQuota
 from .records import (
     IfMatch,
@@ -66,6 +67,9 @@ class Lifecycle:
 
     # Admits each booking against its project's IP quota (None: no quota); set by IPAM.
     ip_quota: IPQuota | None = None
+    # The organization of every IP booked: its project's (None: the network's or the
+    # ask's, as named); set by IPAM.
+    organizations: ProjectOrganizations | None = None
 
     def __init__(self, store: Store, keys: Keys, resolver: SourceResolver,
                  committer: Committer) -> None:
@@ -119,6 +123,9 @@ class Lifecycle:
         # still gets the first answer.
         expires_at = None if ask.expires_at is None else check_expires_at(ask.expires_at)
         sources, mac_scope = await self.resolver.resolve(ask, caller)
+        organization = sources[0].organization_id or ask.organization_id
+        if self.organizations is not None:  # the project's, whoever books
+            organization = await self.organizations.settle(ask.project_id, organization)
         if self.ip_quota is not None:
             await self.ip_quota.admit(ask.project_id)
         chosen = sources[0].offset_of(ask.address) if ask.address else None
@@ -132,7 +139,7 @@ class Lifecycle:
             record = IPRecord(
                 id=ip_id, address="", project_id=ask.project_id, is_ipv6=src.is_ipv6,
                 region=ask.region, source_id=src.id, source_kind=src.kind, created_at=ts,
-                updated_at=ts, organization_id=src.organization_id or ask.organization_id,
+                updated_at=ts, organization_id=organization,
                 zone=src.zone, vpc_id=src.vpc_id, private_network_id=src.private_network_id,
                 resource=res, attached_at=ts if res else None, tags=tags,
                 booked_by_product=caller.booked_by_product, expires_at=expires_at)

@@ -19,6 +19,10 @@ Each VPC and Private Network also has a key in its project's index (`Keys.projec
 `Keys.project_private_networks`), written and deleted in the same transaction as the
 record: a caller restricted to some projects lists by reading those projects' ranges
 only, never another tenant's records, and the quotas (`quotas`) count them.
+
+A VPC or Private Network takes its project's organization (`organizations`), whoever
+creates it; the `organization_id` a caller passes counts only where the project has none
+and organizations are not required (a library user without tenancy).
 """
 
 from __future__ import annotations
@@ -38,6 +42,7 @@ from . import retry
 from .errors import AlreadyExists, Conflict, InvalidArgument, NotFound, PreconditionFailed
 from .keys import Keys
 from .networks import VPC, PrivateNetwork, Subnet
+from .organizations import ProjectOrganizations
 from .quotas import DEFAULT_QUOTAS, QUOTA_GUARD, Quotas, refuse_subnets, within_quota
 from .records import check_tags, check_uuid, new_id, now
 from .sources import ZONAL, Source, check_private, overlapping, parse_cidr
@@ -107,10 +112,13 @@ def _ula48() -> str:
 
 
 class NetworkRegistry:
-    """VPCs, Private Networks, subnets and zonal pools, stored in etcd, within `quotas`."""
+    """VPCs, Private Networks, subnets and zonal pools, stored in etcd, within `quotas`,
+    each VPC and Private Network of its project's organization (`organizations`)."""
 
-    def __init__(self, store: Store, keys: Keys, quotas: Quotas = DEFAULT_QUOTAS) -> None:
+    def __init__(self, store: Store, keys: Keys, quotas: Quotas = DEFAULT_QUOTAS,
+                 organizations: ProjectOrganizations | None = None) -> None:
         self.store, self.keys, self.quotas = store, keys, quotas
+        self.organizations = organizations or ProjectOrganizations(store, keys)
         # pn id -> (monotonic time read, the Private Network); see PN_CACHE_SECONDS
         self._pn_cache: dict[str, tuple[float, PrivateNetwork]] = {}
         self._pn_reads: dict[str, asyncio.Future[PrivateNetwork]] = {}
@@ -121,8 +129,10 @@ class NetworkRegistry:
                          name: str | None = None, tags: Any = (),
                          is_default: bool = False, enable_routing: bool = True,
                          enable_transitivity: bool = False) -> VPC:
-        """A new VPC with its own IPv6 ULA /48, within the project's VPC quota."""
+        """A new VPC with its own IPv6 ULA /48, within the project's VPC quota, of the
+        project's organization (OrganizationUnknown when required and unknown)."""
         check_uuid(project_id, "project_id")
+        organization_id = await self.organizations.settle(project_id, organization_id)
         ts = now()
         vpc = VPC(new_id(), _name(name, "vpc"), region, project_id, organization_id, _ula48(),
                   ts, ts, is_default, check_tags(tags), routing_enabled=enable_routing,
@@ -282,11 +292,14 @@ class NetworkRegistry:
         subnets: list[str] | None = None, default_route_propagation_enabled: bool = False,
     ) -> PrivateNetwork:
         """A Private Network with its subnets; subnets never overlap others of the VPC.
-        Within the project's Private Network quota and the subnet quota of a network."""
+        Within the project's Private Network quota and the subnet quota of a network; of
+        the project's organization (OrganizationUnknown when required and unknown, before
+        a default VPC is created)."""
         check_uuid(project_id, "project_id")
         tags = check_tags(tags)
         pn_name = _name(name, "pn")
         nets = _checked_subnets(subnets)
+        organization_id = await self.organizations.settle(project_id, organization_id)
         if vpc_id is None:
             vpc = await self.default_vpc(region, project_id, organization_id)
         else:

@@ -20,15 +20,16 @@ while the version is still the step's own: once any node has advanced the versio
 a slower node still running the same step can write nothing more, and nodes racing
 through one migration never interleave two steps.
 
-Some steps need what only the node knows: the credential signing key (step 2 -> 3)
-comes in `MigrationContext.signing_key`, given to `ensure_schema` by the node.
+Some steps need what only the node knows: the credential signing key (steps 2 -> 3 and
+4 -> 5) comes in `MigrationContext.signing_key`, given to `ensure_schema` by the node.
 
 Errors (all `PreconditionFailed`, so the gateway maps them like any other):
 
     SchemaTooNew        etcd holds a version this node does not understand
     SchemaUnreadable    the schema key holds something that is not a schema record
     RestoreInProgress   a restore into the prefix has not finished
-    NoSigningKey        API key records must be signed and this node has no signing key
+    NoSigningKey        API key records must be signed (or read, to map projects to their
+                        organizations) and this node has no signing key
 """
 
 from __future__ import annotations
@@ -43,13 +44,15 @@ from . import credentials
 from .errors import Conflict, PreconditionFailed
 from .keys import Keys
 from .network_registry import index_projects
+from .organizations import mapping_of_keys
 from .retry import RACES
 from .store import KV, Store
 from .txn import GuardedTxn, TxnOutcome, commit
 
 # 2: the tag index (`_index_tags`); 3: signed API keys (`_sign_api_keys`); 4: the
-# project indexes of VPCs and Private Networks (`network_registry.index_projects`)
-CURRENT_SCHEMA = 4
+# project indexes of VPCs and Private Networks (`network_registry.index_projects`); 5: the
+# organizations of projects (`_map_project_organizations`)
+CURRENT_SCHEMA = 5
 
 log = logging.getLogger(__name__)
 
@@ -81,10 +84,10 @@ class SchemaUnreadable(PreconditionFailed):
 class NoSigningKey(PreconditionFailed):
     """API key records wait to be signed, and this node was given no signing key."""
 
-    def __init__(self, count: int) -> None:
+    def __init__(self, count: int, why: str = "written before schema 3 must be signed") -> None:
         super().__init__("no_signing_key",
-                         f"{count} API key records written before schema 3 must be signed, "
-                         "and this node has no credential signing key: start a gateway node")
+                         f"{count} API key records {why}, and this node has no credential "
+                         "signing key: start a gateway node")
         self.count = count
 
 
@@ -303,9 +306,64 @@ async def _sign_api_keys(ctx: MigrationContext) -> None:
 
 _SIGN_BATCH = 50  # records per transaction: a guard and a write each, under etcd's 128 ops
 
+async def _map_project_organizations(ctx: MigrationContext) -> None:
+    """4 -> 5: map each project to its organization (`organizations`, written with every
+    project key since) from the project keys created before: every write into a project
+    needs it from version 5 on.
+
+    Only validly signed records count (a forged one maps nothing). A project that keys
+    name with two different organizations is left unmapped and logged: no key can say
+    which is right, so an admin sets it (`PUT /ipam/admin/v1/projects/{id}`); until then
+    writes into it are refused. Idempotent: a project mapped already (by a run before,
+    an admin, or a key created by a node of version 5) is left as it is; each write is
+    guarded on the mapping being absent still."""
+    kvs, _ = await ctx.store.scan(ctx.keys.api_key_by_secret())
+    records = []
+    for kv in kvs:
+        try:
+            record = json.loads(kv.value)
+        except ValueError:
+            continue
+        if (isinstance(record, dict) and record.get("organization_id")
+                and record.get("role") in (credentials.PROJECT_MEMBER,
+                                           credentials.PROJECT_READER)):
+            records.append((kv, record))
+    if not records:
+        return
+    if ctx.signing_key is None:
+        raise NoSigningKey(len(records), "must be read to map their projects to their "
+                                         "organizations (schema 5)")
+    signing_key = ctx.signing_key
+    mapping, torn = mapping_of_keys(
+        ([str(p) for p in record.get("project_ids") or ()], str(record["organization_id"]))
+        for kv, record in records
+        if credentials.signature_is_valid(signing_key, kv.key.removeprefix(ctx.keys.prefix),
+                                          record))
+    for project_id in sorted(torn):
+        log.warning("project %s is named with two organizations by its API keys: left "
+                    "unmapped; set it with PUT /ipam/admin/v1/projects/%s", project_id,
+                    project_id)
+    mapped, _ = await ctx.store.scan(ctx.keys.project_organization())
+    present = {ctx.keys.last_segment(kv.key) for kv in mapped}
+    todo = sorted(p for p in mapping if p not in present)
+    for start in range(0, len(todo), _SIGN_BATCH):
+        batch = todo[start:start + _SIGN_BATCH]
+        while batch:
+            txn = GuardedTxn()
+            for project_id in batch:
+                key = ctx.keys.project_organization(project_id)
+                txn.absent(project_id, key).put(key, mapping[project_id])
+            outcome = await ctx.commit(txn)
+            if outcome.succeeded:
+                break
+            # Some were mapped since the scan (by a new key or an admin): map the others.
+            batch = [p for p in batch if p not in outcome.failed]
+
+
 # Step v migrates version v to v + 1.
 MIGRATIONS: Mapping[int, Migration] = {0: _stamp_unversioned, 1: _index_tags,
-                                       2: _sign_api_keys, 3: index_projects}
+                                       2: _sign_api_keys, 3: index_projects,
+                                       4: _map_project_organizations}
 
 
 async def ensure_schema(store: Store, keys: Keys, *, current: int = CURRENT_SCHEMA,

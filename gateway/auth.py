@@ -80,16 +80,18 @@ class Principal:
         """The projects this key may see; None: all of them."""
         return self.caller().visible_projects
 
-    def organization_for(self, project_id: str) -> str:
-        """The organization of objects this key creates in `project_id`.
+    @property
+    def organization_claim(self) -> str | None:
+        """The organization this key names for its projects: a project key's own (None for
+        admin and product keys, whose organization says nothing of a project's).
 
-        Scaleway bodies carry no organization: it comes from a project key. Admin and
-        product keys act for any project, so their own organization says nothing about
-        it: the project id stands in, as for Scaleway's default project.
+        Only a claim: every object takes its project's organization, decided by the
+        allocator (`allocator.organizations`), whoever creates it. It travels with a
+        booking so that its idempotency digest stays what it was before.
         """
-        if self.key.role in (PROJECT_MEMBER, PROJECT_READER) and self.key.organization_id:
+        if self.key.role in (PROJECT_MEMBER, PROJECT_READER):
             return self.key.organization_id
-        return project_id
+        return None
 
     # -- the rules of allocator.access, asked before a route reads what it needs --------
 

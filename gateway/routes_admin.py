@@ -4,6 +4,8 @@
     GET    /ipam/admin/v1/api-keys                          list keys, without secrets
     GET    /ipam/admin/v1/api-keys/{access_key}             one key
     DELETE /ipam/admin/v1/api-keys/{access_key}             revoke, at once on every node
+    PUT    /ipam/admin/v1/projects/{project_id}             {"organization_id"}, set once
+    GET    /ipam/admin/v1/projects/{project_id}             the project's organization
     POST   /ipam/admin/v1/regions/{region}/zonal-pools      {"zone", "subnet"}
     GET    /ipam/admin/v1/regions/{region}/zonal-pools      ?zone=
     DELETE /ipam/admin/v1/regions/{region}/zonal-pools/{id} only while it holds no IP
@@ -22,6 +24,7 @@ from allocator.contract import check_key_spec
 
 from .auth import principal
 from .context import CREDENTIALS_KEY, ipam_of, served_zone
+from .errors import not_found
 from .models.admin import (
     ApiKey,
     ApiKeyPath,
@@ -34,6 +37,9 @@ from .models.admin import (
     ListDhcpDeclinesResponse,
     ListZonalPoolsQuery,
     ListZonalPoolsResponse,
+    ProjectOrganization,
+    ProjectPath,
+    SetProjectOrganizationRequest,
     ZonalPool,
     ZonalPoolPath,
     ZonalPoolUsage,
@@ -52,6 +58,7 @@ def _admin_only(resource: str) -> Callable[[web.Request], None]:
 
 
 _API_KEYS = _admin_only("api_key")
+_PROJECTS = _admin_only("project")
 _ZONAL_POOLS = _admin_only("zonal_pool")
 _DHCP_DECLINES = _admin_only("dhcp_decline")
 
@@ -87,6 +94,33 @@ async def get_api_key(request: web.Request, path: ApiKeyPath) -> ApiKey:
 async def revoke_api_key(request: web.Request, path: ApiKeyPath) -> None:
     """Revoke an API key, at once on every node."""
     await request.app[CREDENTIALS_KEY].revoke(path.access_key)
+
+
+@routes.put("/ipam/admin/v1/projects/{project_id}")
+@endpoint(before=_PROJECTS)
+async def set_project_organization(request: web.Request, path: ProjectPath,
+                                   body: SetProjectOrganizationRequest) -> ProjectOrganization:
+    """Set the organization of a project, once; every object created in it carries it.
+
+    The same organization again changes nothing; another one is refused (409
+    already_exists): objects already carry the first. Until a project has one (set
+    here, or by creating a project key naming it), every write into it answers 412
+    precondition_failed `project_organization_unknown`."""
+    organization = await ipam_of(request).set_project_organization(path.project_id,
+                                                                   body.organization_id)
+    return ProjectOrganization(project_id=path.project_id, organization_id=organization)
+
+
+@routes.get("/ipam/admin/v1/projects/{project_id}")
+@endpoint(before=_PROJECTS)
+async def get_project_organization(request: web.Request, path: ProjectPath
+                                   ) -> ProjectOrganization:
+    """Get the organization of a project (404 while nobody set it)."""
+    organization = await ipam_of(request).organization_of(path.project_id)
+    if organization is None:
+        raise not_found("project", path.project_id,
+                        f"project {path.project_id} has no known organization")
+    return ProjectOrganization(project_id=path.project_id, organization_id=organization)
 
 
 @routes.post("/ipam/admin/v1/regions/{region}/zonal-pools")

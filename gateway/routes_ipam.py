@@ -88,10 +88,11 @@ async def book_ip(request: web.Request, path: RegionPath, headers: IdempotencyHe
     key, scope = _idempotency(headers, who)
     pn_id, subnet_id = source.private_network_id, source.subnet_id
     # The allocator decides the rest, once: who may book where (allocator.access), the
-    # source and whether the caller sees it, the organization of a network's IPs.
+    # source and whether the caller sees it, the organization (the project's, whoever
+    # books: 412 project_organization_unknown when nobody set it).
     record = await ipam.book(AddressAsk(
         region=path.region, project_id=project_id,
-        organization_id=who.organization_for(project_id),
+        organization_id=who.organization_claim,
         is_ipv6=body.is_ipv6 or False, zonal=source.zonal, private_network_id=pn_id,
         subnet_id=subnet_id, vpc_id=source.vpc_id, address=body.address,
         tags=tuple(body.tags or ()), resource=_resource(body.resource),

@@ -116,7 +116,7 @@ async def create_vpc(request: web.Request, path: RegionPath, body: CreateVPCRequ
     project_id = _project_for_create(who, body.project_id)
     who.check_write("vpc", project_id)
     vpc = await ipam_of(request).create_vpc(
-        path.region, project_id, who.organization_for(project_id), body.name, body.tags or [],
+        path.region, project_id, who.organization_claim, body.name, body.tags or [],
         enable_routing=True if body.enable_routing is None else body.enable_routing,
         enable_transitivity=bool(body.enable_transitivity))
     return VPC.of(vpc)
@@ -190,7 +190,7 @@ async def create_private_network(request: web.Request, path: RegionPath,
         await _visible_vpc(request, who, body.vpc_id, path.region)
     who.check_write("private_network", project_id)
     pn = await ipam_of(request).create_private_network(
-        path.region, project_id, who.organization_for(project_id), body.name, body.tags or [],
+        path.region, project_id, who.organization_claim, body.name, body.tags or [],
         body.vpc_id, body.subnets or None,
         default_route_propagation_enabled=bool(body.default_route_propagation_enabled))
     return PrivateNetwork.of(pn)

@@ -1,5 +1,5 @@
-"""Operator routes (API keys, zonal pools, DHCP declines) and the probes: our own API, not
-Scaleway's."""
+"""Operator routes (API keys, project organizations, zonal pools, DHCP declines) and the
+probes: our own API, not Scaleway's."""
 
 from __future__ import annotations
 
@@ -51,8 +51,11 @@ class CreateApiKeyRequest(Body):
     model_config = ConfigDict(json_schema_extra={"allOf": _ROLE_RULES})
 
     role: Role
-    organization_id: Uuid | None = None
-    project_ids: list[Uuid] | None = None
+    organization_id: Uuid | None = Field(default=None, description=(
+        "A project key's organization: its projects are mapped to it (for good) when the "
+        "key is created, and every object created in them carries it. A project mapped "
+        "to another organization already: 409 already_exists, and no key is created."))
+    project_ids: list[Uuid] | None = Field(default=None, max_length=100)
     resource_types: list[str] | None = Field(
         default=None, json_schema_extra={"items": {"type": "string",
                                                    "pattern": RESOURCE_TYPE_PATTERN,
@@ -61,6 +64,23 @@ class CreateApiKeyRequest(Body):
     expires_at: str | None = Field(default=None, json_schema_extra={
         "format": "future-date-time",
         "description": "an RFC 3339 time with its time zone, in the future"})
+
+
+class ProjectPath(Path):
+    project_id: Uuid
+
+
+class SetProjectOrganizationRequest(Body):
+    """The organization a project belongs to, set once."""
+
+    organization_id: Uuid
+
+
+class ProjectOrganization(Reply):
+    """A project and the organization of everything created in it."""
+
+    project_id: Uuid
+    organization_id: Uuid
 
 
 class ApiKeyPath(Path):

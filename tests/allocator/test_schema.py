@@ -302,13 +302,13 @@ async def test_api_keys_written_at_schema_2_are_signed_once_by_the_step_to_3(ipa
     credentials = ipam.credentials()
     assert await credentials.lookup(secrets[0]) is None  # refused until signed
 
-    assert await ipam.ensure_schema() == SchemaState(4, found=2, migrated=(2, 3))
+    assert await ipam.ensure_schema() == SchemaState(5, found=2, migrated=(2, 3, 4))
 
     for secret in secrets:
         assert (await credentials.lookup(secret)).role == "project_reader"
         assert (await stored(ipam, secret))[SIGNED_AT_UPGRADE] is True
     rev = await revision(ipam)
-    assert await ipam.ensure_schema() == SchemaState(4, found=4)
+    assert await ipam.ensure_schema() == SchemaState(5, found=5)
     assert await revision(ipam) == rev
 
 
@@ -347,7 +347,7 @@ async def test_a_schema_set_back_to_2_gets_no_planted_key_signed(ipam, caplog):
     planted = await unsigned_key(ipam, role="admin")
     await at_schema_2(ipam)  # an etcd writer sets the version back
 
-    assert (await ipam.ensure_schema()).version == 4
+    assert (await ipam.ensure_schema()).version == 5
 
     assert SIGNATURE not in await stored(ipam, planted)
     assert await ipam.credentials().lookup(planted) is None
@@ -367,6 +367,6 @@ async def test_a_signing_step_stopped_midway_signs_the_rest_when_run_again(ipam)
                              {**await stored(ipam, secret), SIGNED_AT_UPGRADE: True})
         await put(ipam, where, json.dumps(signed).encode())
 
-    assert (await ipam.ensure_schema()).migrated == (2, 3)
+    assert (await ipam.ensure_schema()).migrated == (2, 3, 4)
 
     assert all([await ipam.credentials().lookup(s) for s in secrets])

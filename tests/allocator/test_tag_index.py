@@ -133,7 +133,8 @@ async def test_the_schema_step_to_2_indexes_the_tags_of_ips_tagged_before_the_in
     assert (await commit(ipam.store, txn)).succeeded
     assert not (await audit(ipam.store, ipam.keys)).ok  # the audit sees the index missing
     state = await ensure_schema(ipam.store, ipam.keys)
-    assert (state.version, state.migrated) == (4, (1, 2, 3))  # then signed keys, project indexes
+    # then signed keys, project indexes, project organizations
+    assert (state.version, state.migrated) == (5, (1, 2, 3, 4))
     assert await tag_keys(ipam) == keys  # every IP's tags, and nothing else
     found, total = await ipam.list_ips(IPFilter(tags=("web",)), page_size=100)
     assert total == 30 and {ip.id for ip in found} == {ip.id for ip in tagged}

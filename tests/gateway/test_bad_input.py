@@ -234,7 +234,8 @@ def test_every_route_refuses_a_missing_key_with_401(gateway: GatewayNode) -> Non
                 continue
             concrete = (path.replace("{region}", "fr-par").replace("{access_key}", "SCW" + "A" * 17)
                         .replace("{ip_id}", U).replace("{vpc_id}", U)
-                        .replace("{private_network_id}", U).replace("{pool_id}", U))
+                        .replace("{private_network_id}", U).replace("{pool_id}", U)
+                        .replace("{project_id}", U))
             resp = requests.request(method.upper(), gateway.url + concrete, json={}, timeout=30)
             assert resp.status_code == 401, (method, concrete, resp.text)
             assert resp.json()["type"] == "denied_authentication"

@@ -313,5 +313,5 @@ async def test_a_node_finding_a_newer_schema_refuses_to_serve_and_exits(
                           capture_output=True, text=True, timeout=60, check=False)
     assert done.returncode == 1
     assert done.stderr.splitlines()[-1] == (
-        "ipam serve: etcd holds schema 99, this node understands up to 4: upgrade this node")
+        "ipam serve: etcd holds schema 99, this node understands up to 5: upgrade this node")
     assert "Traceback" not in done.stderr

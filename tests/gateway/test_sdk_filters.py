@@ -126,7 +126,7 @@ def _product_call(node: GatewayNode, secret: str, body: dict[str, Any]) -> dict[
 @pytest.fixture(scope="module")
 def world(node: GatewayNode) -> World:
     keys = ApiKeys(node.url)
-    orgs = {"a": str(uuid.uuid4()), "b": str(uuid.uuid4())}
+    orgs = {"a": str(uuid.uuid4()), "b": str(uuid.uuid4()), "z": str(uuid.uuid4())}
     projects = {"a": str(uuid.uuid4()), "b": str(uuid.uuid4()), "z": str(uuid.uuid4())}
     admin = sdk_client(node.url, admin_access_key(), ADMIN_SECRET)
     w = World(IpamV1API(admin), VpcV2API(admin), orgs, projects)
@@ -228,17 +228,20 @@ def world(node: GatewayNode) -> World:
     ip("ip5", ipam_b.book_ip(source=Source(private_network_id=w["pB1"].id), is_ipv6=False,
                              tags=["web"], resource=custom("02:00:00:00:00:05", "web-b")),
        "b", orgs["b"], "pB1", tags=["web"], resource=("custom", "02:00:00:00:00:05", "web-b"))
-    # Zonal IPs are a product's to book; the product names no organization, so the
-    # project stands in for it (gateway.auth.Principal.organization_for).
+    # Zonal IPs are a product's to book; the product names no organization: they take
+    # their project's, set by an admin (allocator.organizations).
+    requests.put(f"{node.url}/ipam/admin/v1/projects/{projects['z']}", timeout=30,
+                 headers={"X-Auth-Token": ADMIN_SECRET},
+                 json={"organization_id": orgs["z"]}).raise_for_status()
     made = _product_call(node, product_secret, {
         "source": {"zonal": "fr-par-1"}, "is_ipv6": False, "project_id": projects["z"],
         "resource": {"type": "instance_server", "id": server2, "name": "srv-2"}})
-    ip("ip6", {**made, "resource_id": server2}, "z", projects["z"], None, tags=[],
+    ip("ip6", {**made, "resource_id": server2}, "z", orgs["z"], None, tags=[],
        resource=("instance_server", None, "srv-2"), zone="fr-par-1")
     made = _product_call(node, product_secret, {
         "source": {"zonal": "fr-par-2"}, "is_ipv6": False, "project_id": projects["z"],
         "tags": ["edge"]})
-    ip("ip7", {**made, "resource_id": None}, "z", projects["z"], None, tags=["edge"],
+    ip("ip7", {**made, "resource_id": None}, "z", orgs["z"], None, tags=["edge"],
        zone="fr-par-2")
     v4_subnet = w["pA1/10.1.0.0/24"].id
     ip("ip8", ipam_a.book_ip(source=Source(subnet_id=v4_subnet), is_ipv6=False),
