@@ -40,8 +40,11 @@ from .fields import (
 # allocator's (`allocator.expiry`), checked before anything is written.
 _EXPIRY_RULE = (f"RFC 3339 time with its offset, in the future and at most "
                 f"{MAX_EXPIRY.days} days ahead")
+# Its own format: a date-time that is also in the future and not too far (the document
+# cannot say "from now" in JSON Schema; the description does).
 ExpiresAt = Annotated[str, Field(max_length=64), WithJsonSchema({
-    "type": "string", "format": "date-time", "maxLength": 64, "description": _EXPIRY_RULE})]
+    "type": "string", "format": "expiry-date-time", "maxLength": 64,
+    "description": _EXPIRY_RULE})]
 
 IPOrder = Literal["created_at_desc", "created_at_asc", "updated_at_desc", "updated_at_asc",
                   "attached_at_desc", "attached_at_asc", "ip_address_desc", "ip_address_asc",

@@ -12,7 +12,7 @@ the format's description, and made here.
 from __future__ import annotations
 
 import ipaddress
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -42,6 +42,11 @@ schemathesis.openapi.format("private-cidr", st.sampled_from(_PRIVATE))
 schemathesis.openapi.format("cidr", st.sampled_from(_PUBLIC))
 schemathesis.openapi.format("future-date-time", st.datetimes(
     min_value=datetime(2100, 1, 1), timezones=st.just(UTC)).map(datetime.isoformat))
+# An IP's expiry: in the future and at most MAX_EXPIRY ahead (a day to 300 days from now).
+_NOW = datetime.now(UTC).replace(tzinfo=None)
+schemathesis.openapi.format("expiry-date-time", st.datetimes(
+    min_value=_NOW + timedelta(days=1), max_value=_NOW + timedelta(days=300),
+    timezones=st.just(UTC)).map(datetime.isoformat))
 
 
 @pytest.fixture
