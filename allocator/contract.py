@@ -158,11 +158,13 @@ class IPAM:
         """Stop every source's watch and close the etcd channels."""
         for engine in self.lifecycle.engines.values():
             engine.close()
+        await self.queries.reads.close()
         await self.store.close()
 
     def credentials(self) -> Credentials:
         """The API keys kept in this cluster (the gateway's tenancy layer)."""
-        return Credentials(self.store, self.keys, self.signing_key, self.organizations)
+        return Credentials(self.store, self.keys, self.signing_key, self.organizations,
+                           self.queries.reads)
 
     async def readiness(self, timeout: float = 2.0) -> tuple[bool, list[tuple[str, bool]]]:
         """(a quorum answers a linearizable read, [(endpoint, answered)]) for /readyz."""

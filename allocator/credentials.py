@@ -56,6 +56,7 @@ from . import store as st
 from .errors import AlreadyExists, InvalidArgument, NotFound, PreconditionFailed
 from .keys import Keys
 from .organizations import ProjectOrganizations
+from .reads import CoalescedReads
 from .records import check_uuid, now
 from .txn import GuardedTxn, commit
 
@@ -223,9 +224,13 @@ class Credentials:
     organization mapping a project key writes to (this node's, to share its cache)."""
 
     def __init__(self, store: st.Store, keys: Keys, signing_key: bytes | None = None,
-                 organizations: ProjectOrganizations | None = None) -> None:
+                 organizations: ProjectOrganizations | None = None,
+                 reads: CoalescedReads | None = None) -> None:
         self.store = store
         self.keys = keys
+        # A lookup per request: concurrent ones share the node's reads (still linearizable,
+        # so a revocation anywhere is seen by the next request anywhere).
+        self._reads = reads or CoalescedReads(store)
         self._signing_key = signing_key
         self.organizations = organizations or ProjectOrganizations(store, keys)
         self._cache: dict[str, ApiKey] | None = None
@@ -360,7 +365,7 @@ class Credentials:
     async def lookup(self, secret_key: str) -> ApiKey | None:
         """The key whose secret this is, or None (also for a record whose signature is
         missing or wrong); one linearizable read."""
-        kv = await self.store.get(self._by_secret(secret_hash(secret_key)))
+        kv = await self._reads.get(self._by_secret(secret_hash(secret_key)))
         return self._verified(kv.key, kv.value) if kv else None
 
     async def get(self, access_key: str) -> ApiKey:
