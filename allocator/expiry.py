@@ -38,7 +38,7 @@ import logging
 import re
 import time
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING, Any, Final, Literal, Protocol
+from typing import Any, Final, Literal, Protocol
 
 from aetcd import rpc
 
@@ -46,9 +46,6 @@ from .election import ElectedLoop, ElectionStore
 from .errors import InvalidArgument
 from .keys import Keys
 from .records import now
-
-if TYPE_CHECKING:
-    from .lifecycle import Lifecycle
 
 log = logging.getLogger(__name__)
 
@@ -107,13 +104,19 @@ class ExpiryStore(ElectionStore, Protocol):
                     ) -> rpc.RangeResponse: ...
 
 
+class ExpiringIPs(Protocol):
+    """What releases one due IP (`lifecycle.Lifecycle` is it): True if released."""
+
+    async def expire(self, ip_id: str, index_key: str) -> bool: ...
+
+
 class Expirer(ElectedLoop):
     """Releases due expiring IPs while this node holds the expirer key (see the module
     docstring)."""
 
     chore = "expirer"
 
-    def __init__(self, store: ExpiryStore, keys: Keys, lifecycle: Lifecycle, *,
+    def __init__(self, store: ExpiryStore, keys: Keys, lifecycle: ExpiringIPs, *,
                  check_interval: float = CHECK_INTERVAL, lease_ttl: int = LEASE_TTL,
                  batch: int = BATCH, holder: str | None = None) -> None:
         if batch < 1:

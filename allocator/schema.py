@@ -43,14 +43,13 @@ from typing import Any
 from . import credentials
 from .errors import Conflict, PreconditionFailed
 from .keys import Keys
-from .network_registry import index_projects
 from .organizations import mapping_of_keys
 from .retry import RACES
 from .store import KV, Store
 from .txn import GuardedTxn, TxnOutcome, commit
 
 # 2: the tag index (`_index_tags`); 3: signed API keys (`_sign_api_keys`); 4: the
-# project indexes of VPCs and Private Networks (`network_registry.index_projects`); 5: the
+# project indexes of VPCs and Private Networks (`index_projects`); 5: the
 # organizations of projects (`_map_project_organizations`)
 CURRENT_SCHEMA = 5
 
@@ -358,6 +357,45 @@ async def _map_project_organizations(ctx: MigrationContext) -> None:
                 break
             # Some were mapped since the scan (by a new key or an admin): map the others.
             batch = [p for p in batch if p not in outcome.failed]
+
+
+# -- the project indexes of data written before them -----------------------------------------
+
+_INDEX_BATCH = 50  # records per transaction: a guard and a write each, under etcd's 128 ops
+
+
+async def index_projects(ctx: MigrationContext) -> None:
+    """Schema step 3 -> 4: the project indexes of VPCs and Private Networks
+    (`Keys.project_vpcs`, `Keys.project_private_networks`, written with every create
+    since) for the ones created before them. Without it, a tenant's list would miss them
+    and the quotas would not count them.
+
+    Idempotent: a key there already is written again with the same value. Each key is
+    guarded by its record being present, so a network deleted since the scan gets no
+    index key pointing nowhere. Nodes of the previous version still running would create
+    networks without the index: stop them first (a node migrates before it serves)."""
+    keys = ctx.keys
+    vpcs, _ = await ctx.store.scan(keys.vpc())
+    pns, _ = await ctx.store.scan(keys.private_network())
+    entries: list[tuple[str, str, str]] = []  # (record key, index key, index value)
+    for kv in vpcs:
+        v = json.loads(kv.value)
+        entries.append((kv.key, keys.project_vpcs(v["project_id"], v["region"], v["id"]), ""))
+    for kv in pns:
+        p = json.loads(kv.value)
+        entries.append((kv.key, keys.project_private_networks(p["project_id"], p["region"],
+                                                              p["id"]), p["vpc_id"]))
+    for start in range(0, len(entries), _INDEX_BATCH):
+        batch = entries[start:start + _INDEX_BATCH]
+        while batch:
+            txn = GuardedTxn()
+            for n, (record_key, index_key, value) in enumerate(batch):
+                txn.present(f"record {n}", record_key).put(index_key, value)
+            outcome = await ctx.commit(txn)
+            if outcome.succeeded:
+                break
+            # Some were deleted since the scan: index the others.
+            batch = [e for n, e in enumerate(batch) if f"record {n}" not in outcome.failed]
 
 
 # Step v migrates version v to v + 1.

@@ -27,9 +27,8 @@ from allocator_support import (
 )
 
 from allocator.contract import IPAM, AddressAsk, Quotas, errors
-from allocator.network_registry import index_projects
 from allocator.quotas import IPQuota
-from allocator.schema import MigrationContext, SchemaRecord, ensure_schema
+from allocator.schema import MigrationContext, SchemaRecord, ensure_schema, index_projects
 from allocator.store import KV, EtcdStore, prefix_end
 from allocator.txn import put
 from devcluster.etcd import EtcdCluster
@@ -437,7 +436,7 @@ async def test_tenant_lists_keep_their_filters_and_regions(ipam: IPAM, project: 
     assert len(index) == 2  # db and web-b: a deleted VPC leaves no index key
 
 
-# -- networks written before the project indexes ------------------------------------------------------
+# -- networks written before the project indexes ------------------------------------------
 
 
 async def test_the_index_step_indexes_networks_written_before_it(ipam: IPAM, project: str):
