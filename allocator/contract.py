@@ -68,6 +68,9 @@ from .declines import (
 )
 from .errors import ArgumentProblem, StoreError
 from .expiry import MAX_EXPIRY, UNCHANGED, Expirer, ExpiryChange
+from .idempotency import MAX_RETENTION as MAX_IDEMPOTENCY_RETENTION
+from .idempotency import MIN_RETENTION as MIN_IDEMPOTENCY_RETENTION
+from .idempotency import RETENTION as IDEMPOTENCY_RETENTION
 from .keys import Keys
 from .lifecycle import Lifecycle
 from .listing import DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE, ORDERS, IPFilter
@@ -91,6 +94,7 @@ from .sources import ReservedAddress, Source
 from .store import EtcdSecurity, EtcdStore, Store
 
 __all__ = [
+    "IDEMPOTENCY_RETENTION", "MAX_IDEMPOTENCY_RETENTION", "MIN_IDEMPOTENCY_RETENTION",
     "ADMIN", "CUSTOM", "OPERATE", "RULES", "WRITE_NETWORKS", "DEFAULT_PAGE_SIZE", "IPAM", "MAX_PAGE_SIZE", "ORDERS", "PRODUCT",
     "PROJECT_MEMBER", "PROJECT_READER", "VPC", "AddressAsk", "ApiKey", "ArgumentProblem",
     "Caller", "Credentials", "EtcdSecurity", "IfMatch", "IPFilter", "IPRecord", "Lease", "NetworkInfo",
@@ -123,12 +127,14 @@ class IPAM:
     through the methods below. `signing_key` signs and checks the API key records
     (`allocator.credentials`; None: this node creates no key and accepts none).
     `quotas`: what one project may hold (`allocator.quotas`; every node of a cluster
-    should be given the same).
+    should be given the same). `idempotency_retention`: seconds a retry with an
+    idempotency key still gets the first answer (`allocator.idempotency`).
     """
 
     def __init__(self, store: Store, prefix: str = "/ipam/", *,
                  max_inflight: int = 2, signing_key: bytes | None = None,
-                 quotas: Quotas = DEFAULT_QUOTAS) -> None:
+                 quotas: Quotas = DEFAULT_QUOTAS,
+                 idempotency_retention: int = IDEMPOTENCY_RETENTION) -> None:
         self.store = store
         self.keys = Keys(prefix)
         self.signing_key = signing_key
@@ -139,7 +145,8 @@ class IPAM:
         # One committer per node: the changes of every source share its etcd requests.
         self.committer = Committer(store, max_inflight=max_inflight)
         self.resolver = SourceResolver(self.networks)
-        self.lifecycle = Lifecycle(store, self.keys, self.resolver, self.committer)
+        self.lifecycle = Lifecycle(store, self.keys, self.resolver, self.committer,
+                                   idempotency_retention)
         self.lifecycle.organizations = self.organizations
         if quotas.ips_per_project is not None:
             self.lifecycle.ip_quota = IPQuota(store, self.keys, quotas.ips_per_project)

@@ -72,10 +72,11 @@ class Lifecycle:
     organizations: ProjectOrganizations | None = None
 
     def __init__(self, store: Store, keys: Keys, resolver: SourceResolver,
-                 committer: Committer) -> None:
+                 committer: Committer, idempotency_retention: int = idem.RETENTION
+                 ) -> None:
         self.store, self.keys, self.resolver, self.committer = store, keys, resolver, committer
         self.engines: dict[str, SourceEngine] = {}
-        self._leases = idem.LeaseClock(store)
+        self._leases = idem.LeaseClock(store, idempotency_retention)
         self._rng = random.Random()
 
     def _engine(self, source: Source) -> SourceEngine:

@@ -6,6 +6,7 @@
     python -m bench lists [--quick] [--out bench/results]
     python -m bench reads [--quick] [--seconds N] [--out bench/results]
     python -m bench soak [--seconds N] [--quick] [--out bench/results]
+    python -m bench storage [--quick] [--ips N] [--out bench/results]
 """
 
 from __future__ import annotations
@@ -43,6 +44,10 @@ def main(argv: list[str] | None = None) -> int:
         from .soak import main as soak
 
         return soak(rest)
+    if command == "storage":
+        from .storage import main as storage
+
+        return storage(rest)
     print(f"unknown command {command!r}\n\n{__doc__.strip()}", file=sys.stderr)
     return 2
 

@@ -32,7 +32,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from allocator.contract import EtcdSecurity, Quotas
+from allocator.contract import (
+    IDEMPOTENCY_RETENTION,
+    MAX_IDEMPOTENCY_RETENTION,
+    MIN_IDEMPOTENCY_RETENTION,
+    EtcdSecurity,
+    Quotas,
+)
 
 _REGION = re.compile(r"^[a-z]{2}-[a-z]{3}$")
 _ZONE = re.compile(r"^[a-z]{2}-[a-z]{3}-[1-9]$")
@@ -128,6 +134,10 @@ SETTINGS: tuple[Setting, ...] = (
             "seconds between two looks for expired IPs (one node, elected, releases them): "
             "an IP is released at most this long after its expires_at, plus one commit "
             "(0: this node never releases them, others do)"),
+    Setting("idempotency_retention", str(IDEMPOTENCY_RETENTION),
+            "seconds a retry with the same Idempotency-Key still gets the first answer "
+            f"({MIN_IDEMPOTENCY_RETENTION} to {MAX_IDEMPOTENCY_RETENTION}); etcd holds each "
+            "key's record that long (README, Capacity)"),
     Setting("quota_vpcs", "100", "VPCs one project may hold, every region counted (0: no quota)"),
     Setting("quota_private_networks", "500",
             "Private Networks one project may hold, every region counted (0: no quota)"),
@@ -174,6 +184,7 @@ class GatewayConfig:
     compact_every_deletes: int = 10000
     expiry_check_interval: float = 1.0
     quotas: Quotas = field(default_factory=Quotas)
+    idempotency_retention: int = IDEMPOTENCY_RETENTION
 
     def __post_init__(self) -> None:
         if not _REGION.match(self.region):
@@ -236,6 +247,11 @@ class GatewayConfig:
         if self.compact_retain_revisions < 0 or self.compact_every_deletes < 0:
             raise ConfigError("--compact-retain-revisions and --compact-every-deletes "
                               "(IPAM_COMPACT_...) must not be negative")
+        if not MIN_IDEMPOTENCY_RETENTION <= self.idempotency_retention \
+                <= MAX_IDEMPOTENCY_RETENTION:
+            raise ConfigError(f"--idempotency-retention/IPAM_IDEMPOTENCY_RETENTION must be "
+                              f"{MIN_IDEMPOTENCY_RETENTION} to {MAX_IDEMPOTENCY_RETENTION} "
+                              "seconds")
         if not 0 <= self.expiry_check_interval <= MAX_EXPIRY_CHECK_INTERVAL:
             raise ConfigError(f"--expiry-check-interval/IPAM_EXPIRY_CHECK_INTERVAL must be "
                               f"0 (off) to {MAX_EXPIRY_CHECK_INTERVAL:g} seconds")
@@ -420,6 +436,7 @@ def load(args: argparse.Namespace | None = None,
         compact_retain_revisions=int(number("compact_retain_revisions", int)),
         compact_every_deletes=int(number("compact_every_deletes", int)),
         expiry_check_interval=float(number("expiry_check_interval", float)),
+        idempotency_retention=int(number("idempotency_retention", int)),
         quotas=_quotas(**{name: int(number(f"quota_{name}", int))
                           for name in ("vpcs", "private_networks", "subnets", "ips")}),
     )

@@ -78,3 +78,14 @@ def test_a_negative_quota_is_refused_naming_its_flag():
     with pytest.raises(ConfigError, match=r"--quota-private-networks/"
                                           r"IPAM_QUOTA_PRIVATE_NETWORKS must be 0 \(no quota\)"):
         load(parse(), {"IPAM_QUOTA_PRIVATE_NETWORKS": "-1"})
+
+
+def test_the_idempotency_retention_is_an_hour_unless_set_within_a_minute_to_a_week():
+    assert load(parse(), {}).idempotency_retention == 3600
+    assert load(parse(), {"IPAM_IDEMPOTENCY_RETENTION": "86400"}).idempotency_retention == 86400
+    assert load(parse("--idempotency-retention", "60"), {}).idempotency_retention == 60
+    for bad in ("59", str(7 * 24 * 3600 + 1)):
+        with pytest.raises(ConfigError) as err:
+            load(parse("--idempotency-retention", bad), {})
+        assert str(err.value) == ("--idempotency-retention/IPAM_IDEMPOTENCY_RETENTION must be "
+                                  "60 to 604800 seconds")
