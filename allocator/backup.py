@@ -22,8 +22,8 @@ than mixing revisions).
 Leased keys: the idempotency records (`idem/`), the only keys the allocator puts on a
 lease, are exported. Without them a client that retries a booking across a restore
 would get a second IP instead of its first answer. A lease itself cannot be carried to
-another cluster, so the restore puts them on one new lease of `RETENTION` (24 h): a
-record lives at least as long as it had left, never less.
+another cluster, so the restore puts them on one new lease of `RETENTION` (an hour by
+default): a record lives at least as long as it had left, never less.
 
 Restore: the target prefix must be empty, or hold nothing but a schema key at the
 backup's version (a node stamped it on start-up). The file is read and checked whole
@@ -185,7 +185,7 @@ async def export_state(store: Store, keys: Keys, out: BinaryIO | TextIO, *,
     end = prefix_end(prefix)
     schema_key = keys.schema().encode()
     # The elected compactor's and expirer's keys are a node's lease, not data: never
-    # carried over (restored on a 24 h lease, they would keep every node from taking over).
+    # carried over (restored on the records' lease, they would keep every node from taking over).
     elected_keys = (keys.compactor().encode(), keys.expirer().encode())
     # The schema key and the first page in one read: the same revision for both.
     first = await store.txn([], [_range(schema_key), _range(prefix, end, limit=page)],

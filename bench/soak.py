@@ -14,9 +14,9 @@ Every attempt is recorded in a `bench.history.History`.
 Every `sample_every` seconds (`bench.soakprobe`): the gateway's RSS, open file
 descriptors, asyncio task count and /metrics counters; etcd's database size
 (`etcd_mvcc_db_total_size_in_bytes`, and in use), key count and RSS; the IP records
-and the clients' idempotency keys under the prefix. Those keys live 24 hours by
-design (`allocator.idempotency`): etcd's database grows with them for a day, and
-the series says how much of its growth they are.
+and the clients' idempotency keys under the prefix. Those keys live an hour by
+default (`--idempotency-retention`, `allocator.idempotency`): etcd's database grows
+with them for that long, and the series says how much of its growth they are.
 
 At the end: the series; the gateway's RSS growth after warm-up (the first sample at or
 after `warmup` s against the median of the last three; target: under 10 %) and its
@@ -225,7 +225,7 @@ async def run(plan: Plan, cluster: EtcdCluster, node: SoakNode, quiet: bool
     load = Load(node.url, key["secret_key"], project, pn["id"], plan)
     samples: list[dict[str, Any]] = []
     ipam = await IPAM.connect(cluster.endpoints, prefix=PREFIX)  # counts, and the final read
-    idempotency = ipam.keys.idempotency(key["access_key"], "")  # the clients' keys (24 h)
+    idempotency = ipam.keys.idempotency(key["access_key"], "")  # the clients' keys (leased, 1 h by default)
     for _ in range(50):  # bounded: 5 s for the node's first task count
         if node_tasks(node.tasks_file) is not None:
             break
