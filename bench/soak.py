@@ -225,7 +225,7 @@ async def run(plan: Plan, cluster: EtcdCluster, node: SoakNode, quiet: bool
     load = Load(node.url, key["secret_key"], project, pn["id"], plan)
     samples: list[dict[str, Any]] = []
     ipam = await IPAM.connect(cluster.endpoints, prefix=PREFIX)  # counts, and the final read
-    idempotency = ipam.keys.idempotency(key["access_key"], "")  # the clients' keys (leased, 1 h by default)
+    idempotency = ipam.keys.idempotency(key["access_key"], "")  # the clients' keys (leased)
     for _ in range(50):  # bounded: 5 s for the node's first task count
         if node_tasks(node.tasks_file) is not None:
             break
