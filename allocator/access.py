@@ -126,6 +126,8 @@ class Caller:
     `region`: the region the request is served in (None: any). `credential`: an etcd
     key that must still exist for a change to apply (the caller's API key): a key
     revoked on any node stops every change made with it, in the same transaction.
+    `access_key`: the API key's public id, recorded as the actor of each change in the
+    event feed (`events`; None: `admin`).
     """
 
     role: str = ADMIN
@@ -133,6 +135,7 @@ class Caller:
     product_types: frozenset[str] = frozenset()
     region: str | None = None
     credential: str | None = None
+    access_key: str | None = None
 
     def _cell(self, action: str) -> Ownerships:
         return RULES[self.role].get(action, NONE)

@@ -22,6 +22,7 @@ nothing itself:
     declines    DHCP declines: recorded by the agents, listed and cleared by operators
     upkeep      one elected node compacts etcd (`compactor`), one releases expired IPs
                 (`expirer`)
+    events      the feed of IP lifecycle changes, in commit order (`events`)
 """
 
 from __future__ import annotations
@@ -67,6 +68,12 @@ from .declines import (
     TooManyDeclines,
 )
 from .errors import ArgumentProblem, StoreError
+from .events import DEFAULT_PAGE as DEFAULT_EVENT_PAGE
+from .events import DEFAULT_RETENTION as DEFAULT_EVENT_RETENTION
+from .events import MAX_PAGE as MAX_EVENT_PAGE
+from .events import MAX_WAIT as MAX_EVENT_WAIT
+from .events import MIN_RETENTION as MIN_EVENT_RETENTION
+from .events import Event, EventFeed, EventLeases, EventPage
 from .expiry import MAX_EXPIRY, UNCHANGED, Expirer, ExpiryChange
 from .idempotency import MAX_RETENTION as MAX_IDEMPOTENCY_RETENTION
 from .idempotency import MIN_RETENTION as MIN_IDEMPOTENCY_RETENTION
@@ -94,7 +101,6 @@ from .sources import ReservedAddress, Source
 from .store import EtcdSecurity, EtcdStore, Store
 
 __all__ = [
-    "IDEMPOTENCY_RETENTION", "MAX_IDEMPOTENCY_RETENTION", "MIN_IDEMPOTENCY_RETENTION",
     "ADMIN", "CUSTOM", "OPERATE", "RULES", "WRITE_NETWORKS", "DEFAULT_PAGE_SIZE", "IPAM", "MAX_PAGE_SIZE", "ORDERS", "PRODUCT",
     "PROJECT_MEMBER", "PROJECT_READER", "VPC", "AddressAsk", "ApiKey", "ArgumentProblem",
     "Caller", "Credentials", "EtcdSecurity", "IfMatch", "IPFilter", "IPRecord", "Lease", "NetworkInfo",
@@ -107,6 +113,9 @@ __all__ = [
     "ADDRESS_NOT_HELD", "DECLINE_LIMIT", "TOO_MANY_DECLINES", "AddressNotHeld", "Decline",
     "TooManyDeclines", "NetworkUsage", "SubnetUsage",
     "Expirer", "ExpiryChange", "MAX_EXPIRY", "UNCHANGED", "Quotas", "OrganizationUnknown",
+    "DEFAULT_EVENT_PAGE", "DEFAULT_EVENT_RETENTION", "MAX_EVENT_PAGE", "MAX_EVENT_WAIT",
+    "MIN_EVENT_RETENTION", "Event", "EventPage",
+    "IDEMPOTENCY_RETENTION", "MAX_IDEMPOTENCY_RETENTION", "MIN_IDEMPOTENCY_RETENTION",
 ]
 
 
@@ -134,7 +143,8 @@ class IPAM:
     def __init__(self, store: Store, prefix: str = "/ipam/", *,
                  max_inflight: int = 2, signing_key: bytes | None = None,
                  quotas: Quotas = DEFAULT_QUOTAS,
-                 idempotency_retention: int = IDEMPOTENCY_RETENTION) -> None:
+                 idempotency_retention: int = IDEMPOTENCY_RETENTION,
+                 event_retention: int = DEFAULT_EVENT_RETENTION) -> None:
         self.store = store
         self.keys = Keys(prefix)
         self.signing_key = signing_key
@@ -145,8 +155,13 @@ class IPAM:
         # One committer per node: the changes of every source share its etcd requests.
         self.committer = Committer(store, max_inflight=max_inflight)
         self.resolver = SourceResolver(self.networks)
+        # The event feed (`events`): kept `event_retention` seconds; 0: no feed.
         self.lifecycle = Lifecycle(store, self.keys, self.resolver, self.committer,
-                                   idempotency_retention)
+                                   idempotency_retention, event_leases=EventLeases(
+                                       store, event_retention) if event_retention else None)
+        # A node that writes no event still reads the feed the others write.
+        self.feed = EventFeed(store, self.keys,  # type: ignore[arg-type]
+                              event_retention or DEFAULT_EVENT_RETENTION)
         self.lifecycle.organizations = self.organizations
         if quotas.ips_per_project is not None:
             self.lifecycle.ip_quota = IPQuota(store, self.keys, quotas.ips_per_project)
@@ -330,6 +345,23 @@ class IPAM:
         """Move an IP from the resource it is attached to, to another one (or to none)."""
         return await self.lifecycle.move(ip_id, from_resource, to_resource, caller,
                                          idempotency_key, idempotency_scope, if_match)
+
+    async def events(self, after: str = "0", caller: Caller = Caller(), *,
+                     region: str | None = None, project_id: str | None = None,
+                     private_network_id: str | None = None, ip_id: str | None = None,
+                     page_size: int = DEFAULT_EVENT_PAGE, wait: float = 0.0) -> EventPage:
+        """The IP lifecycle events after cursor `after` ("0": the oldest kept), in commit
+        order, of the projects `caller` sees (of `project_id` among them), optionally of
+        one Private Network or one IP; with `wait` seconds (at most MAX_EVENT_WAIT), an
+        empty read waits that long for one. PreconditionFailed `cursor_expired` when
+        events after the cursor may be gone (older than the retention); see `events`."""
+        projects = caller.visible_projects
+        if project_id is not None:
+            projects = frozenset({project_id}) if projects is None else (
+                projects & {project_id})
+        return await self.feed.read(after, projects=projects, region=region,
+                                    private_network_id=private_network_id, ip_id=ip_id,
+                                    page_size=page_size, wait=wait)
 
     async def network_view(self, pn_ids: Sequence[str]) -> NetworkView:
         """A live view of these Private Networks and their IPs (DHCP and DNS read it),

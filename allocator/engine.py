@@ -14,6 +14,8 @@ How a booking is served (DESIGN.md section 3), all in the caller's own coroutine
    one linearizable count before "exhausted".
 5. A transaction that errors has an unknown outcome: the booking reads back its IP
    record key (the IP id is its token) before it answers anything.
+6. The booking's event (`events`) is one more put in the same transaction: it exists
+   exactly when the booking committed.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from dataclasses import dataclass, field, replace
 
 from aetcd import rpc
 
+from . import events as ev
 from . import idempotency as idem
 from . import retry
 from .committer import MAX_NESTED, Committer
@@ -112,6 +115,9 @@ class Booking:
     mac_key: str | None = None
     resource_key: str | None = None
     credential_key: str | None = None  # must exist for the booking to apply (API key)
+    event_key: str | None = None  # the booking's event in the feed (None: no feed)
+    event_lease: int = 0
+    actor: str = "admin"  # who booked, as the feed records it
     started: float = field(default_factory=time.monotonic)
 
 
@@ -245,6 +251,9 @@ class SourceEngine:
                 b.idempotency_key, idem.entry(b.fingerprint, record), b.idempotency_lease)
         if b.mac_key:
             txn.absent("mac", b.mac_key).put(b.mac_key, record.id)
+        if b.event_key:
+            txn.put(b.event_key, ev.entry(ev.BOOKED, record, b.actor, record.created_at),
+                    b.event_lease)
         return txn
 
     async def _settle(self, b: Booking, offset: int, out: TxnOutcome) -> IPRecord | None:

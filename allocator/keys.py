@@ -25,6 +25,8 @@
     {p}auth/secret/{sha256 of secret}     API key record, found by its secret
     {p}auth/key/{access_key}              the hash of its secret, found by access key
     {p}expiry/{time}/{ip_id}              IPs that expire, soonest first (`expiry`)
+    {p}ev/{project_id}/{seconds}/{ip_id}.{random}  one IP lifecycle event (leased,
+                                          `events`: their order is their mod revision)
     {p}compactor                          the node that compacts etcd's history (leased)
     {p}expirer                            the node that releases expired IPs (leased)
     {p}schema                             schema version of the data (and a restore's progress)
@@ -186,6 +188,20 @@ class Keys:
         """The end of the range of expiry keys due at `moment` (a stored time): it sorts
         after every key of a time up to `moment`, before every later one."""
         return f"{self.prefix}expiry/{format(_micros(moment) + 1, '016x')}"
+
+    def event(self, project_id: str, seconds: int, ip_id: str, suffix: str) -> str:
+        """One event of `ip_id` written at `seconds` (the writer's clock) in its project's
+        feed; `suffix` makes it unique (see `events`)."""
+        return f"{self.prefix}ev/{project_id}/{seconds:08x}/{ip_id}.{suffix}"
+
+    def events(self, project_id: str = "", seconds: int | None = None) -> str:
+        """Every project's events; one project's; one project's from `seconds` on (a range
+        start: the key sorts before every event written at `seconds` or later)."""
+        if not project_id:
+            return f"{self.prefix}ev/"
+        if seconds is None:
+            return f"{self.prefix}ev/{project_id}/"
+        return f"{self.prefix}ev/{project_id}/{max(seconds, 0):08x}"
 
     def compactor(self) -> str:
         """Held, on its lease, by the one node that compacts etcd (see `compactor`)."""

@@ -6,6 +6,10 @@ read-then-guarded-write (DESIGN.md section 3, point 4): the record is read, the
 change decided on it, and committed with `unchanged(record)` plus the guards of
 the keys it writes; the failure branch reads them all, so a retry needs no extra
 round trip and a refusal names its guard.
+
+Every change that commits writes its event (`events`) in its own transaction: one
+put, on the feed's shared lease; a change that writes nothing (an attach to the
+resource the IP is on already) writes no event either.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ from typing import Any
 
 import netaddr
 
+from . import events as ev
 from . import idempotency as idem
 from . import retry
 from .access import DETACH, RELEASE, UPDATE, Caller
@@ -72,11 +77,13 @@ class Lifecycle:
     organizations: ProjectOrganizations | None = None
 
     def __init__(self, store: Store, keys: Keys, resolver: SourceResolver,
-                 committer: Committer, idempotency_retention: int = idem.RETENTION
-                 ) -> None:
+                 committer: Committer, idempotency_retention: int = idem.RETENTION, *,
+                 event_leases: ev.EventLeases | None = None) -> None:
         self.store, self.keys, self.resolver, self.committer = store, keys, resolver, committer
         self.engines: dict[str, SourceEngine] = {}
         self._leases = idem.LeaseClock(store, idempotency_retention)
+        # The event feed's leases (None: no feed, no event written).
+        self.event_leases = event_leases
         self._rng = random.Random()
 
     def _engine(self, source: Source) -> SourceEngine:
@@ -131,6 +138,8 @@ class Lifecycle:
             await self.ip_quota.admit(ask.project_id)
         chosen = sources[0].offset_of(ask.address) if ask.address else None
         lease = await self._leases.lease() if idem_key else 0
+        event_lease = await self.event_leases.lease() if self.event_leases else 0
+        actor = ev.actor_of(caller.access_key)
         res = ask.resource
         ip_id = new_id()
         order = list(sources)
@@ -149,7 +158,10 @@ class Lifecycle:
                 idempotency_key=idem_key, idempotency_lease=lease,
                 mac_key=self.keys.mac(res.mac_address, mac_scope, src.is_ipv6)
                 if res and res.mac_address else None,
-                resource_key=self.keys.by_resource(res.id, ip_id) if res else None)
+                resource_key=self.keys.by_resource(res.id, ip_id) if res else None,
+                event_key=ev.event_key(self.keys, ask.project_id, ip_id)
+                if self.event_leases else None,
+                event_lease=event_lease, actor=actor)
             try:
                 return await self._engine(src).book(booking)
             except PoolExhausted:
@@ -171,12 +183,14 @@ class Lifecycle:
 
     async def _change(self, op: str, ip_id: str, payload: dict[str, Any], decide: Decide,
                       caller: Caller, idem_key_name: str | None = None,
-                      idem_scope: str = "", if_match: IfMatch | None = None) -> IPRecord:
+                      idem_scope: str = "", if_match: IfMatch | None = None,
+                      actor: str | None = None) -> IPRecord:
         """Read the record, let `decide` build the change, commit it guarded; retry on races.
 
         `if_match`: the versions (mod revisions) the IP must be at, else nothing changes
         and PreconditionFailed says so; a race lost to another change fails it too, where
-        an unconditional change would decide again on the new version."""
+        an unconditional change would decide again on the new version. `actor`: who the
+        event names (None: the caller's access key)."""
         check_uuid(ip_id, "ip_id")
         caller.require_any_ip_change()
         idem_key = None
@@ -202,6 +216,10 @@ class Lifecycle:
                 txn.present("credential", caller.credential)
             if new is not None and new is not current:
                 txn.put(ip_key, json.dumps(new.to_json()))
+            if new is not current and self.event_leases is not None:
+                self._event(txn, ev.KIND_OF_CHANGE[op], current if new is None else new,
+                            actor or ev.actor_of(caller.access_key),
+                            await self.event_leases.lease())
             if idem_key and new is not None:
                 txn.absent("idempotency", idem_key).put(
                     idem_key, idem.entry(fp, new), await self._leases.lease())
@@ -234,6 +252,12 @@ class Lifecycle:
                 raise _mac_taken(new)
             raise Conflict(f"IP {ip_id}: guard(s) {sorted(out.failed)} failed")
         raise Conflict(f"IP {ip_id} kept changing; try again")
+
+    def _event(self, txn: GuardedTxn, kind: str, r: IPRecord, actor: str, lease: int) -> None:
+        """The event of a change of `r` (the IP as it is after it; as it was, released)."""
+        at = r.updated_at if kind not in (ev.RELEASED, ev.EXPIRED) else now()
+        txn.put(ev.event_key(self.keys, r.project_id, r.id), ev.entry(kind, r, actor, at),
+                lease)
 
     async def _read_back(self, ip_key: str, seen: KV, new: IPRecord | None
                          ) -> IPRecord | None:
@@ -316,7 +340,7 @@ class Lifecycle:
             return None
 
         try:
-            await self._change("expire", ip_id, {}, decide, Caller())
+            await self._change("expire", ip_id, {}, decide, Caller(), actor=ev.EXPIRER)
         except NotFound:  # released meanwhile, the key with it; or a key without its IP
             ip_key = self.keys.ip(ip_id)
             await commit_change(self.committer, self.store,
@@ -375,6 +399,7 @@ class Lifecycle:
             txn = GuardedTxn()
             if caller.credential:
                 txn.present("credential", caller.credential)
+            event_lease = await self.event_leases.lease() if self.event_leases else 0
             freed: dict[str, str] = {}
             for i in ids:
                 kv = found.get(self.keys.ip(i))
@@ -384,6 +409,9 @@ class Lifecycle:
                 _check_detached(r)
                 txn.unchanged(f"record {i}", self.keys.ip(i), kv.mod_revision)
                 await self._delete(txn, r)
+                if self.event_leases is not None:
+                    self._event(txn, ev.RELEASED, r, ev.actor_of(caller.access_key),
+                                event_lease)
                 freed[r.source_id] = r.id
             for sid, ip in freed.items():
                 txn.put(self.keys.freed(sid), ip)

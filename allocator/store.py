@@ -507,18 +507,28 @@ class EtcdStore:
 
     async def range(self, key: str, range_end: bytes | None = None, *, limit: int = 0,
                     revision: int = 0, keys_only: bool = False, count_only: bool = False,
-                    serializable: bool = False, descending: bool = False
-                    ) -> rpc.RangeResponse:
+                    serializable: bool = False, descending: bool = False,
+                    min_mod_revision: int = 0, max_mod_revision: int = 0,
+                    sort_by_mod: bool = False) -> rpc.RangeResponse:
         """A range read, linearizable unless `serializable`; retried on another endpoint.
 
         `descending` returns keys in reverse order (with `limit`: the last ones).
+        `min_mod_revision`/`max_mod_revision` keep the keys last modified in those bounds
+        (0: none); `sort_by_mod` orders them by mod revision, oldest first (ties in no
+        set order). etcd reads the whole range for either, then filters, sorts and cuts
+        at `limit`: their cost is the range's, not the answer's.
         """
         request = rpc.RangeRequest(key=_b(key), range_end=range_end or b"", limit=limit,
                                    revision=revision, keys_only=keys_only,
-                                   count_only=count_only, serializable=serializable)
+                                   count_only=count_only, serializable=serializable,
+                                   min_mod_revision=min_mod_revision,
+                                   max_mod_revision=max_mod_revision)
         if descending:
             request.sort_order = rpc.RangeRequest.DESCEND
             request.sort_target = rpc.RangeRequest.KEY
+        elif sort_by_mod:
+            request.sort_order = rpc.RangeRequest.ASCEND
+            request.sort_target = rpc.RangeRequest.MOD
         return await self._unary("kv", "Range", request, retry=True)  # type: ignore
 
     async def get(self, key: str) -> KV | None:

@@ -73,7 +73,7 @@ class Principal:
         a product's resource types, the key to guard changes with."""
         return Caller(role=self.key.role, projects=frozenset(self.key.project_ids),
                       product_types=frozenset(self.key.resource_types), region=region,
-                      credential=self.credential)
+                      credential=self.credential, access_key=self.key.access_key)
 
     @property
     def visible_projects(self) -> frozenset[str] | None:

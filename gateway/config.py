@@ -33,8 +33,10 @@ from pathlib import Path
 from typing import Any
 
 from allocator.contract import (
+    DEFAULT_EVENT_RETENTION,
     IDEMPOTENCY_RETENTION,
     MAX_IDEMPOTENCY_RETENTION,
+    MIN_EVENT_RETENTION,
     MIN_IDEMPOTENCY_RETENTION,
     EtcdSecurity,
     Quotas,
@@ -138,6 +140,9 @@ SETTINGS: tuple[Setting, ...] = (
             "seconds a retry with the same Idempotency-Key still gets the first answer "
             f"({MIN_IDEMPOTENCY_RETENTION} to {MAX_IDEMPOTENCY_RETENTION}); etcd holds each "
             "key's record that long (README, Capacity)"),
+    Setting("event_retention", str(DEFAULT_EVENT_RETENTION),
+            f"seconds the IP event feed keeps each event (at least {MIN_EVENT_RETENTION}; "
+            "0: this node writes none); a cursor older than this is refused"),
     Setting("quota_vpcs", "100", "VPCs one project may hold, every region counted (0: no quota)"),
     Setting("quota_private_networks", "500",
             "Private Networks one project may hold, every region counted (0: no quota)"),
@@ -183,8 +188,9 @@ class GatewayConfig:
     compact_retain_revisions: int = 2000
     compact_every_deletes: int = 10000
     expiry_check_interval: float = 1.0
-    quotas: Quotas = field(default_factory=Quotas)
     idempotency_retention: int = IDEMPOTENCY_RETENTION
+    event_retention: int = DEFAULT_EVENT_RETENTION
+    quotas: Quotas = field(default_factory=Quotas)
 
     def __post_init__(self) -> None:
         if not _REGION.match(self.region):
@@ -247,14 +253,17 @@ class GatewayConfig:
         if self.compact_retain_revisions < 0 or self.compact_every_deletes < 0:
             raise ConfigError("--compact-retain-revisions and --compact-every-deletes "
                               "(IPAM_COMPACT_...) must not be negative")
+        if not 0 <= self.expiry_check_interval <= MAX_EXPIRY_CHECK_INTERVAL:
+            raise ConfigError(f"--expiry-check-interval/IPAM_EXPIRY_CHECK_INTERVAL must be "
+                              f"0 (off) to {MAX_EXPIRY_CHECK_INTERVAL:g} seconds")
         if not MIN_IDEMPOTENCY_RETENTION <= self.idempotency_retention \
                 <= MAX_IDEMPOTENCY_RETENTION:
             raise ConfigError(f"--idempotency-retention/IPAM_IDEMPOTENCY_RETENTION must be "
                               f"{MIN_IDEMPOTENCY_RETENTION} to {MAX_IDEMPOTENCY_RETENTION} "
                               "seconds")
-        if not 0 <= self.expiry_check_interval <= MAX_EXPIRY_CHECK_INTERVAL:
-            raise ConfigError(f"--expiry-check-interval/IPAM_EXPIRY_CHECK_INTERVAL must be "
-                              f"0 (off) to {MAX_EXPIRY_CHECK_INTERVAL:g} seconds")
+        if self.event_retention != 0 and self.event_retention < MIN_EVENT_RETENTION:
+            raise ConfigError(f"--event-retention/IPAM_EVENT_RETENTION must be 0 (no feed) "
+                              f"or at least {MIN_EVENT_RETENTION} seconds")
         if self.log_format not in LOG_FORMATS:
             raise ConfigError(f"--log-format/IPAM_LOG_FORMAT must be one of "
                               f"{', '.join(LOG_FORMATS)}, not {self.log_format!r}")
@@ -437,6 +446,7 @@ def load(args: argparse.Namespace | None = None,
         compact_every_deletes=int(number("compact_every_deletes", int)),
         expiry_check_interval=float(number("expiry_check_interval", float)),
         idempotency_retention=int(number("idempotency_retention", int)),
+        event_retention=int(number("event_retention", int)),
         quotas=_quotas(**{name: int(number(f"quota_{name}", int))
                           for name in ("vpcs", "private_networks", "subnets", "ips")}),
     )

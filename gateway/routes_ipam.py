@@ -1,8 +1,8 @@
 """IPAM API v1 routes: book, get, list, update, release, release a set, attach, detach, move.
 
 Paths, bodies and query parameters are those of the SDK's `scaleway/ipam/v1/api.py`,
-plus our extensions `GET .../private-networks/{id}/reserved-ips` and
-`GET .../private-networks/{id}/usage`.
+plus our extensions `GET .../private-networks/{id}/reserved-ips`,
+`GET .../private-networks/{id}/usage` and the event feed `GET .../events`.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from .auth import Principal, guarded_change, principal
 from .context import ipam_of, served_zone
 from .errors import invalid_argument, not_found
 from .etags import if_match
+from .models.errors import PreconditionFailed
 from .models.fields import RegionPath
 from .models.ipam import (
     IP,
@@ -32,6 +33,8 @@ from .models.ipam import (
     ConditionalHeaders,
     CustomResource,
     DetachIPRequest,
+    EventsQuery,
+    EventsResponse,
     IdempotencyHeaders,
     IPPath,
     ListIPsQuery,
@@ -254,3 +257,18 @@ async def private_network_usage(request: web.Request, path: PrivateNetworkPath
     usage = await ipam_of(request).network_usage(path.private_network_id,
                                                  principal(request).caller(path.region))
     return PrivateNetworkUsageResponse.of(usage)
+
+
+@routes.get(_BASE + "/events")
+@endpoint(replies={412: PreconditionFailed})
+async def list_events(request: web.Request, path: RegionPath, query: EventsQuery
+                      ) -> EventsResponse:
+    """Read the IP lifecycle events after a cursor, in commit order (extension).
+
+    A key reads its own projects' events only; with `wait`, an empty read waits for the
+    next event (long poll). 412 cursor_expired: the cursor is older than the feed keeps."""
+    page = await ipam_of(request).events(
+        query.after, principal(request).caller(path.region), region=path.region,
+        project_id=query.project_id, private_network_id=query.private_network_id,
+        ip_id=query.ip_id, page_size=query.page_size, wait=query.wait_seconds)
+    return EventsResponse.of(page)

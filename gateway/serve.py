@@ -311,7 +311,8 @@ async def _serve(config: cfg.GatewayConfig, out: Any, checked: Preflight) -> int
                                   security=config.etcd_security,
                                   signing_key=config.credential_signing_key,
                                   quotas=config.quotas,
-                                  idempotency_retention=config.idempotency_retention)
+                                  idempotency_retention=config.idempotency_retention,
+                                  event_retention=config.event_retention)
         runner = web.AppRunner(create_app(ipam, config, close_ipam=True),
                                access_log=logging.getLogger("ipam.access"),
                                access_log_class=AccessLogger,

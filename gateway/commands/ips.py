@@ -1,4 +1,5 @@
-"""`ipam ips`: list, get, book, release, attach, detach and move IPs.
+"""`ipam ips`: list, get, book, release, attach, detach and move IPs, and one IP's
+history (from the event feed).
 
 A resource is named the way the API names it: a custom resource by its MAC
 (`--resource-type custom`, the default, with `--mac`), a product's resource by its type
@@ -19,6 +20,8 @@ from .session import Session, pass_session
 from .settings import common_options
 
 COLUMNS = ("id", "address", "source", "resource_type", "resource_name", "mac", "tags")
+HISTORY_COLUMNS = ("at", "kind", "address", "resource_type", "resource_name", "mac", "actor")
+HISTORY_PAGE = 1000
 CUSTOM = "custom"
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -204,3 +207,27 @@ def move_ip(session: Session, ip_id: str, from_kind: str | None, from_resource_i
         body["to_resource"] = resource(to_kind, to_resource_id, to_mac, to_name,
                                        "to-")
     show_ips(session, session.call("POST", f"{session.ipam_path}/ips/{ip_id}/move", body))
+
+
+@ips.command("history")
+@click.argument("ip_id", metavar="ID", type=UUID)
+@common_options()
+@pass_session()
+def ip_history(session: Session, ip_id: str) -> None:
+    """Show one IP's life, oldest first: booked, attached, moved, ... released, from the
+    event feed (what it still keeps: see --event-retention)."""
+    events: list[dict[str, Any]] = []
+    cursor = "0"
+    while True:
+        page = session.call("GET", f"{session.ipam_path}/events", query={
+            "after": cursor, "ip_id": ip_id, "page_size": str(HISTORY_PAGE)})
+        events += page["events"]
+        if not page["events"]:
+            break
+        cursor = page["cursor"]
+    rows = [{"at": e["at"], "kind": e["kind"], "address": e["address"],
+             "resource_type": (e["resource"] or {}).get("type"),
+             "resource_name": (e["resource"] or {}).get("name"),
+             "mac": (e["resource"] or {}).get("mac_address"), "actor": e["actor"]}
+            for e in events]
+    show(events, session.output, rows, HISTORY_COLUMNS)

@@ -1,5 +1,5 @@
 """IPAM API v1: the shapes of the SDK's `scaleway/ipam/v1/types.py`, plus our
-`reserved-ips` and `usage` extensions.
+`reserved-ips`, `usage` and `events` extensions.
 """
 
 from __future__ import annotations
@@ -9,7 +9,16 @@ from typing import Annotated, Any, ClassVar, Literal
 from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema, model_validator
 from pydantic_core import PydanticCustomError
 
-from allocator.contract import MAX_EXPIRY, IPRecord, NetworkUsage
+from allocator.contract import (
+    DEFAULT_EVENT_PAGE,
+    MAX_EVENT_PAGE,
+    MAX_EVENT_WAIT,
+    MAX_EXPIRY,
+    Event,
+    EventPage,
+    IPRecord,
+    NetworkUsage,
+)
 from allocator.contract import SubnetUsage as DomainSubnetUsage
 
 from ..etags import etag
@@ -377,3 +386,88 @@ class PrivateNetworkUsageResponse(Reply):
                    subnets=[SubnetUsage(subnet_id=u.source.id, subnet=u.source.cidr,
                                         is_ipv6=u.source.is_ipv6, **AddressCounts.counts(u))
                             for u in usage.subnets])
+
+
+# -- the event feed (our extension) ----------------------------------------------------
+
+EventKind = Literal["booked", "attached", "detached", "moved", "updated", "released",
+                    "expired"]
+_CURSOR_HELP = ('"0" (the oldest event kept) or a cursor the feed answered; one older '
+                "than the retention is refused (412 precondition_failed, precondition "
+                "cursor_expired): read from \"0\" again")
+
+
+# Their own formats, like `expires_at`'s: what JSON Schema cannot say (a cursor the feed
+# could have answered, within its retention) is said by the description.
+EventCursor = Annotated[str, Field(max_length=40,
+                                   pattern=r"^(0|[1-9][0-9]{0,18}-[0-9]{1,12})$"),
+                        WithJsonSchema({"type": "string", "format": "event-cursor",
+                                        "maxLength": 40, "description": _CURSOR_HELP})]
+PollWait = Annotated[str, Field(max_length=7, pattern=r"^[0-9]{1,2}(\.[0-9]{1,3})?s?$"),
+                     WithJsonSchema({
+                         "type": "string", "format": "poll-wait", "maxLength": 7,
+                         "description": f"long poll: when no event follows the cursor, "
+                                        f"wait this long for one (seconds, `30` or `30s`, "
+                                        f"at most {MAX_EVENT_WAIT:g})"})]
+
+
+class EventsQuery(Query):
+    """Where to read the feed from, what of it, and how long to wait for an event."""
+
+    after: EventCursor = "0"
+    project_id: Uuid | None = None
+    private_network_id: Uuid | None = None
+    ip_id: Uuid | None = None
+    page_size: int = Field(default=DEFAULT_EVENT_PAGE, ge=1, le=MAX_EVENT_PAGE,
+                           description="about this many events: a page ends with the "
+                                       "last event of a commit, so it may hold a few more")
+    wait: PollWait | None = None
+
+    @property
+    def wait_seconds(self) -> float:
+        return float(self.wait.removesuffix("s")) if self.wait else 0.0
+
+
+class IPEvent(Reply):
+    """One change of an IP, as committed."""
+
+    cursor: str = Field(description="read on from here: after this event's commit")
+    kind: EventKind
+    ip_id: Uuid
+    address: str
+    project_id: str
+    region: str
+    private_network_id: str | None
+    source_id: str
+    resource: Resource | None = Field(description="what holds the IP after the change")
+    actor: str = Field(description="the access key that made the change; admin, or "
+                                   "expirer for an expired IP's release")
+    at: Timestamp
+    tags: list[str] | None = Field(description="booked and updated: the IP's tags")
+    reverses: list[Reverse] | None = Field(description="updated: the IP's reverses")
+    expires_at: Timestamp | None = Field(description="booked and updated: its expiry")
+
+    @classmethod
+    def of(cls, e: Event) -> IPEvent:
+        d = e.details
+        r = e.resource
+        return cls(cursor=e.cursor, kind=e.kind, ip_id=e.ip_id,  # type: ignore[arg-type]
+                   address=e.address, project_id=e.project_id, region=e.region,
+                   private_network_id=e.private_network_id, source_id=e.source_id,
+                   resource=None if r is None else Resource(**r), actor=e.actor, at=e.at,
+                   tags=d.get("tags"), expires_at=d.get("expires_at"),
+                   reverses=None if "reverses" not in d else [
+                       Reverse(hostname=v["hostname"], address=v.get("address"))
+                       for v in d["reverses"]])
+
+
+class EventsResponse(Reply):
+    """Our extension: IP lifecycle events in commit order, and where to read on from."""
+
+    events: list[IPEvent]
+    cursor: str = Field(description="give it as `after` to read on (the same as asked "
+                                    "when nothing came)")
+
+    @classmethod
+    def of(cls, page: EventPage) -> EventsResponse:
+        return cls(events=[IPEvent.of(e) for e in page.events], cursor=page.cursor)
