@@ -20,6 +20,13 @@ from the other members, the gateways and the harness, and none of them is told.
 `cut_gateway(g)` does the same to a gateway's etcd leg, while its clients still reach
 it on the service network, as a load balancer would. `heal` brings a link back up.
 
+Slow, not cut: `slow(i, 200)` delays every packet of member i's link 200 ms each way
+(tc netem, or where the kernel has none a relay process: `NetLab.delay_link`), and
+`slow_disk(i, 100)` makes each of its fsyncs wait 100 ms: strace attached to the
+member injects the delay before every fdatasync/fsync (`fsync_delay_available()`
+says whether strace and ptrace are there). A member paused (SIGSTOP) answers nothing;
+a slow one answers, late, and the store must tell the two apart.
+
     with PartitionLab(tmp_path) as lab:
         gateway = lab.start_gateway(prefix, admin_secret)
         lab.cut(lab.leader())
@@ -34,6 +41,7 @@ nothing. Everything goes on exit, even on failure (NetLab.close). Needs root.
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -60,6 +68,10 @@ START_TIMEOUT = 30.0  # seconds for the cluster, or a gateway, to come up
 _POLL_SECONDS = 0.05
 
 ROOT = Path(__file__).resolve().parent.parent
+# The syscalls etcd makes durable with: fdatasync for its WAL and bbolt's file on Linux,
+# fsync for a new WAL segment's directory.
+FSYNC_CALLS = "fdatasync,fsync"
+ATTACH_SECONDS = 10.0  # strace attaching to every thread of a member
 
 # The harness's HTTP never goes through a proxy of the environment.
 _HTTP = urllib.request.build_opener(urllib.request.ProxyHandler({}))
@@ -97,6 +109,7 @@ class PartitionLab:
         self.client: Client | None = None  # the load client's namespace
         self.gateways: list[Gateway] = []
         self.cluster = EtcdCluster(size, base_dir=self.base_dir / "etcd")
+        self._stracers: dict[int, subprocess.Popen[bytes]] = {}  # slow_disk's, per member
 
     def __enter__(self) -> Self:
         self.net.__enter__()
@@ -218,6 +231,63 @@ class PartitionLab:
         for client in [*self.hosts, *(g.host for g in self.gateways)]:
             self.net.set_link(client.lab_side, up=True)
 
+    def slow(self, member: int, delay_ms: float, jitter_ms: float = 0.0) -> str:
+        """Delay every packet of member `member`'s link by `delay_ms` (± `jitter_ms`), each
+        way: to its peers, the gateways and the harness alike. Returns how ("netem", or
+        "relay" where the kernel has no netem)."""
+        return self.net.delay_link(self.hosts[member], delay_ms, jitter_ms)
+
+    def unslow(self, member: int) -> None:
+        """Member `member`'s link at full speed again."""
+        self.net.undelay_link(self.hosts[member])
+
+    def unslow_all(self) -> None:
+        """Every member at full speed again, links and disks (a test's cleanup)."""
+        for member in range(len(self.hosts)):
+            self.unslow(member)
+            self.unslow_disk(member)
+
+    def slow_disk(self, member: int, delay_ms: float) -> None:
+        """Make each fdatasync/fsync of member `member` wait `delay_ms` before it runs: strace
+        attaches to all its threads; returns once it has. Needs `fsync_delay_available()`.
+
+        ptrace without seccomp stops the member at every syscall, not only the slowed
+        ones (strace's --seccomp-bpf does not apply to a process it attaches to): the
+        member is a little slower everywhere besides."""
+        if member in self._stracers:
+            raise RuntimeError(f"member {member}'s disk is slowed already")
+        pid = self.cluster.members[member].process.pid  # type: ignore[union-attr]
+        # Its messages go to a file: a pipe nobody reads would fill, and stop strace
+        # and the member with it.
+        log_file = self.base_dir / f"strace-m{member}.log"
+        with open(log_file, "wb") as log:
+            strace = subprocess.Popen(
+                ["strace", "-f", "-qq", "-o", os.devnull, "-e", f"trace={FSYNC_CALLS}",
+                 "-e", f"inject={FSYNC_CALLS}:delay_enter={int(delay_ms * 1000)}",
+                 "-p", str(pid)],
+                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=log)
+        self._stracers[member] = strace
+        deadline = time.monotonic() + ATTACH_SECONDS
+        while not _traced_by(pid, strace.pid):  # bounded by the deadline
+            if strace.poll() is not None or time.monotonic() > deadline:
+                self.unslow_disk(member)
+                raise RuntimeError(f"strace did not attach to member {member} (pid {pid}): "
+                                   + log_file.read_text(errors="replace").strip())
+            time.sleep(_POLL_SECONDS / 5)
+
+    def unslow_disk(self, member: int) -> None:
+        """Detach strace from member `member`: its fsyncs run at the disk's speed again."""
+        strace = self._stracers.pop(member, None)
+        if strace is None:
+            return
+        if strace.poll() is None:
+            strace.terminate()  # strace detaches from every thread, which carry on
+            try:
+                strace.wait(ATTACH_SECONDS)
+            except subprocess.TimeoutExpired:
+                strace.kill()
+                strace.wait(ATTACH_SECONDS)
+
     # -- looking -----------------------------------------------------------------------------
 
     def leader(self) -> int:
@@ -241,12 +311,54 @@ class PartitionLab:
     def close(self) -> None:
         """Gateways first, then the members (from the lab's thread), then the namespaces."""
         try:
+            # A member behind a relay is cut off once the relay stops: restore first.
+            self.unslow_all()
             self.net.stop_processes()
             if self.cluster.members:
                 self.heal_all()  # a member cut off would wait for a hand-over in vain
                 self.net.call(self.cluster.stop, timeout=60)
         finally:
             self.net.close()
+
+
+def fsync_delay_available() -> str | None:
+    """None when `slow_disk` can work here (strace installed, ptrace allowed), else why not."""
+    if shutil.which("strace") is None:
+        return "strace is not installed (apt-get install strace)"
+    sleeper = subprocess.Popen(["sleep", "30"], stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL)
+    try:
+        strace = subprocess.Popen(["strace", "-qq", "-o", os.devnull, "-e", "trace=fsync",
+                                   "-e", "inject=fsync:delay_enter=1", "-p",
+                                   str(sleeper.pid)],
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        deadline = time.monotonic() + ATTACH_SECONDS
+        while not _traced_by(sleeper.pid, strace.pid):  # bounded by the deadline
+            if strace.poll() is not None or time.monotonic() > deadline:
+                strace.kill()
+                _, err = strace.communicate()
+                return f"strace cannot attach here: {err.decode(errors='replace').strip()}"
+            time.sleep(_POLL_SECONDS / 5)
+        strace.terminate()
+        strace.communicate(timeout=ATTACH_SECONDS)
+        return None
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+
+
+def _traced_by(pid: int, tracer: int) -> bool:
+    """Every thread of process `pid` is traced by `tracer` (False: not yet, or gone)."""
+    try:
+        threads = os.listdir(f"/proc/{pid}/task")
+        for thread in threads:
+            with open(f"/proc/{pid}/task/{thread}/status") as status:
+                line = next(x for x in status if x.startswith("TracerPid:"))
+                if int(line.split()[1]) != tracer:
+                    return False
+    except (OSError, StopIteration):
+        return False
+    return bool(threads)
 
 
 def readyz(url: str, timeout: float = 2.0) -> int:

@@ -1,7 +1,10 @@
 """The store's prober: a silent endpoint is out of use until it answers, its calls abandoned.
 
 A paused member (SIGSTOP) is silent as a member cut off by a partition is; the real
-partitions are in tests/devcluster/test_partitions.py. Probes are sent by hand here
+partitions are in tests/devcluster/test_partitions.py, slow members (whose answers come
+late, not never) in tests/devcluster/test_slow_members.py. Every member paused stands
+for a cluster that no endpoint answers in time: a leader lost, or a slow one that holds
+every member's reads. Probes are sent by hand here
 (`probe_endpoints`), so nothing depends on the prober's timing.
 """
 
@@ -10,8 +13,9 @@ from __future__ import annotations
 import asyncio
 
 import pytest
+from aetcd import rpc
 
-from allocator.store import EtcdStore
+from allocator.store import ABANDONED, EtcdStore
 from devcluster.etcd import EtcdCluster
 
 HOUR = 3600.0  # the background prober's interval: only the hand-sent probes count
@@ -57,4 +61,37 @@ async def test_a_cancelled_caller_is_cancelled_not_abandoned(
             await read
         assert store.abandoned_calls == 0
     finally:
+        await store.close()
+
+
+
+
+async def test_calls_are_abandoned_even_when_no_endpoint_answers(
+        etcd_cluster3_fresh: EtcdCluster, key_prefix: str) -> None:
+    # Kept instead, they would be right for a slow leader (every member's reads are
+    # slow, none lost) and wrong for a leader lost: a follower's calls then wait on
+    # proposals it forwarded to a leader that is gone, and keeping them tripled the
+    # window of a cut leader (0.6-0.8 s to 2.3 s, tests/devcluster/test_partitions.py).
+    cluster = etcd_cluster3_fresh
+    store = EtcdStore(cluster.endpoints, timeout=60.0, eject_seconds=0.0,
+                      probe_interval=HOUR)
+    paused = list(cluster.members)
+    try:
+        assert all(answered for _, answered in await store.probe_endpoints())
+        for member in paused:
+            member.pause()
+        # Writes, never sent twice: each call abandoned is one write come back unknown.
+        writes = [asyncio.ensure_future(store.txn([], [rpc.RequestOp(
+            request_put=rpc.PutRequest(key=f"{key_prefix}{n}".encode(), value=b"x"))]))
+            for n in range(6)]
+        await asyncio.sleep(0)  # each write is sent: round-robin puts two on each member
+        assert dict(await store.probe_endpoints()) == {m.endpoint: False
+                                                       for m in cluster.members}
+        outcomes = await asyncio.gather(*writes, return_exceptions=True)
+        assert [str(o) for o in outcomes] == [
+            f"etcd Txn failed: DEADLINE_EXCEEDED: {ABANDONED}"] * 6
+        assert store.abandoned_calls == 6
+    finally:
+        for member in paused:
+            member.resume()
         await store.close()
