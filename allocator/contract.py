@@ -73,11 +73,12 @@ from .events import DEFAULT_RETENTION as DEFAULT_EVENT_RETENTION
 from .events import MAX_PAGE as MAX_EVENT_PAGE
 from .events import MAX_WAIT as MAX_EVENT_WAIT
 from .events import MIN_RETENTION as MIN_EVENT_RETENTION
-from .events import Event, EventFeed, EventLeases, EventPage
+from .events import Event, EventFeed, EventPage
 from .expiry import MAX_EXPIRY, UNCHANGED, Expirer, ExpiryChange
 from .idempotency import MAX_RETENTION as MAX_IDEMPOTENCY_RETENTION
 from .idempotency import MIN_RETENTION as MIN_IDEMPOTENCY_RETENTION
 from .idempotency import RETENTION as IDEMPOTENCY_RETENTION
+from .idempotency import LeaseClock
 from .keys import Keys
 from .lifecycle import Lifecycle
 from .listing import DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE, ORDERS, IPFilter
@@ -157,8 +158,9 @@ class IPAM:
         self.resolver = SourceResolver(self.networks)
         # The event feed (`events`): kept `event_retention` seconds; 0: no feed.
         self.lifecycle = Lifecycle(store, self.keys, self.resolver, self.committer,
-                                   idempotency_retention, event_leases=EventLeases(
-                                       store, event_retention) if event_retention else None)
+                                   idempotency_retention, event_leases=LeaseClock(
+                                       store, event_retention, "event_retention")
+                                   if event_retention else None)
         # A node that writes no event still reads the feed the others write.
         self.feed = EventFeed(store, self.keys,  # type: ignore[arg-type]
                               event_retention or DEFAULT_EVENT_RETENTION)

@@ -172,30 +172,6 @@ class EventPage:
     cursor: str
 
 
-class EventLeases:
-    """The shared lease of the current period for event keys: alive at least `retention`
-    seconds after any key put on it (the idempotency keys' `LeaseClock`, with the
-    retention a setting)."""
-
-    def __init__(self, store: Any, retention: int = DEFAULT_RETENTION) -> None:
-        self._store = store
-        self.retention = retention
-        self._rotate = max(1, min(3600, retention // 4))
-        self._lease = 0
-        self._granted = 0.0
-        self._lock = asyncio.Lock()
-
-    async def lease(self) -> int:
-        """The current lease (a granted one is kept for a period: no round trip)."""
-        if self._lease and time.monotonic() - self._granted < self._rotate:
-            return self._lease
-        async with self._lock:
-            if not self._lease or time.monotonic() - self._granted >= self._rotate:
-                self._lease = await self._store.lease_grant(self.retention + self._rotate)
-                self._granted = time.monotonic()
-        return self._lease
-
-
 class FeedStore(Protocol):
     """What the feed needs from etcd (`store.EtcdStore` has it)."""
 

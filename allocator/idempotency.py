@@ -59,12 +59,11 @@ def rotation(retention: int) -> int:
     return max(1, min(3600, retention // 24))
 
 
-def check_retention(seconds: Any) -> int:
+def check_retention(seconds: Any, argument: str = "idempotency_retention") -> int:
     """A retention in whole seconds, from a minute to a week."""
     if (not isinstance(seconds, int) or isinstance(seconds, bool)
             or not MIN_RETENTION <= seconds <= MAX_RETENTION):
-        raise InvalidArgument("idempotency_retention", f"must be {MIN_RETENTION} to "
-                              f"{MAX_RETENTION} seconds")
+        raise InvalidArgument(argument, f"must be {MIN_RETENTION} to {MAX_RETENTION} seconds")
     return seconds
 
 
@@ -150,11 +149,13 @@ async def replay(store: Store, keys: Any, value: bytes, fp: str,
 
 class LeaseClock:
     """Hands out the shared lease of the current rotation, granting a new one when it
-    rotates; every key on it lives at least `retention` seconds."""
+    rotates; every key on it lives at least `retention` seconds. The idempotency records'
+    and the event feed's (`events`): `argument` names the setting a bad retention is."""
 
-    def __init__(self, store: Store, retention: int = RETENTION) -> None:
+    def __init__(self, store: Store, retention: int = RETENTION,
+                 argument: str = "idempotency_retention") -> None:
         self._store = store
-        self.retention = check_retention(retention)
+        self.retention = check_retention(retention, argument)
         self._rotate = rotation(self.retention)
         self._lease = 0
         self._granted = 0.0

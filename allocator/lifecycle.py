@@ -78,7 +78,7 @@ class Lifecycle:
 
     def __init__(self, store: Store, keys: Keys, resolver: SourceResolver,
                  committer: Committer, idempotency_retention: int = idem.RETENTION, *,
-                 event_leases: ev.EventLeases | None = None) -> None:
+                 event_leases: idem.LeaseClock | None = None) -> None:
         self.store, self.keys, self.resolver, self.committer = store, keys, resolver, committer
         self.engines: dict[str, SourceEngine] = {}
         self._leases = idem.LeaseClock(store, idempotency_retention)

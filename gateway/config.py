@@ -141,7 +141,7 @@ SETTINGS: tuple[Setting, ...] = (
             f"({MIN_IDEMPOTENCY_RETENTION} to {MAX_IDEMPOTENCY_RETENTION}); etcd holds each "
             "key's record that long (README, Capacity)"),
     Setting("event_retention", str(DEFAULT_EVENT_RETENTION),
-            f"seconds the IP event feed keeps each event (at least {MIN_EVENT_RETENTION}; "
+            f"seconds the IP event feed keeps each event ({MIN_EVENT_RETENTION} to a week; "
             "0: this node writes none); a cursor older than this is refused"),
     Setting("quota_vpcs", "100", "VPCs one project may hold, every region counted (0: no quota)"),
     Setting("quota_private_networks", "500",
@@ -261,9 +261,11 @@ class GatewayConfig:
             raise ConfigError(f"--idempotency-retention/IPAM_IDEMPOTENCY_RETENTION must be "
                               f"{MIN_IDEMPOTENCY_RETENTION} to {MAX_IDEMPOTENCY_RETENTION} "
                               "seconds")
-        if self.event_retention != 0 and self.event_retention < MIN_EVENT_RETENTION:
+        if self.event_retention != 0 and not (
+                MIN_EVENT_RETENTION <= self.event_retention <= MAX_IDEMPOTENCY_RETENTION):
             raise ConfigError(f"--event-retention/IPAM_EVENT_RETENTION must be 0 (no feed) "
-                              f"or at least {MIN_EVENT_RETENTION} seconds")
+                              f"or {MIN_EVENT_RETENTION} to {MAX_IDEMPOTENCY_RETENTION} "
+                              "seconds")
         if self.log_format not in LOG_FORMATS:
             raise ConfigError(f"--log-format/IPAM_LOG_FORMAT must be one of "
                               f"{', '.join(LOG_FORMATS)}, not {self.log_format!r}")
