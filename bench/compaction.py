@@ -342,9 +342,7 @@ def table(doc: dict[str, Any]) -> str:
             c = p["compactions"]
             lines[-1] += (f"; {c['during_pass']} compactions ({c['during_release']} during the "
                           f"release, {c['during_after']} during 'after')")
-    for t in doc["targets"]:
-        met = {True: "met", False: "NOT met", None: "not measured"}[t["met"]]
-        lines.append(f"target {t['target']} {t['bound']}: {t['measured']} ({met}; {t['detail']})")
+    lines += [results.target_line(t) for t in doc["targets"]]
     lines.append(results.self_checks_line(doc["checks"]))
     return "\n".join(lines)
 

@@ -315,10 +315,7 @@ def table(doc: dict[str, Any]) -> str:
     for f in doc["filters"]:
         lines.append(f"  {f['filter']:<48} {f['p50_ms']:>7.2f} ms  p99 {f['p99_ms']:>7.2f} ms"
                      f"   x{f['over_raw']}")
-    for t in doc["targets"]:
-        met = {True: "met", False: "NOT met"}[t["met"]]
-        lines.append(f"target {t['target']} {t['bound']}: {t['measured']} ({met}; "
-                     f"{t['detail']})")
+    lines += [results.target_line(t) for t in doc["targets"]]
     lines.append(results.self_checks_line(doc["checks"]))
     return "\n".join(lines)
 

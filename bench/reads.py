@@ -322,10 +322,7 @@ def table(doc: dict[str, Any]) -> str:
         lines.append(f"  {s['concurrency']:>3}   {g['per_s']:>13,.0f}   {r['per_s']:>16,.0f}"
                      f"   x{s['over_raw']:<5}  {lat['p50_ms']:>6} / {lat['p99_ms']:<8}"
                      f"  {g['node_cpu_us_per_get']:>14}   {g['etcd_requests_per_get']:>11}")
-    for t in doc["targets"]:
-        met = {True: "met", False: "NOT met"}[t["met"]]
-        lines.append(f"target {t['target']} {t['bound']}: {t['measured']:,.0f}/s ({met}; "
-                     f"{t['detail']})")
+    lines += [results.target_line(t, f"{t['measured']:,.0f}/s") for t in doc["targets"]]
     lines.append(results.self_checks_line(doc["checks"]))
     return "\n".join(lines)
 

@@ -1,4 +1,5 @@
-"""Where every bench writes its result: one JSON file per run, and the self-checks line.
+"""Where every bench writes its result: one JSON file per run, its target lines and the
+self-checks line.
 
     path = results.write("dhcp", quick, doc, out)   # out/dhcp[-quick]-<time>.json
 """
@@ -31,3 +32,11 @@ def self_checks_line(checks: Iterable[dict[str, Any]]) -> str:
     failed = [c for c in checks if not c["ok"]]
     return "self-checks: " + ("all passed" if not failed else "FAILED: " + "; ".join(
         f"{c['name']}: {c['problems']}" for c in failed))
+
+
+def target_line(t: dict[str, Any], measured: str | None = None) -> str:
+    """`target <n> <bound>: <measured> (met|NOT met|not measured; <detail>)` of one target
+    row; `measured`: the figure as the bench writes it (default: as stored)."""
+    met = {True: "met", False: "NOT met", None: "not measured"}[t["met"]]
+    shown = t["measured"] if measured is None else measured
+    return f"target {t['target']} {t['bound']}: {shown} ({met}; {t['detail']})"
