@@ -5,17 +5,27 @@ from etcd (no gateway needed, none must be writing during a restore).
     ipam restore ipam-2026-12-02.jsonl    # into an empty prefix only; checked before writing
 
 etcd is found like `ipam serve` finds it: `--etcd-endpoints`/`IPAM_ETCD_ENDPOINTS` (and
-the TLS/auth flags and variables), else the embedded etcd of `--data-dir`: its client
-URL `ipam serve` writes in `<data-dir>/etcd_endpoint`, and an https one is reached with
-the CA and client certificate of `<data-dir>/etcd-tls/`. `--etcd-prefix` as the node's.
-A restore that stopped midway is finished by running it again with the same file.
+the TLS/auth flags and variables), else the embedded etcd of `--data-dir`:
+- while an `ipam serve` holds the data dir, the etcd it runs: the client URL it writes
+  in `<data-dir>/etcd_endpoint`, reached with the CA and client certificate of
+  `<data-dir>/etcd-tls/`;
+- else the command starts that embedded etcd itself, for its own duration, holding the
+  data dir so that no `ipam serve` starts on it meanwhile: a backup of a stopped node,
+  and a restore into a data dir no node has used yet (the way to move an embedded
+  deployment: a node that started first would have written its own keys, and a restore
+  goes only into an empty prefix).
+`--etcd-prefix` as the node's. A restore that stopped midway is finished by running it
+again with the same file. A backup holds hashes of API keys, never a secret, but it is
+written 0600 all the same: it is the whole deployment.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import os
 import sys
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -24,7 +34,15 @@ import click
 from allocator.contract import IPAM, EtcdSecurity, errors
 
 from .. import config as cfg
-from ..serve import ETCD_ENDPOINT_FILE, embedded_etcd_security
+from ..serve import (
+    ADMIN_SECRET_FILE,
+    ETCD_ENDPOINT_FILE,
+    LOCK_FILE,
+    DataDirBusy,
+    embedded_etcd_security,
+    lock_data_dir,
+    start_embedded_etcd,
+)
 
 F = TypeVar("F", bound=Callable[..., Any])
 _ETCD = ("etcd_endpoints", "etcd_prefix", "etcd_timeout", "etcd_ca_file", "etcd_cert_file",
@@ -40,22 +58,64 @@ def etcd_options(command: F) -> F:
     return command
 
 
-async def _connect(options: dict[str, Any]) -> IPAM:
+@contextlib.asynccontextmanager
+async def _connected(options: dict[str, Any], *, fresh: bool) -> AsyncIterator[IPAM]:
+    """The IPAM of the etcd the options name (see the module docstring). `fresh`: a data
+    dir with no embedded etcd yet may get a new one (a restore), else it is refused."""
     endpoints = [e.strip() for e in (options["etcd_endpoints"] or "").split(",") if e.strip()]
     security = EtcdSecurity(ca_file=options["etcd_ca_file"], cert_file=options["etcd_cert_file"],
                             key_file=options["etcd_key_file"],
                             username=options["etcd_username"],
                             password=options["etcd_password"])
+    data_dir = Path(options["data_dir"])
+    started, lock = None, None
     if not endpoints:
-        found = Path(options["data_dir"]) / ETCD_ENDPOINT_FILE
-        if not found.is_file():
-            raise click.UsageError(f"no etcd: give --etcd-endpoints, or run `ipam serve` with "
-                                   f"--data-dir {options['data_dir']} first ({found} is missing)")
-        endpoints = [found.read_text().strip()]
+        if not (data_dir / "etcd").is_dir() and not (fresh or _served(data_dir)):
+            raise click.UsageError(
+                f"no etcd: give --etcd-endpoints, or --data-dir of an `ipam serve` "
+                f"({data_dir / 'etcd'} is missing)")
+        try:
+            lock = lock_data_dir(data_dir)
+        except DataDirBusy:  # a node serves it: its etcd, at the URL it wrote
+            found = data_dir / ETCD_ENDPOINT_FILE
+            if not found.is_file():
+                raise click.UsageError(f"no etcd: the `ipam serve` holding {data_dir} has "
+                                       f"not started it yet ({found} is missing)") from None
+            endpoints = [found.read_text().strip()]
+        else:
+            click.echo(f"no `ipam serve` holds {data_dir}: starting its embedded etcd for "
+                       f"this command", err=True)
+            try:
+                started = await asyncio.to_thread(start_embedded_etcd, data_dir)
+            except BaseException:
+                os.close(lock)
+                raise
+            endpoints = [member.client_url for member in started.members]
         if endpoints[0].startswith("https://"):  # plain before the embedded etcd had TLS
-            security = embedded_etcd_security(Path(options["data_dir"]), security)
-    return await IPAM.connect(endpoints, prefix=options["etcd_prefix"],
-                              timeout=float(options["etcd_timeout"]), security=security)
+            security = embedded_etcd_security(data_dir, security)
+    try:
+        ipam = await IPAM.connect(endpoints, prefix=options["etcd_prefix"],
+                                  timeout=float(options["etcd_timeout"]), security=security)
+        try:
+            yield ipam
+        finally:
+            await ipam.close()
+    finally:
+        if started is not None:
+            await asyncio.to_thread(started.stop)
+        if lock is not None:
+            os.close(lock)
+
+
+def _served(data_dir: Path) -> bool:
+    """Whether an `ipam serve` holds `data_dir` (without creating anything)."""
+    if not (data_dir / LOCK_FILE).is_file():
+        return False
+    try:
+        os.close(lock_data_dir(data_dir))
+    except DataDirBusy:
+        return True
+    return False
 
 
 class Refused(click.ClickException):
@@ -71,13 +131,11 @@ class Refused(click.ClickException):
         click.echo(f"{self.where}: {self.format_message()}", err=True)
 
 
-def _run(work: Callable[[IPAM], Any], options: dict[str, Any]) -> Any:
+def _run(work: Callable[[IPAM], Any], options: dict[str, Any], *, fresh: bool = False
+         ) -> Any:
     async def go() -> Any:
-        ipam = await _connect(options)
-        try:
+        async with _connected(options, fresh=fresh) as ipam:
             return await work(ipam)
-        finally:
-            await ipam.close()
 
     try:
         return asyncio.run(go())
@@ -103,7 +161,8 @@ def backup(file: str, **options: Any) -> None:
 async def _export(ipam: IPAM, path: Path) -> Any:
     partial = path.with_name(path.name + ".partial")
     try:
-        with partial.open("wb") as out:
+        with os.fdopen(os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600),
+                       "wb") as out:
             summary = await ipam.export_state(out)
         partial.replace(path)  # a file named FILE is always a whole backup
     finally:
@@ -122,8 +181,16 @@ def restore(file: str, **options: Any) -> None:
         with open(file, "rb") as source:
             return await ipam.import_state(source)
 
-    summary = _run(work, options)
+    summary = _run(work, options, fresh=True)
     resumed = f", resumed after {summary.resumed_from}" if summary.resumed_from else ""
     click.echo(f"restored {summary.count} keys into {summary.prefix} (backup of "
                f"{summary.source_prefix} at revision {summary.source_revision}, schema "
                f"{summary.schema_version}{resumed})")
+    secret = Path(options["data_dir"]) / ADMIN_SECRET_FILE
+    if not options["etcd_endpoints"] and not secret.exists():
+        # A node would make a new secret, and so a new signing key: every restored API
+        # key would then be refused as forged (allocator.credentials).
+        click.echo(f"the restored API keys are signed with the backed-up deployment's "
+                   f"admin secret (or its --credential-signing-key-file): copy that secret "
+                   f"into {secret} (mode 0600) before `ipam serve`, or they will be refused",
+                   err=True)

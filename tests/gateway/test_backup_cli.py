@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import stat
 import uuid
 from pathlib import Path
 
@@ -13,6 +15,7 @@ from allocator.audit import audit
 from allocator.contract import IPAM, IPFilter, Resource
 from devcluster.etcd import EtcdCluster
 from gateway.cli import main
+from gateway.serve import lock_data_dir
 
 
 def _etcd(cluster: EtcdCluster, prefix: str) -> list[str]:
@@ -76,17 +79,36 @@ async def test_a_damaged_backup_is_refused_before_any_write(
         await check.close()
 
 
-async def test_the_embedded_etcd_is_found_through_the_data_dir(
+async def test_the_embedded_etcd_of_a_serving_node_is_found_through_the_data_dir(
         ipam: IPAM, project: str, etcd_single: EtcdCluster, key_prefix: str, tmp_path: Path,
         capsys: pytest.CaptureFixture[str]) -> None:
     await make_pn(ipam, project, "10.43.0.0/24")
     data = tmp_path / "data"
-    data.mkdir()
-    (data / "etcd_endpoint").write_text(f"http://{etcd_single.endpoints[0]}\n")
-    file = tmp_path / "b.jsonl"
-    argv = ["backup", str(file), "--data-dir", str(data), "--etcd-prefix", key_prefix]
-    assert await _run(argv) == 0
-    assert "backed up" in capsys.readouterr().out
+    held = lock_data_dir(data)  # what a running `ipam serve` holds, with the URL it wrote
+    try:
+        (data / "etcd_endpoint").write_text(f"http://{etcd_single.endpoints[0]}\n")
+        file = tmp_path / "b.jsonl"
+        argv = ["backup", str(file), "--data-dir", str(data), "--etcd-prefix", key_prefix]
+        assert await _run(argv) == 0
+        assert "backed up" in capsys.readouterr().out
+        assert stat.S_IMODE(file.stat().st_mode) == 0o600  # the whole deployment
+    finally:
+        os.close(held)
+
+
+async def test_a_serving_node_that_has_not_started_its_etcd_yet_is_one_line(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    data = tmp_path / "data"
+    held = lock_data_dir(data)
+    try:
+        argv = ["backup", str(tmp_path / "x.jsonl"), "--data-dir", str(data)]
+        assert await _run(argv) == 2
+    finally:
+        os.close(held)
+    assert capsys.readouterr().err.strip() == (
+        f"ipam backup: no etcd: the `ipam serve` holding {data} has not started it yet "
+        f"({data}/etcd_endpoint is missing)")
+    assert not (tmp_path / "x.jsonl").exists()
 
 
 async def test_without_etcd_anywhere_the_command_says_so_in_one_line(
@@ -94,7 +116,34 @@ async def test_without_etcd_anywhere_the_command_says_so_in_one_line(
     argv = ["backup", str(tmp_path / "x.jsonl"), "--data-dir", str(tmp_path / "none")]
     assert await _run(argv) == 2
     err = capsys.readouterr().err.strip()
-    assert err == (f"ipam backup: no etcd: give --etcd-endpoints, or run `ipam serve` with "
-                   f"--data-dir {tmp_path / 'none'} first ({tmp_path / 'none'}/etcd_endpoint "
-                   f"is missing)")
+    assert err == (f"ipam backup: no etcd: give --etcd-endpoints, or --data-dir of an "
+                   f"`ipam serve` ({tmp_path / 'none'}/etcd is missing)")
     assert not (tmp_path / "x.jsonl").exists()
+    assert not (tmp_path / "none").exists()  # nothing made on the way
+
+
+async def test_an_embedded_deployment_moves_to_a_new_data_dir_with_no_node_running(
+        ipam: IPAM, project: str, etcd_single: EtcdCluster, key_prefix: str, tmp_path: Path,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """Restore into a data dir no node has used (the command starts its etcd, and stops
+    it), then back it up again from there, stopped: the same keys both ways."""
+    pn = await make_pn(ipam, project, "10.44.0.0/24")
+    for _ in range(3):
+        await ipam.book(book_in(pn, project))
+    file, again = tmp_path / "b.jsonl", tmp_path / "again.jsonl"
+    assert await _run(["backup", str(file), *_etcd(etcd_single, key_prefix)]) == 0
+    count = int(capsys.readouterr().out.split()[2])
+
+    data = tmp_path / "moved"
+    argv = ["restore", str(file), "--data-dir", str(data), "--etcd-prefix", key_prefix]
+    assert await _run(argv) == 0
+    said = capsys.readouterr()
+    assert said.out.startswith(f"restored {count} keys into {key_prefix}")
+    assert f"no `ipam serve` holds {data}: starting its embedded etcd" in said.err
+    assert f"copy that secret into {data / 'admin_secret_key'}" in said.err
+    assert (data / "etcd").is_dir() and (data / "etcd-tls").is_dir()
+
+    argv = ["backup", str(again), "--data-dir", str(data), "--etcd-prefix", key_prefix]
+    assert await _run(argv) == 0
+    assert capsys.readouterr().out.startswith(f"backed up {count} keys of {key_prefix}")
+    os.close(lock_data_dir(data))  # the command let the data dir go
