@@ -36,7 +36,7 @@ async def test_a_backup_restores_into_an_empty_prefix_whole_and_usable(
     file = tmp_path / "ipam.jsonl"
     assert await _run(["backup", str(file), *_etcd(etcd_single, key_prefix)]) == 0
     said = capsys.readouterr().out.strip()
-    assert said.startswith(f"backed up ") and f"of {key_prefix} at revision" in said
+    assert said.startswith("backed up ") and f"of {key_prefix} at revision" in said
     count = int(said.split()[2])
     assert not (tmp_path / "ipam.jsonl.partial").exists()
 
