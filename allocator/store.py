@@ -78,6 +78,7 @@ _CHANNEL_OPTIONS = [
 
 # etcd's default --max-txn-ops; nested transactions share it with their parent.
 MAX_TXN_OPS = 128
+MIN_SCAN_PAGE = 100  # a scan's pages shrink no further when etcd is slow to send them
 # etcd's default --quota-backend-bytes. etcd does not tell a member's own over gRPC
 # (its /metrics does: etcd_server_quota_backend_bytes).
 DEFAULT_QUOTA_BYTES = 2 * 1024**3
@@ -134,6 +135,11 @@ def _auth_expired(err: grpc.aio.AioRpcError) -> bool:
     details = (err.details() or "").lower()
     return err.code() == grpc.StatusCode.UNAUTHENTICATED or (
         "invalid auth token" in details or "revision in header is old" in details)
+
+
+class DeadlineExceeded(StoreError):
+    """Every attempt of a call ran out of its deadline: etcd was slow, or the answer
+    large (a scan's page of full records on a busy member)."""
 
 
 class Compacted(StoreError):
@@ -471,7 +477,9 @@ class EtcdStore:
                 if err.code() not in _RETRYABLE:
                     break
         assert last is not None
-        raise StoreError(f"etcd {method} failed: {last.code().name}: {last.details()}")
+        failed = (DeadlineExceeded if last.code() is grpc.StatusCode.DEADLINE_EXCEEDED
+                  else StoreError)
+        raise failed(f"etcd {method} failed: {last.code().name}: {last.details()}")
 
     async def _call(self, ep: _Endpoint, call: grpc.aio.UnaryUnaryCall) -> object:
         """Await `call` on `ep`; abandoned by the prober, it fails as a deadline would."""
@@ -565,13 +573,26 @@ class EtcdStore:
 
     async def scan(self, prefix: str, *, keys_only: bool = False, revision: int = 0,
                    page: int = 5000) -> tuple[list[KV], int]:
-        """Every key under `prefix` at one revision, read in pages. Returns (kvs, revision)."""
+        """Every key under `prefix` at one revision, read in pages. Returns (kvs, revision).
+
+        A page that runs out of its deadline is asked again four times smaller, down to
+        `MIN_SCAN_PAGE` (the same revision: nothing is read twice or missed): a busy
+        member may take longer than a deadline to send 5,000 full records, and failing
+        a whole backup or audit for it would help nobody."""
         out: list[KV] = []
         start = _b(prefix)
         end = prefix_end(prefix)
         while True:
-            resp = await self.range(start.decode(), end, limit=page, revision=revision,
-                                    keys_only=keys_only)
+            try:
+                resp = await self.range(start.decode(), end, limit=page, revision=revision,
+                                        keys_only=keys_only)
+            except DeadlineExceeded:
+                if page <= MIN_SCAN_PAGE:
+                    raise
+                page = max(MIN_SCAN_PAGE, page // 4)
+                log.warning("etcd scan of %s: a page ran out of its deadline; reading "
+                            "%d keys a page from now on", prefix, page)
+                continue
             revision = revision or resp.header.revision
             out.extend(kv_of(kv) for kv in resp.kvs)
             if not resp.more or not resp.kvs:
