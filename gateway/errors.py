@@ -14,10 +14,12 @@ as Scaleway writes it, because the SDK calls `res.json()` on every error:
     409 conflict              concurrent changes kept winning; retry
     412 precondition_failed   precondition (resource_still_in_use, ...)
     413 request_entity_too_large
-    503 service_unavailable   etcd unreachable; for an unknown outcome, retry with
-                              the same Idempotency-Key
-    507 service_unavailable   etcd's storage quota is full (its NOSPACE alarm): writes
-                              are refused until an operator frees space; reads work
+    503 service_unavailable   etcd unreachable; for an unknown outcome (with a
+                              help_message), retry with the same Idempotency-Key
+    503 service_unavailable   "the datastore is full: ...": etcd's storage quota is full
+                              (its NOSPACE alarm); the change was refused whole, nothing
+                              applied, and changes stay refused until an operator frees
+                              space (docs/operations.md); reads work
 
 Each body is a model of `gateway.models.errors`, so the OpenAPI document shows
 exactly what is sent. A body never carries a stack trace: anything unexpected is logged here and
@@ -40,6 +42,11 @@ from .models import errors as m
 log = logging.getLogger(__name__)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+# The message of every change refused by a full datastore: clients tell it from the other
+# 503s by its start, "the datastore is full" (docs/operations.md, "Client retries").
+STORAGE_FULL = ("the datastore is full: changes are refused until an operator frees space; "
+                "reads still work")
 
 
 class ApiError(Exception):
@@ -121,9 +128,10 @@ _ANSWERS: dict[type[e.IPAMError], Callable[[Any], ApiError]] = {
     e.OutcomeUnknown: lambda err: ApiError(503, m.ServiceUnavailable(
         message=err.message, help_message="the change may have been applied: retry with "
                                           "the same Idempotency-Key to find out")),
-    e.StorageFull: lambda err: ApiError(507, m.ServiceUnavailable(
-        message="the datastore is full: changes are refused until an operator frees "
-                "space; reads still work")),
+    # 503, as for an unreachable etcd: the service cannot take
+    # changes now. The message, and no help_message, tell a client it is no unknown
+    # outcome and no blip: retrying soon is useless until an operator frees space.
+    e.StorageFull: lambda err: ApiError(503, m.ServiceUnavailable(message=STORAGE_FULL)),
     e.StoreError: lambda err: ApiError(503, m.ServiceUnavailable(
         message="the datastore is unavailable, retry later")),
 }

@@ -12,7 +12,7 @@ configuration. The error answers of an operation follow from what it does:
     404 not_found           it names something in its path or body
     409, 412                it changes something
     413                     it reads a body
-    503                     it reaches etcd
+    503                     it reaches etcd (a change may also find the datastore full)
 
 An unknown path (404) and a known path with another method (405, with `Allow`) are
 `components.responses`: they belong to no operation.
@@ -39,6 +39,10 @@ _REF = "#/components/schemas/{model}"
 _TAGS = (("/ipam/admin/", "admin"), ("/ipam/", "ipam"), ("/vpc/", "vpc"), ("/", "probes"))
 _WRITES = ("POST", "PATCH", "PUT", "DELETE")
 _NO_ETCD = frozenset({"/healthz", "/openapi.json", "/metrics"})
+# A change refused by etcd's quota (its NOSPACE alarm): the same 503 body, told apart by
+# its message (gateway.errors.STORAGE_FULL) and lasting until an operator frees space.
+_FULL = ("or the datastore is full (message \"the datastore is full: ...\"): the change was "
+         "refused whole, and changes stay refused until an operator frees space")
 _DOCUMENT_KEY = web.AppKey("openapi_document", dict)
 
 
@@ -166,8 +170,6 @@ def _errors(schemas: _Schemas, method: str, path: str, spec: Endpoint) -> dict[s
         (412, [m.PreconditionFailed], method in _WRITES),
         (413, [m.RequestEntityTooLarge], body),
         (503, [m.ServiceUnavailable], not public and path not in _NO_ETCD),
-        # etcd's quota is full (its NOSPACE alarm): a write is refused whole.
-        (507, [m.ServiceUnavailable], method in _WRITES and not public),
     ]
     out = {}
     for status, models, applies in rules:
@@ -175,6 +177,8 @@ def _errors(schemas: _Schemas, method: str, path: str, spec: Endpoint) -> dict[s
             schema = (schemas.ref(models[0], "serialization") if len(models) == 1 else
                       {"anyOf": [schemas.ref(x, "serialization") for x in models]})
             out[str(status)] = _answer("; ".join(_summary(x) for x in models), schema)
+    if "503" in out and method in _WRITES:
+        out["503"]["description"] += f"; {_FULL}"
     return out
 
 

@@ -26,6 +26,7 @@ TESTS=(
     tests/devcluster/test_etcd.py
     tests/devcluster/test_etcd_versions.py
     tests/devcluster/test_faults.py
+    tests/devcluster/test_full_disk.py
     tests/devcluster/test_partitions.py
     tests/devcluster/test_topology.py
     tests/gateway/test_embedded_etcd.py
