@@ -188,7 +188,7 @@ class IPAM:
     def credentials(self) -> Credentials:
         """The API keys kept in this cluster (the gateway's tenancy layer)."""
         return Credentials(self.store, self.keys, self.signing_key, self.organizations,
-                           self.queries.reads)
+                           self.queries.reads, self.quotas.keys_per_organization)
 
     async def readiness(self, timeout: float = 2.0) -> tuple[bool, list[tuple[str, bool]]]:
         """(a quorum answers a linearizable read, [(endpoint, answered)]) for /readyz."""

@@ -12,7 +12,8 @@ Both keys are written and deleted in one transaction. A project key (member or r
 that names an organization maps its projects to it in the same transaction
 (`organizations`): a project belongs to one organization, so a key naming another
 organization for a project mapped already is refused (AlreadyExists), and nothing is
-written.
+written. Such a key also takes a slot of its organization's key quota (`quotas`): beyond
+it, QuotaExceeded, and nothing is written; a revocation frees the slot.
 
 Each key record is signed: its `signature` is an HMAC-SHA256, with a signing key that
 is never written to etcd (the gateway derives it from its configuration, see
@@ -53,9 +54,10 @@ from typing import Any
 
 from . import retry
 from . import store as st
-from .errors import AlreadyExists, InvalidArgument, NotFound, PreconditionFailed
+from .errors import AlreadyExists, Conflict, InvalidArgument, NotFound, PreconditionFailed
 from .keys import Keys
 from .organizations import ProjectOrganizations
+from .quotas import QUOTA_GUARD, refuse_api_keys
 from .reads import CoalescedReads
 from .records import check_uuid, now
 from .txn import GuardedTxn, commit
@@ -218,16 +220,27 @@ def check_key_spec(role: Any, organization_id: Any, project_ids: Any, resource_t
                   expires_at=expires_at)
 
 
+def _counted(key: ApiKey | None, organization_id: str) -> bool:
+    """Whether `key` takes a slot of `organization_id`'s key quota: a validly signed
+    project key naming it (admin and product keys act for no organization's projects)."""
+    return (key is not None and key.role in (PROJECT_MEMBER, PROJECT_READER)
+            and key.organization_id == organization_id)
+
+
 class Credentials:
     """The API keys of one deployment, stored in etcd and signed with `signing_key`
     (None: this node creates no key and accepts none). `organizations`: the project ->
-    organization mapping a project key writes to (this node's, to share its cache)."""
+    organization mapping a project key writes to (this node's, to share its cache).
+    `keys_per_organization`: the project keys one organization may hold (None: no quota;
+    `quotas.Quotas.keys_per_organization`)."""
 
     def __init__(self, store: st.Store, keys: Keys, signing_key: bytes | None = None,
                  organizations: ProjectOrganizations | None = None,
-                 reads: CoalescedReads | None = None) -> None:
+                 reads: CoalescedReads | None = None,
+                 keys_per_organization: int | None = None) -> None:
         self.store = store
         self.keys = keys
+        self.keys_per_organization = keys_per_organization
         # A lookup per request: concurrent ones share the node's reads (still linearizable,
         # so a revocation anywhere is seen by the next request anywhere).
         self._reads = reads or CoalescedReads(store)
@@ -337,11 +350,13 @@ class Credentials:
         """Store a new key for `spec` (from `check_key_spec`), signed; returns (key, secret).
 
         A project key naming an organization maps its projects to it, in the same
-        transaction; AlreadyExists when one of them belongs to another organization.
+        transaction; AlreadyExists when one of them belongs to another organization;
+        QuotaExceeded when its organization holds its quota of keys already.
         PreconditionFailed when this node has no signing key."""
         if self._signing_key is None:
             raise PreconditionFailed("no_signing_key", "this node has no credential signing "
                                                        "key: it cannot create API keys")
+        failed: frozenset[str] = frozenset()
         async for _ in retry.NETWORK_RACES.attempts():
             key = ApiKey(**{**asdict(spec), "access_key": new_access_key(), "created_at": now()})
             secret = str(uuid.uuid4())
@@ -355,12 +370,29 @@ class Credentials:
                    .put(self._by_secret(digest), record))
             mapped = key.role in (PROJECT_MEMBER, PROJECT_READER) and key.organization_id
             if mapped:
+                await self._within_key_quota(txn, mapped)
                 await self.organizations.write_once(txn, key.project_ids, mapped)
-            if (await commit(self.store, txn)).succeeded:
+            out = await commit(self.store, txn)
+            if out.succeeded:
                 if mapped:
                     self.organizations.remember(key.project_ids, mapped)
                 return key, secret
+            failed = out.failed
+        if QUOTA_GUARD in failed:
+            raise Conflict("API keys kept being created meanwhile; try again")
         raise AlreadyExists("api_key", key.access_key)
+
+    async def _within_key_quota(self, txn: GuardedTxn, organization_id: str) -> None:
+        """Refuse (QuotaExceeded) a project key of an organization holding its quota of
+        keys; else guard `txn` on no key record written since they were counted, so that
+        two creates never both take the last slot (`quotas`: why no index)."""
+        if self.keys_per_organization is None:
+            return
+        kvs, revision = await self.store.scan(self.keys.api_key_by_secret())
+        held = sum(1 for kv in kvs if _counted(self._verified(kv.key, kv.value),
+                                               organization_id))
+        refuse_api_keys(self.keys_per_organization, held, organization_id)
+        txn.prefix_unchanged_since(QUOTA_GUARD, self.keys.api_key_by_secret(), revision)
 
     async def lookup(self, secret_key: str) -> ApiKey | None:
         """The key whose secret this is, or None (also for a record whose signature is

@@ -1,4 +1,5 @@
-"""Per-project quotas: how many VPCs, Private Networks, subnets and IPs a tenant may hold.
+"""Per-project quotas: how many VPCs, Private Networks, subnets and IPs a tenant may hold,
+and how many API keys an organization may hold.
 
 One project could otherwise fill etcd for everyone (1,500 VPCs with 64 long tags each
 took 1.2 s) and slow every other tenant's lists. Each quota is a `Quotas` field (None:
@@ -36,6 +37,15 @@ How each is enforced, and why:
   all nodes at that moment. The IP quota is off by default: a project booking a /16
   full is a normal load (the bench books several), and the count read costs etcd a walk
   over the project's index.
+- API keys of an organization: the project keys (member, reader) naming it, counted over
+  the signed key records themselves (`credentials.Credentials.create`) at one revision,
+  and the create guarded on "no key record written under `auth/secret/` since", so two
+  nodes never both take the last slot. No index of keys per organization: the records
+  are the count, keys written by any earlier version included, with no migration; the
+  price is a read of every key record per key created (an operator's act, seldom) and
+  creates racing in the whole deployment retrying on one guard. Admin and product keys
+  act for no organization's projects (`gateway.auth.Principal.organization_claim`):
+  they are not counted, even when created naming one. Revoking a key frees its slot.
 """
 
 from __future__ import annotations
@@ -68,6 +78,8 @@ class Quotas:
     subnets_per_private_network: int | None = 16
     # Off by default: see the module docstring.
     ips_per_project: int | None = None
+    # Project keys naming the organization (admin and product keys: not counted).
+    keys_per_organization: int | None = 100
 
     def __post_init__(self) -> None:
         for name, value in vars(self).items():
@@ -78,7 +90,7 @@ class Quotas:
     @classmethod
     def none(cls) -> Quotas:
         """No quota at all (tests and benches that fill a project on purpose)."""
-        return cls(None, None, None, None)
+        return cls(None, None, None, None, None)
 
 
 DEFAULT_QUOTAS = Quotas()
@@ -105,6 +117,14 @@ def refuse_subnets(quota: int | None, held: int, asked: int, pn_id: str) -> None
         raise QuotaExceeded("subnet", quota, held,
                             f"private network {pn_id or '(new)'} holds {held} subnets and "
                             f"{asked} more were asked: its quota is {quota}")
+
+
+def refuse_api_keys(quota: int | None, held: int, organization_id: str) -> None:
+    """QuotaExceeded when an organization holding `held` API keys may hold no more."""
+    if quota is not None and held >= quota:
+        raise QuotaExceeded("api_key", quota, held,
+                            f"organization {organization_id} holds {held} API keys, its "
+                            "quota: revoke one first")
 
 
 @dataclass

@@ -143,18 +143,26 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("event_retention", str(DEFAULT_EVENT_RETENTION),
             f"seconds the IP event feed keeps each event ({MIN_EVENT_RETENTION} to a week; "
             "0: this node writes none); a cursor older than this is refused"),
+    Setting("organizations", "required",
+            "required: a write into a project whose organization nobody set (with a "
+            "project key naming it, or PUT /ipam/admin/v1/projects/ID) is refused, 412; "
+            "optional: such a project's objects carry no organization (a lab without "
+            "tenants)"),
     Setting("quota_vpcs", "100", "VPCs one project may hold, every region counted (0: no quota)"),
     Setting("quota_private_networks", "500",
             "Private Networks one project may hold, every region counted (0: no quota)"),
     Setting("quota_subnets", "16", "subnets one Private Network may hold (0: no quota)"),
     Setting("quota_ips", "0", "IPs one project may hold booked (0: no quota; see "
             "allocator.quotas for why it is off by default and how it is counted)"),
+    Setting("quota_keys", "100", "API keys one organization may hold: the project keys "
+            "naming it; admin and product keys are not counted (0: no quota)"),
 )
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
 # Beyond this, an expired IP would wait longer than a user reads as "released then".
 MAX_EXPIRY_CHECK_INTERVAL = 60.0
 LOG_FORMATS = ("text", "json")
+ORGANIZATIONS = ("required", "optional")
 
 
 @dataclass(frozen=True)
@@ -190,6 +198,9 @@ class GatewayConfig:
     expiry_check_interval: float = 1.0
     idempotency_retention: int = IDEMPOTENCY_RETENTION
     event_retention: int = DEFAULT_EVENT_RETENTION
+    # Scaleway's rule: every object belongs to its project's organization (see
+    # allocator.organizations); off only for a lab that has no tenants.
+    require_organizations: bool = True
     quotas: Quotas = field(default_factory=Quotas)
 
     def __post_init__(self) -> None:
@@ -449,19 +460,32 @@ def load(args: argparse.Namespace | None = None,
         expiry_check_interval=float(number("expiry_check_interval", float)),
         idempotency_retention=int(number("idempotency_retention", int)),
         event_retention=int(number("event_retention", int)),
+        require_organizations=_organizations(raw["organizations"]),
         quotas=_quotas(**{name: int(number(f"quota_{name}", int))
-                          for name in ("vpcs", "private_networks", "subnets", "ips")}),
+                          for name in ("vpcs", "private_networks", "subnets", "ips",
+                                       "keys")}),
     )
 
 
-def _quotas(vpcs: int, private_networks: int, subnets: int, ips: int) -> Quotas:
-    """The per-project quotas of the --quota-* settings (0: none of that resource)."""
+def _organizations(raw: str | None) -> bool:
+    """Whether the --organizations setting requires them."""
+    value = (raw or "required").strip().lower()
+    if value not in ORGANIZATIONS:
+        raise ConfigError(f"--organizations/IPAM_ORGANIZATIONS must be one of "
+                          f"{', '.join(ORGANIZATIONS)}, not {raw!r}")
+    return value == "required"
+
+
+def _quotas(vpcs: int, private_networks: int, subnets: int, ips: int, keys: int) -> Quotas:
+    """The quotas of the --quota-* settings (0: none of that resource): per project, and
+    API keys per organization."""
     given = {"vpcs": vpcs, "private_networks": private_networks, "subnets": subnets,
-             "ips": ips}
+             "ips": ips, "keys": keys}
     for name, value in given.items():
         if value < 0:
             raise ConfigError(f"--quota-{name.replace('_', '-')}/IPAM_QUOTA_"
                               f"{name.upper()} must be 0 (no quota) or more")
     return Quotas(vpcs_per_project=vpcs or None,
                   private_networks_per_project=private_networks or None,
-                  subnets_per_private_network=subnets or None, ips_per_project=ips or None)
+                  subnets_per_private_network=subnets or None, ips_per_project=ips or None,
+                  keys_per_organization=keys or None)

@@ -26,7 +26,17 @@ from allocator_support import (
     revision,
 )
 
-from allocator.contract import IPAM, AddressAsk, Quotas, errors
+from allocator.contract import (
+    ADMIN,
+    IPAM,
+    PRODUCT,
+    PROJECT_MEMBER,
+    PROJECT_READER,
+    AddressAsk,
+    ApiKey,
+    Quotas,
+    errors,
+)
 from allocator.quotas import IPQuota
 from allocator.schema import MigrationContext, SchemaRecord, ensure_schema, index_projects
 from allocator.store import KV, EtcdStore, prefix_end
@@ -50,9 +60,11 @@ def _refusal(exc: pytest.ExceptionInfo[errors.QuotaExceeded]) -> tuple[str, int,
 # -- the quotas and their defaults ------------------------------------------------------------
 
 
-def test_default_quotas_bound_networks_and_leave_ips_unbounded():
+def test_default_quotas_bound_networks_and_keys_and_leave_ips_unbounded():
     assert Quotas() == Quotas(vpcs_per_project=100, private_networks_per_project=500,
-                              subnets_per_private_network=16, ips_per_project=None)
+                              subnets_per_private_network=16, ips_per_project=None,
+                              keys_per_organization=100)
+    assert Quotas.none() == Quotas(None, None, None, None, None)
 
 
 @pytest.mark.parametrize("bad", [0, -1, 2.5, True, "10"])
@@ -310,6 +322,91 @@ async def test_concurrent_network_creates_on_two_nodes_never_exceed_the_quota(
         index, _ = await a.store.scan(a.keys.project_private_networks(project))
         assert len(records) == len(index) == 4  # the quota reached, never passed
         assert {p.id for p in created} <= {a.keys.last_segment(kv.key) for kv in records}
+
+
+# -- API keys of an organization ----------------------------------------------------------
+
+
+def _key(role: str, organization: str | None, project: str = "") -> ApiKey:
+    """A key spec as `check_key_spec` makes it (no access key yet)."""
+    projects = (project or new_project(),) if role in (PROJECT_MEMBER, PROJECT_READER) else ()
+    return ApiKey(access_key="", role=role, organization_id=organization,
+                  project_ids=projects, resource_types=("instance_server",)
+                  if role == PRODUCT else ())
+
+
+@pytest.fixture
+async def two_keys(etcd_single: EtcdCluster, key_prefix: str) -> AsyncIterator[IPAM]:
+    """An allocator whose organizations may hold 2 API keys each."""
+    async with connected(etcd_single.endpoints, key_prefix,
+                         quotas=Quotas(keys_per_organization=2)) as ipam:
+        yield ipam
+
+
+async def test_key_quota_refuses_the_next_project_key_and_writes_nothing(two_keys: IPAM):
+    credentials, org = two_keys.credentials(), new_project()
+    await credentials.create(_key(PROJECT_MEMBER, org))
+    await credentials.create(_key(PROJECT_READER, org))
+    before = await revision(two_keys)
+    with pytest.raises(errors.QuotaExceeded) as exc:
+        await credentials.create(_key(PROJECT_MEMBER, org))
+    assert _refusal(exc) == ("api_key", 2, 2)
+    assert exc.value.message == (f"organization {org} holds 2 API keys, its quota: "
+                                 "revoke one first")
+    assert await revision(two_keys) == before
+    assert len(await credentials.list()) == 2
+
+
+async def test_revoking_a_key_frees_its_organizations_slot(two_keys: IPAM):
+    credentials, org = two_keys.credentials(), new_project()
+    first, _ = await credentials.create(_key(PROJECT_MEMBER, org))
+    await credentials.create(_key(PROJECT_MEMBER, org))
+    await credentials.revoke(first.access_key)
+    await credentials.create(_key(PROJECT_MEMBER, org))
+    with pytest.raises(errors.QuotaExceeded):
+        await credentials.create(_key(PROJECT_MEMBER, org))
+
+
+async def test_admin_and_product_keys_and_other_organizations_take_no_slot(two_keys: IPAM):
+    credentials, org = two_keys.credentials(), new_project()
+    for _ in range(3):  # keys acting for no organization's projects, even naming one
+        await credentials.create(_key(ADMIN, org))
+        await credentials.create(_key(PRODUCT, org))
+        await credentials.create(_key(PROJECT_MEMBER, None))
+    await credentials.create(_key(PROJECT_MEMBER, new_project()))
+    await credentials.create(_key(PROJECT_MEMBER, org))
+    await credentials.create(_key(PROJECT_READER, org))
+    with pytest.raises(errors.QuotaExceeded) as exc:
+        await credentials.create(_key(PROJECT_READER, org))
+    assert _refusal(exc) == ("api_key", 2, 2)
+
+
+async def test_without_a_key_quota_an_organization_holds_any_number(ipam: IPAM):
+    credentials = ipam.credentials()
+    credentials.keys_per_organization = None
+    org = new_project()
+    for _ in range(3):
+        await credentials.create(_key(PROJECT_MEMBER, org))
+    assert len(await credentials.list()) == 3
+
+
+async def test_concurrent_key_creates_on_two_nodes_never_exceed_the_key_quota(
+        etcd_cluster3: EtcdCluster, key_prefix: str):
+    eps, org = list(etcd_cluster3.endpoints), new_project()
+    quotas = Quotas(keys_per_organization=3)
+    async with connected(eps, key_prefix, quotas=quotas) as a, \
+            connected(eps[1:] + eps[:1], key_prefix, quotas=quotas) as b:
+        results = await asyncio.gather(*(node.credentials().create(_key(PROJECT_MEMBER, org))
+                                         for _ in range(4) for node in (a, b)),
+                                       return_exceptions=True)
+        refused = [r for r in results if isinstance(r, errors.QuotaExceeded)]
+        # Races retry on the guard; a loaded host may also run them out (Conflict) or
+        # meet a slow endpoint (StoreError): never anything else.
+        others = [r for r in results if isinstance(r, BaseException) and not isinstance(
+            r, errors.QuotaExceeded | errors.Conflict | errors.StoreError)]
+        assert not others, others
+        assert {(r.quota, r.current) for r in refused} == {(3, 3)}
+        assert len(await a.credentials().list()) == 3  # the quota reached, never passed
 
 
 # -- tenant-only lists -----------------------------------------------------------------------------

@@ -70,8 +70,18 @@ def test_quota_settings_become_the_allocator_quotas_and_0_means_none():
     config = load(parse(), {"IPAM_QUOTA_VPCS": "3", "IPAM_QUOTA_IPS": "1000",
                            "IPAM_QUOTA_SUBNETS": "0"})
     assert config.quotas == Quotas(vpcs_per_project=3, private_networks_per_project=500,
-                                   subnets_per_private_network=None, ips_per_project=1000)
+                                   subnets_per_private_network=None, ips_per_project=1000,
+                                   keys_per_organization=100)
     assert load(parse(), {}).quotas == Quotas()
+
+
+def test_the_key_quota_is_100_per_organization_unless_set_and_0_means_none():
+    assert load(parse(), {}).quotas.keys_per_organization == 100
+    assert load(parse("--quota-keys", "5"), {}).quotas.keys_per_organization == 5
+    assert load(parse(), {"IPAM_QUOTA_KEYS": "0"}).quotas.keys_per_organization is None
+    with pytest.raises(ConfigError, match=r"--quota-keys/IPAM_QUOTA_KEYS must be 0 "
+                                          r"\(no quota\) or more"):
+        load(parse(), {"IPAM_QUOTA_KEYS": "-1"})
 
 
 def test_a_negative_quota_is_refused_naming_its_flag():

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 import requests
 from allocator_support import revision
-from gateway_fixtures import ApiKeys, GatewayNode, sdk_client
+from gateway_fixtures import ADMIN_SECRET, ApiKeys, GatewayNode, sdk_client
 from scaleway.ipam.v1 import IpamV1API
 from scaleway.ipam.v1.types import Source
 from scaleway.vpc.v2 import VpcV2API
@@ -21,7 +21,7 @@ from scaleway_core.api import ScalewayException
 from allocator.contract import Quotas
 
 QUOTAS = Quotas(vpcs_per_project=2, private_networks_per_project=2,
-                subnets_per_private_network=2, ips_per_project=2)
+                subnets_per_private_network=2, ips_per_project=2, keys_per_organization=2)
 
 
 @pytest.fixture
@@ -118,6 +118,32 @@ def test_an_ip_over_the_quota_is_403_quotas_exceeded_and_a_release_frees_a_slot(
     _refused(node, book, "ip", 2)
     tenant.ipam.release_ip(ip_id=first.id)
     book()
+
+
+def test_an_api_key_over_its_organizations_quota_is_403_and_a_revocation_frees_a_slot(
+        node: GatewayNode) -> None:
+    organization, admin = str(uuid.uuid4()), {"X-Auth-Token": ADMIN_SECRET}
+    keys = f"{node.url}/ipam/admin/v1/api-keys"
+
+    def create(role: str = "project_member") -> Any:
+        body: dict[str, Any] = {"role": role, "organization_id": organization}
+        if role != "product":
+            body["project_ids"] = [str(uuid.uuid4())]
+        else:
+            body["resource_types"] = ["instance_server"]
+        resp = requests.post(keys, json=body, headers=admin, timeout=10)
+        if resp.status_code >= 400:
+            raise ScalewayException(resp)
+        return resp.json()
+
+    first, _ = create(), create("project_reader")
+    create("product")  # acts for no organization's projects: takes no slot
+    message = _refused(node, create, "api_key", 2)
+    assert message == f"organization {organization} holds 2 API keys, its quota: revoke one first"
+    revoked = requests.delete(f"{keys}/{first['access_key']}", headers=admin, timeout=10)
+    assert revoked.status_code == 204
+    create()
+    _refused(node, create, "api_key", 2)
 
 
 def test_only_creates_document_quotas_exceeded(node: GatewayNode) -> None:
