@@ -17,9 +17,10 @@ Outcomes, as a client must read its answers:
 
     ok       it happened: the call returned, or the gateway answered 2xx
     fail     it did not happen: an `IPAMError` other than `OutcomeUnknown` (a request
-             that fails writes nothing, DESIGN.md section 5), or a 4xx or 507 answer
+             that fails writes nothing, DESIGN.md section 5), a 4xx answer, or the
+             503 of a full datastore (its message says so: refused whole)
     unknown  the client cannot tell: `OutcomeUnknown`, a cancelled or timed-out call,
-             a 503 or 5xx, a broken connection. It took effect once or not at all;
+             any other 503 or 5xx, a broken connection. It took effect once or not at all;
              retries with the same Idempotency-Key are one request.
 
 Timestamps are `time.monotonic()` of the recording process: every recorder of one
@@ -39,8 +40,11 @@ from allocator.audit import audit
 from allocator.errors import IPAMError, OutcomeUnknown
 from allocator.keys import Keys
 from allocator.store import Store
+from gateway.errors import STORAGE_FULL
 
 OK, FAIL, UNKNOWN = "ok", "fail", "unknown"
+# What a client looks for at the start of a 503's message (docs/operations.md).
+STORAGE_FULL_PREFIX = STORAGE_FULL.partition(":")[0]
 KINDS = ("book", "release", "attach", "detach", "move")
 
 T = TypeVar("T")
@@ -90,13 +94,18 @@ def outcome_of_error(err: BaseException) -> str:
     return UNKNOWN  # cancelled, timed out, or anything unexpected: it may have applied
 
 
-def outcome_of_status(status: int) -> str:
-    """How a client must read an HTTP status (0: no answer at all)."""
+def outcome_of_status(status: int, body: Any = None) -> str:
+    """How a client must read an HTTP status and its body (0: no answer at all)."""
     if 200 <= status < 300:
         return OK
-    if 400 <= status < 500 or status == 507:  # 507: the quota refused the write whole
-        return FAIL
-    return UNKNOWN  # 503, another 5xx, a timeout, a broken connection
+    if 400 <= status < 500 or (status == 503 and _storage_full(body)):
+        return FAIL  # the quota refused a change whole: nothing of it applied
+    return UNKNOWN  # another 503 or 5xx, a timeout, a broken connection
+
+
+def _storage_full(body: Any) -> bool:
+    return isinstance(body, dict) and str(body.get("message", "")).startswith(
+        STORAGE_FULL_PREFIX)
 
 
 def _answer_of(result: Any) -> tuple[str | None, str | None]:
@@ -138,7 +147,7 @@ class History:
 
     def answered(self, op: Operation, status: int, body: Any = None) -> str:
         """The gateway answered `status` with `body` (0: no answer); the outcome."""
-        op.completed, op.outcome = self.clock(), outcome_of_status(status)
+        op.completed, op.outcome = self.clock(), outcome_of_status(status, body)
         if op.outcome == OK:
             op.answer_id, op.answer_address = _answer_of(body)
         else:

@@ -20,6 +20,7 @@ from bench.history import (
     outcome_of_status,
 )
 from bench.history_check import check
+from gateway.errors import STORAGE_FULL
 
 PN = "pn-1"
 A1, A2 = "10.0.0.5/24", "10.0.0.6/24"
@@ -179,10 +180,21 @@ def test_an_error_is_read_as_a_client_must_read_it(err: BaseException, outcome: 
 
 
 @pytest.mark.parametrize(("status", "outcome"), [
-    (200, OK), (204, OK), (404, FAIL), (409, FAIL), (412, FAIL), (507, FAIL),
-    (503, UNKNOWN), (500, UNKNOWN), (0, UNKNOWN)])
+    (200, OK), (204, OK), (404, FAIL), (409, FAIL), (412, FAIL),
+    (503, UNKNOWN), (500, UNKNOWN), (507, UNKNOWN), (0, UNKNOWN)])
 def test_a_status_is_read_as_a_client_must_read_it(status: int, outcome: str) -> None:
     assert outcome_of_status(status) == outcome
+
+
+@pytest.mark.parametrize(("body", "outcome"), [
+    ({"type": "service_unavailable", "message": STORAGE_FULL}, FAIL),
+    ({"type": "service_unavailable", "message": "the datastore is unavailable, retry later"},
+     UNKNOWN),
+    ({"type": "service_unavailable", "message": "x", "help_message": "the change may have "
+      "been applied: retry with the same Idempotency-Key to find out"}, UNKNOWN),
+    ("not json", UNKNOWN)])
+def test_a_503_is_a_refusal_only_when_the_datastore_is_full(body: object, outcome: str) -> None:
+    assert outcome_of_status(503, body) == outcome
 
 
 async def test_a_recorded_call_keeps_its_answer_or_its_error_and_times() -> None:

@@ -26,8 +26,8 @@ Then the runbook of docs/operations.md ("When the quota is full"), its code bloc
 bash as written (so the document and the test cannot drift), while the node keeps
 running; bookings through the same node succeed again within RECOVERY_SECONDS. Last, the
 whole history is checked against etcd (bench.history_check): no address held twice, no
-acknowledged booking lost, no refused booking applied (a 503 reads as an unknown outcome
-there, and etcd's idempotency key settles each one: not applied).
+acknowledged booking lost, no refused booking applied (the full datastore's 503 reads as
+a refusal there, and the checker finds no idempotency key of any of them in etcd).
 
 The test prints the bookings it took to fill the quota, the acknowledged counts, the
 slowest refusal, /readyz, the runbook's time and the time to the first booking after it.
@@ -60,7 +60,7 @@ from gateway_fixtures import ADMIN_SECRET, REGION, GatewayNode
 from allocator.keys import Keys
 from allocator.records import Resource
 from allocator.store import EtcdStore
-from bench.history import KINDS, OK, History, read_final_state
+from bench.history import FAIL, KINDS, OK, History, read_final_state
 from bench.history_check import check
 from devcluster.etcd import EtcdCluster
 from gateway.errors import STORAGE_FULL
@@ -363,6 +363,8 @@ async def test_bookings_fill_etcd_then_changes_get_a_prompt_503_until_the_runboo
     print(verdict)
     assert verdict.ok, verdict
     refused_bookings = sum(a.what == "book" and a.status == 503 for a in api.answers)
-    # Every booking answered 503 left no trace: its key is absent (nothing leaked).
-    assert verdict.unknown_bookings == {"not_applied": refused_bookings}, verdict
+    # Every booking answered 503 is a refusal, and the checker found none of their keys in
+    # etcd (nothing leaked); no booking's outcome was left unknown.
+    assert verdict.unknown_bookings == {}, verdict
+    assert verdict.requests["book"][FAIL] == refused_bookings, verdict
     assert verdict.requests["book"][OK] == acknowledged + 1 + AFTER_BOOKINGS
