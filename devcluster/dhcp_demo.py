@@ -74,6 +74,9 @@ def main() -> int:
                          cwd=ROOT, env=env, stdout=subprocess.DEVNULL)
             lab.call(_wait_ready, secret)
             base = "/vpc/v2/regions/fr-par"
+            # The demo's project belongs to an organization of its own, as every project.
+            lab.call(_call, secret, "PUT", f"/ipam/admin/v1/projects/{project}",
+                     {"organization_id": str(uuid.uuid4())})
             pn = lab.call(_call, secret, "POST", f"{base}/private-networks",
                           {"name": "demo", "project_id": project, "subnets": ["10.42.0.0/24"]})
             ip = lab.call(_call, secret, "POST", "/ipam/v1/regions/fr-par/ips",

@@ -53,6 +53,8 @@ def create_app(ipam: IPAM, config: GatewayConfig | None = None, *,
         # runs, in text/plain: the limit is raised so that real requests never meet it.
         handler_args={"max_line_size": MAX_HEADER_BYTES, "max_field_size": MAX_HEADER_BYTES})
     credentials = ipam.credentials()
+    if config.require_organizations:
+        ipam.require_organizations()
     app[IPAM_KEY] = ipam
     app[CONFIG_KEY] = config
     app[CREDENTIALS_KEY] = credentials

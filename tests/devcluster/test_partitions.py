@@ -192,6 +192,12 @@ def stack(tmp_path: Path):
 
 def _create_pn(url: str, token: str, project: str) -> str:
     async def create() -> str:
+        # `ipam serve` refuses a write into a project of no known organization.
+        async with aiohttp.ClientSession(trust_env=False) as session, session.put(
+                f"{url}/ipam/admin/v1/projects/{project}",
+                json={"organization_id": str(uuid.uuid4())},
+                headers={"X-Auth-Token": token}) as resp:
+            assert resp.status == 200, await resp.text()
         async with aiohttp.ClientSession(trust_env=False) as session, session.post(
                 f"{url}/vpc/v2/regions/{REGION}/private-networks",
                 json={"name": "partition", "project_id": project,

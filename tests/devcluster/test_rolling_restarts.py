@@ -267,6 +267,12 @@ def topology(tmp_path: Path) -> Iterator[LocalTopology]:
 
 def _create_pn(topo: LocalTopology, project: str) -> str:
     async def create() -> str:
+        # `ipam serve` refuses a write into a project of no known organization.
+        async with aiohttp.ClientSession(trust_env=False) as session, session.put(
+                f"{topo.url}/ipam/admin/v1/projects/{project}",
+                json={"organization_id": str(uuid.uuid4())},
+                headers={"X-Auth-Token": topo.admin_secret}) as resp:
+            assert resp.status == 200, await resp.text()
         async with aiohttp.ClientSession(trust_env=False) as session, session.post(
                 f"{topo.url}/vpc/v2/regions/{REGION}/private-networks",
                 json={"name": "rolling", "project_id": project, "subnets": ["172.16.0.0/20"]},

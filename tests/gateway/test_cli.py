@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import requests
 from gateway_fixtures import ADMIN_SECRET, GatewayNode, gateway, sdk_client  # noqa: F401
 from scaleway.ipam.v1 import IpamV1API
 from scaleway.ipam.v1.types import Source
@@ -88,6 +89,14 @@ async def serve_on(etcd: Any, prefix: str, *flags: str) -> tuple[Any, str]:
     return proc, re.search(r"(http://127\.0\.0\.1:\d+)", line)[1]  # type: ignore[index]
 
 
+def put_organization(url: str, admin_secret: str, project: str) -> None:
+    """An admin gives `project` an organization: `ipam serve` refuses writes without one."""
+    resp = requests.put(f"{url}/ipam/admin/v1/projects/{project}", timeout=30,
+                        json={"organization_id": str(uuid.uuid4())},
+                        headers={"X-Auth-Token": admin_secret})
+    assert resp.status_code == 200, resp.text
+
+
 def test_readme_run_command_boots_prints_the_admin_secret_once_and_books(
         tmp_path: Path) -> None:
     first = Served(tmp_path, "--data-dir", str(tmp_path))
@@ -100,8 +109,9 @@ def test_readme_run_command_boots_prints_the_admin_secret_once_and_books(
         stored = tmp_path / "admin_secret_key"
         assert stored.read_text().strip() == secret
         assert stored.stat().st_mode & 0o777 == 0o600
-        client = sdk_client(f"http://127.0.0.1:{port}", "SCW" + "B" * 17, secret,
-                            str(uuid.uuid4()))
+        project = str(uuid.uuid4())
+        put_organization(f"http://127.0.0.1:{port}", secret, project)
+        client = sdk_client(f"http://127.0.0.1:{port}", "SCW" + "B" * 17, secret, project)
         pn = VpcV2API(client).create_private_network(default_route_propagation_enabled=False)
         ip = IpamV1API(client).book_ip(source=Source(private_network_id=pn.id),
                                        is_ipv6=False)
@@ -159,6 +169,13 @@ def test_admin_commands_print_tables(gateway: GatewayNode,  # noqa: F811
                                        f"(api_key {access_key})\n")
 
 
+async def map_project(http: Any, url: str, project: str) -> None:
+    """Give `project` an organization: `ipam serve` refuses writes into one without."""
+    async with http.put(f"{url}/ipam/admin/v1/projects/{project}",
+                        json={"organization_id": str(uuid.uuid4())}) as resp:
+        assert resp.status == 200, await resp.text()
+
+
 async def test_sigterm_lets_in_flight_bookings_finish(etcd_single: Any,
                                                       key_prefix: str) -> None:
     """Every booking committed during a SIGTERM got its 200: none was cut off mid-flight."""
@@ -173,6 +190,7 @@ async def test_sigterm_lets_in_flight_bookings_finish(etcd_single: Any,
     project = str(uuid.uuid4())
     connector = aiohttp.TCPConnector(limit=0, force_close=True)
     async with aiohttp.ClientSession(connector=connector, headers=headers) as http:
+        await map_project(http, url, project)
         async with http.post(f"{url}/vpc/v2/regions/fr-par/private-networks",
                              json={"project_id": project, "subnets": ["10.70.0.0/22"]}) as r:
             pn = await r.json()
@@ -215,10 +233,11 @@ async def test_sigterm_drains_keep_alive_clients_so_no_answer_is_lost(
     proc, url = await serve_on(etcd_single, key_prefix, "--drain-seconds", str(drain_seconds))
     headers = {"X-Auth-Token": ADMIN_SECRET}
     project = str(uuid.uuid4())
-    async with aiohttp.ClientSession(headers=headers) as http, http.post(
-            f"{url}/vpc/v2/regions/fr-par/private-networks",
-            json={"project_id": project, "subnets": ["10.80.0.0/16"]}) as r:
-        pn = await r.json()
+    async with aiohttp.ClientSession(headers=headers) as http:
+        await map_project(http, url, project)
+        async with http.post(f"{url}/vpc/v2/regions/fr-par/private-networks",
+                             json={"project_id": project, "subnets": ["10.80.0.0/16"]}) as r:
+            pn = await r.json()
     body = {"source": {"private_network_id": pn["id"]}, "is_ipv6": False,
             "project_id": project}
 
@@ -379,6 +398,7 @@ def test_run_sh_with_debians_own_python_first_makes_its_venv_and_books(tmp_path:
         assert "home = /usr/bin" in (repo / ".venv" / "pyvenv.cfg").read_text()
         secret = (here / ".ipam" / "admin_secret_key").read_text().strip()
         project = str(uuid.uuid4())
+        put_organization(f"http://127.0.0.1:{port}", secret, project)
         client = sdk_client(f"http://127.0.0.1:{port}", "SCW" + "C" * 17, secret, project)
         pn = VpcV2API(client).create_private_network(default_route_propagation_enabled=False,
                                                      subnets=["10.61.0.0/24"])

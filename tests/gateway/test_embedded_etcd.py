@@ -196,6 +196,9 @@ def test_restarts_reuse_the_certificates_keep_the_data_and_backup_finds_them(
     data = tmp_path / ".ipam"
     project = new_project()
     with serving(data) as node:
+        mapped = node.api("PUT", f"/ipam/admin/v1/projects/{project}",
+                          json={"organization_id": new_project()})
+        assert mapped.status_code == 200, mapped.text  # a project needs its organization
         created = node.api("POST", "/vpc/v2/regions/fr-par/private-networks",
                            json={"project_id": project, "name": "kept",
                                  "subnets": ["10.91.0.0/24"]})

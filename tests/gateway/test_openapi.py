@@ -30,6 +30,9 @@ class _NoIPAM:
     def observe_commits(self, observer: object) -> None:
         pass  # the metrics' committer observer: nothing is ever committed here
 
+    def require_organizations(self) -> None:
+        pass  # nothing is ever written here
+
 
 def _app() -> web.Application:
     # No etcd behind it: nothing to compact or expire either.

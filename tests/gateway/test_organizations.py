@@ -7,6 +7,7 @@ no known organization is refused.
 
 from __future__ import annotations
 
+import argparse
 import uuid
 from typing import Any
 
@@ -24,6 +25,8 @@ from gateway_fixtures import (  # noqa: F401 - fixtures
 from scaleway.ipam.v1 import IpamV1API
 from scaleway.vpc.v2 import VpcV2API
 
+from gateway.config import ConfigError, add_arguments, load
+
 PROJECTS = "/ipam/admin/v1/projects"
 VPCS = f"/vpc/v2/regions/{REGION}/vpcs"
 PNS = f"/vpc/v2/regions/{REGION}/private-networks"
@@ -33,10 +36,45 @@ POOLS = f"/ipam/admin/v1/regions/{REGION}/zonal-pools"
 
 @pytest.fixture
 def strict(gateway: GatewayNode) -> GatewayNode:  # noqa: F811
-    """The gateway, requiring every project written into to have an organization."""
+    """The gateway, requiring every project written into to have an organization (what
+    `ipam serve` does unless told `--organizations optional`)."""
     assert gateway.ipam is not None
     gateway.ipam.require_organizations()
     return gateway
+
+
+def _parse(*argv: str) -> argparse.Namespace:
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    return parser.parse_args(argv)
+
+
+def test_a_node_requires_organizations_unless_told_optional() -> None:
+    assert load(_parse(), {}).require_organizations
+    assert load(_parse("--organizations", "REQUIRED"), {}).require_organizations
+    assert not load(_parse(), {"IPAM_ORGANIZATIONS": "optional"}).require_organizations
+    with pytest.raises(ConfigError) as refused:
+        load(_parse("--organizations", "sometimes"), {})
+    assert str(refused.value) == ("--organizations/IPAM_ORGANIZATIONS must be one of "
+                                  "required, optional, not 'sometimes'")
+
+
+def test_an_app_of_the_default_configuration_refuses_unknown_organizations(
+        etcd_single: Any, key_prefix: str) -> None:
+    node = GatewayNode(etcd_single.endpoints, key_prefix, require_organizations=True).start()
+    try:
+        project = str(uuid.uuid4())
+        before = revision(node)
+        refused = call(node, ADMIN_SECRET, "POST", VPCS, {"project_id": project})
+        assert (refused.status_code, refused.json()["precondition"]) == (
+            412, "project_organization_unknown")
+        assert revision(node) == before
+        assert call(node, ADMIN_SECRET, "PUT", f"{PROJECTS}/{project}",
+                    {"organization_id": str(uuid.uuid4())}).status_code == 200
+        assert call(node, ADMIN_SECRET, "POST", VPCS, {"project_id": project}).status_code == 200
+    finally:
+        node.stop()
+    node.assert_conformant()
 
 
 def call(node: GatewayNode, secret: str, method: str, path: str,

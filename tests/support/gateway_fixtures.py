@@ -32,12 +32,19 @@ ADMIN_SECRET = str(uuid.uuid4())
 
 
 class GatewayNode:
-    """One gateway on a free port, over `endpoints`, in a thread of its own."""
+    """One gateway on a free port, over `endpoints`, in a thread of its own.
+
+    Unlike `ipam serve`, it does not require organizations unless asked
+    (`require_organizations=True`): most tests make objects with the admin key in
+    projects of their own that no key names. The rule itself is tested in
+    test_organizations.py, and through `ipam serve` by the README and install tests.
+    """
 
     def __init__(self, endpoints: Sequence[str], prefix: str, *,
                  admin_secret: str = ADMIN_SECRET, **config: Any) -> None:
         self.endpoints = list(endpoints)
         self.prefix = prefix
+        config.setdefault("require_organizations", False)
         self.config = GatewayConfig(region=REGION, admin_secret_key=admin_secret,
                                     port=0, **config)
         self.loop = asyncio.new_event_loop()

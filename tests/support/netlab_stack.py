@@ -9,6 +9,7 @@ and dig.
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import subprocess
@@ -191,10 +192,23 @@ def lab_stack(tmp_path: Path) -> Iterator[Stack]:
                 "--log-level", "warning"], cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)},
                 stdout=subprocess.DEVNULL, stderr=open(tmp_path / "gateway.log", "wb"))
             lab.call(_wait_ready)
-            yield Stack(lab, cluster, prefix, str(uuid.uuid4()), tmp_path)
+            project = str(uuid.uuid4())
+            lab.call(_map_project, project)
+            yield Stack(lab, cluster, prefix, project, tmp_path)
         finally:
             lab.stop_processes()  # the agents and the gateway before their etcd
             lab.call(cluster.stop)
+
+
+def _map_project(project: str) -> None:
+    """Give the lab's project an organization: `ipam serve` refuses writes without one."""
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    request = urllib.request.Request(
+        f"{GATEWAY_URL}/ipam/admin/v1/projects/{project}", method="PUT",
+        data=json.dumps({"organization_id": str(uuid.uuid4())}).encode(),
+        headers={"X-Auth-Token": ADMIN_SECRET, "Content-Type": "application/json"})
+    with opener.open(request, timeout=30) as resp:
+        assert resp.status == 200
 
 
 def _wait_ready() -> None:
