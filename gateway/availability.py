@@ -11,17 +11,35 @@ A step may find the node must not serve at all (etcd holds a newer schema, a res
 unfinished): it raises one of the `fatal` errors, the node stays unavailable and
 `failure` says why; `ipam serve` then exits with that message.
 
-The same after a total etcd outage while running: a quorum probe every
-`PROBE_INTERVAL`; `FAILED_PROBES` failures in a row mark etcd unavailable, and API
-requests are answered 503 at once until a probe succeeds again (the node recovers by
-itself). Requests already in flight are answered the same 503 then, instead of keeping
-their own deadlines: a booking retries etcd for up to 30 s (`retry.BOOKING`), and a node
-cut off from every member held its requests until the heal (measured: 10 s, with
-/readyz already 503; tests/devcluster/test_partitions.py). The 503 says the outcome is
-unknown, which it is: the client retries with its Idempotency-Key. So a request on a
-node cut off is answered within PROBE_INTERVAL + FAILED_PROBES * PROBE_TIMEOUT (3 s).
+The same after a total etcd outage while running. Once started the node sends a quorum
+probe (a linearizable read) every `PROBE_INTERVAL` and lets each run up to `PROBE_DEADLINE`,
+overlapping the next ones; the gate closes when no probe has been answered for `SILENCE`
+seconds, and opens again at the first answer. API requests are then answered 503 at once
+until a probe is answered again (the node recovers by itself). Requests already in flight
+are answered the same 503 then, instead of keeping their own deadlines: a booking retries
+etcd for up to 30 s (`retry.BOOKING`), and a node cut off from every member held its
+requests until the heal (measured: 10 s, with /readyz already 503;
+tests/devcluster/test_partitions.py). The 503 says the outcome is unknown, which it is:
+the client retries with its Idempotency-Key.
 
-    STARTING --quorum + steps--> AVAILABLE --probes fail--> UNAVAILABLE --probe ok--> AVAILABLE
+Why silence and not slowness: the gate used to close after two probes in a row went
+unanswered for 1 s each. With the leader's links 200 ms each way, a linearizable read
+crosses the slow links several times (to the leader, its heartbeat round to confirm it
+leads, back): the probes failed while the cluster kept committing (bookings answered in
+1.3 to 2.2 s at the median), the gate closed, and the node answered 503 to everything
+for seconds (tests/devcluster/test_slow_members.py: windows of 6 s without a booking).
+A probe answered late is evidence that a quorum answers; only none answered at all is
+evidence it does not. Probes are sent every second whatever the previous one does, so a
+cluster that answers reads within `PROBE_DEADLINE` keeps the gate open however slow it is,
+while a node cut off from every member hears nothing: its last answer came before the
+cut, and the first tick `SILENCE` after it closes the gate, so a request on a node cut
+off is answered within SILENCE + PROBE_INTERVAL (3 s) of the cut (measured: 2.75 s). A
+probe that fails fast (every member refusing connections) gives its error as the reason,
+but closes the gate no sooner: one refused read is not yet an outage. Start-up gives its
+read the same `PROBE_DEADLINE`: a slow cluster must be able to start a node too.
+
+    STARTING --quorum + steps--> AVAILABLE --SILENCE, no probe answered--> UNAVAILABLE
+    UNAVAILABLE --a probe answered--> AVAILABLE
 """
 
 from __future__ import annotations
@@ -42,8 +60,8 @@ from .models.errors import ServiceUnavailable
 log = logging.getLogger("ipam")
 
 PROBE_INTERVAL = 1.0  # seconds between quorum probes once started
-PROBE_TIMEOUT = 1.0  # a probe not answered within this failed
-FAILED_PROBES = 2  # failures in a row before the node says etcd is unavailable
+PROBE_DEADLINE = 3.0  # a probe read unanswered this long is given up (etcd's deadline)
+SILENCE = 2.0  # seconds without a probe answered before the node says etcd is unavailable
 FIRST_RETRY, MAX_RETRY = 0.5, 10.0  # the start-up backoff: doubling, capped
 # Paths answered whatever etcd does: the probes, and what describes the API.
 UNGATED = frozenset({"/healthz", "/readyz", "/openapi.json", "/metrics"})
@@ -64,13 +82,16 @@ class Availability:
     def __init__(self, ipam: IPAM, steps: Sequence[Step] = (), *,
                  fatal: tuple[type[Exception], ...] = (),
                  first_retry: float = FIRST_RETRY, max_retry: float = MAX_RETRY,
-                 probe_interval: float = PROBE_INTERVAL) -> None:
+                 probe_interval: float = PROBE_INTERVAL, silence: float = SILENCE) -> None:
         self.ipam = ipam
         self.steps = list(steps)
         self.fatal = fatal
         self.failure: Exception | None = None  # a fatal error of a step: the node stops
         self.first_retry, self.max_retry = first_retry, max_retry
-        self.probe_interval = probe_interval
+        self.probe_interval, self.silence = probe_interval, silence
+        self.answered_at = 0.0  # time.monotonic() of the latest probe answered
+        self.probes_answered = 0  # since the start: each one kept the gate open
+        self._problem: str | None = None  # why the latest probe failed, if after that answer
         self.state = State.STARTING
         self.attempts = 0  # start-up attempts so far
         self.reason = "etcd not asked yet"
@@ -79,6 +100,7 @@ class Availability:
         self._failed = asyncio.Event()
         self._changed = asyncio.Event()  # replaced at each change of state
         self._task: asyncio.Task[None] | None = None
+        self._probes: set[asyncio.Task[None]] = set()  # probes not answered yet
         self._serving: set[asyncio.Task[object]] = set()  # tasks running a gated request
         self._refused: set[asyncio.Task[object]] = set()  # those cancelled to answer 503
 
@@ -96,9 +118,10 @@ class Availability:
         self._task = asyncio.ensure_future(self._run())
 
     async def close(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
+        tasks = [t for t in (self._task, *self._probes) if t is not None]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
 
     async def wait_ready(self, timeout: float | None) -> bool:
         """Wait (at most `timeout` s; None: as long as it takes) until the node first
@@ -168,7 +191,11 @@ class Availability:
             return
         while True:  # ends with the node (cancelled by close)
             await asyncio.sleep(self.probe_interval)
-            await self._probe()
+            self._judge()
+            # Not awaited: a slow answer must not hold back the next probe (see above).
+            probe = asyncio.ensure_future(self._probe())
+            self._probes.add(probe)
+            probe.add_done_callback(self._probes.discard)
 
     async def _start_up(self) -> None:
         delay = self.first_retry
@@ -176,7 +203,7 @@ class Availability:
         while True:  # ends when etcd answers and every step succeeded; retried forever
             self.attempts += 1
             try:
-                problem = await self.ipam.quorum_problem(PROBE_TIMEOUT)
+                problem = await self.ipam.quorum_problem(PROBE_DEADLINE)
                 if problem is None:
                     for step in self.steps[done:]:
                         await step()
@@ -189,6 +216,7 @@ class Availability:
             except Exception as err:  # noqa: BLE001 - any other failure is retried, and logged
                 problem = f"{type(err).__name__}: {err}"
             if problem is None:
+                self.answered_at = time.monotonic()  # the steps' reads were answers too
                 self._become(State.AVAILABLE, "a quorum answers")
                 log.info("etcd reachable after %d attempt(s): serving", self.attempts)
                 self._ready.set()
@@ -200,22 +228,32 @@ class Availability:
             delay = min(delay * 2, self.max_retry)
 
     async def _probe(self) -> None:
-        failures = 0
-        while failures < FAILED_PROBES:  # bounded: a success returns at once
-            problem = await self.ipam.quorum_problem(PROBE_TIMEOUT)
-            if problem is None:
-                if self.state is not State.AVAILABLE:
-                    log.info("etcd reachable again after %.1fs: serving",
-                             time.monotonic() - self.since)
-                    self._become(State.AVAILABLE, "a quorum answers")
-                return
-            failures += 1
-            self.reason = problem
-        if self.state is State.AVAILABLE:
-            log.error("etcd unreachable (%s): answering 503 until it is back, %d request(s) "
-                      "in flight included", self.reason, self.in_flight)
-            self._become(State.UNAVAILABLE, self.reason)
-            self._refuse_in_flight()
+        try:
+            problem = await self.ipam.quorum_problem(PROBE_DEADLINE)
+        except Exception as err:  # noqa: BLE001 - a task of its own: nobody else would see it
+            problem = f"{type(err).__name__}: {err}"
+        if problem is not None:
+            self._problem = problem
+            if self.state is State.UNAVAILABLE:
+                self.reason = problem  # what the 503s say: the latest word
+            self._judge()
+            return
+        self.answered_at, self._problem = time.monotonic(), None
+        self.probes_answered += 1
+        if self.state is State.UNAVAILABLE:
+            log.info("etcd reachable again after %.1fs: serving", time.monotonic() - self.since)
+            self._become(State.AVAILABLE, "a quorum answers")
+
+    def _judge(self) -> None:
+        """Close the gate if no probe was answered for `silence` seconds."""
+        silent = time.monotonic() - self.answered_at
+        if self.state is not State.AVAILABLE or silent < self.silence:
+            return
+        reason = self._problem or f"no answer to a quorum read for {silent:.1f}s"
+        log.error("etcd unreachable (%s): answering 503 until it is back, %d request(s) "
+                  "in flight included", reason, self.in_flight)
+        self._become(State.UNAVAILABLE, reason)
+        self._refuse_in_flight()
 
     def _become(self, state: State, reason: str) -> None:
         self.state, self.reason, self.since = state, reason, time.monotonic()
