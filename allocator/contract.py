@@ -87,7 +87,15 @@ from .network_view import Lease, NetworkInfo, NetworkView, SubnetInfo
 from .networks import VPC, PrivateNetwork, Subnet
 from .organizations import OrganizationUnknown, ProjectOrganizations
 from .queries import NetworkUsage, Queries, SubnetUsage
-from .quotas import DEFAULT_QUOTAS, IPQuota, Quotas
+from .quotas import (
+    DEFAULT_QUOTAS,
+    MAX_OVERRIDE,
+    OVERRIDABLE,
+    IPQuota,
+    ProjectQuotas,
+    QuotaOverrides,
+    Quotas,
+)
 from .records import CUSTOM, IfMatch, IPRecord, Resource, Reverse, normalize_mac
 from .resolution import SourceResolver
 from .schema import (
@@ -114,6 +122,7 @@ __all__ = [
     "ADDRESS_NOT_HELD", "DECLINE_LIMIT", "TOO_MANY_DECLINES", "AddressNotHeld", "Decline",
     "TooManyDeclines", "NetworkUsage", "SubnetUsage",
     "Expirer", "ExpiryChange", "MAX_EXPIRY", "UNCHANGED", "Quotas", "OrganizationUnknown",
+    "MAX_OVERRIDE", "OVERRIDABLE", "ProjectQuotas",
     "DEFAULT_EVENT_PAGE", "DEFAULT_EVENT_RETENTION", "MAX_EVENT_PAGE", "MAX_EVENT_WAIT",
     "MIN_EVENT_RETENTION", "Event", "EventPage",
     "IDEMPOTENCY_RETENTION", "MAX_IDEMPOTENCY_RETENTION", "MIN_IDEMPOTENCY_RETENTION",
@@ -152,7 +161,11 @@ class IPAM:
         self.quotas = quotas
         # One mapping per node: what it read of it is kept (a mapping never changes).
         self.organizations = ProjectOrganizations(store, self.keys)
-        self.networks = NetworkRegistry(store, self.keys, quotas, self.organizations)
+        # Projects' own quotas (`quotas.QuotaOverrides`): read by creates, and cached,
+        # watch-fed, for bookings.
+        self.quota_overrides = QuotaOverrides(store, self.keys, quotas)
+        self.networks = NetworkRegistry(store, self.keys, quotas, self.organizations,
+                                        self.quota_overrides)
         # One committer per node: the changes of every source share its etcd requests.
         self.committer = Committer(store, max_inflight=max_inflight)
         self.resolver = SourceResolver(self.networks)
@@ -165,8 +178,9 @@ class IPAM:
         self.feed = EventFeed(store, self.keys,  # type: ignore[arg-type]
                               event_retention or DEFAULT_EVENT_RETENTION)
         self.lifecycle.organizations = self.organizations
-        if quotas.ips_per_project is not None:
-            self.lifecycle.ip_quota = IPQuota(store, self.keys, quotas.ips_per_project)
+        # Every node admits against IP quotas: an override may give a project one.
+        self.lifecycle.ip_quota = IPQuota(store, self.keys, quotas.ips_per_project,
+                                          overrides=self.quota_overrides)
         self.queries = Queries(store, self.keys, self.networks)
 
     @classmethod
@@ -182,6 +196,7 @@ class IPAM:
         """Stop every source's watch and close the etcd channels."""
         for engine in self.lifecycle.engines.values():
             engine.close()
+        self.quota_overrides.close()
         await self.queries.reads.close()
         await self.store.close()
 
@@ -276,6 +291,24 @@ class IPAM:
         """Map a project to its organization, once: the same again changes nothing, another
         organization is refused (AlreadyExists)."""
         return await self.organizations.set(project_id, organization_id)
+
+    # -- quotas of a project (`allocator.quotas`) ---------------------------------------
+
+    async def project_quotas(self, project_id: str) -> ProjectQuotas:
+        """The quotas in force for a project (its override's, else this node's defaults),
+        read linearizably."""
+        return await self.quota_overrides.get(project_id)
+
+    async def set_project_quotas(self, project_id: str, changes: Any) -> ProjectQuotas:
+        """Override some of a project's quotas (`changes`: quota -> an integer from 0, or
+        None for the default; the others unchanged); every node's next create counts
+        under them. InvalidArgument, and nothing written, for a bad field or value.
+        Lowering a quota below what the project holds deletes nothing."""
+        return await self.quota_overrides.set(project_id, changes)
+
+    async def reset_project_quotas(self, project_id: str) -> ProjectQuotas:
+        """Give a project the defaults back (delete its override)."""
+        return await self.quota_overrides.reset(project_id)
 
     # -- IPs --------------------------------------------------------------------------
 

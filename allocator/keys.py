@@ -10,6 +10,9 @@
                                           (tenant lists, Private Network quota)
     {p}projorg/{project_id}               the project's organization id, set once
                                           (`organizations`)
+    {p}quota/{project_id}                 the project's quota override: JSON of the
+                                          quotas that differ from the nodes' defaults
+                                          (`quotas.QuotaOverrides`; absent: the defaults)
     {p}src/{source_id}/meta               source (subnet or zonal pool)
     {p}src/{source_id}/a/{offset}         held address -> IP id (offset in fixed-width hex)
     {p}src/{source_id}/freed              last release in the source (cheap "still full?")
@@ -92,6 +95,11 @@ class Keys:
     def project_organization(self, project_id: str = "") -> str:
         """The organization of a project, set once (every project's without one)."""
         return f"{self.prefix}projorg/{project_id}"
+
+    def quota_override(self, project_id: str = "") -> str:
+        """The quotas a project holds instead of the nodes' defaults (every project's
+        without one)."""
+        return f"{self.prefix}quota/{project_id}"
 
     def source(self, source_id: str = "") -> str:
         return f"{self.prefix}src/{source_id}/meta" if source_id else f"{self.prefix}src/"

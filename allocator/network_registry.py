@@ -43,7 +43,15 @@ from .errors import AlreadyExists, Conflict, InvalidArgument, NotFound, Precondi
 from .keys import Keys
 from .networks import VPC, PrivateNetwork, Subnet
 from .organizations import ProjectOrganizations
-from .quotas import DEFAULT_QUOTAS, QUOTA_GUARD, Quotas, refuse_subnets, within_quota
+from .quotas import (
+    DEFAULT_QUOTAS,
+    OVERRIDE_GUARD,
+    QUOTA_GUARD,
+    QuotaOverrides,
+    Quotas,
+    refuse_subnets,
+    within_quota,
+)
 from .records import check_tags, check_uuid, new_id, now
 from .sources import ZONAL, Source, check_private, overlapping, parse_cidr
 from .store import KV, Store
@@ -109,12 +117,15 @@ def _ula48() -> str:
 
 
 class NetworkRegistry:
-    """VPCs, Private Networks, subnets and zonal pools, stored in etcd, within `quotas`,
-    each VPC and Private Network of its project's organization (`organizations`)."""
+    """VPCs, Private Networks, subnets and zonal pools, stored in etcd, within `quotas`
+    or a project's override of them (`overrides`), each VPC and Private Network of its
+    project's organization (`organizations`)."""
 
     def __init__(self, store: Store, keys: Keys, quotas: Quotas = DEFAULT_QUOTAS,
-                 organizations: ProjectOrganizations | None = None) -> None:
+                 organizations: ProjectOrganizations | None = None,
+                 overrides: QuotaOverrides | None = None) -> None:
         self.store, self.keys, self.quotas = store, keys, quotas
+        self.overrides = overrides or QuotaOverrides(store, keys, quotas)
         self.organizations = organizations or ProjectOrganizations(store, keys)
         # pn id -> (monotonic time read, the Private Network); see PN_CACHE_SECONDS
         self._pn_cache: dict[str, tuple[float, PrivateNetwork]] = {}
@@ -140,14 +151,18 @@ class NetworkRegistry:
             if is_default:
                 dkey = self.keys.default_vpc(region, project_id)
                 txn.absent("default_vpc", dkey).put(dkey, vpc.id)
+            # The project's quota as etcd holds it now, guarded with the count.
+            limits = await self.overrides.get(project_id)
+            self.overrides.guard(txn, limits)
             await within_quota(self.store, txn, self.keys.project_vpcs(project_id),
-                               self.quotas.vpcs_per_project, "vpc", f"project {project_id}")
+                               limits.vpcs, "vpc", f"project {project_id}")
             outcome = await commit(self.store, txn)
             if outcome.succeeded:
                 return replace(vpc, revision=outcome.revision)
             if "default_vpc" in outcome.failed:
                 raise AlreadyExists("vpc", project_id, "the project already has a default VPC")
-            # QUOTA_GUARD: another VPC of the project was created meanwhile: count again
+            # QUOTA_GUARD: another VPC of the project was created meanwhile: count again;
+            # OVERRIDE_GUARD: its quota changed: read it again
         raise Conflict("the project's VPCs kept changing; try again")
 
     async def default_vpc(self, region: str, project_id: str,
@@ -309,7 +324,8 @@ class NetworkRegistry:
             existing_kvs, rev = await self.store.scan(self.keys.vpc_networks(vpc.id))
             existing = {self.keys.last_segment(kv.key): kv.value.decode() for kv in existing_kvs}
             chosen = [str(n.cidr) for n in nets] if nets else self._auto_subnets(vpc, existing)
-            refuse_subnets(self.quotas.subnets_per_private_network, 0, len(chosen), "")
+            limits = await self.overrides.get(project_id)
+            refuse_subnets(limits.subnets_per_private_network, 0, len(chosen), "")
             _refuse_overlaps(chosen, existing, vpc.id)
             ts = now()
             pn_id = new_id()
@@ -325,13 +341,14 @@ class NetworkRegistry:
             for s in pn.subnets:
                 txn.put(self.keys.source(s.id), json.dumps(pn.source(s).to_json()))
                 txn.put(self.keys.vpc_network(vpc.id, s.id), s.subnet)
+            self.overrides.guard(txn, limits)
             await within_quota(self.store, txn, self.keys.project_private_networks(project_id),
-                               self.quotas.private_networks_per_project, "private_network",
+                               limits.private_networks, "private_network",
                                f"project {project_id}")
             outcome = await commit(self.store, txn)
             if outcome.succeeded:
                 return replace(pn, revision=outcome.revision)
-            if outcome.failed - {QUOTA_GUARD}:
+            if outcome.failed - {QUOTA_GUARD, OVERRIDE_GUARD}:
                 await self.get_vpc(vpc.id)  # NotFound if it went away meanwhile
         raise Conflict("the VPC's subnets or the project's networks kept changing; try again")
 
@@ -470,7 +487,8 @@ class NetworkRegistry:
 
         Each is a private range that overlaps no subnet of the VPC (AlreadyExists names
         the one it overlaps, as at creation); the network holds at most its subnet quota
-        (exact: the write is guarded on the record it counts them in)."""
+        (exact: the write is guarded on the record it counts them in, and on the
+        project's quota override)."""
         check_uuid(pn_id, "private_network_id")
         nets = _checked_subnets(subnets)
         if not nets:
@@ -481,7 +499,8 @@ class NetworkRegistry:
             if kv is None:
                 raise NotFound("private_network", pn_id)
             pn = PrivateNetwork.from_json(json.loads(kv.value))
-            refuse_subnets(self.quotas.subnets_per_private_network, len(pn.subnets), len(nets),
+            limits = await self.overrides.get(pn.project_id)
+            refuse_subnets(limits.subnets_per_private_network, len(pn.subnets), len(nets),
                            pn.id)
             index = self.keys.vpc_networks(pn.vpc_id)
             existing_kvs, rev = await self.store.scan(index)
@@ -494,6 +513,7 @@ class NetworkRegistry:
             txn = (GuardedTxn().unchanged("private_network", key, kv.mod_revision)
                    .prefix_unchanged_since("vpc_subnets", index, rev)
                    .put(key, json.dumps(updated.to_json())))
+            self.overrides.guard(txn, limits)
             for s in added:
                 txn.put(self.keys.source(s.id), json.dumps(updated.source(s).to_json()))
                 txn.put(self.keys.vpc_network(pn.vpc_id, s.id), s.subnet)

@@ -7,6 +7,8 @@
     ipam vpcs list                                              VPCs
     ipam keys create|list|revoke                                API keys (admin)
     ipam pools add|list|delete                                  zonal pools (admin)
+    ipam projects get|set-organization PROJECT [ORG]            a project's organization (admin)
+    ipam quotas get|set|reset --project ID                      a project's quotas (admin)
     ipam dhcp-declines list|clear [--pn ID] [--mac M]           DHCP declines (admin)
     ipam usage --pn ID                                          how full a network is
     ipam backup FILE / ipam restore FILE                        everything, straight from etcd
@@ -37,6 +39,8 @@ from .commands.ips import ips
 from .commands.keys import keys
 from .commands.pns import pns
 from .commands.pools import pools
+from .commands.projects import projects
+from .commands.quotas import quotas
 from .commands.session import error_text
 from .commands.settings import common_options
 from .commands.usage import usage
@@ -100,7 +104,8 @@ def dhcp(args: tuple[str, ...]) -> int:
     return run_dhcp(args)
 
 
-for _command in (ips, pns, vpcs, keys, pools, dhcp_declines, usage, backup, restore):
+for _command in (ips, pns, vpcs, keys, pools, projects, quotas, dhcp_declines, usage,
+                 backup, restore):
     ipam.add_command(_command)
 
 

@@ -6,6 +6,14 @@
     DELETE /ipam/admin/v1/api-keys/{access_key}             revoke, at once on every node
     PUT    /ipam/admin/v1/projects/{project_id}             {"organization_id"}, set once
     GET    /ipam/admin/v1/projects/{project_id}             the project's organization
+    GET    /ipam/admin/v1/projects/{project_id}/quotas      the quotas in force, and which
+                                                             its override sets
+    PUT    /ipam/admin/v1/projects/{project_id}/quotas      {"vpcs", "private_networks",
+                                                             "subnets_per_private_network",
+                                                             "ips"}: each an integer, or null
+                                                             (the default); at once on every
+                                                             node
+    DELETE /ipam/admin/v1/projects/{project_id}/quotas      back to the nodes' defaults
     POST   /ipam/admin/v1/regions/{region}/zonal-pools      {"zone", "subnet"}
     GET    /ipam/admin/v1/regions/{region}/zonal-pools      ?zone=
     DELETE /ipam/admin/v1/regions/{region}/zonal-pools/{id} only while it holds no IP
@@ -39,7 +47,9 @@ from .models.admin import (
     ListZonalPoolsResponse,
     ProjectOrganization,
     ProjectPath,
+    ProjectQuotas,
     SetProjectOrganizationRequest,
+    SetProjectQuotasRequest,
     ZonalPool,
     ZonalPoolPath,
     ZonalPoolUsage,
@@ -121,6 +131,34 @@ async def get_project_organization(request: web.Request, path: ProjectPath
         raise not_found("project", path.project_id,
                         f"project {path.project_id} has no known organization")
     return ProjectOrganization(project_id=path.project_id, organization_id=organization)
+
+
+@routes.get("/ipam/admin/v1/projects/{project_id}/quotas")
+@endpoint(before=_PROJECTS)
+async def get_project_quotas(request: web.Request, path: ProjectPath) -> ProjectQuotas:
+    """Get the quotas in force for a project: its override's, else the nodes' defaults."""
+    return ProjectQuotas.of(await ipam_of(request).project_quotas(path.project_id))
+
+
+@routes.put("/ipam/admin/v1/projects/{project_id}/quotas")
+@endpoint(before=_PROJECTS)
+async def set_project_quotas(request: web.Request, path: ProjectPath,
+                             body: SetProjectQuotasRequest) -> ProjectQuotas:
+    """Override some of a project's quotas; every node's next create counts under them.
+
+    Each field named takes its value (null: back to the default); the others keep theirs.
+    An unknown field or a bad value: 400 invalid_arguments naming it, nothing changed.
+    A quota lowered below what the project holds deletes nothing: its creates answer 403
+    quotas_exceeded until it holds less."""
+    return ProjectQuotas.of(await ipam_of(request).set_project_quotas(path.project_id,
+                                                                      body.changes()))
+
+
+@routes.delete("/ipam/admin/v1/projects/{project_id}/quotas")
+@endpoint(before=_PROJECTS)
+async def reset_project_quotas(request: web.Request, path: ProjectPath) -> None:
+    """Give a project the nodes' default quotas back (delete its override)."""
+    await ipam_of(request).reset_project_quotas(path.project_id)
 
 
 @routes.post("/ipam/admin/v1/regions/{region}/zonal-pools")

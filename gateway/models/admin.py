@@ -1,5 +1,5 @@
-"""Operator routes (API keys, project organizations, zonal pools, DHCP declines) and the
-probes: our own API, not Scaleway's."""
+"""Operator routes (API keys, project organizations and quotas, zonal pools, DHCP declines)
+and the probes: our own API, not Scaleway's."""
 
 from __future__ import annotations
 
@@ -9,8 +9,9 @@ from typing import Any, Literal
 from pydantic import ConfigDict, Field, RootModel, model_validator
 from pydantic_core import PydanticCustomError
 
+from allocator.contract import MAX_OVERRIDE, Decline, Source, SubnetUsage
 from allocator.contract import ApiKey as DomainApiKey
-from allocator.contract import Decline, Source, SubnetUsage
+from allocator.contract import ProjectQuotas as DomainProjectQuotas
 
 from .fields import (
     RESOURCE_TYPE_PATTERN,
@@ -81,6 +82,51 @@ class ProjectOrganization(Reply):
 
     project_id: Uuid
     organization_id: Uuid
+
+
+_QUOTA = ("an integer from 0 (the project may create none) up; null: back to the nodes' "
+          "default; left out: unchanged")
+
+
+class SetProjectQuotasRequest(Body):
+    """The quotas of a project that differ from the nodes' defaults (`--quota-*`): each
+    field named sets one, the others keep what they are. A quota lowered below what the
+    project holds deletes nothing: its creates are refused until it holds less."""
+
+    vpcs: int | None = Field(default=None, ge=0, le=MAX_OVERRIDE,
+                             description=f"VPCs, every region counted: {_QUOTA}")
+    private_networks: int | None = Field(
+        default=None, ge=0, le=MAX_OVERRIDE,
+        description=f"Private Networks, every region counted: {_QUOTA}")
+    subnets_per_private_network: int | None = Field(
+        default=None, ge=0, le=MAX_OVERRIDE,
+        description=f"subnets of each of its Private Networks: {_QUOTA}")
+    ips: int | None = Field(default=None, ge=0, le=MAX_OVERRIDE,
+                            description=f"IPs booked, every source counted: {_QUOTA}")
+
+    def changes(self) -> dict[str, int | None]:
+        """The fields the request named (null included): absent ones change nothing."""
+        return {name: getattr(self, name) for name in self.model_fields_set}
+
+
+class ProjectQuotas(Reply):
+    """The quotas in force for a project (null: no quota of that resource), and which of
+    them its override sets (the others are the nodes' defaults)."""
+
+    project_id: Uuid
+    vpcs: int | None
+    private_networks: int | None
+    subnets_per_private_network: int | None
+    ips: int | None
+    overridden: list[Literal["vpcs", "private_networks", "subnets_per_private_network",
+                             "ips"]]
+
+    @classmethod
+    def of(cls, quotas: DomainProjectQuotas) -> ProjectQuotas:
+        return cls(project_id=quotas.project_id, vpcs=quotas.vpcs,
+                   private_networks=quotas.private_networks,
+                   subnets_per_private_network=quotas.subnets_per_private_network,
+                   ips=quotas.ips, overridden=list(quotas.overridden))  # type: ignore[arg-type]
 
 
 class ApiKeyPath(Path):

@@ -413,6 +413,13 @@ def project_path(w: World, t: str, v: str, fresh: bool) -> Req:
     return Req(f"{ADMIN_BASE}/projects/{project}", {"organization_id": w.org})
 
 
+def quotas_path(body: Any = None) -> Make:
+    def make(w: World, t: str, v: str, fresh: bool) -> Req:
+        project = str(uuid.uuid4()) if fresh else w.projects["A"]
+        return Req(f"{ADMIN_BASE}/projects/{project}/quotas", body)
+    return make
+
+
 def create_key(w: World, t: str, v: str, fresh: bool) -> Req:
     return Req(f"{ADMIN_BASE}/api-keys", {"role": "project_reader", "organization_id": w.org,
                                           "project_ids": [w.projects["A"]]})
@@ -487,6 +494,12 @@ ROWS: dict[tuple[str, str], Row] = {
     ("DELETE", "/ipam/admin/v1/api-keys/{access_key}"): Row(OPERATOR, key_path, ok=204),
     ("PUT", "/ipam/admin/v1/projects/{project_id}"): Row(OPERATOR, project_path),
     ("GET", "/ipam/admin/v1/projects/{project_id}"): Row(OPERATOR, project_path),
+    ("GET", "/ipam/admin/v1/projects/{project_id}/quotas"): Row(OPERATOR, quotas_path()),
+    # The nodes' default VPC quota: whatever order the cells run in, nothing changes.
+    ("PUT", "/ipam/admin/v1/projects/{project_id}/quotas"):
+        Row(OPERATOR, quotas_path({"vpcs": 100})),
+    ("DELETE", "/ipam/admin/v1/projects/{project_id}/quotas"):
+        Row(OPERATOR, quotas_path(), ok=204),
     ("POST", "/ipam/admin/v1/regions/{region}/zonal-pools"): Row(OPERATOR, create_pool),
     ("GET", "/ipam/admin/v1/regions/{region}/zonal-pools"):
         Row(OPERATOR, fixed(f"{ADMIN_BASE}/regions/{REGION}/zonal-pools")),
