@@ -206,10 +206,14 @@ class IPAM:
                            self.queries.reads, self.quotas.keys_per_organization)
 
     async def readiness(self, timeout: float = 2.0) -> tuple[bool, list[tuple[str, bool]]]:
-        """(a quorum answers a linearizable read, [(endpoint, answered)]) for /readyz."""
+        """(a quorum answers a linearizable read, [(endpoint, answered)])."""
         problem, members = await asyncio.gather(self.quorum_problem(timeout),
                                                 self.store.status())
         return problem is None, members
+
+    async def member_status(self) -> list[tuple[str, bool]]:
+        """[(endpoint, answered)]: each member asked directly, 1 s at most (for /readyz)."""
+        return await self.store.status()
 
     async def quorum_problem(self, timeout: float = 2.0) -> str | None:
         """None when a quorum answers a linearizable read within `timeout`, else why not.
