@@ -81,14 +81,22 @@ async def commit_alone(store: Store, txn: GuardedTxn) -> TxnOutcome:
     reads, and lets each nested transaction use what its parent left. `txn.commit`
     nests one level, sized by the guards alone: one short when there are few guards and
     two chunks or more, and not enough for a hundred IPs of thirty tags each.
+
+    One put stays at the top level: etcd 3.4 weighs a request against its backend quota
+    by its top-level puts alone, and one of nested puts only would slip past a full
+    quota, its NOSPACE alarm raised or not (store.py, `_quota_probe`).
     """
     compares, failure, writes = txn.compares(), txn.failure_reads(), txn.writes
     guards = max(len(compares), len(failure))
     if len(writes) > MAX_TXN_OPS - guards:
-        width = max(guards, MAX_TXN_OPS // 2)  # this level's count stays `width`
-        size = -(-len(writes) // width)
-        writes = [nested([], _packed(writes[i:i + size], MAX_TXN_OPS - width))
-                  for i in range(0, len(writes), size)]
+        weighed = next((op for op in writes if op.HasField("request_put")), None)
+        rest = [op for op in writes if op is not weighed]
+        width = max(guards, MAX_TXN_OPS // 2)  # at most `width` chunks, and that put
+        size = -(-len(rest) // width)
+        writes = [nested([], _packed(rest[i:i + size], MAX_TXN_OPS - width - 1))
+                  for i in range(0, len(rest), size)]
+        if weighed is not None:
+            writes.insert(0, weighed)
     return txn.outcome(await store.txn(compares, writes, failure))
 
 

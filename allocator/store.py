@@ -186,9 +186,8 @@ def _quota_probe(request: rpc.TxnRequest) -> rpc.RequestOp | None:
     of a request with no guard (a branch that never runs), gives it weight. None when
     etcd weighs the request already or it puts nothing.
 
-    A guarded request has no branch that never runs; wrapping it in an unguarded one
-    would cost it one operation of etcd's nesting budget, which `txn.commit` fills. Those
-    (big release sets, mostly deletes) stay unweighed.
+    A guarded request has no branch that never runs: `txn.commit`, which nests the writes
+    of big ones (release sets), keeps one of their puts at the top level instead.
     """
     if any(op.HasField("request_put") for op in (*request.success, *request.failure)):
         return None

@@ -215,11 +215,18 @@ class GuardedTxn:
 async def commit(store: Store, txn: GuardedTxn) -> TxnOutcome:
     """Send `txn` alone, as a top-level transaction (rare writers: networks, release sets).
 
-    Writes beyond what one level may carry go in nested chunks, all under the same guards.
+    Writes beyond what one level may carry go in nested chunks, all under the same guards,
+    but for one put kept at the top level: etcd 3.4 weighs a request against its backend
+    quota by its top-level puts alone, and a request of nested puts only would slip past
+    a full quota, NOSPACE alarm raised or not (store.py, `_quota_probe`).
     """
     room = MAX_TXN_OPS - len(txn.compares())
     writes = txn.writes
     if len(writes) > room:
-        writes = [nested([], writes[i:i + room]) for i in range(0, len(writes), room)]
+        weighed = next((op for op in writes if op.HasField("request_put")), None)
+        rest = [op for op in writes if op is not weighed]
+        writes = [nested([], rest[i:i + room]) for i in range(0, len(rest), room)]
+        if weighed is not None:
+            writes.insert(0, weighed)
     resp = await store.txn(txn.compares(), writes, txn.failure_reads())
     return txn.outcome(resp)

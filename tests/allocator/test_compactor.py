@@ -465,3 +465,20 @@ async def test_compact_defrag_and_disarm_with_etcdctl_let_writes_in_again():
             assert ip.private_network_id == pn.id
             [usage] = await ipam.store.storage_usage(QUOTA)
             assert usage.alarms == () and usage.used < 0.5
+
+
+async def test_a_release_set_too_big_for_one_level_is_refused_by_a_full_quota_too():
+    """Its writes go in nested chunks (`txn.commit`); one put stays at the top level, or
+    etcd 3.4 would weigh it at nothing and let it past a raised NOSPACE alarm."""
+    with EtcdCluster(1, name_prefix="fullset", quota_backend_bytes=QUOTA) as cluster:
+        prefix, project = "/t/fullset/", str(uuid.uuid4())
+        async with connected(cluster.endpoints, prefix) as ipam:
+            pn = await make_pn(ipam, project, "10.7.0.0/24")
+            ips = [await ipam.book(book_in(pn, project)) for _ in range(60)]
+            assert await fill(ipam.store, prefix) > 0
+            before = (await ipam.store.count(prefix))[0]
+            with pytest.raises(StorageFull):
+                await ipam.release_set([ip.id for ip in ips])
+            assert (await ipam.store.count(prefix))[0] == before  # not one released
+            assert [(await ipam.get_ip(ip.id)).address for ip in ips] == [
+                ip.address for ip in ips]
