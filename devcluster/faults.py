@@ -48,8 +48,9 @@ class FaultyStore:
         self.answers_lost = 0
         self.watches_failed = 0
         self._lose: list[tuple[bool, Callable[[], Awaitable[Any]] | None]] = []
-        self._failing_watches = 0
-        self._watch_faults: set[asyncio.Queue[BaseException]] = set()
+        self._failing_watches: list[str] = []  # one per watch to fail: the prefix it targets
+        # Each open watch's fault queue, and the prefix it watches.
+        self._watch_faults: dict[asyncio.Queue[BaseException], str] = {}
         self._down = False
 
     # -- arming ---------------------------------------------------------------------
@@ -63,13 +64,15 @@ class FaultyStore:
         """
         self._lose.extend([(applied, meanwhile)] * times)
 
-    def fail_watches(self, times: int) -> None:
-        """The next `times` watches raise StoreError before their first event."""
-        self._failing_watches += times
+    def fail_watches(self, times: int, prefix: str = "") -> None:
+        """The next `times` watches (of keys under `prefix`: a node watches several
+        prefixes) raise StoreError before their first event."""
+        self._failing_watches.extend([prefix] * times)
 
-    def break_watches(self) -> None:
-        """Every open watch raises StoreError now (a stream that could not be resumed)."""
-        self._inject(StoreError("watch broken by the test"))
+    def break_watches(self, prefix: str = "") -> None:
+        """Every open watch (of keys under `prefix`) raises StoreError now (a stream that
+        could not be resumed)."""
+        self._inject(StoreError("watch broken by the test"), prefix)
 
     def compact_watches(self, revision: int = 1) -> None:
         """Every open watch raises Compacted now (its history was compacted away)."""
@@ -82,9 +85,10 @@ class FaultyStore:
     def heal(self) -> None:
         self._down = False
 
-    def _inject(self, err: BaseException) -> None:
-        for queue in self._watch_faults:
-            queue.put_nowait(err)
+    def _inject(self, err: BaseException, prefix: str = "") -> None:
+        for queue, watched in self._watch_faults.items():
+            if watched.startswith(prefix):
+                queue.put_nowait(err)
 
     def _check_up(self) -> None:
         if self._down:
@@ -144,12 +148,13 @@ class FaultyStore:
     async def watch(self, prefix: str, start_revision: int
                     ) -> AsyncIterator[tuple[list[WatchEvent], int]]:
         self._check_up()
-        if self._failing_watches:
-            self._failing_watches -= 1
+        armed = next((p for p in self._failing_watches if prefix.startswith(p)), None)
+        if armed is not None:
+            self._failing_watches.remove(armed)
             self.watches_failed += 1
             raise StoreError("watch could not be set up (injected)")
         faults: asyncio.Queue[BaseException] = asyncio.Queue()
-        self._watch_faults.add(faults)
+        self._watch_faults[faults] = prefix
         inner = self.store.watch(prefix, start_revision).__aiter__()
         fault = asyncio.ensure_future(faults.get())
         step: asyncio.Future[Any] | None = None
@@ -166,7 +171,7 @@ class FaultyStore:
                 yield item
         finally:
             fault.cancel()
-            self._watch_faults.discard(faults)
+            self._watch_faults.pop(faults, None)
             if step is not None and not step.done():
                 step.cancel()
                 with contextlib.suppress(BaseException):

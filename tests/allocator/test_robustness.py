@@ -107,8 +107,10 @@ async def test_a_source_whose_watch_dies_reloads_and_keeps_booking(
     await ipam.book(book_in(pn, project))  # warm: cache and watch up
     cache = ipam.lifecycle.engines[pn.subnets[0].id].cache
     loads = cache.reloads
-    faults.fail_watches(2)  # the next two watches cannot be set up
-    faults.break_watches()  # and the open one ends now
+    # The source's own watch (the node watches other prefixes too: quota overrides, keys).
+    watched = ipam.keys.source(pn.subnets[0].id).rsplit("/", 1)[0]
+    faults.fail_watches(2, watched)  # the next two watches cannot be set up
+    faults.break_watches(watched)  # and the open one ends now
     got = await asyncio.wait_for(asyncio.gather(*(ipam.book(book_in(pn, project))
                                                   for _ in range(10))), 20)
     assert len({g.address for g in got}) == 10
