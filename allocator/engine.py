@@ -26,7 +26,7 @@ import json
 import logging
 import random
 import time
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field, replace
 
 from aetcd import rpc
@@ -144,10 +144,13 @@ class SourceEngine:
     """Serves every booking of one source on this node."""
 
     def __init__(self, store: Store, keys: Keys, source: Source, committer: Committer,
-                 rng: random.Random | None = None) -> None:
+                 rng: random.Random | None = None,
+                 on_gone: Callable[[SourceEngine], None] | None = None) -> None:
         self.store, self.keys, self.source = store, keys, source
         self.committer = committer
-        self.cache = SourceCache(store, keys, source)
+        # Told once when etcd says the source was deleted (this engine is closed by then).
+        self.on_gone = on_gone
+        self.cache = SourceCache(store, keys, source, on_gone=self._gone)
         self.rng = rng or random.Random()
         self.stats = EngineStats()
         self._checks = itertools.count(1)
@@ -162,8 +165,18 @@ class SourceEngine:
     def close(self) -> None:
         """Stop following the source (its watch); later bookings answer NotFound."""
         self.cache.close()
-        if self._check is not None:
+        if self._check is not None and self._check is not asyncio.current_task():
             self._check.cancel()
+
+    def source_gone(self) -> None:
+        """etcd says the source was deleted (a failed `source` guard, its meta key gone):
+        close, and tell `on_gone`, once, so that the node lets this engine go."""
+        self.cache.gone()  # closes the cache, then calls `_gone`
+
+    def _gone(self) -> None:
+        self.close()
+        if self.on_gone is not None:
+            self.on_gone(self)
 
     # -- one booking ------------------------------------------------------------------
 
@@ -281,7 +294,7 @@ class SourceEngine:
             self.stats.bookings += 1
             return IPRecord.from_json(json.loads(found.value), found.mod_revision)
         if "source" in failed:  # the source was deleted: stop following it
-            self.close()
+            self.source_gone()
             raise NotFound("source", self.source.id)
         if "credential" in failed:
             raise CredentialRevoked()
@@ -324,17 +337,30 @@ class SourceEngine:
         """
         arrived = self._check_number
         while True:
+            if self.closed:
+                raise NotFound("source", self.source.id)
             check = self._check
             if check is None or check.done():
                 self._check_number = next(self._checks)
                 check = self._check = asyncio.ensure_future(self._count())
             if self._check_number > arrived:
-                await asyncio.shield(check)
+                await self._shared(check)
                 return
             try:
-                await asyncio.shield(check)
+                await self._shared(check)
             except PoolExhausted:
                 pass
+
+    async def _shared(self, check: asyncio.Task[None]) -> None:
+        """Await a count shared with other bookings; NotFound when `close` cancelled it
+        (the source was deleted) rather than this booking being cancelled."""
+        try:
+            await asyncio.shield(check)
+        except asyncio.CancelledError:
+            task = asyncio.current_task()
+            if check.cancelled() and self.closed and not (task and task.cancelling()):
+                raise NotFound("source", self.source.id) from None
+            raise
 
     async def _count(self) -> None:
         self.stats.exhaustion_checks += 1
@@ -345,7 +371,7 @@ class SourceEngine:
             freed, meta = self.keys.freed(self.source.id), self.keys.source(self.source.id)
             found = await self.store.get_many([freed, meta])
             if meta not in found:
-                self.close()
+                self.source_gone()
                 raise NotFound("source", self.source.id)
             marker = found.get(freed)
             if marker is None or marker.mod_revision <= self._full_at:

@@ -1,7 +1,13 @@
 """An IP's life: book, update, release (one or a set), attach, detach, move, expire.
 
 Booking resolves the ask to its sources once, checks the idempotency key once,
-and hands one prepared `Booking` to the source's engine. Every other change is
+and hands one prepared `Booking` to the source's engine. A source deleted under a
+booking (its guard failed, or its engine learnt it from etcd) sends the booking on to
+the ask's other sources, resolving the ask again, fresh, once: a network that still
+has a subnet with room books there, never answers "not found". A booking that named
+its address gets, for an address whose subnet was deleted, what a booking a moment
+later gets: InvalidArgument (400), the address is in no subnet of the network.
+Every other change is
 read-then-guarded-write (DESIGN.md section 3, point 4): the record is read, the
 change decided on it, and committed with `unchanged(record)` plus the guards of
 the keys it writes; the failure branch reads them all, so a retry needs no extra
@@ -81,6 +87,8 @@ class Lifecycle:
                  event_leases: idem.LeaseClock | None = None) -> None:
         self.store, self.keys, self.resolver, self.committer = store, keys, resolver, committer
         self.engines: dict[str, SourceEngine] = {}
+        # A subnet deleted through this node: its engine goes at once.
+        resolver.networks.source_deleted.append(self._close_engine)
         self._leases = idem.LeaseClock(store, idempotency_retention)
         # The event feed's leases (None: no feed, no event written).
         self.event_leases = event_leases
@@ -89,9 +97,23 @@ class Lifecycle:
     def _engine(self, source: Source) -> SourceEngine:
         eng = self.engines.get(source.id)
         if eng is None or eng.closed:
-            eng = self.engines[source.id] = SourceEngine(self.store, self.keys, source,
-                                                         self.committer, self._rng)
+            eng = self.engines[source.id] = SourceEngine(
+                self.store, self.keys, source, self.committer, self._rng,
+                on_gone=self._engine_gone)
         return eng
+
+    def _engine_gone(self, engine: SourceEngine) -> None:
+        """etcd says an engine's source was deleted (the engine closed itself): let it go,
+        and forget the source, so that the next booking resolves its ask afresh."""
+        if self.engines.get(engine.source.id) is engine:
+            del self.engines[engine.source.id]
+        self.resolver.forget(engine.source)
+
+    def _close_engine(self, source_id: str) -> None:
+        """The source was deleted through this node: close its engine, if any."""
+        engine = self.engines.pop(source_id, None)
+        if engine is not None:
+            engine.close()
 
     # -- booking ------------------------------------------------------------------------
 
@@ -136,48 +158,63 @@ class Lifecycle:
             organization = await self.organizations.settle(ask.project_id, organization)
         if self.ip_quota is not None:
             await self.ip_quota.admit(ask.project_id)
-        chosen = sources[0].offset_of(ask.address) if ask.address else None
+        if ask.address:  # a reserved address is refused before any lease is taken
+            sources[0].offset_of(ask.address)
         lease = await self._leases.lease() if idem_key else 0
         event_lease = await self.event_leases.lease() if self.event_leases else 0
         actor = ev.actor_of(caller.access_key)
         res = ask.resource
         ip_id = new_id()
-        order = list(sources)
-        self._rng.shuffle(order)
-        for src in order:
-            ts = now()
-            record = IPRecord(
-                id=ip_id, address="", project_id=ask.project_id, is_ipv6=src.is_ipv6,
-                region=ask.region, source_id=src.id, source_kind=src.kind, created_at=ts,
-                updated_at=ts, organization_id=organization,
-                zone=src.zone, vpc_id=src.vpc_id, private_network_id=src.private_network_id,
-                resource=res, attached_at=ts if res else None, tags=tags,
-                booked_by_product=caller.booked_by_product, expires_at=expires_at)
-            booking = Booking(
-                record=record, chosen=chosen, fingerprint=fp, credential_key=caller.credential,
-                idempotency_key=idem_key, idempotency_lease=lease,
-                mac_key=self.keys.mac(res.mac_address, mac_scope, src.is_ipv6)
-                if res and res.mac_address else None,
-                resource_key=self.keys.by_resource(res.id, ip_id) if res else None,
-                event_key=ev.event_key(self.keys, ask.project_id, ip_id)
-                if self.event_leases else None,
-                event_lease=event_lease, actor=actor)
-            try:
-                return await self._engine(src).book(booking)
-            except PoolExhausted:
-                if src is order[-1]:
-                    raise PoolExhausted(ask.zonal or ask.private_network_id or src.id)
-            except NotFound as err:
-                if err.resource != "source":
-                    raise
-                # The source went away (deleted through another node): answer in the
-                # caller's terms and forget what this node cached.
-                self.resolver.forget(src)
-                if ask.private_network_id:
-                    raise NotFound("private_network", ask.private_network_id)
-                raise NotFound("zonal_pool" if ask.zonal else "subnet",
-                               str(ask.zonal or src.id))
-        raise AssertionError("unreachable")  # pragma: no cover
+        tried: set[str] = set()
+        full = False  # a source tried was full
+        resolved_again = False
+        while True:
+            order = [s for s in sources if s.id not in tried]
+            self._rng.shuffle(order)
+            deleted = False  # a source tried was deleted under this booking
+            for src in order:
+                tried.add(src.id)
+                ts = now()
+                record = IPRecord(
+                    id=ip_id, address="", project_id=ask.project_id, is_ipv6=src.is_ipv6,
+                    region=ask.region, source_id=src.id, source_kind=src.kind,
+                    created_at=ts, updated_at=ts, organization_id=organization,
+                    zone=src.zone, vpc_id=src.vpc_id,
+                    private_network_id=src.private_network_id, resource=res,
+                    attached_at=ts if res else None, tags=tags,
+                    booked_by_product=caller.booked_by_product, expires_at=expires_at)
+                booking = Booking(
+                    record=record, chosen=src.offset_of(ask.address) if ask.address else None,
+                    fingerprint=fp, credential_key=caller.credential,
+                    idempotency_key=idem_key, idempotency_lease=lease,
+                    mac_key=self.keys.mac(res.mac_address, mac_scope, src.is_ipv6)
+                    if res and res.mac_address else None,
+                    resource_key=self.keys.by_resource(res.id, ip_id) if res else None,
+                    event_key=ev.event_key(self.keys, ask.project_id, ip_id)
+                    if self.event_leases else None,
+                    event_lease=event_lease, actor=actor)
+                try:
+                    return await self._engine(src).book(booking)
+                except PoolExhausted:
+                    full = True
+                except NotFound as err:
+                    if err.resource != "source":
+                        raise
+                    # Deleted through some node: this node forgets it (and its network).
+                    self.resolver.forget(src)
+                    deleted = True
+            if not deleted or resolved_again:
+                break
+            # Read the ask's sources again, fresh, once: the network's other subnets (or
+            # the zone's other pools), one added since; or the caller's answer (the
+            # network gone, the address in no subnet of it any more).
+            resolved_again = True
+            sources, _ = await self.resolver.resolve(ask, caller, fresh=True)
+        if full:
+            raise PoolExhausted(ask.zonal or ask.private_network_id or str(ask.subnet_id))
+        if ask.private_network_id:
+            raise NotFound("private_network", ask.private_network_id)
+        raise NotFound("zonal_pool" if ask.zonal else "subnet", str(ask.zonal or ask.subnet_id))
 
     # -- changes of one IP --------------------------------------------------------------
 

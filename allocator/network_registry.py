@@ -130,6 +130,9 @@ class NetworkRegistry:
         # pn id -> (monotonic time read, the Private Network); see PN_CACHE_SECONDS
         self._pn_cache: dict[str, tuple[float, PrivateNetwork]] = {}
         self._pn_reads: dict[str, asyncio.Future[PrivateNetwork]] = {}
+        # Told the id of each subnet this node deleted, once committed (the resolver
+        # forgets it, the lifecycle closes its engine); other nodes learn it from etcd.
+        self.source_deleted: list[Callable[[str], None]] = []
 
     # -- VPCs ---------------------------------------------------------------------------
 
@@ -550,6 +553,9 @@ class NetworkRegistry:
             self._delete_sources(txn, pn, gone)
             outcome = await commit(self.store, txn)
             if outcome.succeeded:
+                for subnet in gone:
+                    for tell in self.source_deleted:
+                        tell(subnet.id)
                 return self._remember(replace(updated, revision=outcome.revision)), gone
             in_use = [s for s in gone if f"addresses of {s.id}" in outcome.failed]
             if in_use:

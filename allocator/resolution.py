@@ -4,7 +4,9 @@ A source never changes once created, so this node keeps it: a warm booking resol
 its source with no etcd read. Which subnets a Private Network has does change
 (subnets are added and deleted): the registry keeps a Private Network for a moment
 only (`network_registry.PN_CACHE_SECONDS`). A source deleted since is caught by the
-booking's own guard (`present(source meta)`), which then makes this node forget it.
+booking's own guard (`present(source meta)`) or by its engine's watch, which then make
+this node forget it; a booking that met one resolves its ask again, once, fresh from
+etcd (`resolve(..., fresh=True)`), and tries the sources it has not tried yet.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ class SourceResolver:
         self.networks = networks
         self._sources: dict[str, Source] = {}
         self._zones: dict[tuple[str, str], tuple[float, list[Source]]] = {}
+        networks.source_deleted.append(self.forget_source)
 
     async def source(self, source_id: str) -> Source:
         """A source (subnet or zonal pool) from this node's cache, else etcd."""
@@ -39,28 +42,34 @@ class SourceResolver:
         return src
 
     def forget(self, source: Source) -> None:
-        """The source was deleted (through another node): drop what this node cached."""
+        """The source was deleted (through another node): drop what this node cached of
+        it, its Private Network or its zone's pools with it."""
         self._sources.pop(source.id, None)
         if source.private_network_id:
             self.networks.forget(source.private_network_id)
+        if source.zone:
+            self._zones.pop((source.region, source.zone), None)
 
     def forget_source(self, source_id: str) -> None:
         """The source was deleted through this node: drop it (its network is kept)."""
         self._sources.pop(source_id, None)
 
-    async def _zone_pools(self, region: str, zone: str) -> list[Source]:
+    async def _zone_pools(self, region: str, zone: str, fresh: bool = False) -> list[Source]:
         hit = self._zones.get((region, zone))
-        if hit and time.monotonic() - hit[0] < _ZONE_CACHE_SECONDS:
+        if hit and not fresh and time.monotonic() - hit[0] < _ZONE_CACHE_SECONDS:
             return hit[1]
         pools = await self.networks.list_zonal_pools(region, zone)
         self._zones[(region, zone)] = (time.monotonic(), pools)
         return pools
 
-    async def resolve(self, ask: AddressAsk, caller: Caller) -> tuple[list[Source], str]:
+    async def resolve(self, ask: AddressAsk, caller: Caller, fresh: bool = False
+                      ) -> tuple[list[Source], str]:
         """The sources `ask` may book from, and the scope its MAC is unique in.
 
         Decides, once: that exactly one source is named, that the caller sees it (a
         source of another project answers NotFound), the family and the address.
+        `fresh`: read the Private Network (or the zone's pools) from etcd, not from this
+        node's cache nor a read already under way (a source was found deleted).
         """
         named = [n for n in ("zonal", "private_network_id", "subnet_id", "vpc_id")
                  if getattr(ask, n)]
@@ -75,7 +84,7 @@ class SourceResolver:
             if ask.address:
                 raise InvalidArgument("address", "a specific address can only be booked in a "
                                                  "Private Network")
-            pools = [p for p in await self._zone_pools(ask.region, ask.zonal)
+            pools = [p for p in await self._zone_pools(ask.region, ask.zonal, fresh)
                      if p.network.version == family]
             if not pools:
                 raise NotFound("zonal_pool", f"{ask.zonal} IPv{family}")
@@ -93,14 +102,22 @@ class SourceResolver:
             sources = [src]
         else:
             pn_id = check_uuid(ask.private_network_id, "source.private_network_id")
-            pn = await self.networks.cached_private_network(pn_id)
-            if ask.address and not any(_contains_cidr(s.subnet, ask.address)
+            pn = await (self.networks.get_private_network(pn_id) if fresh
+                        else self.networks.cached_private_network(pn_id))
+            if ask.address and not fresh and not any(_contains_cidr(s.subnet, ask.address)
                                        for s in pn.subnets):
                 # Maybe in a subnet added since this node read the network: read it again.
                 pn = await self.networks.get_private_network(pn_id)
             if not caller.sees_project(pn.project_id):
                 raise NotFound("private_network", pn_id)
-            sources = [await self.source(s.id) for s in pn.subnets]
+            sources = []
+            for subnet in pn.subnets:
+                try:
+                    sources.append(await self.source(subnet.id))
+                except NotFound:
+                    # Deleted since the network was read: not one of its subnets now
+                    # (and the next booking reads the network again).
+                    self.networks.forget(pn_id)
             sources = [s for s in sources if s.network.version == family]
             if not sources:
                 raise InvalidArgument("is_ipv6", f"the Private Network has no IPv{family} subnet")
