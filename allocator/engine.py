@@ -198,8 +198,14 @@ class SourceEngine:
             txn = self._txn(b, offset)
             try:
                 outcome = await commit_change(self.committer, self.store, txn)
-            except StorageFull:  # refused whole, nothing applied: not an unknown outcome
-                self.cache.give_back(offset)
+            except StorageFull:
+                # etcd applies the write that crosses its quota and answers it "full" all
+                # the same: read back, as after any unknown outcome.
+                found = await self._read_back(b)
+                if found is not None:
+                    self.cache.settle_held(offset)
+                    return found
+                self.cache.give_back(offset)  # refused whole: nothing applied
                 raise
             except StoreError:
                 found = await self._read_back(b)

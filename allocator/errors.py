@@ -17,8 +17,9 @@ The tree, and how callers are meant to treat each branch:
     └── StoreError                 etcd could not be reached
         ├── OutcomeUnknown         a write may or may not have been applied, and even the
         │                          read-back failed: retry with the same idempotency key
-        └── StorageFull            etcd's backend quota is full (NOSPACE alarm): the write
-                                   was refused whole; not transient, an operator clears it
+        └── StorageFull            etcd's backend quota is full (NOSPACE alarm): an IP
+                                   change was read back and did not apply; not transient,
+                                   an operator clears it
 
 Each carries, where it helps the HTTP layer, the data to build Scaleway's error
 body. The gateway maps classes to bodies (one table, `gateway/errors.py`); it never
@@ -138,10 +139,14 @@ class StoreError(IPAMError):
 class StorageFull(StoreError):
     """etcd's backend quota is full (its NOSPACE alarm is raised): writes are refused.
 
-    The write was refused before anything of it applied, so there is nothing to read
-    back; and it is not transient: every write fails the same way until an operator
-    compacts, defragments and disarms the alarm (or raises the quota). Never retried.
-    Reads still work.
+    etcd refuses every write once its alarm is raised, but applies the one write that
+    crosses the quota and answers it "database space exceeded" all the same (its quota
+    applier). So IP changes (booking, change, release, release set) read back after it,
+    as after any unknown outcome: applied, they answer as such; raised to a caller, it
+    means nothing applied. Other writers (networks, keys) raise it as etcd said it: the
+    write that filled the quota may have applied. Not transient: every write fails the
+    same way until an operator compacts, defragments and disarms the alarm (or raises
+    the quota). Never retried. Reads still work.
     """
 
 

@@ -264,7 +264,12 @@ class Lifecycle:
             try:
                 out = await commit_change(self.committer, self.store, txn)
             except StorageFull:
-                raise  # refused whole, nothing applied: not an unknown outcome
+                # etcd applies the write that crosses its quota and answers it "full" all
+                # the same: read back; not applied, it is a refusal (never retried).
+                settled = await self._read_back(ip_key, kv, new)
+                if settled is None:
+                    raise
+                return settled
             except StoreError:
                 settled = await self._read_back(ip_key, kv, new)
                 if settled is None:
@@ -454,20 +459,22 @@ class Lifecycle:
                 txn.put(self.keys.freed(sid), ip)
             try:
                 out = await commit_alone(self.store, txn)
-            except StorageFull:
-                raise  # refused whole, nothing applied: not an unknown outcome
-            except StoreError:
-                # Unknown outcome: all gone means it applied (it is all or none).
+            except StoreError as err:
+                # Unknown outcome: all gone means it applied (it is all or none). So too
+                # when etcd said it is full: it applies the write that crosses its quota
+                # and answers it "full" all the same.
                 try:
                     left = await self.store.get_many(self.keys.ip(i) for i in ids)
                 except StoreError:
                     raise OutcomeUnknown("etcd unreachable while releasing; list the IPs "
-                                         "to see whether they were released")
+                                         "to see whether they were released") from None
                 if not left:
                     return
                 if all(left.get(self.keys.ip(i)) == found.get(self.keys.ip(i)) for i in ids):
+                    if isinstance(err, StorageFull):
+                        raise  # refused whole: nothing applied, and never retried
                     continue  # nothing applied: try again
-                raise OutcomeUnknown("the IPs changed while etcd was failing")
+                raise OutcomeUnknown("the IPs changed while etcd was failing") from None
             if out.succeeded:
                 return
             if "credential" in out.failed:

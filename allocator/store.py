@@ -502,7 +502,9 @@ class EtcdStore:
                   ) -> rpc.TxnResponse:
         """One transaction. `retry=True` only for transactions that write nothing.
 
-        Raises StorageFull, with nothing applied, when etcd's backend quota is full.
+        Raises StorageFull when etcd's backend quota is full: nothing applied, except for
+        the write that crossed the quota, which etcd applies and answers "full" all the
+        same (callers that can tell read back; see `errors.StorageFull`).
         """
         request = rpc.TxnRequest(compare=list(compare), success=list(success),
                                  failure=list(failure))

@@ -47,7 +47,7 @@ class FaultyStore:
         self.writes_seen = 0
         self.answers_lost = 0
         self.watches_failed = 0
-        self._lose: list[tuple[bool, Callable[[], Awaitable[Any]] | None]] = []
+        self._lose: list[tuple[bool, Callable[[], Awaitable[Any]] | None, StoreError]] = []
         self._failing_watches: list[str] = []  # one per watch to fail: the prefix it targets
         # Each open watch's fault queue, and the prefix it watches.
         self._watch_faults: dict[asyncio.Queue[BaseException], str] = {}
@@ -56,13 +56,17 @@ class FaultyStore:
     # -- arming ---------------------------------------------------------------------
 
     def lose_answers(self, times: int = 1, *, applied: bool,
-                     meanwhile: Callable[[], Awaitable[Any]] | None = None) -> None:
+                     meanwhile: Callable[[], Awaitable[Any]] | None = None,
+                     error: StoreError | None = None) -> None:
         """The next `times` writes raise StoreError, after being applied or instead.
 
         `meanwhile`: run after the write applied and before its error is raised (another
-        client's change that lands while the answer is lost).
+        client's change that lands while the answer is lost). `error`: what is raised
+        instead (StorageFull, applied: etcd applies the write that crosses its quota and
+        answers it "database space exceeded" all the same).
         """
-        self._lose.extend([(applied, meanwhile)] * times)
+        lost = error or StoreError("connection lost before the answer (injected)")
+        self._lose.extend([(applied, meanwhile, lost)] * times)
 
     def fail_watches(self, times: int, prefix: str = "") -> None:
         """The next `times` watches (of keys under `prefix`: a node watches several
@@ -105,13 +109,13 @@ class FaultyStore:
         self.writes_seen += 1
         if not self._lose:
             return await self.store.txn(compare, success, failure, retry=retry)
-        applied, meanwhile = self._lose.pop(0)
+        applied, meanwhile, error = self._lose.pop(0)
         self.answers_lost += 1
         if applied:
             await self.store.txn(compare, success, failure, retry=retry)
             if meanwhile is not None:
                 await meanwhile()
-        raise StoreError("connection lost before the answer (injected)")
+        raise error
 
     async def get(self, key: str) -> KV | None:
         self._check_up()

@@ -17,8 +17,9 @@ as Scaleway writes it, because the SDK calls `res.json()` on every error:
     503 service_unavailable   etcd unreachable; for an unknown outcome (with a
                               help_message), retry with the same Idempotency-Key
     503 service_unavailable   "the datastore is full: ...": etcd's storage quota is full
-                              (its NOSPACE alarm); the change was refused whole, nothing
-                              applied, and changes stay refused until an operator frees
+                              (its NOSPACE alarm); an IP change was read back and did not
+                              apply (other changes: the one that filled the quota may
+                              have), and changes stay refused until an operator frees
                               space (docs/operations.md); reads work
 
 Each body is a model of `gateway.models.errors`, so the OpenAPI document shows

@@ -8,17 +8,19 @@ not only the final state, but what each client was told along the way.
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 import pytest
 from allocator_support import book_in, clean_audit, connected, make_pn
 from recording import RecordingIPAM, clean_history
 
-from allocator.contract import IPAM, Caller, IPRecord, Resource
+from allocator.contract import IPAM, Caller, IPFilter, IPRecord, Resource
 from allocator.errors import (
     AlreadyExists,
     InvalidArgument,
     OutcomeUnknown,
     PoolExhausted,
+    StorageFull,
     StoreError,
 )
 from allocator.store import EtcdStore
@@ -207,6 +209,46 @@ async def test_a_booking_whose_answer_was_lost_is_settled_by_reading_back(faulty
     assert first.address != second.address and faults.answers_lost == 2
     report = await clean_audit(ipam)
     assert report.records == 2
+    await clean_history(ipam, history)
+
+
+FULL = "etcd Txn refused: etcdserver: mvcc: database space exceeded"
+
+
+@pytest.mark.parametrize("apply", [True, False], ids=["applied", "not applied"])
+async def test_a_full_answer_is_read_back_as_etcd_applies_the_write_that_fills_it(
+        faulty_ipam, faults, project, apply, history):
+    """etcd applies the write that crosses its quota and answers it "database space
+    exceeded" all the same (its quota applier): a booking, a change, a release and a
+    release set told so read back, and are answered applied, or refused, never retried."""
+    ipam = faulty_ipam
+    pn = await make_pn(ipam, project, "10.1.0.0/24")
+
+    async def told_full(call: Any) -> Any:
+        faults.lose_answers(applied=apply, error=StorageFull(FULL))
+        before = faults.writes_seen
+        if apply:
+            done = await call
+        else:
+            with pytest.raises(StorageFull):
+                await call
+            done = None
+        assert faults.writes_seen - before == 1  # read back, never sent again
+        return done
+
+    booked = await told_full(ipam.book(book_in(pn, project)))
+    ip = booked or await ipam.book(book_in(pn, project))
+    assert (await ipam.get_ip(ip.id)).address == ip.address
+    updated = await told_full(ipam.update_ip(ip.id, tags=["after"]))
+    assert (await ipam.get_ip(ip.id)).tags == (("after",) if apply else ())
+    assert updated is None or updated.tags == ("after",)
+    await told_full(ipam.release(ip.id))
+    assert (await ipam.list_ips(IPFilter(private_network_id=pn.id)))[1] == (0 if apply else 1)
+    others = await asyncio.gather(*(ipam.book(book_in(pn, project)) for _ in range(3)))
+    await told_full(ipam.release_set([o.id for o in others]))
+    held = (await ipam.list_ips(IPFilter(private_network_id=pn.id)))[1]
+    assert held == (0 if apply else 4)
+    await clean_audit(ipam)
     await clean_history(ipam, history)
 
 
