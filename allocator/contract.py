@@ -107,7 +107,8 @@ from .schema import (
     ensure_schema,
 )
 from .sources import ReservedAddress, Source
-from .store import EtcdSecurity, EtcdStore, Store
+from .store import DEFAULT_QUOTA_BYTES as ETCD_DEFAULT_QUOTA_BYTES
+from .store import EtcdSecurity, EtcdStore, StorageUsage, Store
 
 __all__ = [
     "ADMIN", "CUSTOM", "OPERATE", "RULES", "WRITE_NETWORKS", "DEFAULT_PAGE_SIZE", "IPAM", "MAX_PAGE_SIZE", "ORDERS", "PRODUCT",
@@ -126,6 +127,7 @@ __all__ = [
     "DEFAULT_EVENT_PAGE", "DEFAULT_EVENT_RETENTION", "MAX_EVENT_PAGE", "MAX_EVENT_WAIT",
     "MIN_EVENT_RETENTION", "Event", "EventPage",
     "IDEMPOTENCY_RETENTION", "MAX_IDEMPOTENCY_RETENTION", "MIN_IDEMPOTENCY_RETENTION",
+    "ETCD_DEFAULT_QUOTA_BYTES", "StorageUsage",
 ]
 
 
@@ -263,6 +265,15 @@ class IPAM:
         endpoints = list(getattr(store, "endpoints", ()))
         healthy = set(store.healthy_endpoints()) if hasattr(store, "healthy_endpoints") else set()
         return [(endpoint, endpoint in healthy) for endpoint in endpoints]
+
+    async def storage_usage(self, quota: int) -> list[StorageUsage]:
+        """Each answering etcd member's backend size against `quota` (the members'
+        --quota-backend-bytes), with its active alarms (`EtcdStore.storage_usage`). A store
+        that cannot tell reports none."""
+        store: Any = self.store
+        if not hasattr(store, "storage_usage"):
+            return []
+        return await store.storage_usage(quota)
 
     def observe_commits(self, observer: CommitObserver | None) -> None:
         """Tell `observer` of every etcd request the node's committer sends (metrics)."""

@@ -35,6 +35,7 @@ from .metrics import (
     metrics_endpoint,
     metrics_middleware,
 )
+from .storage_guard import STORAGE_GUARD, StorageGuard
 
 
 def create_app(ipam: IPAM, config: GatewayConfig | None = None, *,
@@ -103,6 +104,18 @@ def create_app(ipam: IPAM, config: GatewayConfig | None = None, *,
 
     app.on_startup.append(start_availability)
     app.on_cleanup.append(close_availability)
+    # Every node, not one elected: a read, logged by each node for itself
+    # (gateway.storage_guard); it never touches readiness.
+    guard = app[STORAGE_GUARD] = StorageGuard(ipam, config.etcd_quota_backend_bytes)
+
+    async def start_storage_guard(_: web.Application) -> None:
+        guard.start()
+
+    async def close_storage_guard(_: web.Application) -> None:
+        await guard.close()
+
+    app.on_startup.append(start_storage_guard)
+    app.on_cleanup.append(close_storage_guard)
     if close_ipam:
         async def close(_: web.Application) -> None:
             await ipam.close()

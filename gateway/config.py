@@ -34,6 +34,7 @@ from typing import Any
 
 from allocator.contract import (
     DEFAULT_EVENT_RETENTION,
+    ETCD_DEFAULT_QUOTA_BYTES,
     IDEMPOTENCY_RETENTION,
     MAX_IDEMPOTENCY_RETENTION,
     MIN_EVENT_RETENTION,
@@ -96,6 +97,10 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("etcd_insecure_transport", "false",
             "accept sending --etcd-username/--etcd-password to etcd without TLS "
             "(no --etcd-ca-file, no https:// endpoint)", switch=True),
+    Setting("etcd_quota_backend_bytes", str(ETCD_DEFAULT_QUOTA_BYTES),
+            "the etcd backend quota, in bytes: give the members' --quota-backend-bytes "
+            "(the embedded etcd runs with it); the node measures each member's database "
+            "against it (metrics, and a warning once one passes 80 per cent of it)"),
     Setting("region", "fr-par", "the region this node serves"),
     Setting("zones", None, "comma-separated zones of the region (default: REGION-1,2,3)"),
     Setting("data_dir", "./.ipam", "where the embedded etcd and the admin secret live"),
@@ -178,6 +183,7 @@ class GatewayConfig:
     etcd_timeout: float = 3.0
     etcd_security: EtcdSecurity = field(default_factory=EtcdSecurity)
     etcd_insecure_transport: bool = False
+    etcd_quota_backend_bytes: int = ETCD_DEFAULT_QUOTA_BYTES
     data_dir: Path = field(default_factory=lambda: Path("./.ipam"))
     admin_secret_key: str | None = None
     # The text of --credential-signing-key-file (None: the admin secret key stands in).
@@ -250,6 +256,9 @@ class GatewayConfig:
             raise ConfigError(f"--port/IPAM_PORT must be a TCP port (0-65535), not {self.port}")
         if self.etcd_timeout <= 0:
             raise ConfigError("--etcd-timeout/IPAM_ETCD_TIMEOUT must be positive")
+        if self.etcd_quota_backend_bytes <= 0:
+            raise ConfigError("--etcd-quota-backend-bytes/IPAM_ETCD_QUOTA_BACKEND_BYTES must "
+                              "be a positive number of bytes")
         if self.header_timeout <= 0:
             raise ConfigError("--header-timeout/IPAM_HEADER_TIMEOUT must be positive")
         if self.keepalive_timeout <= 0:
@@ -441,6 +450,7 @@ def load(args: argparse.Namespace | None = None,
             key_file=raw["etcd_key_file"], username=raw["etcd_username"],
             password=_secret(raw, "etcd_password")),
         etcd_insecure_transport=switch("etcd_insecure_transport"),
+        etcd_quota_backend_bytes=int(number("etcd_quota_backend_bytes", int)),
         data_dir=Path(raw["data_dir"] or "./.ipam"),
         admin_secret_key=admin_secret_key,
         credential_signing_secret=signing_secret,

@@ -5,7 +5,9 @@ do not mix their figures). What is counted where it happens: HTTP requests (by r
 template, method and status) and the etcd requests of the group committer (an observer
 the allocator calls, `allocator.contract.CommitObserver`). What is read at scrape time:
 the allocator's booking counters, the free and held addresses of the sources this node
-books in, etcd's endpoints and the node's availability.
+books in, etcd's endpoints, the node's availability, and etcd's database size against its
+quota (`gateway.storage_guard`: a scrape waits for it at most `SCRAPE_WAIT`, and shares
+the guard's answer, kept a few seconds).
 
     ipam_http_requests_total{route,method,status}      counter
     ipam_http_request_duration_seconds{route,method}   histogram
@@ -19,6 +21,11 @@ books in, etcd's endpoints and the node's availability.
         source="_other" (bounded cardinality with thousands of Private Networks)
     ipam_etcd_endpoint_up{endpoint}                    1 unless the node put it out of use
     ipam_etcd_available                                1 while a quorum answers this node
+    ipam_etcd_db_size_bytes{endpoint},                 each answering member's backend file,
+    ipam_etcd_db_size_in_use_bytes{endpoint}           and the bytes of it holding data
+    ipam_etcd_quota_backend_bytes                      --etcd-quota-backend-bytes
+    ipam_etcd_db_quota_used_ratio{endpoint}            db size / quota (NOSPACE near 1.0)
+    ipam_etcd_alarm{endpoint,alarm}                    1 while the alarm is raised, else 0
     ipam_compactor_leader, ipam_compactions_total,     the elected compactor of etcd's history
     ipam_compaction_errors_total, ipam_compacted_revision
     ipam_expirer_leader, ipam_expired_ips_total,       the elected releaser of expired IPs
@@ -43,6 +50,7 @@ from allocator.contract import IPAM, Compactor, Expirer
 
 from .availability import AVAILABILITY
 from .logs import route_of
+from .storage_guard import KNOWN_ALARMS, SCRAPE_WAIT, STORAGE_GUARD, StorageGuard
 from .wire import Raw, endpoint
 
 MAX_SOURCE_SERIES = 50
@@ -166,9 +174,42 @@ class _AllocatorCollector(Collector):
                 yield GaugeMetricFamily("ipam_expiry_lag_seconds",
                                         "from the expiry of the last IP this node released "
                                         "to its release", value=expirer.last_lag)
+            guard = app.get(STORAGE_GUARD)
+            if guard is not None:
+                yield from _storage_families(guard)
         info = GaugeMetricFamily("ipam_build_info", "The running version", labels=["version"])
         info.add_metric([_version()], 1.0)
         yield info
+
+
+def _storage_families(guard: StorageGuard) -> Iterator[GaugeMetricFamily]:
+    """etcd's database size against its quota, as the guard last read it: a member that
+    did not answer has no series (unknown, not zero)."""
+    size = GaugeMetricFamily("ipam_etcd_db_size_bytes",
+                             "Size of an etcd member's backend file: what etcd compares "
+                             "with its quota", labels=["endpoint"])
+    in_use = GaugeMetricFamily("ipam_etcd_db_size_in_use_bytes",
+                               "Bytes of an etcd member's backend holding data; the rest "
+                               "is free pages a defragmentation gives back",
+                               labels=["endpoint"])
+    ratio = GaugeMetricFamily("ipam_etcd_db_quota_used_ratio",
+                              "An etcd member's backend size over the quota: changes are "
+                              "refused (NOSPACE) near 1", labels=["endpoint"])
+    alarm = GaugeMetricFamily("ipam_etcd_alarm", "1 while the etcd alarm is raised on the "
+                              "member", labels=["endpoint", "alarm"])
+    for u in guard.last:
+        size.add_metric([u.endpoint], u.db_size)
+        in_use.add_metric([u.endpoint], u.db_size_in_use)
+        ratio.add_metric([u.endpoint], u.used)
+        for name in sorted(set(KNOWN_ALARMS) | set(u.alarms)):
+            alarm.add_metric([u.endpoint, name], 1.0 if name in u.alarms else 0.0)
+    yield size
+    yield in_use
+    yield GaugeMetricFamily("ipam_etcd_quota_backend_bytes",
+                            "The etcd backend quota this node was given "
+                            "(--etcd-quota-backend-bytes)", value=guard.quota)
+    yield ratio
+    yield alarm
 
 
 METRICS = web.AppKey("metrics", GatewayMetrics)
@@ -179,6 +220,9 @@ EXPIRER = web.AppKey("expirer", Expirer)
 @endpoint(media_type=CONTENT_TYPE_LATEST)
 async def metrics_endpoint(request: web.Request) -> Raw:
     """The node's figures in Prometheus text format."""
+    guard = request.app.get(STORAGE_GUARD)
+    if guard is not None:  # the collector reads its answer: refresh it first, bounded
+        await guard.usage(wait=SCRAPE_WAIT)
     return Raw(request.app[METRICS].scrape(), CONTENT_TYPE_LATEST)
 
 

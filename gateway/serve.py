@@ -49,7 +49,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from allocator.contract import EtcdSecurity
+from allocator.contract import ETCD_DEFAULT_QUOTA_BYTES, EtcdSecurity
 
 from . import config as cfg
 from . import logs
@@ -111,17 +111,20 @@ def admin_secret(config: cfg.GatewayConfig, out: Any = None) -> str:
     return secret
 
 
-def start_embedded_etcd(data_dir: Path) -> Any:
+def start_embedded_etcd(data_dir: Path,
+                        quota_backend_bytes: int = ETCD_DEFAULT_QUOTA_BYTES) -> Any:
     """A single-member etcd whose data lives under `data_dir/etcd` (kept across restarts),
     speaking mutual TLS only with the certificates of `data_dir/etcd-tls` (made if
-    missing or within a year of their end)."""
+    missing or within a year of their end), with the backend quota the node measures it
+    against (`--etcd-quota-backend-bytes`)."""
     from devcluster.etcd import EtcdCluster
     from devcluster.pki import ensure_member_pki
 
     base = data_dir / "etcd"
     base.mkdir(mode=0o700, parents=True, exist_ok=True)
     pki = ensure_member_pki(data_dir / ETCD_TLS_DIR)
-    cluster = EtcdCluster(1, base_dir=base, name_prefix="embedded", tls=pki.server_tls())
+    cluster = EtcdCluster(1, base_dir=base, name_prefix="embedded", tls=pki.server_tls(),
+                          quota_backend_bytes=quota_backend_bytes)
     cluster.start()
     log.info("embedded etcd serving at %s (data in %s, mutual TLS with %s)",
              cluster.members[0].client_url, base, pki.directory)
@@ -284,7 +287,7 @@ async def _serve(config: cfg.GatewayConfig, out: Any, checked: Preflight) -> int
     endpoints = list(config.etcd_endpoints)
     if config.embedded_etcd:
         secret = admin_secret(config, out)
-        cluster = start_embedded_etcd(config.data_dir)
+        cluster = start_embedded_etcd(config.data_dir, config.etcd_quota_backend_bytes)
         config = dataclasses.replace(
             config, admin_secret_key=secret,
             etcd_security=embedded_etcd_security(config.data_dir, config.etcd_security))
