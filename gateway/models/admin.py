@@ -4,9 +4,9 @@ and the probes: our own API, not Scaleway's."""
 from __future__ import annotations
 
 import ipaddress
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import ConfigDict, Field, RootModel, model_validator
+from pydantic import BeforeValidator, ConfigDict, Field, RootModel, model_validator
 from pydantic_core import PydanticCustomError
 
 from allocator.contract import MAX_OVERRIDE, Decline, Source, SubnetUsage
@@ -88,20 +88,31 @@ _QUOTA = ("an integer from 0 (the project may create none) up; null: back to the
           "default; left out: unchanged")
 
 
+def _whole(value: Any) -> Any:
+    """JSON has one kind of number, and JSON Schema's integer takes 3.0 as 3: so does a
+    quota. 2.5, a string or a boolean stay what they are, and are refused."""
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
+
+
+QuotaValue = Annotated[int | None, BeforeValidator(_whole)]
+
+
 class SetProjectQuotasRequest(Body):
     """The quotas of a project that differ from the nodes' defaults (`--quota-*`): each
     field named sets one, the others keep what they are. A quota lowered below what the
     project holds deletes nothing: its creates are refused until it holds less."""
 
-    vpcs: int | None = Field(default=None, ge=0, le=MAX_OVERRIDE,
+    vpcs: QuotaValue = Field(default=None, ge=0, le=MAX_OVERRIDE,
                              description=f"VPCs, every region counted: {_QUOTA}")
-    private_networks: int | None = Field(
+    private_networks: QuotaValue = Field(
         default=None, ge=0, le=MAX_OVERRIDE,
         description=f"Private Networks, every region counted: {_QUOTA}")
-    subnets_per_private_network: int | None = Field(
+    subnets_per_private_network: QuotaValue = Field(
         default=None, ge=0, le=MAX_OVERRIDE,
         description=f"subnets of each of its Private Networks: {_QUOTA}")
-    ips: int | None = Field(default=None, ge=0, le=MAX_OVERRIDE,
+    ips: QuotaValue = Field(default=None, ge=0, le=MAX_OVERRIDE,
                             description=f"IPs booked, every source counted: {_QUOTA}")
 
     def changes(self) -> dict[str, int | None]:

@@ -122,6 +122,15 @@ def test_a_bad_put_is_400_invalid_arguments_naming_the_field_and_writes_nothing(
     assert _quotas(node, project).json()["vpcs"] == 5
 
 
+def test_a_whole_number_written_with_a_point_is_that_integer(node: GatewayNode,
+                                                              project: str):
+    """JSON Schema's integer takes 184549.0 (schemathesis sends such numbers): so do we."""
+    answer = _quotas(node, project, "PUT", {"subnets_per_private_network": 184549.0,
+                                            "vpcs": 7.0})
+    assert answer.status_code == 200, answer.text
+    assert (answer.json()["subnets_per_private_network"], answer.json()["vpcs"]) == (184549, 7)
+
+
 def test_a_project_that_is_no_uuid_is_400(node: GatewayNode):
     for method in ("GET", "PUT", "DELETE"):
         refused = _quotas(node, "p1", method, {"vpcs": 1} if method == "PUT" else None)
