@@ -102,7 +102,7 @@ def test_the_idempotency_retention_is_an_hour_unless_set_within_a_minute_to_a_we
 
 
 def test_the_event_retention_is_0_for_no_feed_or_ten_minutes_to_a_week():
-    assert load(parse(), {}).event_retention == 86400
+    assert load(parse(), {}).event_retention == 3600
     assert load(parse(), {"IPAM_EVENT_RETENTION": "0"}).event_retention == 0
     for bad in ("599", str(7 * 24 * 3600 + 1)):
         with pytest.raises(ConfigError, match=r"--event-retention/IPAM_EVENT_RETENTION must be "
