@@ -198,24 +198,30 @@ class SourceEngine:
             txn = self._txn(b, offset)
             try:
                 outcome = await commit_change(self.committer, self.store, txn)
-            except StorageFull:
-                # etcd applies the write that crosses its quota and answers it "full" all
-                # the same: read back, as after any unknown outcome.
-                found = await self._read_back(b)
+            except StoreError as err:
+                # An unknown outcome; or etcd full, which applies the write that crosses
+                # its quota and answers it "full" all the same: read back.
+                try:
+                    found = await self._read_back(b)
+                except BaseException:
+                    self.cache.settle_held(offset)  # maybe written: keep it out
+                    raise
                 if found is not None:
                     self.cache.settle_held(offset)
                     return found
-                self.cache.give_back(offset)  # refused whole: nothing applied
-                raise
-            except StoreError:
-                found = await self._read_back(b)
-                if found is not None:
-                    self.cache.settle_held(offset)
-                    return found
+                if isinstance(err, StorageFull):
+                    self.cache.give_back(offset)  # refused whole: nothing applied
+                    raise
                 # Not applied yet, and the IP-key guard means it never applies twice:
                 # try again as is, same id, same candidate.
                 uncertain = True
                 continue
+            except BaseException:
+                # Cancelled with the commit in flight (the availability gate does it when
+                # etcd goes away): maybe written. Keep the address out, and no longer in
+                # flight, or a full source would wait on it for ever instead of counting.
+                self.cache.settle_held(offset)
+                raise
             result = await self._settle(b, offset, outcome)
             if result is not None:
                 return result
