@@ -29,7 +29,6 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field, replace
 
-from aetcd import rpc
 
 from . import events as ev
 from . import idempotency as idem
@@ -50,7 +49,7 @@ from .records import IPRecord
 from .source_cache import SourceCache
 from .sources import Source
 from .store import MAX_TXN_OPS, Store
-from .txn import GuardedTxn, TxnOutcome, nested
+from .txn import GuardedTxn, TxnOutcome, commit
 
 log = logging.getLogger(__name__)
 
@@ -70,45 +69,7 @@ def commit_change(committer: Committer, store: Store, txn: GuardedTxn
     `Committer.commit` is: the booking's await chain stays one frame short.)"""
     if max(len(txn.writes), len(txn.guard_names)) <= SHARED_TXN_OPS:
         return committer.commit(txn)
-    return commit_alone(store, txn)
-
-
-async def commit_alone(store: Store, txn: GuardedTxn) -> TxnOutcome:
-    """`txn` in a request of its own, its writes nested as deep as etcd's --max-txn-ops
-    needs (a release set of IPs with many tags: thousands of index keys).
-
-    etcd counts a transaction's operations as the most of its guards, writes and failure
-    reads, and lets each nested transaction use what its parent left. `txn.commit`
-    nests one level, sized by the guards alone: one short when there are few guards and
-    two chunks or more, and not enough for a hundred IPs of thirty tags each.
-
-    One put stays at the top level: etcd 3.4 weighs a request against its backend quota
-    by its top-level puts alone, and one of nested puts only would slip past a full
-    quota, its NOSPACE alarm raised or not (store.py, `_quota_probe`).
-    """
-    compares, failure, writes = txn.compares(), txn.failure_reads(), txn.writes
-    guards = max(len(compares), len(failure))
-    if len(writes) > MAX_TXN_OPS - guards:
-        weighed = next((op for op in writes if op.HasField("request_put")), None)
-        rest = [op for op in writes if op is not weighed]
-        width = max(guards, MAX_TXN_OPS // 2)  # at most `width` chunks, and that put
-        size = -(-len(rest) // width)
-        writes = [nested([], _packed(rest[i:i + size], MAX_TXN_OPS - width - 1))
-                  for i in range(0, len(rest), size)]
-        if weighed is not None:
-            writes.insert(0, weighed)
-    return txn.outcome(await store.txn(compares, writes, failure))
-
-
-def _packed(ops: list[rpc.RequestOp], room: int) -> list[rpc.RequestOp]:
-    """`ops` as at most `room` operations of an unguarded nested transaction (at most
-    3,456 in a room of 27, what a release set's hundred guards leave each chunk)."""
-    if len(ops) <= room or room < 4:  # more than that: etcd refuses it, and says so
-        return ops
-    width = max(2, room // 3)  # few and deep: each level keeps most of its room
-    size = -(-len(ops) // width)
-    return [nested([], _packed(ops[i:i + size], room - width))
-            for i in range(0, len(ops), size)]
+    return commit(store, txn)
 
 
 @dataclass

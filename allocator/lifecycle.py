@@ -33,7 +33,7 @@ from . import retry
 from .access import DETACH, RELEASE, UPDATE, Caller
 from .asks import AddressAsk
 from .committer import Committer
-from .engine import Booking, SourceEngine, commit_alone, commit_change
+from .engine import Booking, SourceEngine, commit_change
 from .errors import (
     STILL_ATTACHED,
     AlreadyExists,
@@ -65,7 +65,7 @@ from .records import (
 from .resolution import SourceResolver
 from .sources import Source
 from .store import KV, Store
-from .txn import GuardedTxn
+from .txn import GuardedTxn, commit
 
 MAX_RELEASE_SET = 100
 
@@ -458,7 +458,7 @@ class Lifecycle:
             for sid, ip in freed.items():
                 txn.put(self.keys.freed(sid), ip)
             try:
-                out = await commit_alone(self.store, txn)
+                out = await commit(self.store, txn)
             except StoreError as err:
                 # Unknown outcome: all gone means it applied (it is all or none). So too
                 # when etcd said it is full: it applies the write that crosses its quota

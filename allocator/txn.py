@@ -213,20 +213,37 @@ class GuardedTxn:
 
 
 async def commit(store: Store, txn: GuardedTxn) -> TxnOutcome:
-    """Send `txn` alone, as a top-level transaction (rare writers: networks, release sets).
+    """Send `txn` alone, as a top-level transaction (rare writers: networks, keys, release
+    sets), its writes nested as deep as etcd's --max-txn-ops needs (a release set of IPs
+    with many tags: thousands of index keys).
 
-    Writes beyond what one level may carry go in nested chunks, all under the same guards,
-    but for one put kept at the top level: etcd 3.4 weighs a request against its backend
-    quota by its top-level puts alone, and a request of nested puts only would slip past
-    a full quota, NOSPACE alarm raised or not (store.py, `_quota_probe`).
+    etcd counts a transaction's operations as the most of its guards, writes and failure
+    reads, and lets each nested transaction use what its parent left.
+
+    One put stays at the top level: etcd 3.4 weighs a request against its backend quota
+    by its top-level puts alone, and one of nested puts only would slip past a full
+    quota, its NOSPACE alarm raised or not (store.py, `_quota_probe`).
     """
-    room = MAX_TXN_OPS - len(txn.compares())
-    writes = txn.writes
-    if len(writes) > room:
+    compares, failure, writes = txn.compares(), txn.failure_reads(), txn.writes
+    guards = max(len(compares), len(failure))
+    if len(writes) > MAX_TXN_OPS - guards:
         weighed = next((op for op in writes if op.HasField("request_put")), None)
         rest = [op for op in writes if op is not weighed]
-        writes = [nested([], rest[i:i + room]) for i in range(0, len(rest), room)]
+        width = max(guards, MAX_TXN_OPS // 2)  # at most `width` chunks, and that put
+        size = -(-len(rest) // width)
+        writes = [nested([], _packed(rest[i:i + size], MAX_TXN_OPS - width - 1))
+                  for i in range(0, len(rest), size)]
         if weighed is not None:
             writes.insert(0, weighed)
-    resp = await store.txn(txn.compares(), writes, txn.failure_reads())
-    return txn.outcome(resp)
+    return txn.outcome(await store.txn(compares, writes, failure))
+
+
+def _packed(ops: list[rpc.RequestOp], room: int) -> list[rpc.RequestOp]:
+    """`ops` as at most `room` operations of an unguarded nested transaction (at most
+    3,456 in a room of 27, what a release set's hundred guards leave each chunk)."""
+    if len(ops) <= room or room < 4:  # more than that: etcd refuses it, and says so
+        return ops
+    width = max(2, room // 3)  # few and deep: each level keeps most of its room
+    size = -(-len(ops) // width)
+    return [nested([], _packed(ops[i:i + size], room - width))
+            for i in range(0, len(ops), size)]
