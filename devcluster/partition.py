@@ -187,7 +187,9 @@ class PartitionLab:
                                     f"{SERVICE_NET}.{10 + index}/24")
         address = f"{SERVICE_NET}.{10 + index}"
         log_file = self.base_dir / f"gateway{index}.log"
-        env = {**os.environ, "PYTHONPATH": str(ROOT), "IPAM_ADMIN_SECRET_KEY": admin_secret}
+        env = {**os.environ, "PYTHONPATH": str(ROOT), "IPAM_ADMIN_SECRET_KEY": admin_secret,
+               # The quota the members run with: the node measures their databases by it.
+               "IPAM_ETCD_QUOTA_BACKEND_BYTES": str(self.cluster.quota_backend_bytes)}
         with open(log_file, "wb") as log:
             process = self.net.spawn_in(host.namespace, [
                 sys.executable, "-m", "gateway.cli", "serve", "--host", address,

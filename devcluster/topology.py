@@ -151,7 +151,9 @@ class LocalTopology:
                "IPAM_ETCD_ENDPOINTS": ",".join(self.cluster.endpoints),
                "IPAM_REGION": self.region, "IPAM_ETCD_PREFIX": self.prefix,
                "IPAM_PORT": str(self.gateway_ports[index]), "IPAM_HOST": "127.0.0.1",
-               "IPAM_LOG_LEVEL": "warning"}
+               "IPAM_LOG_LEVEL": "warning",
+               # The quota the members run with: the nodes measure their databases by it.
+               "IPAM_ETCD_QUOTA_BACKEND_BYTES": str(self.cluster.quota_backend_bytes)}
         with open(self.base_dir / f"gateway{index}.log", "ab") as log:
             return subprocess.Popen([sys.executable, "-m", "gateway.cli", "serve"], cwd=ROOT,
                                     env=env, stdout=log, stderr=subprocess.STDOUT)

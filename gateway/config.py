@@ -97,10 +97,11 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("etcd_insecure_transport", "false",
             "accept sending --etcd-username/--etcd-password to etcd without TLS "
             "(no --etcd-ca-file, no https:// endpoint)", switch=True),
-    Setting("etcd_quota_backend_bytes", str(ETCD_DEFAULT_QUOTA_BYTES),
-            "the etcd backend quota, in bytes: give the members' --quota-backend-bytes "
-            "(the embedded etcd runs with it); the node measures each member's database "
-            "against it (metrics, and a warning once one passes 80 per cent of it)"),
+    Setting("etcd_quota_backend_bytes", None,
+            "the etcd backend quota, in bytes: give the members' --quota-backend-bytes; "
+            "the node measures each member's database against it (metrics, and a warning "
+            "once one passes 80 per cent of it). Default: etcd's own, 2 GiB; 4 GiB for "
+            "the embedded etcd, which runs with it"),
     Setting("region", "fr-par", "the region this node serves"),
     Setting("zones", None, "comma-separated zones of the region (default: REGION-1,2,3)"),
     Setting("data_dir", "./.ipam", "where the embedded etcd and the admin secret live"),
@@ -167,6 +168,9 @@ LOG_LEVELS = ("debug", "info", "warning", "error")
 # Beyond this, an expired IP would wait longer than a user reads as "released then".
 MAX_EXPIRY_CHECK_INTERVAL = 60.0
 LOG_FORMATS = ("text", "json")
+# The embedded etcd's quota unless told: what it has always run with (a data dir holding
+# more than etcd's 2 GiB default would otherwise start full after an upgrade).
+EMBEDDED_QUOTA_BYTES = 4 * 1024**3
 ORGANIZATIONS = ("required", "optional")
 
 
@@ -450,7 +454,11 @@ def load(args: argparse.Namespace | None = None,
             key_file=raw["etcd_key_file"], username=raw["etcd_username"],
             password=_secret(raw, "etcd_password")),
         etcd_insecure_transport=switch("etcd_insecure_transport"),
-        etcd_quota_backend_bytes=int(number("etcd_quota_backend_bytes", int)),
+        etcd_quota_backend_bytes=(
+            int(number("etcd_quota_backend_bytes", int))
+            if raw["etcd_quota_backend_bytes"] is not None
+            else EMBEDDED_QUOTA_BYTES if not raw["etcd_endpoints"]
+            else ETCD_DEFAULT_QUOTA_BYTES),
         data_dir=Path(raw["data_dir"] or "./.ipam"),
         admin_secret_key=admin_secret_key,
         credential_signing_secret=signing_secret,

@@ -50,7 +50,11 @@ def parse(*argv: str) -> argparse.Namespace:
 
 def test_the_quota_defaults_to_etcds_own_and_comes_from_the_flag_or_the_variable() -> None:
     assert ETCD_DEFAULT_QUOTA_BYTES == 2 * 1024**3  # etcd's --quota-backend-bytes default
-    assert load(parse(), {}).etcd_quota_backend_bytes == ETCD_DEFAULT_QUOTA_BYTES
+    external = {"IPAM_ETCD_ENDPOINTS": "127.0.0.1:2379"}
+    assert load(parse(), external).etcd_quota_backend_bytes == ETCD_DEFAULT_QUOTA_BYTES
+    # The embedded etcd keeps the 4 GiB it always ran with: an upgraded data dir over
+    # 2 GiB must not start full.
+    assert load(parse(), {}).etcd_quota_backend_bytes == 4 * 1024**3
     env = {"IPAM_ETCD_QUOTA_BACKEND_BYTES": "8589934592"}
     assert load(parse(), env).etcd_quota_backend_bytes == 8 * 1024**3
     assert load(parse("--etcd-quota-backend-bytes", "1048576"),
