@@ -49,7 +49,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from allocator.contract import ETCD_DEFAULT_QUOTA_BYTES, EtcdSecurity
+from allocator.contract import EtcdSecurity
 
 from . import config as cfg
 from . import logs
@@ -112,7 +112,7 @@ def admin_secret(config: cfg.GatewayConfig, out: Any = None) -> str:
 
 
 def start_embedded_etcd(data_dir: Path,
-                        quota_backend_bytes: int = ETCD_DEFAULT_QUOTA_BYTES) -> Any:
+                        quota_backend_bytes: int = cfg.EMBEDDED_QUOTA_BYTES) -> Any:
     """A single-member etcd whose data lives under `data_dir/etcd` (kept across restarts),
     speaking mutual TLS only with the certificates of `data_dir/etcd-tls` (made if
     missing or within a year of their end), with the backend quota the node measures it
