@@ -75,6 +75,7 @@ holds on every node at once, this way:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import time
@@ -85,7 +86,7 @@ from typing import Any
 from aetcd import rpc
 
 from . import retry
-from .errors import Conflict, InvalidArgument, IPAMError, QuotaExceeded
+from .errors import Conflict, InvalidArgument, IPAMError, QuotaExceeded, StoreError
 from .keys import Keys
 from .records import check_uuid
 from .store import KV, Store, kv_of, prefix_end
@@ -204,7 +205,13 @@ class IPQuota:
         overrides = self.overrides
         if overrides is not None:
             if not overrides.loaded:
-                await overrides.ready()
+                with contextlib.suppress(StoreError):  # not loaded: read etcd, below
+                    await overrides.ready()
+            if not overrides.loaded:
+                # No cache to trust (it could not load, or its watch ended and it loads
+                # again): the count, which reads the project's override with it, decides.
+                await self._admit_counted(project_id)
+                return
             quota = overrides.cached_ips(project_id, quota)
         if quota is None:
             return  # no IP quota known here: no read (module docstring: the watch's lag)
@@ -213,6 +220,10 @@ class IPQuota:
                 and count.held + count.admitted + self.margin < quota):
             count.admitted += 1
             return
+        await self._admit_counted(project_id)
+
+    async def _admit_counted(self, project_id: str) -> None:
+        """Admit against a count read now (shared with the bookings that wait for one)."""
         count = await asyncio.shield(self._read(project_id))
         current = count.held + count.admitted
         if count.quota is not None and current >= count.quota:
@@ -331,6 +342,7 @@ class QuotaOverrides:
         self._follow: asyncio.Task[None] | None = None
         self._changed = asyncio.Event()
         self._closed = False
+        self._reloading = False  # the watch ended: `_reload_with_backoff` runs
 
     # -- read and change, linearizable ----------------------------------------------------
 
@@ -388,11 +400,15 @@ class QuotaOverrides:
         return self._cache is not None
 
     async def ready(self) -> None:
-        """Load the cache and start its watch, once (concurrent callers share the load)."""
-        if self._cache is not None:
+        """Load the cache and start its watch, once (concurrent callers share the load).
+        A load again after the watch ended is not waited for (it retries for as long as
+        etcd fails): callers find the cache not `loaded`, and read etcd instead."""
+        if self._cache is not None or self._closed:
             return
         if self._loading is None or self._loading.done():
             self._loading = asyncio.ensure_future(self._load())
+        elif self._reloading:
+            return
         await asyncio.shield(self._loading)
 
     def cached_ips(self, project_id: str, default: int | None) -> int | None:
@@ -458,9 +474,11 @@ class QuotaOverrides:
             raise
         except Exception as err:  # noqa: BLE001 - whatever ended it, load again
             # Compaction, or a watch that could not be re-established: until the cache is
-            # loaded again, bookings wait for it rather than trust what it had.
+            # loaded again, bookings read etcd (the count, with the project's override)
+            # rather than trust what it had.
             log.warning("quota overrides: watch ended (%s), reloading", err)
             self._cache = None
+            self._reloading = True
             self._loading = asyncio.ensure_future(self._reload_with_backoff())
 
     async def _reload_with_backoff(self) -> None:
@@ -469,6 +487,7 @@ class QuotaOverrides:
                 return
             try:
                 await self._load()
+                self._reloading = False
                 return
             except IPAMError as err:  # etcd still failing: try again later
                 log.info("quota overrides: reload failed (%s)", err)

@@ -333,3 +333,25 @@ async def test_an_override_etcd_holds_in_a_shape_it_does_not_know_gives_the_defa
     assert (await node.project_quotas(other)).overridden == ("vpcs",)
     await node.quota_overrides.ready()
     assert node.quota_overrides.cached_ips(other, None) is None
+
+
+async def test_bookings_read_etcd_when_the_cache_cannot_load(node: IPAM, project: str):
+    """The cache's load fails (etcd refuses its scan): bookings neither wait for it nor
+    fail with it; the count, which reads the override with it, holds the quota."""
+    real_scan = node.store.scan
+    refused: list[str] = []
+
+    async def scan_refusing_overrides(prefix: str, **kw: Any) -> Any:
+        if prefix == node.keys.quota_override():
+            refused.append(prefix)
+            raise errors.StoreError("scan refused (test)")
+        return await real_scan(prefix, **kw)
+
+    pn = await make_pn(node, project, "10.1.0.0/24")
+    await node.set_project_quotas(project, {"ips": 1})
+    node.store.scan = scan_refusing_overrides  # type: ignore[method-assign]
+    await asyncio.wait_for(node.book(book_in(pn, project)), 10)
+    with pytest.raises(errors.QuotaExceeded) as exc:
+        await asyncio.wait_for(node.book(book_in(pn, project)), 10)
+    assert _refusal(exc) == ("ip", 1, 1)
+    assert refused and not node.quota_overrides.loaded
