@@ -94,7 +94,7 @@ class SourceResolver:
             try:
                 src = await self.source(ask.subnet_id)
             except NotFound:
-                raise NotFound("subnet", ask.subnet_id)
+                raise NotFound("subnet", ask.subnet_id) from None
             if src.kind != SUBNET or not caller.sees_project(src.project_id):
                 raise NotFound("subnet", ask.subnet_id)
             if src.network.version != family:
