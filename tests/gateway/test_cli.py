@@ -383,6 +383,7 @@ def test_keys_create_takes_an_expiry_and_errors_read_as_lines(
 
 @pytest.mark.skipif(not Path("/usr/bin/python3").exists(), reason="no Debian python3 here")
 @pytest.mark.skipif(not (ROOT / ".git").exists(), reason="not a git checkout to clone")
+@pytest.mark.timeout(900)  # a fresh venv: pip installs every dependency (300 s ran out once)
 def test_run_sh_with_debians_own_python_first_makes_its_venv_and_books(tmp_path: Path) -> None:
     """A fresh clone, /usr/bin first on PATH (its python3 refuses pip, PEP 668): run.sh
     makes the checkout's .venv with it and serves; an IP is booked through the SDK."""

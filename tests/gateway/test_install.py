@@ -9,10 +9,13 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[2]
 WAIT = 60.0
 
 
+@pytest.mark.timeout(900)  # a fresh venv: pip installs every dependency from the index
 def test_a_wheel_installed_in_a_fresh_venv_serves_outside_the_checkout(tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("IPAM_", "PYTHON"))}
     wheels, venv, away = tmp_path / "wheels", tmp_path / "venv", tmp_path / "elsewhere"
