@@ -10,7 +10,9 @@ from its own failure reads what beat it.
 What one request may carry is decided here and nowhere else:
 - at most MAX_NESTED nested transactions, and under etcd's request size limit;
 - never two transactions that write a common key (an address, an IP, an
-  idempotency key, a MAC, a release marker): etcd refuses the whole request.
+  idempotency key, a MAC): etcd refuses the whole request;
+- markers (`GuardedTxn.mark`, the `freed` key of a source that every release
+  writes) are not such keys: the request writes each once, beside the changes.
 """
 
 from __future__ import annotations
@@ -21,7 +23,8 @@ from typing import Protocol
 
 from . import store as st
 from .errors import StoreError
-from .txn import GuardedTxn, TxnOutcome
+from .store import MAX_TXN_OPS
+from .txn import GuardedTxn, TxnOutcome, marker_ops
 
 # Outer request: one op per nested transaction; each nested one may use what is left.
 MAX_NESTED = 64
@@ -36,13 +39,14 @@ class CommitObserver(Protocol):
 
 
 class _Waiting:
-    __slots__ = ("txn", "op", "size", "written", "future")
+    __slots__ = ("future", "marks", "op", "size", "txn", "written")
 
     def __init__(self, txn: GuardedTxn, future: asyncio.Future[TxnOutcome]) -> None:
         self.txn, self.future = txn, future
         self.op = txn.request()
-        self.size = self.op.ByteSize()
+        self.size = txn.size
         self.written = txn.written_keys
+        self.marks = txn.marks
 
 
 class Committer:
@@ -71,6 +75,7 @@ class Committer:
         while self._inflight < self.max_inflight and self._waiting:
             packed: list[_Waiting] = []
             written: set[str] = set()
+            marks: dict[str, tuple[str, str]] = {}
             size = 0
             left: list[_Waiting] = []
             for w in self._waiting:
@@ -78,26 +83,32 @@ class Committer:
                     continue
                 keys = w.written
                 if len(packed) >= self.max_nested or keys & written or (
-                        packed and size + w.size > REQUEST_BYTES):
+                        packed and size + w.size > REQUEST_BYTES) or (
+                        w.marks and len(packed) + len(marks | w.marks) >= MAX_TXN_OPS):
                     left.append(w)
                     continue
                 packed.append(w)
                 written |= keys
+                if w.marks:
+                    marks |= w.marks
                 size += w.size
             self._waiting = left
             if not packed:
                 return
             self._inflight += 1
-            asyncio.ensure_future(self._send(packed))
+            asyncio.ensure_future(self._send(packed, marks))
 
-    async def _send(self, packed: list[_Waiting]) -> None:
+    async def _send(self, packed: list[_Waiting], marks: dict[str, tuple[str, str]]) -> None:
         started, failed = time.perf_counter(), True
         try:
             self.requests += 1
-            resp = await self.store.txn([], [w.op for w in packed])
+            ops = [w.op for w in packed]
+            if marks:
+                ops += marker_ops(marks)
+            resp = await self.store.txn([], ops)
             failed = False
             revision = resp.header.revision
-            for w, r in zip(packed, resp.responses, strict=True):
+            for w, r in zip(packed, resp.responses[:len(packed)], strict=True):
                 if not w.future.done():
                     w.future.set_result(w.txn.outcome(r.response_txn, revision))
         except StoreError as err:

@@ -96,7 +96,7 @@ from .quotas import (
     QuotaOverrides,
     Quotas,
 )
-from .records import CUSTOM, IfMatch, IPRecord, Resource, Reverse, normalize_mac
+from .records import CUSTOM, IfMatch, IPRecord, Resource, Reverse, canonical_uuid, normalize_mac
 from .resolution import SourceResolver
 from .schema import (
     CURRENT_SCHEMA,
@@ -116,7 +116,7 @@ __all__ = [
     "Caller", "Credentials", "EtcdSecurity", "IfMatch", "IPFilter", "IPRecord", "Lease", "NetworkInfo",
     "NetworkView", "PrivateNetwork", "SubnetInfo", "CommitObserver", "SourceUsage",
     "ReservedAddress", "Resource", "Reverse", "Source", "Store", "Subnet", "access_key_for_secret",
-    "check_key_spec", "errors", "is_access_key", "normalize_mac", "secret_hash",
+    "canonical_uuid", "check_key_spec", "errors", "is_access_key", "normalize_mac", "secret_hash",
     "BackupInvalid", "BackupSummary", "CURRENT_SCHEMA", "RestoreInProgress", "RestoreInterrupted",
     "RestoreSummary", "SchemaState", "SchemaTooNew", "SchemaUnreadable", "TargetNotEmpty",
     "ensure_schema", "export_state", "import_state", "Compactor",
@@ -184,6 +184,7 @@ class IPAM:
         self.lifecycle.ip_quota = IPQuota(store, self.keys, quotas.ips_per_project,
                                           overrides=self.quota_overrides)
         self.queries = Queries(store, self.keys, self.networks)
+        self.lifecycle.reads = self.queries.reads
 
     @classmethod
     async def connect(cls, endpoints: Sequence[str], prefix: str = "/ipam/",

@@ -22,13 +22,11 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-import json
 import logging
 import random
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field, replace
-
 
 from . import events as ev
 from . import idempotency as idem
@@ -67,7 +65,7 @@ def commit_change(committer: Committer, store: Store, txn: GuardedTxn
     a shared request: an IP with very many tags (one index key each) would make etcd
     refuse the whole request, every other change in it with it. (A plain function, as
     `Committer.commit` is: the booking's await chain stays one frame short.)"""
-    if max(len(txn.writes), len(txn.guard_names)) <= SHARED_TXN_OPS:
+    if max(txn.write_count, len(txn.guard_names)) <= SHARED_TXN_OPS:
         return committer.commit(txn)
     return commit(store, txn)
 
@@ -228,7 +226,7 @@ class SourceEngine:
                .absent("ip", ip_key)
                .present("source", k.source(self.source.id))
                .put(addr_key, record.id)
-               .put(ip_key, json.dumps(record.to_json()))
+               .put(ip_key, record.stored())
                .put(k.by_project(record.project_id, record.region, record.created_at,
                                  record.id), "")
                .put(k.created(self.source.id, record.created_at, record.id), ""))
@@ -265,7 +263,7 @@ class SourceEngine:
             found = out.found("ip")
             assert found is not None
             self.stats.bookings += 1
-            return IPRecord.from_json(json.loads(found.value), found.mod_revision)
+            return IPRecord.read(found.value, found.mod_revision)
         if "source" in failed:  # the source was deleted: stop following it
             self.source_gone()
             raise NotFound("source", self.source.id)
@@ -296,7 +294,7 @@ class SourceEngine:
             if kv is None:
                 return None
             self.stats.bookings += 1
-            return IPRecord.from_json(json.loads(kv.value), kv.mod_revision)
+            return IPRecord.read(kv.value, kv.mod_revision)
         raise OutcomeUnknown("etcd unreachable while booking; retry with the same "
                              "idempotency key")
 

@@ -52,6 +52,7 @@ from .expiry import UNCHANGED, ExpiryChange, check_expires_at
 from .keys import Keys
 from .organizations import ProjectOrganizations
 from .quotas import IPQuota
+from .reads import CoalescedReads
 from .records import (
     IfMatch,
     IPRecord,
@@ -81,6 +82,8 @@ class Lifecycle:
     # The organization of every IP booked: its project's (None: the network's or the
     # ask's, as named); set by IPAM.
     organizations: ProjectOrganizations | None = None
+    # The node's coalesced single-key reads (None: plain reads); set by IPAM.
+    reads: CoalescedReads | None = None
 
     def __init__(self, store: Store, keys: Keys, resolver: SourceResolver,
                  committer: Committer, idempotency_retention: int = idem.RETENTION, *,
@@ -235,8 +238,13 @@ class Lifecycle:
         if idem_key_name is not None:
             idem_key = self.keys.idempotency(idem_scope, idem.check_key(idem_key_name))
         ip_key = self.keys.ip(ip_id)
-        found = await self.store.get_many([ip_key] + ([idem_key] if idem_key else []))
-        kv = found.get(ip_key)
+        if idem_key is None and self.reads is not None:
+            # Changes of many IPs at once (a burst of releases) share their reads too.
+            kv = await self.reads.get(ip_key)
+            found = {ip_key: kv} if kv is not None else {}
+        else:
+            found = await self.store.get_many([ip_key] + ([idem_key] if idem_key else []))
+            kv = found.get(ip_key)
         if kv is None or not caller.sees(_record(kv)):
             raise NotFound("ip", ip_id)
         if idem_key and idem_key in found:
@@ -252,7 +260,7 @@ class Lifecycle:
             if caller.credential:
                 txn.present("credential", caller.credential)
             if new is not None and new is not current:
-                txn.put(ip_key, json.dumps(new.to_json()))
+                txn.put(ip_key, new.stored())
             if new is not current and self.event_leases is not None:
                 self._event(txn, ev.KIND_OF_CHANGE[op], current if new is None else new,
                             actor or ev.actor_of(caller.access_key),
@@ -356,7 +364,7 @@ class Lifecycle:
             caller.require_ip(RELEASE, r)
             _check_detached(r)
             await self._delete(txn, r)
-            txn.put(self.keys.freed(r.source_id), r.id)
+            self._mark_freed(txn, r)
 
         await self._change("release", ip_id, {}, decide, caller, if_match=if_match)
 
@@ -378,7 +386,7 @@ class Lifecycle:
                 txn.delete(index_key)  # gone already with the change that won
                 return r
             await self._delete(txn, r)
-            txn.put(self.keys.freed(r.source_id), r.id)
+            self._mark_freed(txn, r)
             return None
 
         try:
@@ -389,6 +397,11 @@ class Lifecycle:
                                 GuardedTxn().absent("ip", ip_key).delete(index_key))
             return False
         return released
+
+    def _mark_freed(self, txn: GuardedTxn, r: IPRecord) -> None:
+        """Tell "exhausted" checks that `r`'s source may have room again (engine._count):
+        a marker, so that the releases of one source can share a request."""
+        txn.mark(self.keys.freed(r.source_id), r.id, self.keys.source(r.source_id))
 
     async def _delete(self, txn: GuardedTxn, r: IPRecord) -> None:
         src = await self.resolver.source(r.source_id)
@@ -563,7 +576,7 @@ class Lifecycle:
 
 
 def _record(kv: KV) -> IPRecord:
-    return IPRecord.from_json(json.loads(kv.value), kv.mod_revision)
+    return IPRecord.read(kv.value, kv.mod_revision)
 
 
 def _check_detached(r: IPRecord) -> None:

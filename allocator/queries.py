@@ -150,8 +150,7 @@ class Queries:
         kv = await self.reads.get(self.keys.ip(ip_id))
         if kv is None:
             raise NotFound("ip", ip_id)
-        # str, not bytes: json.loads skips guessing the encoding (a third faster)
-        return IPRecord.from_json(json.loads(kv.value.decode()), kv.mod_revision)
+        return IPRecord.read(kv.value, kv.mod_revision)
 
     async def reserved_ips(self, pn_id: str) -> list[dict[str, Any]]:
         """For each subnet of the Private Network, the addresses never handed out and why."""
@@ -419,7 +418,7 @@ class Queries:
         ids, revision = await self._candidates(flt, sources)
         if ids is None:  # nothing narrows it (an admin's filter): every IP record
             kvs, revision = await self.store.scan(self.keys.ip(), revision=revision)
-            records = [IPRecord.from_json(json.loads(kv.value), kv.mod_revision) for kv in kvs]
+            records = [IPRecord.read(kv.value, kv.mod_revision) for kv in kvs]
         else:
             found, revision = await self._records(list(dict.fromkeys(ids)), revision, {})
             records = list(found.values())
@@ -453,8 +452,7 @@ class Queries:
                                                    revision)
             for a in answers:
                 for kv in a.kvs:
-                    # str, not bytes: json.loads skips guessing the encoding (a third faster)
-                    record = IPRecord.from_json(json.loads(kv.value.decode()), kv.mod_revision)
+                    record = IPRecord.read(kv.value, kv.mod_revision)
                     found[record.id] = record
         return found, revision
 

@@ -28,6 +28,11 @@ from .store import KV, MAX_TXN_OPS, Store, kv_of, prefix_end
 
 # The kinds of guard, and how a failure read tells whether each held.
 _ABSENT, _PRESENT, _UNCHANGED, _EMPTY, _QUIET = "absent", "present", "unchanged", "empty", "quiet"
+_EQUAL, _GREATER = rpc.Compare.EQUAL, rpc.Compare.GREATER
+_CREATE, _VERSION = rpc.Compare.CREATE, rpc.Compare.VERSION
+# Bytes a write or a guard adds to a request beyond its key and value (field tags and
+# lengths, nested three deep): a bound, for packing requests under etcd's size limit.
+_WRITE_OVERHEAD, _GUARD_OVERHEAD = 32, 48
 
 
 def _b(key: str | bytes) -> bytes:
@@ -56,7 +61,7 @@ def nested(compare: Sequence[rpc.Compare], success: Sequence[rpc.RequestOp],
 class _Guard:
     """One named guard (a plain slotted class: a booking builds several, on the hot path)."""
 
-    __slots__ = ("name", "kind", "key", "revision")
+    __slots__ = ("key", "kind", "name", "revision")
 
     def __init__(self, name: str, kind: str, key: str, revision: int = 0) -> None:
         self.name, self.kind, self.key, self.revision = name, kind, key, revision
@@ -78,6 +83,21 @@ class _Guard:
         # _QUIET: nothing under the prefix was created or modified after `revision`
         return rpc.Compare(key=key, range_end=prefix_end(key), result=rpc.Compare.LESS,
                            target=rpc.Compare.MOD, mod_revision=self.revision + 1)
+
+    def fill(self, txn: rpc.TxnRequest) -> None:
+        """Add this guard's compare and failure read to `txn`, in place (the hot path:
+        no message built to be copied)."""
+        key = self.key.encode()
+        kind = self.kind
+        if kind == _ABSENT:
+            txn.compare.add(key=key, result=_EQUAL, target=_CREATE, create_revision=0)
+            txn.failure.add().request_range.key = key
+        elif kind == _PRESENT:
+            txn.compare.add(key=key, result=_GREATER, target=_VERSION, version=0)
+            txn.failure.add().request_range.key = key
+        else:
+            txn.compare.append(self.compare())
+            txn.failure.append(self.read())
 
     def read(self) -> rpc.RequestOp:
         if self.kind in (_EMPTY, _QUIET):
@@ -116,13 +136,20 @@ class TxnOutcome:
 
 
 class GuardedTxn:
-    """One guarded etcd transaction, built by name; see the module docstring."""
+    """One guarded etcd transaction, built by name; see the module docstring.
+
+    It holds plain data until it is sent: the committer builds every change of a request
+    into that request's own message (`fill`), not one message per change to be copied
+    into it (a booking's ten operations cost more to build as messages than the rest of
+    its packing)."""
 
     def __init__(self) -> None:
         self._guards: list[_Guard] = []
         self._reads: list[tuple[str, str]] = []
-        self.writes: list[rpc.RequestOp] = []
-        self._written: list[str] = []  # the keys of `writes`, as given
+        # (key, value, lease) of a put; (key, None, 0) of a delete.
+        self._writes: list[tuple[str, bytes | None, int]] = []
+        # Markers: {key: (value, the key that must exist for it to be written)}.
+        self.marks: dict[str, tuple[str, str]] = {}
 
     # -- guards -------------------------------------------------------------------
 
@@ -154,21 +181,29 @@ class GuardedTxn:
         """Drop the guards and writes on `keys` (a key both deleted and written in one
         transaction is refused by etcd: what stays the same keeps its key as it is)."""
         self._guards = [g for g in self._guards if g.key not in keys]
-        kept = [(k, w) for k, w in zip(self._written, self.writes, strict=True) if k not in keys]
-        self._written = [k for k, _ in kept]
-        self.writes = [w for _, w in kept]
+        self._writes = [w for w in self._writes if w[0] not in keys]
         return self
 
     # -- writes and extra reads -----------------------------------------------------
 
     def put(self, key: str, value: str | bytes, lease: int = 0) -> Self:
-        self.writes.append(put(key, value, lease))
-        self._written.append(key)
+        self._writes.append((key, value.encode() if isinstance(value, str) else value, lease))
         return self
 
     def delete(self, key: str) -> Self:
-        self.writes.append(delete(key))
-        self._written.append(key)
+        self._writes.append((key, None, 0))
+        return self
+
+    def mark(self, key: str, value: str, while_present: str) -> Self:
+        """Write the marker `key`, whose revision alone means something ("a change may
+        have happened here since"), so long as `while_present` exists.
+
+        Markers are shared: a request that carries several changes writes each marker
+        once, beside them, whether or not each change's guards hold (a marker written
+        for nothing only costs its reader one more look). Without sharing, every release
+        of a source would write its one `freed` key, and no two of them could ride one
+        request."""
+        self.marks[key] = (value, while_present)
         return self
 
     def read(self, name: str, key: str) -> Self:
@@ -184,18 +219,58 @@ class GuardedTxn:
 
     @property
     def written_keys(self) -> frozenset[str]:
-        """Every key this transaction writes: changes sharing one must not share a request."""
-        return frozenset(self._written)
+        """Every key this transaction writes but its markers: changes sharing one must not
+        share a request."""
+        return frozenset(w[0] for w in self._writes)
+
+    @property
+    def writes(self) -> list[rpc.RequestOp]:
+        """The writes, as operations (for a transaction sent by hand)."""
+        return [put(k, v, lease) if v is not None else delete(k)
+                for k, v, lease in self._writes]
+
+    @property
+    def write_count(self) -> int:
+        return len(self._writes)
+
+    @property
+    def size(self) -> int:
+        """A bound on the bytes this transaction adds to a request (`request().ByteSize()`
+        or a little more), without building it."""
+        return (sum(len(k) + len(v or b"") + _WRITE_OVERHEAD for k, v, _ in self._writes)
+                + sum(2 * len(g.key) + _GUARD_OVERHEAD for g in self._guards)
+                + sum(len(k) + _GUARD_OVERHEAD for _, k in self._reads))
+
+    def fill(self, txn: rpc.TxnRequest) -> None:
+        """Build this transaction into `txn` (a nested one of a request), in place, its
+        markers left to the request (`marker_ops`)."""
+        for g in self._guards:
+            g.fill(txn)
+        for _, k in self._reads:
+            txn.failure.add().request_range.key = k.encode()
+        success = txn.success
+        for k, v, lease in self._writes:
+            if v is None:
+                success.add().request_delete_range.key = k.encode()
+            elif lease:
+                success.add(request_put=rpc.PutRequest(key=k.encode(), value=v, lease=lease))
+            else:
+                w = success.add().request_put
+                w.key, w.value = k.encode(), v
 
     def compares(self) -> list[rpc.Compare]:
         return [g.compare() for g in self._guards]
 
     def failure_reads(self) -> list[rpc.RequestOp]:
+        """Every guard's failure read, in guard order, then the extra reads."""
         return [g.read() for g in self._guards] + [get(k) for _, k in self._reads]
 
     def request(self) -> rpc.RequestOp:
-        """This transaction as one nested operation of a larger request."""
-        return nested(self.compares(), self.writes, self.failure_reads())
+        """This transaction as one nested operation of a larger request, its markers left
+        to that request (`marker_ops`)."""
+        op = rpc.RequestOp()
+        self.fill(op.request_txn)
+        return op
 
     def outcome(self, resp: rpc.TxnResponse, revision: int | None = None) -> TxnOutcome:
         """Decode etcd's answer: which guards failed, by name, and what each read.
@@ -212,6 +287,14 @@ class GuardedTxn:
         return TxnOutcome(False, failed, reads, revision)
 
 
+def marker_ops(marks: dict[str, tuple[str, str]]) -> list[rpc.RequestOp]:
+    """The operations that write `marks` (`GuardedTxn.mark`) in a request: one nested
+    transaction each, guarded on the key the marker needs (a marker must not outlive
+    what it marks: a source deleted meanwhile keeps no `freed` key)."""
+    return [nested([_Guard("", _PRESENT, needed).compare()], [put(key, value)])
+            for key, (value, needed) in marks.items()]
+
+
 async def commit(store: Store, txn: GuardedTxn) -> TxnOutcome:
     """Send `txn` alone, as a top-level transaction (rare writers: networks, keys, release
     sets), its writes nested as deep as etcd's --max-txn-ops needs (a release set of IPs
@@ -224,7 +307,9 @@ async def commit(store: Store, txn: GuardedTxn) -> TxnOutcome:
     by its top-level puts alone, and one of nested puts only would slip past a full
     quota, its NOSPACE alarm raised or not (store.py, `_quota_probe`).
     """
-    compares, failure, writes = txn.compares(), txn.failure_reads(), txn.writes
+    compares, failure = txn.compares(), txn.failure_reads()
+    # Alone, a change writes its markers only when it applies.
+    writes = txn.writes + [put(key, value) for key, (value, _) in txn.marks.items()]
     guards = max(len(compares), len(failure))
     if len(writes) > MAX_TXN_OPS - guards:
         weighed = next((op for op in writes if op.HasField("request_put")), None)

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import ipaddress
 import re
-import uuid
 from typing import Annotated, Any, ClassVar, Self
 
 from pydantic import (
@@ -36,7 +35,7 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
-from allocator.contract import MAX_PAGE_SIZE
+from allocator.contract import MAX_PAGE_SIZE, canonical_uuid
 
 
 class Body(BaseModel):
@@ -103,12 +102,7 @@ def project_required(schema: dict[str, Any]) -> None:
 
 def as_uuid(value: Any) -> str | None:
     """`value` as a canonical lowercase UUID, or None."""
-    if isinstance(value, str) and len(value) == 36:
-        try:
-            return str(uuid.UUID(value))
-        except ValueError:
-            return None
-    return None
+    return canonical_uuid(value)
 
 
 def _uuid(value: str) -> str:

@@ -63,3 +63,21 @@ async def test_a_transaction_of_hundreds_of_writes_and_few_guards_is_one_etcd_ac
             assert (await store.count(f"{prefix}{writes}/k/"))[0] == writes
     finally:
         await store.close()
+
+
+def test_a_transaction_is_built_as_its_guards_and_writes_say_and_its_size_bounds_it():
+    """`request()` builds the plain data a transaction holds into one message: the same
+    compares, writes and failure reads, in order; `size` bounds its bytes without
+    building it (the committer packs requests under etcd's limit by it)."""
+    txn = (GuardedTxn().absent("a", "/k/a").present("p", "/k/p").unchanged("u", "/k/u", 7)
+           .prefix_empty("e", "/k/e/").prefix_unchanged_since("q", "/k/q/", 9)
+           .read("r", "/k/r").put("/k/w", "v" * 300).put("/k/l", b"x", 42).delete("/k/d"))
+    op = txn.request().request_txn
+    assert [c.key for c in op.compare] == [b"/k/a", b"/k/p", b"/k/u", b"/k/e/", b"/k/q/"]
+    assert list(op.compare) == txn.compares()
+    assert list(op.failure) == txn.failure_reads()
+    assert list(op.success) == txn.writes
+    assert op.success[1].request_put.lease == 42
+    assert op.success[2].request_delete_range.key == b"/k/d"
+    for t in (txn, GuardedTxn(), GuardedTxn().put("/" + "k" * 5000, "v" * 100_000, 1)):
+        assert t.size >= t.request().ByteSize()

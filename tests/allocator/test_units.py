@@ -138,3 +138,31 @@ async def test_a_retry_policy_is_bounded_in_count_and_in_time():
     assert tries == [0, 1, 2, 3]
     slow = RetryPolicy("t", max_attempts=100, delay=0.01, deadline=0.03)
     assert 2 <= len([n async for n in slow.attempts()]) < 100
+
+
+def test_canonical_uuid_reads_exactly_what_uuid_reads_and_new_ids_are_version_4():
+    import random as _random
+    import uuid as _uuid
+
+    from allocator.records import canonical_uuid, new_id
+
+    def reference(value):
+        try:
+            return str(_uuid.UUID(value)) if isinstance(value, str) and len(value) == 36 \
+                else None
+        except ValueError:
+            return None
+
+    u = str(_uuid.uuid4())
+    odd = [u, u.upper(), "urn:" + u.replace("-", ""), "{" + u.replace("-", "")[:31] + "-}",
+           "{" + u[:34] + "}", u[:35] + "g", u.replace("-", "+"), "-" * 36, "", None, 7,
+           "\u0661" * 8 + u[8:], u + " ", " " + u[1:]]
+    rng = _random.Random(4)
+    odd += ["".join(rng.choice("0123456789abcdefABCDEF-{}urn:x") for _ in range(36))
+            for _ in range(2000)]
+    for value in odd:
+        assert canonical_uuid(value) == reference(value), value
+    for _ in range(200):
+        made = new_id()
+        assert str(_uuid.UUID(made)) == made and _uuid.UUID(made).version == 4
+        assert _uuid.UUID(made).variant == _uuid.RFC_4122
