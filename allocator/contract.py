@@ -525,3 +525,4 @@ class IPAM:
     async def pool_usage(self, pool_id: str, region: str | None = None) -> SubnetUsage:
         """How full a zonal pool (of `region`, when given) is, counted at one etcd revision."""
         return await self.queries.pool_usage(pool_id, region)
+

@@ -423,6 +423,39 @@ class Credentials:
         found = [k for k in (self._verified(kv.key, kv.value) for kv in kvs) if k is not None]
         return sorted(found, key=lambda k: (k.created_at, k.access_key))
 
+    async def copy_to(self, target: Credentials, access_key: str) -> ApiKey:
+        """Write this cluster's API key `access_key` into `target`'s cluster, as it is
+        signed, with the project -> organization mapping a project key makes; the key.
+
+        A gateway serving several regions keeps each region on its own cluster and every key
+        in all of them (so a region authenticates while another's cluster is down): it
+        creates a key in one cluster and copies it to the others. The record is signed over
+        its path below the prefix, so it verifies in `target` as it is. A copy already there
+        (a retry) writes nothing; NotFound if this cluster lacks the key; AlreadyExists if
+        `target` holds another key under its names, or maps one of its projects to another
+        organization (nothing written)."""
+        key = await self.get(access_key)  # NotFound unless validly signed there
+        index = await self.store.get(self.keys.api_key_by_access(access_key))
+        record = index and await self.store.get(
+            self.keys.api_key_by_secret(index.value.decode()))
+        if index is None or record is None:  # revoked meanwhile
+            raise NotFound("api_key", access_key)
+        by_access = target.keys.api_key_by_access(access_key)
+        by_secret = target.keys.api_key_by_secret(index.value.decode())
+        txn = (GuardedTxn().absent("access_key", by_access).absent("secret", by_secret)
+               .put(by_access, index.value).put(by_secret, record.value))
+        mapped = key.role in (PROJECT_MEMBER, PROJECT_READER) and key.organization_id
+        if mapped:
+            await target.organizations.write_once(txn, key.project_ids, mapped)
+        if (await commit(target.store, txn)).succeeded:
+            if mapped:
+                target.organizations.remember(key.project_ids, mapped)
+            return key
+        held = await target.store.get(by_secret)
+        if held is not None and held.value == record.value:
+            return key
+        raise AlreadyExists("api_key", access_key)
+
     async def revoke(self, access_key: str) -> None:
         """Delete the key (signed or not); every later lookup of its secret, on any node,
         finds nothing."""

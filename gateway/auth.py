@@ -13,7 +13,8 @@ Outside its projects a key sees nothing: objects of other projects answer 404
 exactly like absent ones, and lists leave them out.
 
 The bootstrap admin (`IPAM_ADMIN_SECRET_KEY`) is held in memory only; every
-other key is looked up in etcd on each request (one read), so a revocation
+other key is looked up in etcd on each request (one read; in the etcd cluster of the
+request's region, `gateway.context`), so a revocation
 takes effect on every node at once. A record in etcd counts only when it is signed
 with this node's credential signing key (`allocator.credentials`, configured in
 `gateway.config`): a record written by someone who could write etcd but lacks the key
@@ -42,6 +43,7 @@ from allocator.contract import (
     secret_hash,
 )
 
+from .context import cluster_of
 from .errors import denied_authentication
 from .models.fields import as_uuid
 
@@ -161,7 +163,9 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Authenticate every request but the public ones; the principal goes in request."""
     if request.path not in PUBLIC_PATHS and not is_page(request.match_info.handler):
-        authenticator = request.app[AUTHENTICATOR]
+        # The keys of the request's region's cluster: another region's outage never
+        # stops it (every cluster holds every key, `routes_admin`).
+        authenticator = cluster_of(request).authenticator
         guarded = getattr(request.match_info.handler, GUARDED, False)
         request[PRINCIPAL_KEY] = await authenticator.authenticate(
             request.headers.get(TOKEN_HEADER), guarded)

@@ -7,6 +7,10 @@ steps (loading the API keys, ...) and becomes ready. Every API request meanwhile
 a prompt 503 `service_unavailable` saying why, instead of a traceback, a crash loop, or
 a request hanging on etcd's deadlines.
 
+A node serving several regions on their own etcd clusters has one gate per cluster
+(`gateway.context.Cluster`): a request is judged by the gate of its region's cluster,
+so one region's outage answers 503 on its paths only.
+
 A step may find the node must not serve at all (etcd holds a newer schema, a restore is
 unfinished): it raises one of the `fatal` errors, the node stays unavailable and
 `failure` says why; `ipam serve` then exits with that message.
@@ -54,6 +58,7 @@ from aiohttp import web
 
 from allocator.contract import IPAM
 
+from .context import cluster_of
 from .errors import ApiError
 from .models.errors import ServiceUnavailable
 
@@ -82,8 +87,11 @@ class Availability:
     def __init__(self, ipam: IPAM, steps: Sequence[Step] = (), *,
                  fatal: tuple[type[Exception], ...] = (),
                  first_retry: float = FIRST_RETRY, max_retry: float = MAX_RETRY,
-                 probe_interval: float = PROBE_INTERVAL, silence: float = SILENCE) -> None:
+                 probe_interval: float = PROBE_INTERVAL, silence: float = SILENCE,
+                 name: str | None = None) -> None:
         self.ipam = ipam
+        # The regions of its cluster, when a node has several: messages name them.
+        self.etcd = f"etcd of {name}" if name else "etcd"
         self.steps = list(steps)
         self.fatal = fatal
         self.failure: Exception | None = None  # a fatal error of a step: the node stops
@@ -151,10 +159,11 @@ class Availability:
         if self.failure is not None:
             message = f"the node cannot serve: {self.failure}"
         elif self.state is State.STARTING:
-            message = (f"the node is starting: etcd not reachable yet (attempt {self.attempts}"
-                       f": {self.reason})")
+            message = (f"the node is starting: {self.etcd} not reachable yet (attempt "
+                       f"{self.attempts}: {self.reason})")
         else:
-            message = (f"etcd has been unreachable for {time.monotonic() - self.since:.0f}s "
+            message = (f"{self.etcd} has been unreachable for "
+                       f"{time.monotonic() - self.since:.0f}s "
                        f"({self.reason}); retry later")
         return ApiError(503, ServiceUnavailable(message=message), {"Retry-After": "1"})
 
@@ -218,12 +227,13 @@ class Availability:
             if problem is None:
                 self.answered_at = time.monotonic()  # the steps' reads were answers too
                 self._become(State.AVAILABLE, "a quorum answers")
-                log.info("etcd reachable after %d attempt(s): serving", self.attempts)
+                log.info("%s reachable after %d attempt(s): serving", self.etcd,
+                         self.attempts)
                 self._ready.set()
                 return
             self.reason = problem
-            log.warning("etcd not reachable (attempt %d): %s; next try in %.1fs",
-                        self.attempts, problem, delay)
+            log.warning("%s not reachable (attempt %d): %s; next try in %.1fs",
+                        self.etcd, self.attempts, problem, delay)
             await asyncio.sleep(delay)
             delay = min(delay * 2, self.max_retry)
 
@@ -241,7 +251,8 @@ class Availability:
         self.answered_at, self._problem = time.monotonic(), None
         self.probes_answered += 1
         if self.state is State.UNAVAILABLE:
-            log.info("etcd reachable again after %.1fs: serving", time.monotonic() - self.since)
+            log.info("%s reachable again after %.1fs: serving", self.etcd,
+                     time.monotonic() - self.since)
             self._become(State.AVAILABLE, "a quorum answers")
 
     def _judge(self) -> None:
@@ -250,8 +261,8 @@ class Availability:
         if self.state is not State.AVAILABLE or silent < self.silence:
             return
         reason = self._problem or f"no answer to a quorum read for {silent:.1f}s"
-        log.error("etcd unreachable (%s): answering 503 until it is back, %d request(s) "
-                  "in flight included", reason, self.in_flight)
+        log.error("%s unreachable (%s): answering 503 until it is back, %d request(s) "
+                  "in flight included", self.etcd, reason, self.in_flight)
         self._become(State.UNAVAILABLE, reason)
         self._refuse_in_flight()
 
@@ -274,9 +285,10 @@ async def availability_middleware(
         handler: Callable[[web.Request], Awaitable[web.StreamResponse]]) -> web.StreamResponse:
     """Answer API requests 503 at once while the node is starting or etcd is down, and
     those in flight when etcd goes."""
-    availability = request.app[AVAILABILITY]
     if not is_gated(request.path):
         return await handler(request)
+    # The gate of the request's region's cluster: another region's outage leaves it open.
+    availability = cluster_of(request).availability
     if not availability.available:
         raise availability.refusal()
     return await availability.serve(handler, request)

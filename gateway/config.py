@@ -61,12 +61,13 @@ class ConfigError(ValueError):
 @dataclass(frozen=True)
 class Setting:
     """One setting: its flag, its environment variable, its default and help; a `switch`
-    is a flag without a value."""
+    is a flag without a value, a `repeat` one that may be given several times."""
 
     name: str
     default: str | None
     help: str
     switch: bool = False
+    repeat: bool = False  # a flag given several times; its values join with ';'
 
     @property
     def flag(self) -> str:
@@ -81,8 +82,10 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("host", "127.0.0.1", "address to listen on"),
     Setting("port", "8080", "TCP port to listen on (0: any free port)"),
     Setting("etcd_endpoints", None,
-            "comma-separated etcd client endpoints of the whole cluster; "
-            "none: run an embedded single-member etcd under --data-dir"),
+            "etcd client endpoints of a whole cluster, comma-separated: URL[,URL...] for "
+            "every region, or REGION=URL[,URL...] for one region's own cluster (ipam serve: "
+            "repeat the flag, or separate the values with ';' in the variable); "
+            "none: run an embedded single-member etcd under --data-dir", repeat=True),
     Setting("etcd_prefix", "/ipam/", "key prefix of this deployment in etcd"),
     Setting("etcd_timeout", "3.0", "deadline of one etcd call, in seconds"),
     Setting("etcd_ca_file", None, "PEM CA that signed etcd's server certificates (TLS)"),
@@ -102,8 +105,12 @@ SETTINGS: tuple[Setting, ...] = (
             "the node measures each member's database against it (metrics, and a warning "
             "once one passes 80 per cent of it). Default: etcd's own, 2 GiB; 4 GiB for "
             "the embedded etcd, which runs with it"),
-    Setting("region", "fr-par", "the region this node serves"),
-    Setting("zones", None, "comma-separated zones of the region (default: REGION-1,2,3)"),
+    Setting("region", None,
+            "the region this node serves, besides those named in --etcd-endpoints "
+            "(default: fr-par; the first region named there when every endpoint names "
+            "one)"),
+    Setting("zones", None, "comma-separated zones of the served regions (a region none of "
+                           "whose zones is listed has REGION-1,2,3)"),
     Setting("data_dir", "./.ipam", "where the embedded etcd and the admin secret live"),
     Setting("admin_secret_key", None,
             "a UUID that is accepted as an admin secret key (argv shows in ps: prefer the "
@@ -183,6 +190,11 @@ class GatewayConfig:
     host: str = "127.0.0.1"
     port: int = 8080
     etcd_endpoints: tuple[str, ...] = ()
+    # Regions with an etcd cluster of their own (REGION=URL values of --etcd-endpoints);
+    # every other served region is on `etcd_endpoints`.
+    region_endpoints: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    # Every region served: `region` first, then those of `region_endpoints`.
+    regions: tuple[str, ...] = field(init=False, default=())
     etcd_prefix: str = "/ipam/"
     etcd_timeout: float = 3.0
     etcd_security: EtcdSecurity = field(default_factory=EtcdSecurity)
@@ -216,11 +228,24 @@ class GatewayConfig:
     def __post_init__(self) -> None:
         if not _REGION.match(self.region):
             raise ConfigError(f"region {self.region!r} is not like fr-par (--region/IPAM_REGION)")
+        for region in self.region_endpoints:
+            if not _REGION.match(region):
+                raise ConfigError(f"region {region!r} is not like fr-par "
+                                  "(--etcd-endpoints/IPAM_ETCD_ENDPOINTS)")
+        object.__setattr__(self, "regions",
+                           tuple(dict.fromkeys((self.region, *self.region_endpoints))))
+        if self.region_endpoints and not self.etcd_endpoints:
+            for region in self.regions:
+                if region not in self.region_endpoints:
+                    raise ConfigError(
+                        f"region {region} has no etcd cluster: give --etcd-endpoints "
+                        f"{region}=URL[,URL...], or URL[,URL...] for every region not named "
+                        "(IPAM_ETCD_ENDPOINTS)")
         if not self.zones:
-            object.__setattr__(self, "zones", tuple(f"{self.region}-{i}" for i in (1, 2, 3)))
+            object.__setattr__(self, "zones", default_zones(self.region))
         for zone in self.zones:
-            if not _ZONE.match(zone) or not zone.startswith(self.region + "-"):
-                raise ConfigError(f"zone {zone!r} is not a zone of {self.region} "
+            if not _ZONE.match(zone) or zone.rsplit("-", 1)[0] not in self.regions:
+                raise ConfigError(f"zone {zone!r} is not a zone of {' or '.join(self.regions)} "
                                   "(--zones/IPAM_ZONES)")
         if self.admin_secret_key is not None:
             try:
@@ -304,20 +329,43 @@ class GatewayConfig:
     @property
     def embedded_etcd(self) -> bool:
         """Whether `ipam serve` must start its own etcd (no endpoints given)."""
-        return not self.etcd_endpoints
+        return not self.etcd_endpoints and not self.region_endpoints
+
+    def zones_of(self, region: str) -> tuple[str, ...]:
+        """The zones of a served `region`: those of --zones in it, else REGION-1,2,3."""
+        listed = tuple(z for z in self.zones if z.rsplit("-", 1)[0] == region)
+        return listed or default_zones(region)
+
+    def endpoints_of(self, region: str) -> tuple[str, ...]:
+        """The etcd endpoints of a served `region`'s cluster (none: the embedded etcd)."""
+        return tuple(self.region_endpoints.get(region, self.etcd_endpoints))
+
+    @property
+    def clusters(self) -> list[tuple[tuple[str, ...], tuple[str, ...]]]:
+        """(regions, endpoints) of each etcd cluster the node uses, in the order of
+        `regions`: regions given the same endpoints share one cluster."""
+        grouped: dict[tuple[str, ...], list[str]] = {}
+        for region in self.regions:
+            grouped.setdefault(self.endpoints_of(region), []).append(region)
+        return [(tuple(regions), endpoints) for endpoints, regions in grouped.items()]
 
     @property
     def etcd_credentials_in_clear(self) -> bool:
         """Whether etcd's user and password would cross the network unencrypted: no CA
         file, and some endpoint (or the embedded etcd's) is not https://."""
-        https = bool(self.etcd_endpoints) and all(
-            e.startswith("https://") for e in self.etcd_endpoints)
+        every = [e for _, endpoints in self.clusters for e in endpoints]
+        https = bool(every) and all(e.startswith("https://") for e in every)
         return bool(self.etcd_security.username) and not (self.etcd_security.tls or https)
 
     @property
     def tls(self) -> bool:
         """Whether the node serves HTTPS."""
         return bool(self.tls_cert_file)
+
+
+def default_zones(region: str) -> tuple[str, ...]:
+    """The zones a region has unless --zones lists some: REGION-1, -2 and -3."""
+    return tuple(f"{region}-{i}" for i in (1, 2, 3))
 
 
 _SIGNING_SALT = b"ipam credential signing"
@@ -340,13 +388,17 @@ def add_arguments(parser: argparse.ArgumentParser, names: Sequence[str] | None =
     """Add the flags of `names` (default: every setting) to `parser`, defaulting to None."""
     for s in SETTINGS:
         if names is None or s.name in names:
-            extra: dict[str, Any] = {"action": "store_const", "const": "true"} if s.switch else {}
+            extra: dict[str, Any] = (
+                {"action": "store_const", "const": "true"} if s.switch
+                else {"action": "append"} if s.repeat else {})
             parser.add_argument(s.flag, dest=s.name, default=None,
                                 help=f"{s.help} [{s.env}; default: {s.default}]", **extra)
 
 
 def _pick(args: argparse.Namespace | None, env: Mapping[str, str], s: Setting) -> str | None:
     value = getattr(args, s.name, None) if args is not None else None
+    if isinstance(value, list):  # a repeated flag
+        value = ";".join(value)
     if value is None:
         value = env.get(s.env)
     if value is None or value == "":
@@ -356,6 +408,34 @@ def _pick(args: argparse.Namespace | None, env: Mapping[str, str], s: Setting) -
 
 def _split(value: str | None) -> tuple[str, ...]:
     return tuple(p.strip() for p in (value or "").split(",") if p.strip())
+
+
+def _cluster_endpoints(value: str | None) -> tuple[tuple[str, ...], dict[str, tuple[str, ...]]]:
+    """The --etcd-endpoints values (joined by ';'): (the endpoints of every region not
+    named, the endpoints of each region named). ConfigError for a value that is neither
+    URL[,URL...] nor REGION=URL[,URL...], and for a region, or every region, given twice."""
+    every: tuple[str, ...] = ()
+    regional: dict[str, tuple[str, ...]] = {}
+    where = "--etcd-endpoints/IPAM_ETCD_ENDPOINTS"
+    for part in (value or "").split(";"):
+        if not part.strip():
+            continue
+        named, equals, urls = part.strip().partition("=")
+        endpoints = _split(urls if equals else named)
+        if (equals and not _REGION.match(named.strip())) or not endpoints or any(
+                "=" in e or " " in e for e in endpoints):
+            raise ConfigError(f"{where} {part.strip()!r} is neither URL[,URL...] nor "
+                              "REGION=URL[,URL...] (REGION like fr-par)")
+        if not equals:
+            if every:
+                raise ConfigError(f"{where} gives the endpoints of every region twice "
+                                  f"({','.join(every)} and {','.join(endpoints)})")
+            every = endpoints
+        elif named.strip() in regional:
+            raise ConfigError(f"{where} gives region {named.strip()} twice")
+        else:
+            regional[named.strip()] = endpoints
+    return every, regional
 
 
 _TRUE = ("true", "yes", "on", "1")
@@ -441,12 +521,16 @@ def load(args: argparse.Namespace | None = None,
                               f"{len(signing_secret)} characters, fewer than "
                               f"{MIN_SIGNING_SECRET} (make one with: openssl rand -hex 32)")
 
+    every_region, regional = _cluster_endpoints(raw["etcd_endpoints"])
     return GatewayConfig(
-        region=raw["region"] or "fr-par",
+        # Without --region: fr-par, unless every region served has a cluster of its own.
+        region=raw["region"] or (next(iter(regional)) if regional and not every_region
+                                 else "fr-par"),
         zones=_split(raw["zones"]),
         host=raw["host"] or "127.0.0.1",
         port=int(number("port", int)),
-        etcd_endpoints=_split(raw["etcd_endpoints"]),
+        etcd_endpoints=every_region,
+        region_endpoints=regional,
         etcd_prefix=raw["etcd_prefix"] or "/ipam/",
         etcd_timeout=float(number("etcd_timeout", float)),
         etcd_security=EtcdSecurity(

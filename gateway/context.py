@@ -1,9 +1,22 @@
 """What every route handler reaches through its request: the IPAM, the config, the region.
 
+A node serves one region or several (`GatewayConfig.regions`), each on an etcd cluster;
+regions given the same endpoints share one. Each cluster has its own IPAM, its copy of
+the API keys, its authenticator and its availability gate (a `Cluster`). A request
+with a `{region}` in its path is served by that region's cluster from authentication
+on, so an outage of another region's cluster never touches it. A request without one
+(API keys, projects' organizations and quotas) is served by the first region's
+cluster, or, while its gate is closed, by the first cluster whose gate is open: every
+cluster holds the same identity (`routes_admin` writes it to all of them).
+
 Kept apart from `app` so route modules can import it without importing the factory.
 """
 
 from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from aiohttp import web
 
@@ -12,13 +25,72 @@ from allocator.contract import IPAM, Credentials
 from .config import GatewayConfig
 from .errors import invalid_argument, not_found
 
-IPAM_KEY = web.AppKey("ipam", IPAM)
+if TYPE_CHECKING:  # they import this module
+    from .auth import Authenticator
+    from .availability import Availability
+
+IPAM_KEY = web.AppKey("ipam", IPAM)  # the first region's (what metrics describe)
 CONFIG_KEY = web.AppKey("config", GatewayConfig)
-CREDENTIALS_KEY = web.AppKey("credentials", Credentials)
+CREDENTIALS_KEY = web.AppKey("credentials", Credentials)  # the first region's
+
+
+@dataclass(frozen=True, eq=False)
+class Cluster:
+    """One etcd cluster of the node and what the node keeps over it, for `regions`."""
+
+    regions: tuple[str, ...]
+    ipam: IPAM
+    credentials: Credentials
+    authenticator: Authenticator
+    availability: Availability
+
+    @property
+    def name(self) -> str:
+        """Its regions, as messages name it."""
+        return ", ".join(self.regions)
+
+
+class Clusters:
+    """The clusters of a node, the first region's first."""
+
+    def __init__(self, clusters: Sequence[Cluster]) -> None:
+        self.all = tuple(clusters)
+        self._by_region = {region: c for c in self.all for region in c.regions}
+
+    def of_region(self, region: str) -> Cluster | None:
+        """The cluster of a served `region` (None: not served here)."""
+        return self._by_region.get(region)
+
+    def serving(self) -> Cluster:
+        """The cluster of requests that name no region: the first one whose gate is
+        open, else the first one (which answers the 503)."""
+        return next((c for c in self.all if c.availability.available), self.all[0])
+
+
+CLUSTERS_KEY = web.AppKey("clusters", Clusters)
+_CLUSTER = web.RequestKey("cluster", Cluster)
+
+
+def cluster_of(request: web.Request) -> Cluster:
+    """The cluster serving `request`: its region's, else `Clusters.serving` (also for a
+    region not served, which the route answers 404). Chosen once per request, so that
+    it is authenticated and served by the same cluster."""
+    cluster = request.get(_CLUSTER)
+    if cluster is None:
+        clusters = request.app[CLUSTERS_KEY]
+        region = request.match_info.get("region")
+        cluster = (clusters.of_region(region) if region else None) or clusters.serving()
+        request[_CLUSTER] = cluster
+    return cluster
+
+
+def clusters_of(request: web.Request) -> Clusters:
+    return request.app[CLUSTERS_KEY]
 
 
 def ipam_of(request: web.Request) -> IPAM:
-    return request.app[IPAM_KEY]
+    """The IPAM of the request's region (see `cluster_of`)."""
+    return cluster_of(request).ipam
 
 
 def config_of(request: web.Request) -> GatewayConfig:
@@ -26,17 +98,19 @@ def config_of(request: web.Request) -> GatewayConfig:
 
 
 def served_region(request: web.Request) -> str:
-    """The `{region}` of the path, which must be the region this node serves (else 404)."""
+    """The `{region}` of the path, which must be a region this node serves (else 404)."""
     region = request.match_info["region"]
-    served = request.app[CONFIG_KEY].region
-    if region != served:
-        raise not_found("region", region, f"this node serves region {served}, not {region!r}")
+    served = request.app[CONFIG_KEY].regions
+    if region not in served:
+        raise not_found("region", region,
+                        f"this node serves region{'s' if len(served) > 1 else ''} "
+                        f"{', '.join(served)}, not {region!r}")
     return region
 
 
 def served_zone(zone: str, argument: str, request: web.Request) -> str:
-    """A zone of the served region, or a 400 naming `argument`."""
-    zones = request.app[CONFIG_KEY].zones
+    """A zone of the path's region, or a 400 naming `argument`."""
+    zones = request.app[CONFIG_KEY].zones_of(request.match_info["region"])
     if zone not in zones:
         raise invalid_argument(argument, f"must be one of the zones {', '.join(zones)}")
     return zone

@@ -217,17 +217,17 @@ def _operation(schemas: _Schemas, method: str, path: str, spec: Endpoint) -> dic
     return op
 
 
-def _served(node: Any, region: str, zones: list[str]) -> Any:
+def _served(node: Any, regions: list[str], zones: list[str]) -> Any:
     """`node` with the `region` and `zone` formats enumerated for this node."""
     if isinstance(node, list):
-        return [_served(n, region, zones) for n in node]
+        return [_served(n, regions, zones) for n in node]
     if not isinstance(node, dict):
         return node
     fmt = node.get("format")
     if fmt in ("region", "zone"):
         rest = {k: v for k, v in node.items() if k != "format"}
-        return {**rest, "type": "string", "enum": [region] if fmt == "region" else zones}
-    return {k: _served(v, region, zones) for k, v in node.items()}
+        return {**rest, "type": "string", "enum": regions if fmt == "region" else zones}
+    return {k: _served(v, regions, zones) for k, v in node.items()}
 
 
 def document(app: web.Application) -> dict[str, Any]:
@@ -261,7 +261,8 @@ def document(app: web.Application) -> dict[str, Any]:
     }
     if config is None:
         return doc
-    return _served(doc, config.region, list(config.zones))
+    return _served(doc, list(config.regions),
+                   [z for r in config.regions for z in config.zones_of(r)])
 
 
 async def prepare(app: web.Application) -> None:

@@ -18,6 +18,11 @@ TCP. TLS closes both ports alike, with files etcdctl takes as they are (`--cacer
 A data directory from before (a plain embedded etcd) keeps its data: etcd restarts on
 it with TLS (new client URLs do not touch the data).
 
+Several regions, each on its own etcd cluster (`--etcd-endpoints fr-par=URL
+--etcd-endpoints nl-ams=URL`, `gateway.config`): one IPAM per cluster, each with its own
+gate (`gateway.context`); the node exits if any cluster holds data it must not serve.
+The embedded etcd serves one region only.
+
 API key records in etcd are signed with the credential signing key (`gateway.config`):
 derived from the admin secret key, or from `--credential-signing-key-file`. A node
 without either (an external etcd and no admin secret) could accept no API key at all:
@@ -291,7 +296,7 @@ async def _serve(config: cfg.GatewayConfig, out: Any, checked: Preflight) -> int
 
     from allocator.contract import IPAM
 
-    from .app import availability_of, create_app
+    from .app import create_app
 
     cluster = None
     endpoints = list(config.etcd_endpoints)
@@ -319,14 +324,19 @@ async def _serve(config: cfg.GatewayConfig, out: Any, checked: Preflight) -> int
     http: asyncio.AbstractServer | None = None
     supervisor = asyncio.ensure_future(_supervise(cluster, stop)) if cluster else None
     try:
-        ipam = await IPAM.connect(endpoints, prefix=config.etcd_prefix,
-                                  timeout=config.etcd_timeout,
-                                  security=config.etcd_security,
-                                  signing_key=config.credential_signing_key,
-                                  quotas=config.quotas,
-                                  idempotency_retention=config.idempotency_retention,
-                                  event_retention=config.event_retention)
-        runner = web.AppRunner(create_app(ipam, config, close_ipam=True),
+        # One IPAM per etcd cluster; the embedded etcd serves the node's one region.
+        ipams: dict[str, IPAM] = {}
+        for regions, cluster_endpoints in config.clusters:
+            ipam = await IPAM.connect(list(cluster_endpoints) or endpoints,
+                                      prefix=config.etcd_prefix,
+                                      timeout=config.etcd_timeout,
+                                      security=config.etcd_security,
+                                      signing_key=config.credential_signing_key,
+                                      quotas=config.quotas,
+                                      idempotency_retention=config.idempotency_retention,
+                                      event_retention=config.event_retention)
+            ipams.update(dict.fromkeys(regions, ipam))
+        runner = web.AppRunner(create_app(ipams, config, close_ipam=True),
                                access_log=logging.getLogger("ipam.access"),
                                access_log_class=AccessLogger,
                                shutdown_timeout=config.shutdown_timeout,
@@ -336,7 +346,7 @@ async def _serve(config: cfg.GatewayConfig, out: Any, checked: Preflight) -> int
         port = checked.listener.getsockname()[1]
         announce = asyncio.ensure_future(_announce(runner.app, config, port, endpoints, out))
         stopping = asyncio.ensure_future(stop.wait())
-        failed = asyncio.ensure_future(availability_of(runner.app).wait_failed())
+        failed = asyncio.ensure_future(_first_failure(runner.app))
         await asyncio.wait([stopping, failed], return_when=asyncio.FIRST_COMPLETED)
         for waiter in (announce, stopping, failed):
             if not waiter.done():
@@ -361,20 +371,41 @@ async def _serve(config: cfg.GatewayConfig, out: Any, checked: Preflight) -> int
     return 0
 
 
+async def _first_failure(app: web.Application) -> Exception:
+    """The first fatal start-up failure of any of the node's etcd clusters."""
+    from .app import availabilities_of
+
+    waits = [asyncio.ensure_future(a.wait_failed()) for a in availabilities_of(app)]
+    try:
+        done, _ = await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+        return next(iter(done)).result()
+    finally:
+        for wait in waits:
+            wait.cancel()
+
+
 async def _announce(app: web.Application, config: cfg.GatewayConfig, port: int,
                     endpoints: list[str], out: Any) -> None:
     """Say on stdout when the node serves: at once if etcd answers within a few seconds,
-    else say it listens and waits (the log tells each attempt), and later that it serves."""
-    from .app import availability_of
+    else say it listens and waits (the log tells each attempt), and later that it serves
+    (every region's etcd answered)."""
+    from .app import availabilities_of
 
     url = f"{'https' if config.tls else 'http'}://{config.host}:{port}"
-    availability = availability_of(app)
-    if not await availability.wait_ready(ANNOUNCE_WAIT):
-        print(f"ipam gateway listening on {url}, waiting for etcd at {','.join(endpoints)} "
+    if config.region_endpoints:  # one cluster per region, at least for some
+        where = "; ".join(f"{region}={','.join(config.endpoints_of(region))}"
+                          for region in config.regions)
+    else:
+        where = ",".join(endpoints)
+    availabilities = availabilities_of(app)
+    ready = await asyncio.gather(*(a.wait_ready(ANNOUNCE_WAIT) for a in availabilities))
+    if not all(ready):
+        print(f"ipam gateway listening on {url}, waiting for etcd at {where} "
               f"(/readyz answers 503 until it answers)", file=out, flush=True)
-        await availability.wait_ready(None)
-    print(f"ipam gateway serving region {config.region} on {url} "
-          f"(etcd: {','.join(endpoints)})", file=out, flush=True)
+        await asyncio.gather(*(a.wait_ready(None) for a in availabilities))
+    served = (f"region {config.region}" if len(config.regions) == 1
+              else f"regions {', '.join(config.regions)}")
+    print(f"ipam gateway serving {served} on {url} (etcd: {where})", file=out, flush=True)
 
 
 async def _drain(app: web.Application, seconds: float) -> None:

@@ -300,16 +300,21 @@ class IP(Reply):
 
     @classmethod
     def of(cls, record: IPRecord) -> IP:
-        """The SDK's `IP` for a record."""
+        """The SDK's `IP` for a record.
+
+        Built without validation (`model_construct`): the record was checked when it was
+        written, and validating what we stored cost a third of a GET's model work. The
+        answer is the same, byte for byte (tests/gateway/test_models_of.py)."""
         r = record.resource
-        return cls(
+        return cls.model_construct(
             id=record.id, address=record.address, project_id=record.project_id,
             is_ipv6=record.is_ipv6, created_at=record.created_at,
             updated_at=record.updated_at, source=_source(record),
-            resource=None if r is None else Resource(
+            resource=None if r is None else Resource.model_construct(
                 type=r.type, id=r.id, mac_address=r.mac_address, name=r.name),
             tags=list(record.tags),
-            reverses=[Reverse(hostname=v.hostname, address=v.address) for v in record.reverses],
+            reverses=[Reverse.model_construct(hostname=v.hostname, address=v.address)
+                      for v in record.reverses],
             region=record.region, zone=record.zone,
             expires_at=record.expires_at).versioned_as(etag(record.revision))
 
@@ -317,8 +322,8 @@ class IP(Reply):
 def _source(record: IPRecord) -> ZonalSource | SubnetSource:
     if record.source_kind == "zonal":
         assert record.zone is not None  # a zonal pool always has its zone
-        return ZonalSource(zonal=record.zone)
-    return SubnetSource(subnet_id=record.source_id)
+        return ZonalSource.model_construct(zonal=record.zone)
+    return SubnetSource.model_construct(subnet_id=record.source_id)
 
 
 class ListIPsResponse(Reply):

@@ -155,3 +155,50 @@ def gateway_pair(etcd_cluster3: Any, key_prefix: str) -> Iterator[tuple[GatewayN
     b.stop()
     a.assert_conformant()
     b.assert_conformant()
+
+
+class RegionalGatewayNode(GatewayNode):
+    """One gateway serving several regions, each on its own etcd cluster
+    (`--etcd-endpoints fr-par=URL --etcd-endpoints nl-ams=URL`): `endpoints_by_region`
+    maps each region to its cluster's endpoints, fr-par among them. Its answers are
+    checked against its OpenAPI document, which enumerates every region it serves.
+    """
+
+    def __init__(self, endpoints_by_region: dict[str, Sequence[str]], prefix: str,
+                 **config: Any) -> None:
+        assert REGION in endpoints_by_region
+        super().__init__(endpoints_by_region[REGION], prefix, region_endpoints={
+            region: tuple(endpoints) for region, endpoints in endpoints_by_region.items()},
+            **config)
+
+    async def _start(self) -> None:
+        from gateway.app import availabilities_of
+
+        ipams: dict[str, IPAM] = {}
+        for regions, endpoints in self.config.clusters:
+            ipam = await IPAM.connect(endpoints, prefix=self.prefix,
+                                      signing_key=self.config.credential_signing_key,
+                                      quotas=self.config.quotas)
+            ipams.update(dict.fromkeys(regions, ipam))
+        app = create_app(ipams, self.config, close_ipam=True)
+        self.conformance = Conformance(app)
+        app.middlewares.insert(0, self.conformance.middleware)  # outermost: sees every answer
+        self.ipam = ipams[REGION]
+        self.runner = web.AppRunner(app)
+        await self.runner.setup()
+        site = web.TCPSite(self.runner, "127.0.0.1", 0)
+        await site.start()
+        server = site._server
+        assert server is not None
+        self.port = server.sockets[0].getsockname()[1]  # type: ignore[attr-defined,union-attr]
+        for availability in availabilities_of(app):
+            assert await availability.wait_ready(30), "an etcd cluster did not answer"
+
+    def cluster(self, region: str) -> Any:
+        """The `gateway.context.Cluster` serving `region`."""
+        from gateway.context import CLUSTERS_KEY
+
+        assert self.runner is not None
+        cluster = self.runner.app[CLUSTERS_KEY].of_region(region)
+        assert cluster is not None
+        return cluster
