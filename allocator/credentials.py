@@ -86,6 +86,7 @@ SIGNED_AT_UPGRADE = "signed_at_upgrade"
 # The first bytes of what is signed: a record can never pass for another kind of message.
 _SIGNED_LABEL = b"ipam api key record v1\n"
 _REFUSALS_REMEMBERED = 10_000  # records whose refusal was logged; beyond, forgotten
+_VERDICTS_REMEMBERED = 4096  # stored key records whose signature check is remembered
 
 
 def sign_record(signing_key: bytes, where: str, record: Mapping[str, Any]) -> dict[str, Any]:
@@ -255,6 +256,7 @@ class Credentials:
         self._cache: dict[str, ApiKey] | None = None
         self._follow: asyncio.Task[None] | None = None
         self._refusals: set[tuple[str, str]] = set()  # (etcd key, signature) logged
+        self._verdicts: dict[tuple[str, bytes], ApiKey | None] = {}
 
     async def start(self) -> None:
         """Load every valid key into this node's cache and follow changes with a watch."""
@@ -269,7 +271,21 @@ class Credentials:
 
     def _verified(self, etcd_key: str, value: bytes) -> ApiKey | None:
         """The key a stored record grants, or None when its signature is missing or wrong
-        (logged once per record)."""
+        (logged once per record).
+
+        Verdicts are remembered by the exact bytes read (a record changed in any way is
+        checked again): a read of a key, once per request, costs no JSON parse and no
+        HMAC."""
+        seen = (etcd_key, value)
+        if seen in self._verdicts:
+            return self._verdicts[seen]
+        verdict = self._verify(etcd_key, value)
+        if len(self._verdicts) >= _VERDICTS_REMEMBERED:
+            self._verdicts.clear()
+        self._verdicts[seen] = verdict
+        return verdict
+
+    def _verify(self, etcd_key: str, value: bytes) -> ApiKey | None:
         try:
             record = json.loads(value)
         except ValueError:

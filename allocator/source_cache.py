@@ -196,16 +196,19 @@ class SourceCache:
     def _apply(self, events: list[WatchEvent]) -> bool:
         """Follow one batch of the watch; True when it says the source was deleted."""
         current, moved = self._set, False
+        addresses, meta = self._prefix, self._meta
         for ev in events:
-            kind, _ = self.keys.kind(ev.key)
-            if kind == "address" and current is not None:
-                offset = self.keys.address_offset(ev.key)
-                if ev.deleted:
-                    current.freed(offset)
-                else:
-                    current.held(offset)
-                moved = True
-            elif kind == "source" and ev.deleted:
+            # Prefix checks, not Keys.kind: every booking sends two events this way.
+            key = ev.key
+            if key.startswith(addresses):
+                if current is not None:
+                    offset = int(key[len(addresses):], 16)
+                    if ev.deleted:
+                        current.freed(offset)
+                    else:
+                        current.held(offset)
+                    moved = True
+            elif ev.deleted and key == meta:
                 self.gone()
                 return True
         if moved:
