@@ -2,6 +2,7 @@
 ceiling; the DHCP and DNS agent, side by side with UDP echo and the allocator's own rate.
 
     python -m bench contention [--quick] [--out bench/results]
+    python -m bench booking [--quick]         issue 14's booking targets, against baselines
     python -m bench dhcp [--quick] [--out bench/results]
     python -m bench compaction [--quick]      bookings before/after a mass release
     python -m bench soak [--seconds N]        a steady lifecycle load: RSS, fds, tasks, etcd size
@@ -14,6 +15,8 @@ Modules, one concept each:
 - `loadgen`: the HTTP load generator, run as a separate process (`python -m bench.loadgen`).
 - `verify`: after each run, from etcd itself: every acknowledged booking present, none twice.
 - `contention`: the scenarios (a)-(g) of issue 4 and the targets.
+- `booking`: issue 14's booking targets (gateways, CPU per booking, 16 sources, releases
+  and churn, latency at C=1, a fill and out_of_stock), each against a baseline of its run.
 - `report`: the table, the JSON file and the chart.
 - `dhcp`: the agent's run and its checks; `dhcpload` its load generator (a DHCP relay, a
   DNS client, an echo client) in a process of its own; `endpoints` the loopback servers;

@@ -1,5 +1,6 @@
 """`python -m bench <command>`: ipam's benchmarks.
 
+    python -m bench booking [--quick] [--scale X] [--scenarios t7,t1,...] [--out bench/results]
     python -m bench contention [--quick] [--out bench/results]
     python -m bench dhcp [--quick] [--out bench/results]
     python -m bench compaction [--quick] [--out bench/results]
@@ -20,6 +21,10 @@ def main(argv: list[str] | None = None) -> int:
         print(__doc__.strip())
         return 0 if argv else 2
     command, rest = argv[0], argv[1:]
+    if command == "booking":
+        from .booking import main as booking
+
+        return booking(rest)
     if command == "contention":
         from .contention import main as contention
 

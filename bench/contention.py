@@ -184,7 +184,7 @@ class Context:
         return [s for pn in pns for s in self.sources[pn]]
 
     async def bookable(self, pn: str) -> int:
-        src = await self.ipam.get_source(self.sources[pn][0])
+        src = await self.ipam.networks.get_source(self.sources[pn][0])
         return int(src.bookable_count)
 
     # -- pre-fill through the allocator ---------------------------------------------------

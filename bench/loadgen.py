@@ -12,6 +12,14 @@ Jobs (`mode`):
 - `lifecycle`: C clients loop book -> attach -> detach -> release, `count` cycles.
 - `list`: one client sends the `queries` (paths with query strings) in order, and
   walks `walk` (a query without `page`) page by page.
+- `release`: C clients `DELETE .../ips/{id}` each IP of `ips` ([id, address, pn]) once,
+  until all were sent or `seconds` passed. A 404 counts as gone (`gone`), not released:
+  the balancer may send an idempotent DELETE again after a first one took effect.
+- `churn`: C clients, each owning a share of `ips`, loop "release one of my own IPs
+  (the oldest), book one in `pns`" for `seconds` (at most `count` loops in all).
+- `fill`: C clients book from `pns` until the first "out_of_stock" answer (the pool is
+  full), `count` bookings sent or `seconds` passed; `ok_at` gives, in completion order,
+  the seconds from the start at which each booking was answered (rates by fullness).
 
 With `record` (the default), every write is noted as a bare tuple while the load runs
 (the kind, what was asked, `time.monotonic()` at its start and end, the answer) and
@@ -314,13 +322,186 @@ async def run_list(job: dict[str, Any], client: Client, progress: Progress) -> d
             "timed_out": time.perf_counter() >= deadline}
 
 
-MODES = {"book": run_book, "lifecycle": run_lifecycle, "list": run_list}
+def _outcome(status: int, body: Any, expect: int) -> str:
+    """`ok`, `gone` (a release answered 404: the IP is not there, e.g. the balancer sent an
+    idempotent DELETE again after a first one took effect), `refused` (a definitive error
+    answer: nothing was written) or `unknown` (no answer: it may or may not have happened)."""
+    if status == expect and (expect == 204 or (isinstance(body, dict) and "id" in body)):
+        return "ok"
+    if expect == 204 and error_type(status, body) == "404:not_found":
+        return "gone"
+    return "unknown" if status == 0 or status >= 500 else "refused"
+
+
+async def run_release(job: dict[str, Any], client: Client,
+                      progress: Progress) -> dict[str, Any]:
+    deadline = time.perf_counter() + float(job["seconds"])
+    todo: list[list[str]] = list(job["ips"])
+    lat: list[float] = []
+    errors: Counter[str] = Counter()
+    released: list[str] = []
+    gone: list[str] = []  # answered 404
+    kept: list[list[str]] = []  # refused: still held
+    unknown: list[str] = []
+    issued = 0
+    t0 = time.perf_counter()
+
+    async def worker() -> None:
+        nonlocal issued
+        while issued < len(todo) and time.perf_counter() < deadline:
+            ip = todo[issued]
+            issued += 1
+            status, body, dt = await client.call("DELETE", f"/ips/{ip[0]}",
+                                                 note=("release", ip[0], ""))
+            progress.done += 1
+            outcome = _outcome(status, body, 204)
+            if outcome == "ok":
+                lat.append(dt)
+                released.append(ip[0])
+                progress.ok += 1
+                continue
+            progress.errors += 1
+            errors[error_type(status, body)] += 1
+            if outcome == "gone":  # not there: checked absent like a release
+                gone.append(ip[0])
+            else:
+                (kept.append(ip) if outcome == "refused" else unknown.append(ip[0]))
+
+    await asyncio.gather(*(worker() for _ in range(int(job["concurrency"]))))
+    elapsed = time.perf_counter() - t0
+    return {
+        "sent": issued, "ok": len(released), "elapsed_s": round(elapsed, 4),
+        "per_s": round(len(released) / elapsed, 2) if elapsed else 0.0,
+        "latency": summary(lat), "errors": dict(errors), "released": released + gone,
+        "gone": len(gone), "ips": kept + todo[issued:], "unknown": unknown,
+        "timed_out": time.perf_counter() >= deadline,
+    }
+
+
+async def run_churn(job: dict[str, Any], client: Client,
+                    progress: Progress) -> dict[str, Any]:
+    count, deadline = int(job["count"]), time.perf_counter() + float(job["seconds"])
+    pns: list[str] = job["pns"]
+    c = int(job["concurrency"])
+    owned: list[list[list[str]]] = [list(job["ips"][i::c]) for i in range(c)]
+    rng = random.Random()
+    lat: dict[str, list[float]] = {"book": [], "release": []}
+    errors: Counter[str] = Counter()
+    released: list[str] = []
+    gone: list[str] = []  # releases answered 404
+    unknown: list[str] = []
+    loops = 0
+    t0 = time.perf_counter()
+
+    async def worker(mine: list[list[str]]) -> None:
+        nonlocal loops
+        while loops < count and time.perf_counter() < deadline:
+            loops += 1
+            if mine:
+                ip = mine.pop(0)
+                status, body, dt = await client.call("DELETE", f"/ips/{ip[0]}",
+                                                     note=("release", ip[0], ""))
+                progress.done += 1
+                outcome = _outcome(status, body, 204)
+                if outcome == "ok":
+                    lat["release"].append(dt)
+                    released.append(ip[0])
+                    progress.ok += 1
+                else:
+                    progress.errors += 1
+                    errors[f"release {error_type(status, body)}"] += 1
+                    if outcome == "gone":  # not there: checked absent like a release
+                        gone.append(ip[0])
+                    else:
+                        (mine.append(ip) if outcome == "refused" else unknown.append(ip[0]))
+            pn = rng.choice(pns)
+            status, body, dt = await client.call("POST", "/ips", _book_body(job, pn),
+                                                 ("book", pn, ""))
+            progress.done += 1
+            outcome = _outcome(status, body, 200)
+            if outcome == "ok":
+                lat["book"].append(dt)
+                mine.append([body["id"], body["address"], pn])
+                progress.ok += 1
+            else:
+                progress.errors += 1
+                errors[f"book {error_type(status, body)}"] += 1
+                if outcome == "unknown":
+                    unknown.append(f"book in {pn}")
+
+    await asyncio.gather(*(worker(mine) for mine in owned))
+    elapsed = time.perf_counter() - t0
+    return {
+        "loops": loops, "ok": len(lat["book"]), "released_ok": len(released),
+        "elapsed_s": round(elapsed, 4),
+        "per_s": round(len(lat["book"]) / elapsed, 2) if elapsed else 0.0,
+        "release_per_s": round(len(released) / elapsed, 2) if elapsed else 0.0,
+        "latency": summary(lat["book"]), "release_latency": summary(lat["release"]),
+        "errors": dict(errors), "ips": [ip for mine in owned for ip in mine],
+        "released": released + gone, "gone": len(gone), "unknown": unknown,
+        "timed_out": time.perf_counter() >= deadline,
+    }
+
+
+async def run_fill(job: dict[str, Any], client: Client, progress: Progress) -> dict[str, Any]:
+    count, deadline = int(job["count"]), time.perf_counter() + float(job["seconds"])
+    pns: list[str] = job["pns"]
+    rng = random.Random()
+    lat: list[float] = []
+    ok_at: list[float] = []
+    errors: Counter[str] = Counter()
+    ips: list[list[str]] = []
+    unknown: list[str] = []
+    issued = 0
+    full_at: float | None = None
+    t0 = time.perf_counter()
+
+    async def worker() -> None:
+        nonlocal issued, full_at
+        while full_at is None and issued < count and time.perf_counter() < deadline:
+            pn = rng.choice(pns)
+            issued += 1
+            status, body, dt = await client.call("POST", "/ips", _book_body(job, pn),
+                                                 ("book", pn, ""))
+            progress.done += 1
+            outcome = _outcome(status, body, 200)
+            if outcome == "ok":
+                ok_at.append(time.perf_counter() - t0)
+                lat.append(dt)
+                ips.append([body["id"], body["address"], pn])
+                progress.ok += 1
+                continue
+            progress.errors += 1
+            kind = error_type(status, body)
+            if kind == "409:out_of_stock":
+                full_at = full_at or time.perf_counter() - t0
+                continue
+            errors[kind] += 1
+            if outcome == "unknown":
+                unknown.append(f"book in {pn}")
+
+    await asyncio.gather(*(worker() for _ in range(int(job["concurrency"]))))
+    elapsed = time.perf_counter() - t0
+    span = ok_at[-1] if ok_at else elapsed
+    return {
+        "sent": issued, "ok": len(lat), "elapsed_s": round(elapsed, 4),
+        "per_s": round(len(lat) / span, 2) if span > 0 else 0.0,
+        "ok_at": [round(t, 5) for t in ok_at],
+        "full_at_s": round(full_at, 4) if full_at is not None else None,
+        "latency": summary(lat), "errors": dict(errors), "ips": ips, "unknown": unknown,
+        "timed_out": time.perf_counter() >= deadline,
+    }
+
+
+MODES = {"book": run_book, "lifecycle": run_lifecycle, "list": run_list,
+         "release": run_release, "churn": run_churn, "fill": run_fill}
 
 
 async def run(job: dict[str, Any]) -> dict[str, Any]:
     """Run one job and return its result (also usable in-process)."""
     client = Client(job)
-    planned = int(job.get("count", 0)) * (4 if job["mode"] == "lifecycle" else 1)
+    planned = int(job.get("count", len(job.get("ips", ())))) * (
+        4 if job["mode"] == "lifecycle" else 1)
     progress = Progress(job.get("label", job["mode"]), planned,
                         bool(job.get("quiet")))
     ticker = asyncio.ensure_future(progress.run())
