@@ -108,3 +108,22 @@ def test_the_event_retention_is_0_for_no_feed_or_ten_minutes_to_a_week():
         with pytest.raises(ConfigError, match=r"--event-retention/IPAM_EVENT_RETENTION must be "
                                               r"0 \(no feed\) or 600 to 604800 seconds"):
             load(parse(), {"IPAM_EVENT_RETENTION": bad})
+
+
+def test_the_event_loop_is_asyncios_unless_uvloop_is_chosen():
+    import asyncio
+
+    import uvloop
+
+    from gateway.serve import event_loop_factory
+
+    assert load(parse()).event_loop == "asyncio"
+    assert event_loop_factory(load(parse()).event_loop) is None
+    chosen = load(parse("--event-loop", "UVLOOP")).event_loop
+    factory = event_loop_factory(chosen)
+    assert factory is uvloop.new_event_loop
+    loop = factory()
+    try:
+        assert isinstance(loop, asyncio.AbstractEventLoop)
+    finally:
+        loop.close()

@@ -82,6 +82,8 @@ def _get(url: str, token: str | None = None) -> tuple[int, Any, dict[str, str]]:
 @pytest.mark.parametrize("flags,line", [
     (["--log-format", "xml"],
      "ipam serve: --log-format/IPAM_LOG_FORMAT must be one of text, json, not 'xml'"),
+    (["--event-loop", "trio"],
+     "ipam serve: --event-loop/IPAM_EVENT_LOOP must be one of uvloop, asyncio, not 'trio'"),
     (["--log-level", "loud"],
      "ipam serve: --log-level/IPAM_LOG_LEVEL must be one of debug, info, warning, error, "
      "not 'loud'"),
