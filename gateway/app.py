@@ -5,7 +5,8 @@
 
 Middlewares run outermost first: the request id (`gateway.logs`), metrics (every
 answer counted by route and status, `gateway.metrics`), drain (while the node drains,
-every answer closes its connection), errors (every failure becomes a Scaleway error body), availability
+every answer closes its connection), errors (every failure becomes a Scaleway error body),
+cluster (the request's etcd cluster: its region's, `gateway.context`), availability
 (503 at once while the etcd of the request's region is unreachable or the node is
 starting, see `gateway.availability`), then authentication (every path but the probes and the
 OpenAPI document).
@@ -26,7 +27,15 @@ from . import docs, health, openapi, routes_admin, routes_ipam, routes_vpc
 from .auth import AUTHENTICATOR, Authenticator, auth_middleware
 from .availability import AVAILABILITY, Availability, availability_middleware
 from .config import MAX_HEADER_BYTES, GatewayConfig
-from .context import CLUSTERS_KEY, CONFIG_KEY, CREDENTIALS_KEY, IPAM_KEY, Cluster, Clusters
+from .context import (
+    CLUSTERS_KEY,
+    CONFIG_KEY,
+    CREDENTIALS_KEY,
+    IPAM_KEY,
+    Cluster,
+    Clusters,
+    cluster_middleware,
+)
 from .drain import DRAIN_KEY, Drain, drain_middleware
 from .errors import error_middleware
 from .logs import request_id_middleware
@@ -57,7 +66,8 @@ def create_app(ipam: IPAM | Mapping[str, IPAM], config: GatewayConfig | None = N
     app = web.Application(
         client_max_size=config.max_body_bytes,
         middlewares=[request_id_middleware, metrics_middleware, drain_middleware,
-                     error_middleware, availability_middleware, auth_middleware],
+                     error_middleware, cluster_middleware, availability_middleware,
+                     auth_middleware],
         # aiohttp answers a request line or header over its limit before any middleware
         # runs, in text/plain: the limit is raised so that real requests never meet it.
         handler_args={"max_line_size": MAX_HEADER_BYTES, "max_field_size": MAX_HEADER_BYTES})

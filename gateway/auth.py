@@ -43,7 +43,6 @@ from allocator.contract import (
     secret_hash,
 )
 
-from .context import cluster_of
 from .errors import denied_authentication
 from .models.fields import as_uuid
 
@@ -154,6 +153,9 @@ class Authenticator:
 
 
 AUTHENTICATOR = web.AppKey("authenticator", Authenticator)
+# The authenticator of the request's cluster, set before this middleware runs
+# (`gateway.context.cluster_middleware`).
+REQUEST_AUTHENTICATOR = web.RequestKey("authenticator", Authenticator)
 PRINCIPAL_KEY = web.RequestKey("principal", Principal)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -165,7 +167,7 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
     if request.path not in PUBLIC_PATHS and not is_page(request.match_info.handler):
         # The keys of the request's region's cluster: another region's outage never
         # stops it (every cluster holds every key, `routes_admin`).
-        authenticator = cluster_of(request).authenticator
+        authenticator = request[REQUEST_AUTHENTICATOR]
         guarded = getattr(request.match_info.handler, GUARDED, False)
         request[PRINCIPAL_KEY] = await authenticator.authenticate(
             request.headers.get(TOKEN_HEADER), guarded)

@@ -58,7 +58,6 @@ from aiohttp import web
 
 from allocator.contract import IPAM
 
-from .context import cluster_of
 from .errors import ApiError
 from .models.errors import ServiceUnavailable
 
@@ -273,6 +272,9 @@ class Availability:
 
 
 AVAILABILITY = web.AppKey("availability", Availability)
+# The gate of the request's cluster, set before this middleware runs
+# (`gateway.context.cluster_middleware`).
+REQUEST_GATE = web.RequestKey("gate", Availability)
 
 
 def is_gated(path: str) -> bool:
@@ -288,7 +290,7 @@ async def availability_middleware(
     if not is_gated(request.path):
         return await handler(request)
     # The gate of the request's region's cluster: another region's outage leaves it open.
-    availability = cluster_of(request).availability
+    availability = request[REQUEST_GATE]
     if not availability.available:
         raise availability.refusal()
     return await availability.serve(handler, request)

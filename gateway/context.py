@@ -14,20 +14,17 @@ Kept apart from `app` so route modules can import it without importing the facto
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 from aiohttp import web
 
 from allocator.contract import IPAM, Credentials
 
+from .auth import REQUEST_AUTHENTICATOR, Authenticator
+from .availability import REQUEST_GATE, Availability
 from .config import GatewayConfig
 from .errors import invalid_argument, not_found
-
-if TYPE_CHECKING:  # they import this module
-    from .auth import Authenticator
-    from .availability import Availability
 
 IPAM_KEY = web.AppKey("ipam", IPAM)  # the first region's (what metrics describe)
 CONFIG_KEY = web.AppKey("config", GatewayConfig)
@@ -82,6 +79,18 @@ def cluster_of(request: web.Request) -> Cluster:
         cluster = (clusters.of_region(region) if region else None) or clusters.serving()
         request[_CLUSTER] = cluster
     return cluster
+
+
+@web.middleware
+async def cluster_middleware(request: web.Request,
+                             handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+                             ) -> web.StreamResponse:
+    """Give the request its cluster's gate and authenticator, for the availability and
+    authentication middlewares that follow (which know nothing of clusters)."""
+    cluster = cluster_of(request)
+    request[REQUEST_GATE] = cluster.availability
+    request[REQUEST_AUTHENTICATOR] = cluster.authenticator
+    return await handler(request)
 
 
 def clusters_of(request: web.Request) -> Clusters:
