@@ -15,7 +15,14 @@ call needs: the member answers and has a quorum) every `probe_interval`, with a
 `probe_timeout` deadline. An endpoint whose probe goes unanswered is out of use until
 one is answered, however long its ejection was, and the calls waiting on it are
 abandoned at once: they fail as a deadline would (`ABANDONED`), and go elsewhere
-(reads) or come back unknown (writes), instead of waiting out their deadline. Measured
+(reads) or come back unknown (writes), instead of waiting out their deadline.
+Silence, not slowness: when every member has lately been answering probes slowly (a
+saturated machine, a slow disk everywhere), the deadline grows to PROBE_SLOWNESS times
+what the fastest member's slowest recent answer took (up to PROBE_TIMEOUT_MAX), so a
+cluster-wide stall abandons nothing. One member slower than the others gains nothing by
+it (the others set the pace, and it is still avoided), and a member that answered in
+milliseconds until it was cut off still goes out after `probe_timeout`.
+Measured
 on a real partition (tests/devcluster/test_partitions.py): without the prober, a member
 cut off held every commit in flight for the full 3 s deadline (the committer sends two
 at a time, and round-robin puts both on it within milliseconds), and was taken back
@@ -42,6 +49,7 @@ import asyncio
 import itertools
 import logging
 import time
+from collections import deque
 from collections.abc import AsyncIterator, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -87,6 +95,17 @@ DEFAULT_QUOTA_BYTES = 2 * 1024**3
 # without a quorum; cut off, its calls are abandoned at most 0.6 s after the cut.
 PROBE_INTERVAL = 0.2
 PROBE_TIMEOUT = 0.4
+# A slow cluster is not a silent one: a probe's deadline is PROBE_SLOWNESS times the
+# cluster's pace, the slowest of the last PROBE_MEMORY answers (about two seconds of
+# probes) of the member that answered fastest (so one slow member does not set it), at
+# least `probe_timeout`, at most PROBE_TIMEOUT_MAX (below a call's 3 s deadline, or the
+# prober would abandon nothing a deadline does not). Measured under the booking bench on
+# a saturated 2-core machine (load 12-16): every member answered probes in 0.1-0.5 s
+# and they were taken out of use, their writes coming back unknown (503), while nothing
+# was cut off.
+PROBE_SLOWNESS = 4.0
+PROBE_MEMORY = 10
+PROBE_TIMEOUT_MAX = 2.0
 ABANDONED = "endpoint stopped answering probes"
 _PROBE_KEY = b"\0"  # any key: the read is the point, not what it finds
 _NO_SPACE = "database space exceeded"
@@ -260,6 +279,8 @@ class _Endpoint:
     auth: rpc.AuthStub
     ejected_until: float = 0.0
     answering: bool = True  # its last probe was answered (the prober's view)
+    answers: deque[float] = field(  # seconds its last answered probes took, newest last
+        default_factory=lambda: deque(maxlen=PROBE_MEMORY))
     calls: set[grpc.aio.Call] = field(default_factory=set)  # unary calls waiting on it
     abandoned: set[grpc.aio.Call] = field(default_factory=set)  # those the prober gave up
 
@@ -407,8 +428,12 @@ class EtcdStore:
     # -- probing ----------------------------------------------------------------------
 
     async def _probe_forever(self) -> None:
+        # One loop per endpoint: a slow one's long probe delays no other's.
+        await asyncio.gather(*(self._probe_one_forever(ep) for ep in self._endpoints))
+
+    async def _probe_one_forever(self, ep: _Endpoint) -> None:
         while True:  # ends with the store (cancelled by close)
-            await self.probe_endpoints()
+            await self._probe(ep)
             await asyncio.sleep(self.probe_interval)
 
     async def probe_endpoints(self) -> list[tuple[str, bool]]:
@@ -418,21 +443,32 @@ class EtcdStore:
         """
         return list(await asyncio.gather(*(self._probe(ep) for ep in self._endpoints)))
 
+    def probe_deadline(self) -> float:
+        """How long the prober waits for an endpoint before it counts as silent:
+        `probe_timeout`, or more while every member answers slowly (PROBE_SLOWNESS)."""
+        pace = min((max(e.answers) for e in self._endpoints if e.answering and e.answers),
+                   default=0.0)
+        return min(max(self.probe_timeout, PROBE_SLOWNESS * pace),
+                   max(self.probe_timeout, PROBE_TIMEOUT_MAX))
+
     async def _probe(self, ep: _Endpoint) -> tuple[str, bool]:
         answered = True
         # The token the calls use, if one was fetched: a probe never fetches one itself.
         metadata = (("token", self._token),) if self._token else None
+        deadline = self.probe_deadline()
+        started = time.monotonic()
         try:
             await ep.kv.Range(rpc.RangeRequest(key=_PROBE_KEY, count_only=True),
-                              timeout=self.probe_timeout, metadata=metadata)
+                              timeout=deadline, metadata=metadata)
         except grpc.aio.AioRpcError as err:
             # Refused (auth, permission) is an answer; only silence or no connection is not.
             answered = err.code() not in (grpc.StatusCode.UNAVAILABLE,
                                           grpc.StatusCode.DEADLINE_EXCEEDED)
+        if answered:
+            ep.answers.append(time.monotonic() - started)
         if ep.answering and not answered:
             log.warning("etcd endpoint %s out of use: no answer to a probe within %.1fs; "
-                        "abandoning its %d call(s)", ep.address, self.probe_timeout,
-                        len(ep.calls))
+                        "abandoning its %d call(s)", ep.address, deadline, len(ep.calls))
             for call in ep.calls:
                 ep.abandoned.add(call)
                 call.cancel()

@@ -15,7 +15,7 @@ import asyncio
 import pytest
 from aetcd import rpc
 
-from allocator.store import ABANDONED, EtcdStore
+from allocator.store import ABANDONED, PROBE_SLOWNESS, PROBE_TIMEOUT_MAX, EtcdStore
 from devcluster.etcd import EtcdCluster
 
 HOUR = 3600.0  # the background prober's interval: only the hand-sent probes count
@@ -94,4 +94,71 @@ async def test_calls_are_abandoned_even_when_no_endpoint_answers(
     finally:
         for member in paused:
             member.resume()
+        await store.close()
+
+
+async def test_a_slow_cluster_is_not_a_silent_one(
+        etcd_cluster3_fresh: EtcdCluster, key_prefix: str) -> None:
+    """Silence, not slowness: once every member answers probes slowly (a saturated
+    machine), a stall longer than `probe_timeout` but within what they have been taking
+    abandons nothing; the writes in flight through it succeed. (One member slower than
+    the others is still avoided: tests/devcluster/test_slow_members.py.)"""
+    cluster = etcd_cluster3_fresh
+    store = EtcdStore(cluster.endpoints, timeout=60.0, eject_seconds=0.0,
+                      probe_interval=HOUR, probe_timeout=1.5)
+    try:
+        assert all(answered for _, answered in await store.probe_endpoints())
+        assert store.probe_deadline() == 1.5
+        # Slow answers: every member stalls 0.4 s while a probe waits on it.
+        for member in cluster.members:
+            member.pause()
+        probes = asyncio.ensure_future(store.probe_endpoints())
+        await asyncio.sleep(0.4)
+        for member in cluster.members:
+            member.resume()
+        assert all(answered for _, answered in await probes)
+        store.probe_timeout = 0.3  # what a probe of an endpoint with no slow past gets
+        assert PROBE_SLOWNESS * 0.4 <= store.probe_deadline() <= PROBE_TIMEOUT_MAX
+
+        # A 0.8 s stall: silence by `probe_timeout`, not by what the members take lately.
+        for member in cluster.members:
+            member.pause()
+        writes = [asyncio.ensure_future(store.txn([], [rpc.RequestOp(
+            request_put=rpc.PutRequest(key=f"{key_prefix}{n}".encode(), value=b"x"))]))
+            for n in range(6)]
+        probes = asyncio.ensure_future(store.probe_endpoints())
+        await asyncio.sleep(0.8)
+        for member in cluster.members:
+            member.resume()
+        assert all(answered for _, answered in await probes)
+        await asyncio.gather(*writes)  # each applied, none abandoned
+        assert store.abandoned_calls == 0
+        assert sorted(store.healthy_endpoints()) == sorted(cluster.endpoints)
+        assert [kv is not None for kv in (await store.get_many(
+            f"{key_prefix}{n}" for n in range(6))).values()] == [True] * 6
+    finally:
+        for member in cluster.members:
+            member.resume()
+        await store.close()
+
+
+
+async def test_one_slow_member_does_not_set_the_pace(
+        etcd_cluster3_fresh: EtcdCluster) -> None:
+    """The deadline follows the fastest member: one member answering late while the others
+    answer at once leaves it at `probe_timeout`, so a slow follower is still left out."""
+    cluster = etcd_cluster3_fresh
+    leader = cluster.leader_index()  # a slow leader holds every member's reads
+    slow = next(m for i, m in enumerate(cluster.members) if i != leader)
+    store = EtcdStore(cluster.endpoints, timeout=60.0, eject_seconds=0.0,
+                      probe_interval=HOUR, probe_timeout=1.5)
+    try:
+        slow.pause()
+        probes = asyncio.ensure_future(store.probe_endpoints())
+        await asyncio.sleep(0.4)
+        slow.resume()
+        assert all(answered for _, answered in await probes)  # the slow one late
+        assert store.probe_deadline() == 1.5
+    finally:
+        slow.resume()
         await store.close()
