@@ -20,6 +20,9 @@ Jobs (`mode`):
 - `fill`: C clients book from `pns` until the first "out_of_stock" answer (the pool is
   full), `count` bookings sent or `seconds` passed; `ok_at` gives, in completion order,
   the seconds from the start at which each booking was answered (rates by fullness).
+- `get`: C clients GET the `paths` in turn (from the server's root: `/healthz`, or
+  `/ipam/v1/...`), `count` requests in all or until `seconds` passed; a 200 is a success.
+  What a request costs on this path with the least work behind it (`/healthz`), or a read.
 
 With `record` (the default), every write is noted as a bare tuple while the load runs
 (the kind, what was asked, `time.monotonic()` at its start and end, the answer) and
@@ -74,13 +77,16 @@ class Client:
         await self.session.close()
 
     async def call(self, method: str, path: str, body: dict[str, Any] | None = None,
-                   note: tuple[str, str, str] | None = None) -> tuple[int, Any, float]:
+                   note: tuple[str, str, str] | None = None,
+                   root: bool = False) -> tuple[int, Any, float]:
         """(status, JSON body or None, seconds); status 0 with the exception name on failure.
-        A write passes `note` (kind, subject, mac) to be recorded."""
+        A write passes `note` (kind, subject, mac) to be recorded. `path` is under the
+        region's IPAM base, or the server's root with `root`."""
         data = json.dumps(body).encode() if body is not None else None
+        url = (self.url if root else self.base) + path
         t0 = time.monotonic()
         try:
-            async with self.session.request(method, self.base + path, data=data,
+            async with self.session.request(method, url, data=data,
                                             headers=self.headers) as resp:
                 raw = await resp.read()
                 status = resp.status
@@ -493,8 +499,37 @@ async def run_fill(job: dict[str, Any], client: Client, progress: Progress) -> d
     }
 
 
+async def run_get(job: dict[str, Any], client: Client, progress: Progress) -> dict[str, Any]:
+    paths: list[str] = job["paths"]
+    count, deadline = int(job["count"]), time.perf_counter() + float(job["seconds"])
+    ok_lat: list[float] = []
+    errors: Counter[str] = Counter()
+    issued = 0
+    t0 = time.perf_counter()
+
+    async def worker() -> None:
+        nonlocal issued
+        while issued < count and time.perf_counter() < deadline:
+            path = paths[issued % len(paths)]
+            issued += 1
+            status, body, dt = await client.call("GET", path, root=True)
+            progress.done += 1
+            if status == 200:
+                ok_lat.append(dt)
+                progress.ok += 1
+            else:
+                errors[error_type(status, body)] += 1
+                progress.errors += 1
+
+    await asyncio.gather(*(worker() for _ in range(int(job["concurrency"]))))
+    elapsed = time.perf_counter() - t0
+    return {"sent": issued, "ok": len(ok_lat), "elapsed_s": round(elapsed, 4),
+            "per_s": round(len(ok_lat) / elapsed, 2) if elapsed > 0 else 0.0,
+            "latency": summary(ok_lat), "errors": dict(errors)}
+
+
 MODES = {"book": run_book, "lifecycle": run_lifecycle, "list": run_list,
-         "release": run_release, "churn": run_churn, "fill": run_fill}
+         "release": run_release, "churn": run_churn, "fill": run_fill, "get": run_get}
 
 
 async def run(job: dict[str, Any]) -> dict[str, Any]:

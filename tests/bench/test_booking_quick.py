@@ -11,7 +11,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 TARGET_IDS = ["1 (1 gw)", "1", "1 (3 gw)", "1 scaling", "2", "2 etcd txn", "2 etcd cpu", "3",
-              "4a", "4b", "7", "7 p99", "8 flat", "8 oos C=1", "8 oos C=64"]
+              "4a", "4b", "7", "7 path", "7 p99", "8 flat", "8 oos C=1", "8 oos C=64"]
 
 
 def test_small_quick_run_verifies_every_scenario_and_reports_every_target(tmp_path: Path
@@ -68,4 +68,9 @@ def test_small_quick_run_verifies_every_scenario_and_reports_every_target(tmp_pa
         assert f"| {t['id']} |" in proc.stdout
     assert targets["1"]["baseline"] == doc["ceiling"]["c256_per_s"]
     assert targets["7"]["baseline"] == doc["ceiling"]["c1_p50_ms"]
+    # The floor of the path (GET /healthz) and a read, by the same client at C=1.
+    t7 = doc["scenarios"]["t7"]
+    assert t7["healthz_c1"]["n"] > 0 and t7["get_c1"]["n"] > 0
+    assert targets["7 path"]["measured"] == round(
+        t7["booking_c1"]["p50_ms"] - t7["healthz_c1"]["p50_ms"], 3)
     assert targets["4a"]["measured"] == released["per_s"]
