@@ -96,7 +96,16 @@ from .quotas import (
     QuotaOverrides,
     Quotas,
 )
-from .records import CUSTOM, IfMatch, IPRecord, Resource, Reverse, canonical_uuid, normalize_mac
+from .records import (
+    CUSTOM,
+    IfMatch,
+    IPRecord,
+    Resource,
+    Reverse,
+    canonical_uuid,
+    new_id,
+    normalize_mac,
+)
 from .resolution import SourceResolver
 from .schema import (
     CURRENT_SCHEMA,
@@ -116,7 +125,7 @@ __all__ = [
     "Caller", "Credentials", "EtcdSecurity", "IfMatch", "IPFilter", "IPRecord", "Lease", "NetworkInfo",
     "NetworkView", "PrivateNetwork", "SubnetInfo", "CommitObserver", "SourceUsage",
     "ReservedAddress", "Resource", "Reverse", "Source", "Store", "Subnet", "access_key_for_secret",
-    "canonical_uuid", "check_key_spec", "errors", "is_access_key", "normalize_mac", "secret_hash",
+    "canonical_uuid", "check_key_spec", "errors", "is_access_key", "new_id", "normalize_mac", "secret_hash",
     "BackupInvalid", "BackupSummary", "CURRENT_SCHEMA", "RestoreInProgress", "RestoreInterrupted",
     "RestoreSummary", "SchemaState", "SchemaTooNew", "SchemaUnreadable", "TargetNotEmpty",
     "ensure_schema", "export_state", "import_state", "Compactor",
@@ -217,6 +226,12 @@ class IPAM:
     async def member_status(self) -> list[tuple[str, bool]]:
         """[(endpoint, answered)]: each member asked directly, 1 s at most (for /readyz)."""
         return await self.store.status()
+
+    @property
+    def quorum_answered_at(self) -> float:
+        """`time.monotonic()` of the latest etcd answer that took a quorum, whatever asked
+        (a booking's commit, a read, a probe); 0.0 before the first."""
+        return self.store.answered_at
 
     async def quorum_problem(self, timeout: float = 2.0) -> str | None:
         """None when a quorum answers a linearizable read within `timeout`, else why not.

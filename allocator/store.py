@@ -107,6 +107,8 @@ PROBE_SLOWNESS = 4.0
 PROBE_MEMORY = 10
 PROBE_TIMEOUT_MAX = 2.0
 ABANDONED = "endpoint stopped answering probes"
+# Calls whose answer shows that a quorum answers (but a serializable read: the member's).
+_QUORUM_SERVICES = frozenset({"kv", "lease"})
 _PROBE_KEY = b"\0"  # any key: the read is the point, not what it finds
 _NO_SPACE = "database space exceeded"
 _ALREADY_COMPACTED = "required revision has been compacted"
@@ -287,7 +289,13 @@ class _Endpoint:
 
 class Store(Protocol):
     """What the allocator needs from etcd. `EtcdStore` is the store; a wrapper that
-    injects faults (`devcluster.faults.FaultyStore`) implements the same protocol."""
+    injects faults (`devcluster.faults.FaultyStore`) implements the same protocol.
+
+    `answered_at`: `time.monotonic()` of the latest answer that took a quorum (a
+    transaction, a linearizable read, a lease), 0.0 before the first: whether etcd
+    answers at all, for the node's availability gate."""
+
+    answered_at: float
 
     async def txn(self, compare: Sequence[rpc.Compare], success: Sequence[rpc.RequestOp],
                   failure: Sequence[rpc.RequestOp] = (), *, retry: bool = False
@@ -331,6 +339,7 @@ class EtcdStore:
         self.eject_seconds = eject_seconds
         self.probe_interval, self.probe_timeout = probe_interval, probe_timeout
         self.abandoned_calls = 0  # calls given up because their endpoint went silent
+        self.answered_at = 0.0  # time.monotonic() of the latest answer that took a quorum
         self._prober: asyncio.Task[None] | None = None
         self.requests = 0
         self.security = security or EtcdSecurity()
@@ -495,7 +504,7 @@ class EtcdStore:
             tried.add(ep.address)
             self.requests += 1
             try:
-                return await self._call(ep, getattr(getattr(ep, service), method)(
+                answer = await self._call(ep, getattr(getattr(ep, service), method)(
                     request, timeout=timeout or self.timeout, metadata=metadata))
             except grpc.aio.AioRpcError as err:
                 last = err
@@ -511,6 +520,10 @@ class EtcdStore:
                 self._eject(ep, err)
                 if err.code() not in _RETRYABLE:
                     break
+            else:
+                if service in _QUORUM_SERVICES and not getattr(request, "serializable", False):
+                    self.answered_at = time.monotonic()
+                return answer
         assert last is not None
         failed = (DeadlineExceeded if last.code() is grpc.StatusCode.DEADLINE_EXCEEDED
                   else StoreError)

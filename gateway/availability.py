@@ -33,7 +33,11 @@ leads, back): the probes failed while the cluster kept committing (bookings answ
 1.3 to 2.2 s at the median), the gate closed, and the node answered 503 to everything
 for seconds (tests/devcluster/test_slow_members.py: windows of 6 s without a booking).
 A probe answered late is evidence that a quorum answers; only none answered at all is
-evidence it does not. Probes are sent every second whatever the previous one does, so a
+evidence it does not. So is any other answer that took a quorum (a booking committed, a
+linearizable read: `IPAM.quorum_answered_at`): on a saturated machine (load 20 on 2
+cores, the booking bench under CPU hogs) every probe of a 2 s window went unanswered
+while bookings were still being committed, and the gate answered 503 to 252 requests in
+flight; now it stays open while anything is answered. Probes are sent every second whatever the previous one does, so a
 cluster that answers reads within `PROBE_DEADLINE` keeps the gate open however slow it is,
 while a node cut off from every member hears nothing: its last answer came before the
 cut, and the first tick `SILENCE` after it closes the gate, so a request on a node cut
@@ -255,8 +259,9 @@ class Availability:
             self._become(State.AVAILABLE, "a quorum answers")
 
     def _judge(self) -> None:
-        """Close the gate if no probe was answered for `silence` seconds."""
-        silent = time.monotonic() - self.answered_at
+        """Close the gate if etcd answered nothing that took a quorum, probe or other
+        call, for `silence` seconds."""
+        silent = time.monotonic() - max(self.answered_at, self.ipam.quorum_answered_at)
         if self.state is not State.AVAILABLE or silent < self.silence:
             return
         reason = self._problem or f"no answer to a quorum read for {silent:.1f}s"

@@ -1,6 +1,7 @@
 """The availability gate: a request in flight when etcd goes is answered 503 then, not when
 its own retries end; the gate closes when no quorum probe is answered at all, not when
-the answers come slowly (issue 15: a leader 200 ms away), and a late answer opens it."""
+the answers come slowly (issue 15: a leader 200 ms away), nor while other calls are
+answered (issue 14: a saturated machine), and a late answer opens it."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from gateway_fixtures import ADMIN_SECRET
 
 from allocator.contract import IPAM, EtcdStore
 from allocator.store import KV
+from allocator.txn import put
 from devcluster.etcd import EtcdCluster
 from devcluster.faults import FaultyStore
 from gateway.app import availability_of, create_app
@@ -132,3 +134,32 @@ async def test_the_gate_closes_after_its_silence_and_a_late_answer_opens_it(
         assert resp.status == 200
     finally:
         await client.close()
+
+
+async def test_other_answers_keep_the_gate_open_while_its_probes_go_unanswered(
+        etcd_single: EtcdCluster, key_prefix: str) -> None:
+    """On a saturated machine a probe may stay unanswered past the silence while writes
+    are still committed: any answer that took a quorum keeps the gate open; once nothing
+    at all is answered, it closes."""
+    store = EtcdStore(etcd_single.endpoints)
+    probes = SlowReads(store)
+    app = _app(probes, key_prefix)
+    availability = availability_of(app)
+    availability.silence = 0.5
+    client = TestClient(TestServer(app))
+    await client.start_server()
+    try:
+        assert await availability.wait_ready(30)
+        probes.delay = 3600.0  # every probe from now on stays unanswered
+        opened = availability.since
+        for n in range(40):  # 2 s, four silences, with a write answered every 50 ms
+            await store.txn([], [put(f"{key_prefix}w{n}", "x")])
+            await asyncio.sleep(0.05)
+        assert (availability.state, availability.since) == (State.AVAILABLE, opened)
+        assert availability.ipam.quorum_answered_at > availability.answered_at
+        # Nothing answered any more: closed one silence after the last answer.
+        assert await availability.changed(30) and availability.state is State.UNAVAILABLE
+        assert availability.since - availability.ipam.quorum_answered_at >= availability.silence
+    finally:
+        await client.close()
+
