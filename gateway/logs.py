@@ -16,12 +16,13 @@ import contextvars
 import logging
 import re
 import sys
-import uuid
 from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 from aiohttp.abc import AbstractAccessLogger
 from pythonjsonlogger.json import JsonFormatter
+
+from allocator.contract import new_id
 
 from .auth import PRINCIPAL_KEY
 
@@ -74,7 +75,7 @@ async def request_id_middleware(
         handler: Callable[[web.Request], Awaitable[web.StreamResponse]]) -> web.StreamResponse:
     """Give the request its id, for the logs and the answer (see the module docstring)."""
     given = request.headers.get(REQUEST_ID_HEADER, "")
-    rid = given if _SANE_ID.match(given) else str(uuid.uuid4())
+    rid = given if _SANE_ID.match(given) else new_id()
     request[REQUEST_ID_KEY] = rid
     token = _current.set(rid)
     try:
