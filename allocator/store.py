@@ -15,18 +15,24 @@ call needs: the member answers and has a quorum) every `probe_interval`, with a
 `probe_timeout` deadline. An endpoint whose probe goes unanswered is out of use until
 one is answered, however long its ejection was, and the calls waiting on it are
 abandoned at once: they fail as a deadline would (`ABANDONED`), and go elsewhere
-(reads) or come back unknown (writes), instead of waiting out their deadline.
+(reads) or come back unknown (writes), instead of waiting out their deadline. Measured
+on a real partition (tests/devcluster/test_partitions.py): without the prober, a member
+cut off held every commit in flight for the full 3 s deadline (the committer sends two
+at a time, and round-robin puts both on it within milliseconds), and was taken back
+after its 5 s ejection while still cut, for another 3 s: bookings stopped twice.
+
 Silence, not slowness: when every member has lately been answering probes slowly (a
 saturated machine, a slow disk everywhere), the deadline grows to PROBE_SLOWNESS times
 what the fastest member's slowest recent answer took (up to PROBE_TIMEOUT_MAX), so a
 cluster-wide stall abandons nothing. One member slower than the others gains nothing by
 it (the others set the pace, and it is still avoided), and a member that answered in
 milliseconds until it was cut off still goes out after `probe_timeout`.
-Measured
-on a real partition (tests/devcluster/test_partitions.py): without the prober, a member
-cut off held every commit in flight for the full 3 s deadline (the committer sends two
-at a time, and round-robin puts both on it within milliseconds), and was taken back
-after its 5 s ejection while still cut, for another 3 s: bookings stopped twice.
+
+A new leader, seen as a higher raft term in any answer (a probe's, or a serializable
+read's from a follower that voted), ends the calls sent before it that are still waiting
+one probe deadline later: a follower forwards a write to the
+leader it knows, and a proposal the old leader never received is never answered (etcd
+3.4 lets it wait out the caller's deadline), so those calls fail as abandoned ones do.
 
 Writes are never retried here: when a transaction errors its outcome is unknown,
 and only the caller can tell (by reading back the token it wrote). Transactions are
@@ -107,6 +113,7 @@ PROBE_SLOWNESS = 4.0
 PROBE_MEMORY = 10
 PROBE_TIMEOUT_MAX = 2.0
 ABANDONED = "endpoint stopped answering probes"
+SUPERSEDED = "sent before etcd elected a new leader"
 # Calls whose answer shows that a quorum answers (but a serializable read: the member's).
 _QUORUM_SERVICES = frozenset({"kv", "lease"})
 _PROBE_KEY = b"\0"  # any key: the read is the point, not what it finds
@@ -283,8 +290,10 @@ class _Endpoint:
     answering: bool = True  # its last probe was answered (the prober's view)
     answers: deque[float] = field(  # seconds its last answered probes took, newest last
         default_factory=lambda: deque(maxlen=PROBE_MEMORY))
-    calls: set[grpc.aio.Call] = field(default_factory=set)  # unary calls waiting on it
-    abandoned: set[grpc.aio.Call] = field(default_factory=set)  # those the prober gave up
+    # Unary calls waiting on it, each with the raft term known when it was sent.
+    calls: dict[grpc.aio.Call, int] = field(default_factory=dict)
+    # Those the prober gave up, each with the error it ends with (`_abandon`).
+    abandoned: dict[grpc.aio.Call, tuple[grpc.StatusCode, str]] = field(default_factory=dict)
 
 
 class Store(Protocol):
@@ -340,6 +349,8 @@ class EtcdStore:
         self.probe_interval, self.probe_timeout = probe_interval, probe_timeout
         self.abandoned_calls = 0  # calls given up because their endpoint went silent
         self.answered_at = 0.0  # time.monotonic() of the latest answer that took a quorum
+        self.term = 0  # the highest raft term an answer carried (0: none yet)
+        self._term_watch: asyncio.Task[None] | None = None  # ends the calls of an old term
         self._prober: asyncio.Task[None] | None = None
         self.requests = 0
         self.security = security or EtcdSecurity()
@@ -398,10 +409,11 @@ class EtcdStore:
 
     async def close(self) -> None:
         """Close every channel; pending calls fail."""
-        if self._prober is not None:
-            self._prober.cancel()
-            await asyncio.gather(self._prober, return_exceptions=True)
-            self._prober = None
+        for task in (self._prober, self._term_watch):
+            if task is not None:
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
+        self._prober = self._term_watch = None
         await asyncio.gather(*(e.channel.close(None) for e in self._endpoints),
                              return_exceptions=True)
 
@@ -467,26 +479,58 @@ class EtcdStore:
         deadline = self.probe_deadline()
         started = time.monotonic()
         try:
-            await ep.kv.Range(rpc.RangeRequest(key=_PROBE_KEY, count_only=True),
-                              timeout=deadline, metadata=metadata)
+            resp = await ep.kv.Range(rpc.RangeRequest(key=_PROBE_KEY, count_only=True),
+                                     timeout=deadline, metadata=metadata)
         except grpc.aio.AioRpcError as err:
             # Refused (auth, permission) is an answer; only silence or no connection is not.
             answered = err.code() not in (grpc.StatusCode.UNAVAILABLE,
                                           grpc.StatusCode.DEADLINE_EXCEEDED)
+        else:
+            self._saw_term(int(resp.header.raft_term))
         if answered:
             ep.answers.append(time.monotonic() - started)
         if ep.answering and not answered:
             log.warning("etcd endpoint %s out of use: no answer to a probe within %.1fs; "
                         "abandoning its %d call(s)", ep.address, deadline, len(ep.calls))
-            for call in ep.calls:
-                ep.abandoned.add(call)
-                call.cancel()
+            # As a deadline would: the endpoint is out of use (`_eject`).
+            self._abandon(ep, ep.calls, grpc.StatusCode.DEADLINE_EXCEEDED, ABANDONED)
             for event in self._eject_listeners:
                 event.set()
         elif answered and not ep.answering:
             log.info("etcd endpoint %s answers probes again", ep.address)
         ep.answering = answered
         return ep.address, answered
+
+    def _abandon(self, ep: _Endpoint, calls: Iterable[grpc.aio.Call],
+                 code: grpc.StatusCode, why: str) -> None:
+        """End `calls` now: each fails with `code` and `why` (`_call`)."""
+        for call in list(calls):
+            ep.abandoned[call] = (code, why)
+            call.cancel()
+
+    def _saw_term(self, term: int) -> None:
+        """An answer carried raft term `term`: a higher one than known means an election
+        (with pre-vote, one a majority joined), and the calls sent before it get one probe
+        deadline to be answered."""
+        if term <= self.term:
+            return
+        known, self.term = self.term, term
+        if known and self._term_watch is None:
+            self._term_watch = asyncio.ensure_future(self._end_older_calls())
+
+    async def _end_older_calls(self) -> None:
+        try:
+            await asyncio.sleep(self.probe_deadline())
+            for ep in self._endpoints:
+                older = [call for call, term in ep.calls.items() if term < self.term]
+                if older:
+                    log.warning("etcd elected a leader (term %d): abandoning %d call(s) "
+                                "sent to %s before it", self.term, len(older), ep.address)
+                    # Cancelled, not timed out: the endpoint answers (no `_eject`);
+                    # reads go again, writes come back unknown.
+                    self._abandon(ep, older, grpc.StatusCode.CANCELLED, SUPERSEDED)
+        finally:
+            self._term_watch = None
 
     # -- unary calls ----------------------------------------------------------------
 
@@ -523,6 +567,9 @@ class EtcdStore:
             else:
                 if service in _QUORUM_SERVICES and not getattr(request, "serializable", False):
                     self.answered_at = time.monotonic()
+                header = getattr(answer, "header", None)
+                if header is not None and header.raft_term > self.term:
+                    self._saw_term(int(header.raft_term))
                 return answer
         assert last is not None
         failed = (DeadlineExceeded if last.code() is grpc.StatusCode.DEADLINE_EXCEEDED
@@ -530,8 +577,8 @@ class EtcdStore:
         raise failed(f"etcd {method} failed: {last.code().name}: {last.details()}")
 
     async def _call(self, ep: _Endpoint, call: grpc.aio.UnaryUnaryCall) -> object:
-        """Await `call` on `ep`; abandoned by the prober, it fails as a deadline would."""
-        ep.calls.add(call)
+        """Await `call` on `ep`; abandoned by the prober, it fails as `_abandon` said."""
+        ep.calls[call] = self.term
         try:
             return await call
         except asyncio.CancelledError:
@@ -539,12 +586,12 @@ class EtcdStore:
             if call not in ep.abandoned or (task is not None and task.cancelling()):
                 raise  # our caller was cancelled, not the call
             self.abandoned_calls += 1
-            raise grpc.aio.AioRpcError(grpc.StatusCode.DEADLINE_EXCEEDED,
-                                       grpc.aio.Metadata(), grpc.aio.Metadata(),
-                                       ABANDONED) from None
+            code, why = ep.abandoned[call]
+            raise grpc.aio.AioRpcError(code, grpc.aio.Metadata(), grpc.aio.Metadata(),
+                                       why) from None
         finally:
-            ep.calls.discard(call)
-            ep.abandoned.discard(call)
+            ep.calls.pop(call, None)
+            ep.abandoned.pop(call, None)
 
     async def txn(self, compare: Sequence[rpc.Compare], success: Sequence[rpc.RequestOp],
                   failure: Sequence[rpc.RequestOp] = (), *, retry: bool = False

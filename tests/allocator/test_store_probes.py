@@ -15,7 +15,14 @@ import asyncio
 import pytest
 from aetcd import rpc
 
-from allocator.store import ABANDONED, PROBE_SLOWNESS, PROBE_TIMEOUT_MAX, EtcdStore
+from allocator.errors import StoreError
+from allocator.store import (
+    ABANDONED,
+    PROBE_SLOWNESS,
+    PROBE_TIMEOUT_MAX,
+    SUPERSEDED,
+    EtcdStore,
+)
 from devcluster.etcd import EtcdCluster
 
 HOUR = 3600.0  # the background prober's interval: only the hand-sent probes count
@@ -162,3 +169,50 @@ async def test_one_slow_member_does_not_set_the_pace(
     finally:
         slow.resume()
         await store.close()
+
+
+async def test_writes_a_follower_forwarded_to_a_lost_leader_end_once_a_new_one_is_seen(
+        etcd_cluster3_fresh: EtcdCluster, key_prefix: str) -> None:
+    """A follower forwards a write to the leader it knows; paused, that leader never gets
+    it, and etcd 3.4 lets the write wait out the caller's deadline (60 s here). Once a
+    probe's answer carries the new leader's term, the calls sent before it get one probe
+    deadline, then end: unknown, at once, and the followers stay in use."""
+    cluster = etcd_cluster3_fresh
+    leader_index = cluster.leader_index()
+    leader = cluster.members[leader_index]
+    followers = [m.endpoint for i, m in enumerate(cluster.members) if i != leader_index]
+    # Only the followers, and no probes but by hand: only the new term can end these
+    # writes. (A linearizable read, the probe, waits as long: its read index request went
+    # to the old leader too.)
+    store = EtcdStore(followers, timeout=60.0, eject_seconds=0.0, probe_interval=HOUR)
+    try:
+        assert all(answered for _, answered in await store.probe_endpoints())
+        term = store.term
+        assert term > 0
+        await store.range(key_prefix)  # the first call starts the prober: its first round
+        await asyncio.sleep(0.5)  # ends, and it sleeps for an hour
+        leader.pause()
+        writes = [asyncio.ensure_future(store.txn([], [rpc.RequestOp(
+            request_put=rpc.PutRequest(key=f"{key_prefix}{n}".encode(), value=b"x"))]))
+            for n in range(4)]
+        await asyncio.sleep(0)  # each write is sent: two on each follower
+        # A follower answers a serializable read itself: its header carries the term of
+        # the election the followers hold once the leader is silent (a timeout or two).
+        for _ in range(200):  # bounded: 200 x 50 ms
+            await store.range(f"{key_prefix}x", serializable=True)
+            if store.term > term:
+                break
+            await asyncio.sleep(0.05)
+        assert store.term > term
+        outcomes = await asyncio.wait_for(
+            asyncio.gather(*writes, return_exceptions=True), 15.0)
+        assert [type(o) for o in outcomes] == [StoreError] * 4
+        assert {str(o) for o in outcomes} == {f"etcd Txn failed: CANCELLED: {SUPERSEDED}"}
+        assert store.abandoned_calls == 4
+        assert sorted(store.healthy_endpoints()) == sorted(followers)  # none ejected
+        await store.txn([], [rpc.RequestOp(request_put=rpc.PutRequest(
+            key=f"{key_prefix}after".encode(), value=b"x"))])  # the new leader commits
+    finally:
+        leader.resume()
+        await store.close()
+
