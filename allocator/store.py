@@ -30,9 +30,9 @@ milliseconds until it was cut off still goes out after `probe_timeout`.
 
 A new leader, seen as a higher raft term in any answer (a probe's, or a serializable
 read's from a follower that voted), ends the calls sent before it that are still waiting
-one probe deadline later: a follower forwards a write to the
-leader it knows, and a proposal the old leader never received is never answered (etcd
-3.4 lets it wait out the caller's deadline), so those calls fail as abandoned ones do.
+one probe deadline later: a follower forwards a write to the leader it knows, and a
+proposal the old leader never received is never answered (etcd 3.4 lets it wait out the
+caller's deadline), so those calls fail as abandoned ones do.
 
 Writes are never retried here: when a transaction errors its outcome is unknown,
 and only the caller can tell (by reading back the token it wrote). Transactions are
@@ -565,7 +565,8 @@ class EtcdStore:
                 if err.code() not in _RETRYABLE:
                     break
             else:
-                if service in _QUORUM_SERVICES and not getattr(request, "serializable", False):
+                if service in _QUORUM_SERVICES and not (
+                        method == "Range" and getattr(request, "serializable", False)):
                     self.answered_at = time.monotonic()
                 header = getattr(answer, "header", None)
                 if header is not None and header.raft_term > self.term:

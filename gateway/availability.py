@@ -31,22 +31,23 @@ unanswered for 1 s each. With the leader's links 200 ms each way, a linearizable
 crosses the slow links several times (to the leader, its heartbeat round to confirm it
 leads, back): the probes failed while the cluster kept committing (bookings answered in
 1.3 to 2.2 s at the median), the gate closed, and the node answered 503 to everything
-for seconds (tests/devcluster/test_slow_members.py: windows of 6 s without a booking).
-A probe answered late is evidence that a quorum answers; only none answered at all is
+for seconds (tests/devcluster/test_slow_members.py: windows of 6 s without a booking). A
+probe answered late is evidence that a quorum answers; only none answered at all is
 evidence it does not. So is any other answer that took a quorum (a booking committed, a
 linearizable read: `IPAM.quorum_answered_at`): on a saturated machine (load 20 on 2
 cores, the booking bench under CPU hogs) every probe of a 2 s window went unanswered
 while bookings were still being committed, and the gate answered 503 to 252 requests in
-flight; now it stays open while anything is answered. Probes are sent every second whatever the previous one does, so a
-cluster that answers reads within `PROBE_DEADLINE` keeps the gate open however slow it is,
-while a node cut off from every member hears nothing: its last answer came before the
-cut, and the first tick `SILENCE` after it closes the gate, so a request on a node cut
-off is answered within SILENCE + PROBE_INTERVAL (3 s) of the cut (measured: 2.75 s). A
-probe that fails fast (every member refusing connections) gives its error as the reason,
-but closes the gate no sooner: one refused read is not yet an outage. Start-up gives its
-read the same `PROBE_DEADLINE`: a slow cluster must be able to start a node too.
+flight; now it stays open while anything is answered. Probes are sent every second
+whatever the previous one does, so a cluster that answers reads within `PROBE_DEADLINE`
+keeps the gate open however slow it is, while a node cut off from every member hears
+nothing: its last answer came before the cut, and the first tick `SILENCE` after it
+closes the gate, so a request on a node cut off is answered within SILENCE +
+PROBE_INTERVAL (3 s) of the cut (measured: 2.75 s). A probe that fails fast (every
+member refusing connections) gives its error as the reason, but closes the gate no
+sooner: one refused read is not yet an outage. Start-up gives its read the same
+`PROBE_DEADLINE`: a slow cluster must be able to start a node too.
 
-    STARTING --quorum + steps--> AVAILABLE --SILENCE, no probe answered--> UNAVAILABLE
+    STARTING --quorum + steps--> AVAILABLE --SILENCE, nothing answered--> UNAVAILABLE
     UNAVAILABLE --a probe answered--> AVAILABLE
 """
 
