@@ -82,8 +82,8 @@ def create_app(ipam: IPAM | Mapping[str, IPAM], config: GatewayConfig | None = N
                 for i, regions in enumerate(regions_of.values())]
     app[CLUSTERS_KEY] = Clusters(clusters)
     first = clusters[0]
-    # The first region's cluster under the keys of a one-cluster node: what /metrics
-    # describes of the allocator and the gate (every cluster's commits are counted).
+    # The first region's cluster under the keys of a one-cluster node (/metrics
+    # describes every cluster, each series of one labelled with its regions).
     app[IPAM_KEY] = first.ipam
     app[CREDENTIALS_KEY] = first.credentials
     app[AUTHENTICATOR] = first.authenticator
@@ -113,8 +113,8 @@ def _cluster(app: web.Application, ipam: IPAM, regions: tuple[str, ...],
              config: GatewayConfig, *, named: bool, first: bool) -> Cluster:
     """What the node keeps over one etcd cluster (its keys, its gate, its elected
     upkeep, its storage guard), started and stopped with `app`; the first cluster's
-    upkeep and guard under the application's keys, for /metrics. `named`: the node has
-    several clusters, so its gate's messages name the regions."""
+    upkeep and guard also under the application's keys. `named`: the node has several
+    clusters, so its gate's messages name the regions."""
     credentials = ipam.credentials()
     if config.require_organizations:
         ipam.require_organizations()
@@ -170,7 +170,8 @@ def _cluster(app: web.Application, ipam: IPAM, regions: tuple[str, ...],
     app.on_startup.append(start_storage_guard)
     app.on_cleanup.append(close_storage_guard)
     return Cluster(regions, ipam, credentials,
-                   Authenticator(credentials, config.admin_secret_key), availability)
+                   Authenticator(credentials, config.admin_secret_key), availability,
+                   compactor, expirer, guard)
 
 
 async def _without_versions(_: web.Request, response: web.StreamResponse) -> None:

@@ -19,14 +19,15 @@ from dataclasses import dataclass
 
 from aiohttp import web
 
-from allocator.contract import IPAM, Credentials
+from allocator.contract import IPAM, Compactor, Credentials, Expirer
 
 from .auth import REQUEST_AUTHENTICATOR, Authenticator
 from .availability import REQUEST_GATE, Availability
 from .config import GatewayConfig
 from .errors import invalid_argument, not_found
+from .storage_guard import StorageGuard
 
-IPAM_KEY = web.AppKey("ipam", IPAM)  # the first region's (what metrics describe)
+IPAM_KEY = web.AppKey("ipam", IPAM)  # the first region's
 CONFIG_KEY = web.AppKey("config", GatewayConfig)
 CREDENTIALS_KEY = web.AppKey("credentials", Credentials)  # the first region's
 
@@ -40,6 +41,10 @@ class Cluster:
     credentials: Credentials
     authenticator: Authenticator
     availability: Availability
+    # Its elected upkeep, if this node runs it (configuration), and its storage guard.
+    compactor: Compactor | None = None
+    expirer: Expirer | None = None
+    guard: StorageGuard | None = None
 
     @property
     def name(self) -> str:

@@ -7,7 +7,11 @@ the allocator calls, `allocator.contract.CommitObserver`). What is read at scrap
 the allocator's booking counters, the free and held addresses of the sources this node
 books in, etcd's endpoints, the node's availability, and etcd's database size against its
 quota (`gateway.storage_guard`: a scrape waits for it at most `SCRAPE_WAIT`, and shares
-the guard's answer, kept a few seconds).
+the guard's answer, kept a few seconds). A node serving several regions on their own etcd
+clusters (`gateway.context.Cluster`) describes every cluster: counters and source gauges
+summed or listed over all of them, endpoints by their own names, and what a cluster has
+one of (its gate, its elected compactor and expirer) labelled `regions`, the regions of
+that cluster joined by commas (`fr-par`, or `fr-par,nl-ams` for regions sharing one).
 
     ipam_http_requests_total{route,method,status}      counter
     ipam_http_request_duration_seconds{route,method}   histogram
@@ -20,40 +24,49 @@ the guard's answer, kept a few seconds).
         gauges, the MAX_SOURCE_SERIES fullest sources by name, the rest summed in
         source="_other" (bounded cardinality with thousands of Private Networks)
     ipam_etcd_endpoint_up{endpoint}                    1 unless the node put it out of use
-    ipam_etcd_available                                1 while a quorum answers this node
+    ipam_etcd_available{regions}                       1 while a quorum answers this node
     ipam_etcd_db_size_bytes{endpoint},                 each answering member's backend file,
     ipam_etcd_db_size_in_use_bytes{endpoint}           and the bytes of it holding data
     ipam_etcd_quota_backend_bytes                      --etcd-quota-backend-bytes
     ipam_etcd_db_quota_used_ratio{endpoint}            db size / quota (NOSPACE near 1.0)
     ipam_etcd_alarm{endpoint,alarm}                    1 while the alarm is raised, else 0
-    ipam_compactor_leader, ipam_compactions_total,     the elected compactor of etcd's history
-    ipam_compaction_errors_total, ipam_compacted_revision
-    ipam_expirer_leader, ipam_expired_ips_total,       the elected releaser of expired IPs
-    ipam_expiry_kept_total, ipam_expiry_errors_total,
+    ipam_compactor_leader, ipam_compactions_total,     the elected compactor of etcd's history,
+    ipam_compaction_errors_total, ipam_compacted_revision   each {regions}
+    ipam_expirer_leader, ipam_expired_ips_total,       the elected releaser of expired IPs,
+    ipam_expiry_kept_total, ipam_expiry_errors_total,  each {regions}
     ipam_expiry_lag_seconds
     ipam_build_info{version}                           1
 """
 
 from __future__ import annotations
 
+import asyncio
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from importlib import metadata
+from typing import TypeVar
 
 from aiohttp import web
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram
-from prometheus_client import generate_latest
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Histogram,
+    generate_latest,
+)
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from allocator.contract import IPAM, Compactor, Expirer
 
-from .availability import AVAILABILITY
+from .context import CLUSTERS_KEY, Cluster
 from .logs import route_of
-from .storage_guard import KNOWN_ALARMS, SCRAPE_WAIT, STORAGE_GUARD, StorageGuard
+from .storage_guard import KNOWN_ALARMS, SCRAPE_WAIT, StorageGuard
 from .wire import Raw, endpoint
 
 MAX_SOURCE_SERIES = 50
+MetricFamily = CounterMetricFamily | GaugeMetricFamily
+T = TypeVar("T")
 _LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
                     2.5, 5.0, 10.0)
 _BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64)
@@ -106,8 +119,11 @@ class _AllocatorCollector(Collector):
     def __init__(self, ipam: IPAM, metrics: GatewayMetrics) -> None:
         self.ipam, self.metrics = ipam, metrics
 
-    def collect(self) -> Iterator[CounterMetricFamily | GaugeMetricFamily]:
-        stats = list(self.ipam.engine_stats().values())
+    def collect(self) -> Iterator[MetricFamily]:
+        app = self.metrics.app
+        clusters = app[CLUSTERS_KEY].all if app is not None else ()
+        ipams = [c.ipam for c in clusters] or [self.ipam]
+        stats = [s for ipam in ipams for s in ipam.engine_stats().values()]
         for name, attr, doc in (
                 ("ipam_bookings", "bookings", "IPs booked by this node"),
                 ("ipam_booking_retries", "retries",
@@ -121,7 +137,7 @@ class _AllocatorCollector(Collector):
                                  labels=["source", "kind"])
         held = GaugeMetricFamily("ipam_source_held", "Booked addresses of a source",
                                  labels=["source", "kind"])
-        usage = sorted(self.ipam.source_usage(),
+        usage = sorted((u for ipam in ipams for u in ipam.source_usage()),
                        key=lambda u: (u.bookable - u.free) / max(u.bookable, 1), reverse=True)
         for u in usage[:MAX_SOURCE_SERIES]:
             free.add_metric([u.source_id, u.kind], u.free)
@@ -135,56 +151,76 @@ class _AllocatorCollector(Collector):
         up = GaugeMetricFamily("ipam_etcd_endpoint_up",
                                "1 unless this node put the etcd endpoint out of use",
                                labels=["endpoint"])
-        for endpoint, in_use in self.ipam.endpoints_in_use():
-            up.add_metric([endpoint], 1.0 if in_use else 0.0)
+        for ipam in ipams:
+            for address, in_use in ipam.endpoints_in_use():
+                up.add_metric([address], 1.0 if in_use else 0.0)
         yield up
-        app = self.metrics.app
-        if app is not None:
-            yield GaugeMetricFamily("ipam_etcd_available",
-                                    "1 while a quorum of etcd answers this node",
-                                    value=1.0 if app[AVAILABILITY].available else 0.0)
-            compactor = app.get(COMPACTOR)
-            if compactor is not None:
-                yield GaugeMetricFamily("ipam_compactor_leader",
-                                        "1 while this node is the one compacting etcd",
-                                        value=1.0 if compactor.leader else 0.0)
-                yield CounterMetricFamily("ipam_compactions", "compactions done by this node",
-                                          value=compactor.compactions)
-                yield CounterMetricFamily("ipam_compaction_errors",
-                                          "compactions that failed on this node",
-                                          value=compactor.errors)
-                yield GaugeMetricFamily("ipam_compacted_revision",
-                                        "the revision this node last compacted etcd to",
-                                        value=compactor.compacted_revision)
-            expirer = app.get(EXPIRER)
-            if expirer is not None:
-                yield GaugeMetricFamily("ipam_expirer_leader",
-                                        "1 while this node is the one releasing expired IPs",
-                                        value=1.0 if expirer.leader else 0.0)
-                yield CounterMetricFamily("ipam_expired_ips",
-                                          "IPs this node released when they expired",
-                                          value=expirer.expired)
-                yield CounterMetricFamily("ipam_expiry_kept",
-                                          "due IPs kept: attached, given another expiry or "
-                                          "released before their expiry's release committed",
-                                          value=expirer.kept)
-                yield CounterMetricFamily("ipam_expiry_errors",
-                                          "looks for expired IPs, and releases of them, that "
-                                          "failed on this node", value=expirer.errors)
-                yield GaugeMetricFamily("ipam_expiry_lag_seconds",
-                                        "from the expiry of the last IP this node released "
-                                        "to its release", value=expirer.last_lag)
-            guard = app.get(STORAGE_GUARD)
-            if guard is not None:
-                yield from _storage_families(guard)
+        if clusters:
+            yield from _cluster_families(clusters)
         info = GaugeMetricFamily("ipam_build_info", "The running version", labels=["version"])
         info.add_metric([_version()], 1.0)
         yield info
 
 
-def _storage_families(guard: StorageGuard) -> Iterator[GaugeMetricFamily]:
-    """etcd's database size against its quota, as the guard last read it: a member that
-    did not answer has no series (unknown, not zero)."""
+# The series a cluster's elected upkeep gives, if this node runs it: (kind, name, help,
+# its value).
+_COMPACTOR_SERIES: tuple[tuple[type[MetricFamily], str, str, Callable[[Compactor], float]],
+                         ...] = (
+    (GaugeMetricFamily, "ipam_compactor_leader",
+     "1 while this node is the one compacting etcd", lambda k: float(k.leader)),
+    (CounterMetricFamily, "ipam_compactions", "compactions done by this node",
+     lambda k: k.compactions),
+    (CounterMetricFamily, "ipam_compaction_errors", "compactions that failed on this node",
+     lambda k: k.errors),
+    (GaugeMetricFamily, "ipam_compacted_revision",
+     "the revision this node last compacted etcd to", lambda k: k.compacted_revision))
+_EXPIRER_SERIES: tuple[tuple[type[MetricFamily], str, str, Callable[[Expirer], float]],
+                       ...] = (
+    (GaugeMetricFamily, "ipam_expirer_leader",
+     "1 while this node is the one releasing expired IPs", lambda x: float(x.leader)),
+    (CounterMetricFamily, "ipam_expired_ips", "IPs this node released when they expired",
+     lambda x: x.expired),
+    (CounterMetricFamily, "ipam_expiry_kept", ("due IPs kept: attached, given another "
+     "expiry or released before their expiry's release committed"), lambda x: x.kept),
+    (CounterMetricFamily, "ipam_expiry_errors", ("looks for expired IPs, and releases of "
+     "them, that failed on this node"), lambda x: x.errors),
+    (GaugeMetricFamily, "ipam_expiry_lag_seconds",
+     "from the expiry of the last IP this node released to its release",
+     lambda x: x.last_lag))
+
+
+def _cluster_families(clusters: Sequence[Cluster]) -> Iterator[MetricFamily]:
+    """What each etcd cluster has one of: its gate, its elected upkeep (when this node
+    runs it), its storage guard; a cluster's series labelled with its `regions`."""
+    available = GaugeMetricFamily("ipam_etcd_available",
+                                  "1 while a quorum of etcd answers this node",
+                                  labels=["regions"])
+    for c in clusters:
+        available.add_metric([",".join(c.regions)], float(c.availability.available))
+    yield available
+    compactors = [(",".join(c.regions), c.compactor) for c in clusters if c.compactor]
+    yield from _per_cluster(_COMPACTOR_SERIES, compactors)
+    expirers = [(",".join(c.regions), c.expirer) for c in clusters if c.expirer]
+    yield from _per_cluster(_EXPIRER_SERIES, expirers)
+    guards = [c.guard for c in clusters if c.guard is not None]
+    if guards:
+        yield from _storage_families(guards)
+
+
+def _per_cluster(series: Sequence[tuple[type[MetricFamily], str, str, Callable[[T], float]]],
+                 owners: Sequence[tuple[str, T]]) -> Iterator[MetricFamily]:
+    """One family per series, one sample per owner (its cluster's regions); none when no
+    cluster has one here."""
+    for kind, name, doc, value in series if owners else ():
+        family = kind(name, doc, labels=["regions"])
+        for regions, owner in owners:
+            family.add_metric([regions], value(owner))
+        yield family
+
+
+def _storage_families(guards: Sequence[StorageGuard]) -> Iterator[GaugeMetricFamily]:
+    """etcd's database size against its quota, as each cluster's guard last read it: a
+    member that did not answer has no series (unknown, not zero)."""
     size = GaugeMetricFamily("ipam_etcd_db_size_bytes",
                              "Size of an etcd member's backend file: what etcd compares "
                              "with its quota", labels=["endpoint"])
@@ -197,7 +233,7 @@ def _storage_families(guard: StorageGuard) -> Iterator[GaugeMetricFamily]:
                               "refused (NOSPACE) near 1", labels=["endpoint"])
     alarm = GaugeMetricFamily("ipam_etcd_alarm", "1 while the etcd alarm is raised on the "
                               "member", labels=["endpoint", "alarm"])
-    for u in guard.last:
+    for u in (u for guard in guards for u in guard.last):
         size.add_metric([u.endpoint], u.db_size)
         in_use.add_metric([u.endpoint], u.db_size_in_use)
         ratio.add_metric([u.endpoint], u.used)
@@ -207,7 +243,7 @@ def _storage_families(guard: StorageGuard) -> Iterator[GaugeMetricFamily]:
     yield in_use
     yield GaugeMetricFamily("ipam_etcd_quota_backend_bytes",
                             "The etcd backend quota this node was given "
-                            "(--etcd-quota-backend-bytes)", value=guard.quota)
+                            "(--etcd-quota-backend-bytes)", value=guards[0].quota)
     yield ratio
     yield alarm
 
@@ -220,9 +256,9 @@ EXPIRER = web.AppKey("expirer", Expirer)
 @endpoint(media_type=CONTENT_TYPE_LATEST)
 async def metrics_endpoint(request: web.Request) -> Raw:
     """The node's figures in Prometheus text format."""
-    guard = request.app.get(STORAGE_GUARD)
-    if guard is not None:  # the collector reads its answer: refresh it first, bounded
-        await guard.usage(wait=SCRAPE_WAIT)
+    # The collector reads each guard's answer: refresh them first, bounded.
+    await asyncio.gather(*(c.guard.usage(wait=SCRAPE_WAIT)
+                           for c in request.app[CLUSTERS_KEY].all if c.guard is not None))
     return Raw(request.app[METRICS].scrape(), CONTENT_TYPE_LATEST)
 
 

@@ -226,7 +226,7 @@ def test_metrics_count_requests_by_route_bookings_commits_and_sources(
     assert after[("ipam_source_held", (("kind", "subnet"), ("source", subnet)))] == 3
     # A /28 books 12 addresses: not the network, gateway, server or broadcast ones.
     assert after[("ipam_source_free", (("kind", "subnet"), ("source", subnet)))] == 9
-    assert after[("ipam_etcd_available", ())] == 1
+    assert after[("ipam_etcd_available", (("regions", "fr-par"),))] == 1
     assert all(v == 1 for (name, _), v in after.items() if name == "ipam_etcd_endpoint_up")
     latency = ("ipam_http_request_duration_seconds_count",
                (("method", "POST"), ("route", "/ipam/v1/regions/{region}/ips")))

@@ -15,6 +15,7 @@ from collections.abc import Iterator
 import pytest
 import requests
 from gateway_fixtures import ADMIN_SECRET, REGION, RegionalGatewayNode
+from prometheus_client.parser import text_string_to_metric_families
 
 from devcluster.etcd import EtcdCluster
 from gateway import serve
@@ -218,6 +219,35 @@ def test_organizations_and_quota_overrides_are_written_to_every_cluster(
         assert node.call(ipam.project_quotas(project)).vpcs == 3
 
 
+def _metrics(node: RegionalGatewayNode) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    resp = requests.get(f"{node.url}/metrics", timeout=30)
+    assert resp.status_code == 200
+    return {(s.name, tuple(sorted(s.labels.items()))): s.value
+            for family in text_string_to_metric_families(resp.text) for s in family.samples}
+
+
+def _labelled(metrics: dict[tuple[str, tuple[tuple[str, str], ...]], float], name: str,
+              label: str) -> dict[str, float]:
+    return {dict(labels)[label]: v for (n, labels), v in metrics.items() if n == name}
+
+
+def test_metrics_describe_every_regions_cluster(
+        node: RegionalGatewayNode, two_clusters: dict[str, EtcdCluster], project: str):
+    for region in (REGION, OTHER):
+        booked = _book(node, region, project, _pn(node, region, project))
+        assert booked.status_code == 200, booked.text
+    got = _metrics(node)
+    assert got[("ipam_bookings_total", ())] == 2  # both clusters' bookings
+    assert _labelled(got, "ipam_etcd_available", "regions") == {REGION: 1.0, OTHER: 1.0}
+    # Each cluster's elected upkeep this node runs: the expirer (its compactor is off).
+    assert set(_labelled(got, "ipam_expirer_leader", "regions")) == {REGION, OTHER}
+    assert _labelled(got, "ipam_compactor_leader", "regions") == {}
+    members = {m.endpoint for c in two_clusters.values() for m in c.members}
+    assert set(_labelled(got, "ipam_etcd_endpoint_up", "endpoint")) == members
+    assert set(_labelled(got, "ipam_etcd_db_size_bytes", "endpoint")) == members
+    assert len(_labelled(got, "ipam_source_held", "source")) == 2  # a subnet in each
+
+
 def test_an_unknown_region_is_still_a_404(node: RegionalGatewayNode):
     answer = _list(node, "pl-waw", ADMIN_SECRET)
     assert (answer.status_code, answer.json()["type"]) == (404, "not_found")
@@ -272,6 +302,11 @@ def _assert_outage_served(node: RegionalGatewayNode, ams: EtcdCluster, project: 
                             timeout=10).status_code == 503
         assert requests.get(f"{node.url}/readyz?region={REGION}",
                             timeout=10).status_code == 200
+        # /metrics says which: nl-ams's gate closed, its silent member without a size.
+        got = _metrics(node)
+        assert _labelled(got, "ipam_etcd_available", "regions") == {REGION: 1.0, OTHER: 0.0}
+        assert ams.members[0].endpoint not in _labelled(got, "ipam_etcd_db_size_bytes",
+                                                        "endpoint")
         # Identity changes need every cluster: refused at once, naming the one down.
         key = _key(node, project)
         assert key.status_code == 503 and "nl-ams" in key.json()["message"], key.text
