@@ -454,8 +454,8 @@ class EtcdStore:
 
     async def _probe_one_forever(self, ep: _Endpoint) -> None:
         while True:  # ends with the store (cancelled by close)
-            await self._probe(ep)
             await asyncio.sleep(self.probe_interval)
+            await self._probe(ep)
 
     async def probe_endpoints(self) -> list[tuple[str, bool]]:
         """Probe every endpoint once, now (the prober does it every `probe_interval`):
@@ -568,9 +568,7 @@ class EtcdStore:
                 if service in _QUORUM_SERVICES and not (
                         method == "Range" and getattr(request, "serializable", False)):
                     self.answered_at = time.monotonic()
-                header = getattr(answer, "header", None)
-                if header is not None and header.raft_term > self.term:
-                    self._saw_term(int(header.raft_term))
+                self._saw_term(int(answer.header.raft_term))  # type: ignore[attr-defined]
                 return answer
         assert last is not None
         failed = (DeadlineExceeded if last.code() is grpc.StatusCode.DEADLINE_EXCEEDED

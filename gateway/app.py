@@ -40,14 +40,12 @@ from .drain import DRAIN_KEY, Drain, drain_middleware
 from .errors import error_middleware
 from .logs import request_id_middleware
 from .metrics import (
-    COMPACTOR,
-    EXPIRER,
     METRICS,
     GatewayMetrics,
     metrics_endpoint,
     metrics_middleware,
 )
-from .storage_guard import STORAGE_GUARD, StorageGuard
+from .storage_guard import StorageGuard
 
 
 def create_app(ipam: IPAM | Mapping[str, IPAM], config: GatewayConfig | None = None, *,
@@ -78,8 +76,8 @@ def create_app(ipam: IPAM | Mapping[str, IPAM], config: GatewayConfig | None = N
         regions_of.setdefault(id(by_region[region]), []).append(region)
     several = len(regions_of) > 1  # then each gate names its regions
     clusters = [_cluster(app, by_region[regions[0]], tuple(regions), config,
-                         named=several, first=i == 0)
-                for i, regions in enumerate(regions_of.values())]
+                         named=several)
+                for regions in regions_of.values()]
     app[CLUSTERS_KEY] = Clusters(clusters)
     first = clusters[0]
     # The first region's cluster under the keys of a one-cluster node (/metrics
@@ -110,11 +108,10 @@ def create_app(ipam: IPAM | Mapping[str, IPAM], config: GatewayConfig | None = N
 
 
 def _cluster(app: web.Application, ipam: IPAM, regions: tuple[str, ...],
-             config: GatewayConfig, *, named: bool, first: bool) -> Cluster:
+             config: GatewayConfig, *, named: bool) -> Cluster:
     """What the node keeps over one etcd cluster (its keys, its gate, its elected
-    upkeep, its storage guard), started and stopped with `app`; the first cluster's
-    upkeep and guard also under the application's keys. `named`: the node has several
-    clusters, so its gate's messages name the regions."""
+    upkeep, its storage guard), started and stopped with `app`. `named`: the node has
+    several clusters, so its gate's messages name the regions."""
     credentials = ipam.credentials()
     if config.require_organizations:
         ipam.require_organizations()
@@ -129,14 +126,10 @@ def _cluster(app: web.Application, ipam: IPAM, regions: tuple[str, ...],
             retain_revisions=config.compact_retain_revisions,
             interval=config.compact_interval, every_deletes=config.compact_every_deletes)
         steps.append(compactor.start)
-        if first:
-            app[COMPACTOR] = compactor
     expirer = None
     if config.expiry_check_interval > 0:
         expirer = ipam.expirer(check_interval=config.expiry_check_interval)
         steps.append(expirer.start)
-        if first:
-            app[EXPIRER] = expirer
     availability = Availability(ipam, steps,
                                 fatal=(SchemaTooNew, SchemaUnreadable, RestoreInProgress),
                                 name=", ".join(regions) if named else None)
@@ -158,8 +151,6 @@ def _cluster(app: web.Application, ipam: IPAM, regions: tuple[str, ...],
     # Every node, not one elected: a read, logged by each node for itself
     # (gateway.storage_guard); it never touches readiness.
     guard = StorageGuard(ipam, config.etcd_quota_backend_bytes)
-    if first:
-        app[STORAGE_GUARD] = guard
 
     async def start_storage_guard(_: web.Application) -> None:
         guard.start()

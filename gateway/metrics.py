@@ -59,6 +59,7 @@ from prometheus_client.registry import Collector
 
 from allocator.contract import IPAM, Compactor, Expirer
 
+from .availability import Availability
 from .context import CLUSTERS_KEY, Cluster
 from .logs import route_of
 from .storage_guard import KNOWN_ALARMS, SCRAPE_WAIT, StorageGuard
@@ -162,8 +163,12 @@ class _AllocatorCollector(Collector):
         yield info
 
 
-# The series a cluster's elected upkeep gives, if this node runs it: (kind, name, help,
-# its value).
+# What a cluster has one of, as series: (kind, name, help, its value).
+_GATE_SERIES: tuple[tuple[type[MetricFamily], str, str, Callable[[Availability], float]],
+                    ...] = (
+    (GaugeMetricFamily, "ipam_etcd_available", "1 while a quorum of etcd answers this node",
+     lambda a: float(a.available)),)
+# Its elected upkeep, when this node runs it.
 _COMPACTOR_SERIES: tuple[tuple[type[MetricFamily], str, str, Callable[[Compactor], float]],
                          ...] = (
     (GaugeMetricFamily, "ipam_compactor_leader",
@@ -192,29 +197,23 @@ _EXPIRER_SERIES: tuple[tuple[type[MetricFamily], str, str, Callable[[Expirer], f
 def _cluster_families(clusters: Sequence[Cluster]) -> Iterator[MetricFamily]:
     """What each etcd cluster has one of: its gate, its elected upkeep (when this node
     runs it), its storage guard; a cluster's series labelled with its `regions`."""
-    available = GaugeMetricFamily("ipam_etcd_available",
-                                  "1 while a quorum of etcd answers this node",
-                                  labels=["regions"])
-    for c in clusters:
-        available.add_metric([",".join(c.regions)], float(c.availability.available))
-    yield available
-    compactors = [(",".join(c.regions), c.compactor) for c in clusters if c.compactor]
-    yield from _per_cluster(_COMPACTOR_SERIES, compactors)
-    expirers = [(",".join(c.regions), c.expirer) for c in clusters if c.expirer]
-    yield from _per_cluster(_EXPIRER_SERIES, expirers)
+    yield from _per_cluster(_GATE_SERIES, [(c, c.availability) for c in clusters])
+    yield from _per_cluster(_COMPACTOR_SERIES,
+                            [(c, c.compactor) for c in clusters if c.compactor])
+    yield from _per_cluster(_EXPIRER_SERIES, [(c, c.expirer) for c in clusters if c.expirer])
     guards = [c.guard for c in clusters if c.guard is not None]
     if guards:
         yield from _storage_families(guards)
 
 
 def _per_cluster(series: Sequence[tuple[type[MetricFamily], str, str, Callable[[T], float]]],
-                 owners: Sequence[tuple[str, T]]) -> Iterator[MetricFamily]:
-    """One family per series, one sample per owner (its cluster's regions); none when no
-    cluster has one here."""
+                 owners: Sequence[tuple[Cluster, T]]) -> Iterator[MetricFamily]:
+    """One family per series, one sample per owner labelled with its cluster's regions
+    (comma-joined); none when no cluster has one here."""
     for kind, name, doc, value in series if owners else ():
         family = kind(name, doc, labels=["regions"])
-        for regions, owner in owners:
-            family.add_metric([regions], value(owner))
+        for cluster, owner in owners:
+            family.add_metric([",".join(cluster.regions)], value(owner))
         yield family
 
 
@@ -249,8 +248,6 @@ def _storage_families(guards: Sequence[StorageGuard]) -> Iterator[GaugeMetricFam
 
 
 METRICS = web.AppKey("metrics", GatewayMetrics)
-COMPACTOR = web.AppKey("compactor", Compactor)
-EXPIRER = web.AppKey("expirer", Expirer)
 
 
 @endpoint(media_type=CONTENT_TYPE_LATEST)

@@ -35,8 +35,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
-from aiohttp import web
-
 from allocator.contract import IPAM, StorageUsage
 from allocator.contract import errors as e
 
@@ -188,4 +186,3 @@ class StorageGuard:
                     await task
 
 
-STORAGE_GUARD = web.AppKey("storage_guard", StorageGuard)

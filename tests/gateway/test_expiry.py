@@ -24,7 +24,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from allocator.contract import Expirer
 from gateway.config import ConfigError, add_arguments, load
-from gateway.metrics import EXPIRER
+from gateway.context import CLUSTERS_KEY
 
 IPS = "/ipam/v1/regions/fr-par/ips"
 PNS = "/vpc/v2/regions/fr-par/private-networks"
@@ -63,7 +63,9 @@ class Admin:
     @property
     def expirer(self) -> Expirer:
         assert self.node.runner is not None
-        return self.node.runner.app[EXPIRER]
+        expirer = self.node.runner.app[CLUSTERS_KEY].all[0].expirer
+        assert expirer is not None
+        return expirer
 
     def until(self, condition: Any, timeout: float) -> None:
         self.node.call(self.expirer.until(condition, timeout), timeout + 5)
@@ -189,7 +191,8 @@ def test_the_check_interval_is_a_setting_like_the_others():
 def test_a_node_whose_check_interval_is_0_runs_no_expirer(etcd_single: Any, key_prefix: str):
     node = GatewayNode(etcd_single.endpoints, key_prefix, expiry_check_interval=0).start()
     try:
-        assert node.runner is not None and EXPIRER not in node.runner.app
+        assert node.runner is not None
+        assert node.runner.app[CLUSTERS_KEY].all[0].expirer is None
         metrics = requests.get(node.url + "/metrics", timeout=30).text
         assert "ipam_compactor_leader" in metrics and "ipam_expir" not in metrics
         assert node.call(node.ipam.store.get(node.ipam.keys.expirer())) is None  # type: ignore[union-attr]

@@ -30,8 +30,9 @@ from allocator.txn import put
 from devcluster.etcd import EtcdCluster
 from gateway.app import availability_of, create_app
 from gateway.config import ConfigError, GatewayConfig, add_arguments, load
+from gateway.context import CLUSTERS_KEY
 from gateway.serve import embedded_etcd_security, start_embedded_etcd
-from gateway.storage_guard import RUNBOOK, STORAGE_GUARD, Notice, QuotaWatch, StorageGuard
+from gateway.storage_guard import RUNBOOK, Notice, QuotaWatch, StorageGuard
 
 QUOTA = 2 * 1024 * 1024  # etcd's backend quota in these tests
 FILLER = b"x" * 2000
@@ -241,7 +242,8 @@ async def test_metrics_show_each_members_size_and_alarms_against_the_configured_
         config = GatewayConfig(admin_secret_key=ADMIN_SECRET, etcd_quota_backend_bytes=QUOTA,
                                compact_retain_revisions=0, expiry_check_interval=0)
         app = create_app(ipam, config)
-        guard = app[STORAGE_GUARD]
+        guard = app[CLUSTERS_KEY].all[0].guard
+        assert guard is not None
         client = TestClient(TestServer(app))
         await client.start_server()
         try:
