@@ -101,19 +101,24 @@ def endpoint(handler: Callable[..., Awaitable[Any]] | None = None, *,
                 return web.Response(body=reply.body, headers={"Content-Type": reply.media_type})
             tag = reply._etag if isinstance(reply, Reply) else None
             if tag is None:
-                # pydantic writes the JSON itself (in Rust): no dict, no json.dumps.
-                return web.Response(text=reply.model_dump_json(),
-                                    content_type="application/json")
+                return web.Response(body=_json(reply), content_type="application/json",
+                                    charset="utf-8")
             held = request.headers.get("If-None-Match")
             if held is not None and request.method == "GET" and matches(held, tag):
                 return web.Response(status=304, headers={"ETag": tag})
-            return web.Response(text=reply.model_dump_json(), content_type="application/json",
-                                headers={"ETag": tag})
+            return web.Response(body=_json(reply), content_type="application/json",
+                                charset="utf-8", headers={"ETag": tag})
 
         setattr(handle, _WIRE, spec)
         return handle
 
     return wrap(handler) if handler is not None else wrap
+
+
+def _json(reply: BaseModel) -> bytes:
+    """`reply.model_dump_json()` as the bytes pydantic writes (in Rust) before it decodes
+    them to a str that aiohttp would encode again."""
+    return reply.__pydantic_serializer__.to_json(reply)
 
 
 def endpoint_of(handler: Any) -> Endpoint | None:
