@@ -56,9 +56,9 @@ import itertools
 import logging
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Iterable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 import grpc
 from aetcd import rpc
@@ -356,7 +356,9 @@ class EtcdStore:
         self.security = security or EtcdSecurity()
         self._endpoints = [self._connect(a.strip()) for a in endpoints]
         self._rr = itertools.count()
-        self._eject_listeners: list[asyncio.Event] = []
+        # Told (called) whenever an endpoint goes out of use: each watch stream checks
+        # whether it was its own.
+        self._eject_listeners: list[Callable[[], None]] = []
         self._token: str | None = None
         self._token_lock = asyncio.Lock()
         self.auth_renewals = 0
@@ -439,8 +441,12 @@ class EtcdStore:
                 log.warning("etcd endpoint %s out of use for %.1fs: %s", ep.address,
                             self.eject_seconds, err.code().name)
             ep.ejected_until = time.monotonic() + self.eject_seconds
-            for event in self._eject_listeners:
-                event.set()
+            self._tell_ejected()
+
+    def _tell_ejected(self) -> None:
+        """Call each watch stream's listener, once an endpoint is out of use."""
+        for listener in list(self._eject_listeners):
+            listener()
 
     def healthy_endpoints(self) -> list[str]:
         now = time.monotonic()
@@ -494,8 +500,8 @@ class EtcdStore:
                         "abandoning its %d call(s)", ep.address, deadline, len(ep.calls))
             # As a deadline would: the endpoint is out of use (`_eject`).
             self._abandon(ep, ep.calls, grpc.StatusCode.DEADLINE_EXCEEDED, ABANDONED)
-            for event in self._eject_listeners:
-                event.set()
+            ep.answering = False
+            self._tell_ejected()  # once it is out of use: each watch checks its own
         elif answered and not ep.answering:
             log.info("etcd endpoint %s answers probes again", ep.address)
         ep.answering = answered
@@ -799,8 +805,6 @@ class EtcdStore:
         auth_failed = False
         while True:
             ep = self._pick()
-            ejected = asyncio.Event()
-            self._eject_listeners.append(ejected)
             queue: asyncio.Queue[rpc.WatchRequest | None] = asyncio.Queue()
             queue.put_nowait(rpc.WatchRequest(create_request=rpc.WatchCreateRequest(
                 key=_b(prefix), range_end=prefix_end(prefix), start_revision=next_rev,
@@ -813,24 +817,27 @@ class EtcdStore:
 
             call = ep.watch.Watch(requests(), metadata=await self._metadata(renew=auth_failed))
             auth_failed = False
-            watched_address = ep.address
-            reader: asyncio.Future | None = None
-            stop: asyncio.Future | None = None
+            moved = False
+
+            def move_if_ours(call: Any = call, address: str = ep.address) -> None:
+                # Some endpoint went out of use: if it is this stream's, end the stream
+                # (its read raises CancelledError) and resume on another. A callback, not
+                # a task raced against every read: an event costs the watch one await.
+                nonlocal moved
+                if not moved and address not in self.healthy_endpoints():
+                    moved = True
+                    call.cancel()
+
+            self._eject_listeners.append(move_if_ours)
             try:
-                reader = asyncio.ensure_future(call.read())
                 while True:
-                    stop = asyncio.ensure_future(ejected.wait())
-                    done, _ = await asyncio.wait({reader, stop},
-                                                 return_when=asyncio.FIRST_COMPLETED)
-                    if reader not in done:
-                        # Some endpoint was ejected: if it is ours, move elsewhere.
-                        ejected.clear()
-                        if watched_address not in self.healthy_endpoints():
-                            reader.cancel()
-                            break
-                        continue
-                    stop.cancel()
-                    resp = reader.result()
+                    try:
+                        resp = await call.read()
+                    except asyncio.CancelledError:
+                        task = asyncio.current_task()
+                        if moved and task is not None and not task.cancelling():
+                            break  # the stream's endpoint went out of use
+                        raise
                     if resp is grpc.aio.EOF:
                         break
                     if resp.compact_revision:
@@ -853,7 +860,6 @@ class EtcdStore:
                         # does not ask for history a compaction may have dropped.
                         next_rev = resp.header.revision + 1
                         yield [], resp.header.revision
-                    reader = asyncio.ensure_future(call.read())
             except grpc.aio.AioRpcError as err:
                 if _auth_expired(err):
                     auth_failed = True
@@ -862,10 +868,7 @@ class EtcdStore:
                 log.info("watch on %s broke (%s); resuming at %d", ep.address,
                          err.code().name, next_rev)
             finally:
-                for pending in (reader, stop):
-                    if pending is not None and not pending.done():
-                        pending.cancel()
-                self._eject_listeners.remove(ejected)
+                self._eject_listeners.remove(move_if_ours)
                 queue.put_nowait(None)
                 call.cancel()
             await asyncio.sleep(backoff)

@@ -71,6 +71,41 @@ async def test_a_cancelled_caller_is_cancelled_not_abandoned(
         await store.close()
 
 
+async def test_a_watch_on_a_silent_endpoint_moves_to_another_and_misses_nothing(
+        etcd_cluster3_fresh: EtcdCluster, key_prefix: str) -> None:
+    cluster = etcd_cluster3_fresh
+    hung = next(m for i, m in enumerate(cluster.members) if i != cluster.leader_index())
+    # A long deadline and no background probes: only the hand-sent probe can move them.
+    store = EtcdStore(cluster.endpoints, timeout=60.0, eject_seconds=0.0,
+                      probe_interval=HOUR)
+    writer = EtcdStore([m.endpoint for m in cluster.members if m is not hung])
+    watches = [store.watch(key_prefix, 1) for _ in cluster.members]  # one per endpoint
+    try:
+        first = [asyncio.ensure_future(anext(w)) for w in watches]
+        await _put(writer, f"{key_prefix}0")
+        assert [[e.key for e in events] for events, _ in await asyncio.gather(*first)] == [
+            [f"{key_prefix}0"]] * 3
+        hung.pause()
+        assert dict(await store.probe_endpoints())[hung.endpoint] is False
+        for n in range(1, 4):
+            await _put(writer, f"{key_prefix}{n}")
+        for watch in watches:
+            seen: list[str] = []
+            while len(seen) < 3:  # bounded by the wait: three events, in batches
+                events, _ = await asyncio.wait_for(anext(watch), 10.0)
+                seen += [e.key for e in events]
+            assert seen == [f"{key_prefix}{n}" for n in range(1, 4)]
+    finally:
+        hung.resume()
+        for watch in watches:
+            await watch.aclose()  # type: ignore[attr-defined]
+        await writer.close()
+        await store.close()
+
+
+async def _put(store: EtcdStore, key: str) -> None:
+    await store.txn([], [rpc.RequestOp(request_put=rpc.PutRequest(key=key.encode(),
+                                                                    value=b"x"))])
 
 
 async def test_calls_are_abandoned_even_when_no_endpoint_answers(
