@@ -26,7 +26,7 @@ import logging
 import random
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 
 from . import events as ev
 from . import idempotency as idem
@@ -217,7 +217,7 @@ class SourceEngine:
         return None
 
     def _txn(self, b: Booking, offset: int) -> GuardedTxn:
-        record = b.record = replace(b.record, address=self.source.address_at(offset))
+        record = b.record = b.record.with_address(self.source.address_at(offset))
         k = self.keys
         addr_key = k.address(self.source.id, self.source.offset_key(offset))
         ip_key = k.ip(record.id)

@@ -60,6 +60,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Protocol
 
+import orjson
 from aetcd import rpc
 
 from .errors import InvalidArgument, PreconditionFailed
@@ -92,8 +93,11 @@ START = "0"
 _CURSOR = re.compile(r"^(0|[1-9][0-9]{0,18}-[0-9]{1,12})$")
 
 
-# One encoder for every event: `json.dumps` with separators builds a new one per call.
-_encode = json.JSONEncoder(separators=(",", ":")).encode
+def _encode(data: dict[str, Any]) -> bytes:
+    # orjson: a booking writes one event, and the standard encoder was a twentieth of its
+    # CPU. Same JSON, but for characters beyond ASCII, written as UTF-8 instead of \u
+    # escapes (the feed reads both).
+    return orjson.dumps(data)
 
 
 def event_key(keys: Keys, project_id: str, ip_id: str) -> str:
@@ -106,7 +110,7 @@ def _resource(r: Resource | None) -> dict[str, Any] | None:
                                    "name": r.name}
 
 
-def entry(kind: str, record: IPRecord, actor: str, at: str) -> str:
+def entry(kind: str, record: IPRecord, actor: str, at: str) -> bytes:
     """The value of one event: what changed, of which IP, by whom, when.
 
     Built from the record's fields (never its whole JSON): the booking's hot path pays

@@ -117,8 +117,14 @@ class Source:
 
     def address_at(self, offset: int) -> str:
         """The address at `offset`, with the source's prefix length (`10.0.0.5/24`)."""
+        first, version, suffix = self._first
+        return f"{netaddr.IPAddress(first + offset, version)}{suffix}"
+
+    @cached_property
+    def _first(self) -> tuple[int, int, str]:
+        # What `address_at` needs of the network, worked out once: every booking asks.
         net = self.network
-        return f"{netaddr.IPAddress(int(net.network) + offset, net.version)}/{net.prefixlen}"
+        return int(net.network), net.version, f"/{net.prefixlen}"
 
     def offset_key(self, offset: int) -> str:
         return format(offset, f"0{self.offset_width}x")

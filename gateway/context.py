@@ -79,11 +79,14 @@ def cluster_of(request: web.Request) -> Cluster:
     it is authenticated and served by the same cluster."""
     cluster = request.get(_CLUSTER)
     if cluster is None:
-        clusters = request.app[CLUSTERS_KEY]
-        region = request.match_info.get("region")
-        cluster = (clusters.of_region(region) if region else None) or clusters.serving()
-        request[_CLUSTER] = cluster
+        cluster = request[_CLUSTER] = _choose(request)
     return cluster
+
+
+def _choose(request: web.Request) -> Cluster:
+    clusters = request.app[CLUSTERS_KEY]
+    region = request.match_info.get("region")
+    return (clusters.of_region(region) if region else None) or clusters.serving()
 
 
 @web.middleware
@@ -92,7 +95,9 @@ async def cluster_middleware(request: web.Request,
                              ) -> web.StreamResponse:
     """Give the request its cluster's gate and authenticator, for the availability and
     authentication middlewares that follow (which know nothing of clusters)."""
-    cluster = cluster_of(request)
+    # Chosen here, first (`cluster_of` then finds it): a Request's `get` of a key it lacks
+    # raises and catches a KeyError inside.
+    cluster = request[_CLUSTER] = _choose(request)
     request[REQUEST_GATE] = cluster.availability
     request[REQUEST_AUTHENTICATOR] = cluster.authenticator
     return await handler(request)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import random
 from collections import Counter
 
@@ -124,6 +125,17 @@ def test_listing_filters_by_mac_and_attachment():
 def test_record_json_round_trips():
     r = _rec(3, resource=Resource.custom("02:00:00:00:00:03"), tags=("a",))
     assert IPRecord.from_json(r.to_json()) == r
+
+
+def test_a_records_copies_are_what_dataclasses_replace_makes():
+    r = _rec(4, resource=Resource.custom("02:00:00:00:00:04", "db"), tags=("a", "b"),
+             expires_at="2026-02-01T00:00:00Z", revision=7)
+    moved, read = r.with_address("10.0.0.9/24"), r.at(12)
+    assert moved == dataclasses.replace(r, address="10.0.0.9/24") and moved.revision == 7
+    assert read == r and read.revision == 12  # the revision is not compared
+    assert (r.address, r.revision) == ("10.0.0.4/24", 7)  # the original is untouched
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        moved.address = "10.0.0.1/24"  # type: ignore[misc]
 
 
 @pytest.mark.parametrize("mac", ["02-00-00-00-00-0A", " 02:00:00:00:00:0a "])
