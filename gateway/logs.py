@@ -2,7 +2,8 @@
 request carrying its request id.
 
     X-Request-Id   taken from the request when it is a sane token (<= 128 printable
-                   characters), else generated (a UUID); sent back in every answer,
+                   characters), else generated (shaped as a UUID: a random
+                   prefix per process, then a counter); sent back in every answer,
                    errors included, and put in every log line written while serving it.
 
 The access line says method, route template, path, status, duration, request id and the
@@ -30,9 +31,10 @@ from .auth import PRINCIPAL_KEY
 REQUEST_ID_HEADER = "X-Request-Id"
 _SANE_ID = re.compile(r"^[\x21-\x7e]{1,128}$")  # printable ASCII, no spaces
 
+
 def _request_ids() -> Iterator[str]:
-    """Request ids shaped as UUIDs: a random prefix per process, then a counter (unique
-    without a system call per request, as `new_id` makes)."""
+    """Request ids shaped as UUIDs: a random prefix per process, then a counter. Unique
+    without the system call that `new_id` makes for each id."""
     prefix = new_id()[:24]
     for n in itertools.count():
         yield f"{prefix}{n & 0xFFFFFFFFFFFF:012x}"

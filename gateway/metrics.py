@@ -109,7 +109,7 @@ class GatewayMetrics:
     def answered(self, route: str, method: str, status: int, seconds: float) -> None:
         """One HTTP request answered: counted and timed under its labels."""
         children = self._answered.get((route, method, status))
-        if children is None:  # bounded: route templates x methods x statuses
+        if children is None:  # bounded: route templates x `_METHODS` x statuses
             children = self._answered[route, method, status] = (
                 self.requests.labels(route, method, str(status)),
                 self.latency.labels(route, method))
@@ -272,6 +272,11 @@ async def metrics_endpoint(request: web.Request) -> Raw:
     return Raw(request.app[METRICS].scrape(), CONTENT_TYPE_LATEST)
 
 
+# The methods a label may name; any other (aiohttp's parser knows some forty, WebDAV's
+# among them, and answers 400 to the rest) is `other`, not a series of its own.
+_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+
+
 @web.middleware
 async def metrics_middleware(
         request: web.Request,
@@ -287,5 +292,6 @@ async def metrics_middleware(
         status = exc.status
         raise
     finally:
-        request.app[METRICS].answered(route_of(request), request.method, status,
+        method = request.method if request.method in _METHODS else "other"
+        request.app[METRICS].answered(route_of(request), method, status,
                                       time.perf_counter() - started)
