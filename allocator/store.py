@@ -58,7 +58,7 @@ import time
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Protocol
 
 import grpc
 from aetcd import rpc
@@ -819,7 +819,8 @@ class EtcdStore:
             auth_failed = False
             moved = False
 
-            def move_if_ours(call: Any = call, address: str = ep.address) -> None:
+            def move_if_ours(call: grpc.aio.StreamStreamCall = call,
+                             address: str = ep.address) -> None:
                 # Some endpoint went out of use: if it is this stream's, end the stream
                 # (its read raises CancelledError) and resume on another. A callback, not
                 # a task raced against every read: an event costs the watch one await.
