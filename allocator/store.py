@@ -830,6 +830,7 @@ class EtcdStore:
                     call.cancel()
 
             self._eject_listeners.append(move_if_ours)
+            move_if_ours()  # it may have gone out of use while the metadata was awaited
             try:
                 while True:
                     try:

@@ -118,7 +118,7 @@ def endpoint(handler: Callable[..., Awaitable[Any]] | None = None, *,
 def _json(reply: BaseModel) -> bytes:
     """`reply.model_dump_json()` as the bytes pydantic writes (in Rust) before it decodes
     them to a str that aiohttp would encode again."""
-    return reply.__pydantic_serializer__.to_json(reply)
+    return reply.__pydantic_serializer__.to_json(reply, by_alias=False)  # as model_dump_json
 
 
 def endpoint_of(handler: Any) -> Endpoint | None:

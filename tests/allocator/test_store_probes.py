@@ -11,6 +11,8 @@ every member's reads. Probes are sent by hand here
 from __future__ import annotations
 
 import asyncio
+import contextlib
+from typing import Any
 
 import pytest
 from aetcd import rpc
@@ -100,6 +102,65 @@ async def test_a_watch_on_a_silent_endpoint_moves_to_another_and_misses_nothing(
         for watch in watches:
             await watch.aclose()  # type: ignore[attr-defined]
         await writer.close()
+        await store.close()
+
+
+async def test_a_watch_whose_endpoint_goes_silent_while_it_opens_moves_at_once(
+        etcd_cluster3_fresh: EtcdCluster, key_prefix: str,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    # The stream's endpoint is picked, then its call metadata awaited (an auth token may
+    # be fetched): a member lost meanwhile is told of before the stream listens.
+    cluster = etcd_cluster3_fresh
+    index = cluster.leader_index()
+    assert index is not None
+    leader = cluster.members[index]
+    # Followers first: the first stream's pick, the member lost, is not the leader.
+    store = EtcdStore([m.endpoint for m in cluster.members if m is not leader]
+                      + [leader.endpoint], timeout=60.0, eject_seconds=0.0,
+                      probe_interval=HOUR)
+    by_address = {m.endpoint: m for m in cluster.members}
+    picked: list[str] = []
+    pick, metadata = store._pick, store._metadata
+    hung: list[Any] = []
+
+    def recording_pick(*args: Any) -> Any:
+        ep = pick(*args)
+        picked.append(ep.address)
+        return ep
+
+    async def losing_metadata(renew: bool = False) -> Any:
+        if not hung:  # the first stream's member goes silent while it opens
+            hung.append(by_address[picked[-1]])
+            hung[0].pause()
+            await store.probe_endpoints()
+        return await metadata(renew)
+
+    monkeypatch.setattr(store, "_pick", recording_pick)
+    monkeypatch.setattr(store, "_metadata", losing_metadata)
+    watch = store.watch(key_prefix, 1)
+    first = asyncio.ensure_future(anext(watch))
+    writer: EtcdStore | None = None
+    try:
+        for _ in range(100):  # bounded: the stream opens within a few turns of the loop
+            if hung:
+                break
+            await asyncio.sleep(0.01)
+        assert hung and hung[0] is not leader
+        writer = EtcdStore([m.endpoint for m in cluster.members if m not in hung])
+        await _put(writer, f"{key_prefix}0")
+        # Within the wait, not after gRPC's keepalive gives up on the silent member.
+        events, _ = await asyncio.wait_for(first, 5.0)
+        assert [e.key for e in events] == [f"{key_prefix}0"]
+        assert hung and picked[-1] != hung[0].endpoint  # it moved
+    finally:
+        first.cancel()
+        with contextlib.suppress(BaseException):
+            await first
+        for member in hung:
+            member.resume()
+        await watch.aclose()  # type: ignore[attr-defined]
+        if writer is not None:
+            await writer.close()
         await store.close()
 
 
