@@ -345,15 +345,20 @@ class Lifecycle:
         async def decide(r: IPRecord, txn: GuardedTxn) -> IPRecord:
             caller.require_ip(UPDATE, r)
             changes: dict[str, Any] = {}
-            if new_tags is not None:
+            if new_tags is not None and new_tags != r.tags:
                 changes["tags"] = new_tags
                 self._retag(txn, r, new_tags)
             if reverses is not None:
-                changes["reverses"] = check_reverses(reverses, r.address)
+                new_reverses = check_reverses(reverses, r.address)
+                if new_reverses != r.reverses:
+                    changes["reverses"] = new_reverses
             if expires_at is not UNCHANGED:
                 # Whoever may update an unattached IP may release it too (access.RULES).
-                changes["expires_at"] = self._re_expire(txn, r, expires_at)
-            return r.with_changes(**changes)
+                new_expiry = self._re_expire(txn, r, expires_at)
+                if new_expiry != r.expires_at:
+                    changes["expires_at"] = new_expiry
+            # An update that changes nothing writes nothing: no new version, no event.
+            return r.with_changes(**changes) if changes else r
 
         return await self._change("update", ip_id, {}, decide, caller, if_match=if_match)
 
@@ -503,8 +508,14 @@ class Lifecycle:
         async def decide(r: IPRecord, txn: GuardedTxn) -> IPRecord:
             caller.require_attach(r, resource)
             if r.resource is not None:
-                if r.resource.same_as(resource):
+                if r.resource == resource:  # a retry: it is attached already
                     return r
+                if r.resource.same_as(resource):
+                    raise PreconditionFailed(
+                        "resource_already_attached",
+                        f"IP {r.id} is already attached to this resource, with another "
+                        f"{_differing(r.resource, resource)}; move it (from the resource as "
+                        "attached to the resource as named) to change that")
                 raise PreconditionFailed("resource_already_attached",
                                          f"IP {r.id} is already attached to a resource; "
                                          "detach it first")
@@ -588,6 +599,14 @@ def _check_detached(r: IPRecord) -> None:
 def _check_resource(resource: Resource) -> None:
     if not isinstance(resource, Resource):
         raise InvalidArgument("resource", "is required", "required")
+
+
+def _differing(held: Resource, named: Resource) -> str:
+    """What tells `named` from `held`, the same resource: "name 'a' (not 'b')", ..."""
+    return " and ".join(
+        f"{what} {getattr(held, attr)!r} (not {getattr(named, attr)!r})"
+        for what, attr in (("MAC address", "mac_address"), ("name", "name"))
+        if getattr(held, attr) != getattr(named, attr))
 
 
 def _check_attached_to(r: IPRecord, named: Resource) -> Resource:

@@ -6,6 +6,7 @@ so the gateway serialises a record without renaming anything.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 import uuid
@@ -166,6 +167,7 @@ def check_reverses(reverses: Any, ip_address: str) -> tuple[Reverse, ...]:
     if len(reverses) > _REVERSES_MAX:
         raise InvalidArgument("reverses", f"at most {_REVERSES_MAX} reverses")
     bare = ip_address.split("/")[0]
+    own = ipaddress.ip_address(bare)
     out = []
     for r in reverses:
         if not isinstance(r, dict) or not isinstance(r.get("hostname"), str):
@@ -174,10 +176,19 @@ def check_reverses(reverses: Any, ip_address: str) -> tuple[Reverse, ...]:
             raise InvalidArgument("reverses.hostname", f"{r['hostname']!r} is not a hostname",
                                   "format")
         addr = r.get("address") or bare
-        if addr.split("/")[0] != bare:
+        if not isinstance(addr, str):
+            raise InvalidArgument("reverses.address", "must be a string", "format")
+        if _parsed(addr.split("/")[0]) != own:  # any spelling of it: FD00::1, fd00:0::1
             raise InvalidArgument("reverses.address", f"must be the IP's own address {bare}")
         out.append(Reverse(r["hostname"], bare))
     return tuple(out)
+
+
+def _parsed(address: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    try:
+        return ipaddress.ip_address(address)
+    except ValueError:
+        return None
 
 
 # The versions (IPRecord.revision) a conditional change accepts: HTTP's If-Match.

@@ -114,6 +114,9 @@ async def test_bad_tags_reverses_and_pages_are_refused(ipam, pn, project):
     await _refused(ipam, ipam.update_ip(ip.id, reverses=[{"hostname": "bad host!"}]))
     await _refused(ipam, ipam.update_ip(ip.id, reverses=[{"hostname": "a.example.com",
                                                           "address": "10.60.0.99"}]))
+    for address in (99, ["10.60.0.1"], "not an address"):
+        await _refused(ipam, ipam.update_ip(ip.id, reverses=[{"hostname": "a.example.com",
+                                                              "address": address}]))
     await _refused(ipam, ipam.book(book_in(pn, project, tags=["x" * 200])))
     await _refused(ipam, ipam.list_ips(IPFilter(), page=0))
     await _refused(ipam, ipam.list_ips(IPFilter(), page_size=101))

@@ -11,6 +11,7 @@ from allocator.contract import AddressAsk, Caller, IPFilter, IPRecord, Resource
 from allocator.errors import (
     AlreadyExists,
     Conflict,
+    InvalidArgument,
     NotFound,
     PermissionDenied,
     PoolExhausted,
@@ -84,6 +85,48 @@ async def test_attached_ip_is_attached_to_one_resource_only(ipam, pn, project):
     assert err.value.precondition == "resource_already_attached"
     again = await ipam.attach(ip.id, vm(1))  # attaching the same resource is a no-op
     assert again.resource == vm(1)
+
+
+async def test_attaching_the_same_resource_under_another_name_is_refused(ipam, pn, project):
+    """A re-attach is a retry only when it names the resource as it is attached: one that
+    renames it (its DNS name) would be told "done" and change nothing. Move renames."""
+    ip = await ipam.book(book_in(pn, project))
+    attached = await ipam.attach(ip.id, vm(1, "web-1"))
+    for other in (vm(1, "web-2"), vm(1)):
+        with pytest.raises(PreconditionFailed) as err:
+            await ipam.attach(ip.id, other)
+        assert err.value.precondition == "resource_already_attached"
+        assert "name 'web-1'" in str(err.value) and "move it" in str(err.value)
+    held = await ipam.get_ip(ip.id)
+    assert held.resource == vm(1, "web-1") and held.revision == attached.revision
+    with pytest.raises(PreconditionFailed):
+        await ipam.attach(ip.id, server(), INSTANCE)  # another resource: refused as before
+    renamed = await ipam.move(ip.id, vm(1, "web-1"), vm(1, "web-2"))
+    assert renamed.resource == vm(1, "web-2") and renamed.address == ip.address
+    assert (await ipam.attach(ip.id, vm(1, "web-2"))).revision == renamed.revision
+
+
+async def test_an_update_that_changes_nothing_writes_nothing(ipam, pn, project):
+    ip = await ipam.book(book_in(pn, project, tags=["a", "b"]))
+    tagged = await ipam.update_ip(ip.id, reverses=[{"hostname": "web.example.com"}])
+    for same in ({}, {"tags": ["a", "b"]}, {"reverses": [{"hostname": "web.example.com"}]},
+                 {"tags": ["a", "b"], "expires_at": None}):
+        kept = await ipam.update_ip(ip.id, **same)
+        assert (kept.revision, kept.updated_at) == (tagged.revision, tagged.updated_at), same
+    reordered = await ipam.update_ip(ip.id, tags=["b", "a"])  # order is the user's: a change
+    assert reordered.revision > tagged.revision and reordered.tags == ("b", "a")
+
+
+async def test_a_reverse_may_spell_the_ips_own_ipv6_address_any_way(ipam, pn, project):
+    ip = await ipam.book(book_in(pn, project, is_ipv6=True, address="fd00:1:2:3::abcd"))
+    for spelling in ("FD00:1:2:3::ABCD", "fd00:0001:2:3:0:0:0:abcd", "fd00:1:2:3::abcd/64"):
+        done = await ipam.update_ip(ip.id, reverses=[{"hostname": "v6.example.com",
+                                                      "address": spelling}])
+        assert [(r.hostname, r.address) for r in done.reverses] == [
+            ("v6.example.com", "fd00:1:2:3::abcd")]
+    with pytest.raises(InvalidArgument):
+        await ipam.update_ip(ip.id, reverses=[{"hostname": "v6.example.com",
+                                               "address": "fd00:1:2:3::abce"}])
 
 
 async def test_mac_address_holds_at_most_one_ip_per_family_in_a_private_network(ipam, pn,
