@@ -69,6 +69,7 @@ log = logging.getLogger("ipam")
 
 ADMIN_SECRET_FILE = "admin_secret_key"
 ETCD_ENDPOINT_FILE = "etcd_endpoint"  # the embedded etcd's client URL, for etcdctl
+GATEWAY_URL_FILE = "gateway_url"  # where this node serves, for the operator commands
 ETCD_TLS_DIR = "etcd-tls"  # its CA, and the client certificate its users present
 LOCK_FILE = "serve.lock"
 SUPERVISE_SECONDS = 1.0
@@ -366,6 +367,8 @@ async def _serve(config: cfg.GatewayConfig, out: Any, checked: Preflight) -> int
         settle_heap()
         http = await listen(runner, checked.listener, checked.tls, config)
         port = checked.listener.getsockname()[1]
+        if config.embedded_etcd:  # `ipam keys ...` run from here finds the node on any port
+            (config.data_dir / GATEWAY_URL_FILE).write_text(f"{reachable_url(config, port)}\n")
         announce = asyncio.ensure_future(_announce(runner.app, config, port, endpoints, out))
         stopping = asyncio.ensure_future(stop.wait())
         failed = asyncio.ensure_future(_first_failure(runner.app))
@@ -404,6 +407,15 @@ async def _first_failure(app: web.Application) -> Exception:
     finally:
         for wait in waits:
             wait.cancel()
+
+
+def reachable_url(config: cfg.GatewayConfig, port: int) -> str:
+    """A URL of this node that a client on the same host can use: a wildcard host (all
+    addresses) is reached on loopback."""
+    host = {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}.get(config.host, config.host)
+    if ":" in host:
+        host = f"[{host}]"
+    return f"{'https' if config.tls else 'http'}://{host}:{port}"
 
 
 async def _announce(app: web.Application, config: cfg.GatewayConfig, port: int,

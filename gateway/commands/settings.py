@@ -9,8 +9,9 @@ Every setting is taken from the first of these that gives it:
                   IPAM_OUTPUT
     config file   --config / IPAM_CONFIG, default ~/.config/ipam/config.toml, TOML with
                   the keys url, secret_key, region, output (all strings)
-    data dir      the secret key only: the admin secret `ipam serve` keeps in
-                  --data-dir / IPAM_DATA_DIR (default ./.ipam)
+    data dir      the secret key and the URL: the admin secret `ipam serve` keeps in
+                  --data-dir / IPAM_DATA_DIR (default ./.ipam), and the URL it serves on
+                  (with its embedded etcd: `ipam serve --port 9000` is found there)
     default       url http://127.0.0.1:8080, region fr-par, output table
 
 A setting that cannot be used (a config file that does not parse, a URL that is not
@@ -98,6 +99,16 @@ def stored_admin_secret(data_dir: Path) -> str | None:
         return None
 
 
+def stored_gateway_url(data_dir: Path) -> str | None:
+    """The URL `ipam serve` with its embedded etcd in `data_dir` last served on, if any."""
+    from ..serve import GATEWAY_URL_FILE  # imported here: it loads the allocator
+
+    try:
+        return (data_dir / GATEWAY_URL_FILE).read_text().strip() or None
+    except OSError:
+        return None
+
+
 def check_url(url: str) -> str:
     """`url` without its trailing slash; a usage error unless it is an http(s) URL."""
     parts = urllib.parse.urlsplit(url)
@@ -113,14 +124,15 @@ def resolve(flags: Mapping[str, str], environ: Mapping[str, str],
     named = flags.get("config") or environ.get("IPAM_CONFIG")
     config = read_config(Path(named) if named else default_config_path(),
                          explicit=bool(named))
-    url = flags.get("url") or environ.get("IPAM_URL") or config.get("url") or DEFAULT_URL
+    data_dir = Path(flags.get("data_dir") or environ.get("IPAM_DATA_DIR") or DEFAULT_DATA_DIR)
+    url = (flags.get("url") or environ.get("IPAM_URL") or config.get("url")
+           or stored_gateway_url(data_dir) or DEFAULT_URL)
     region = (flags.get("region") or environ.get("IPAM_REGION") or config.get("region")
               or DEFAULT_REGION)
     output = (flags.get("output") or environ.get("IPAM_OUTPUT") or config.get("output")
               or DEFAULT_OUTPUT)
     if output not in allowed_outputs:
         raise click.UsageError(f"output {output!r} is not one of {', '.join(allowed_outputs)}")
-    data_dir = Path(flags.get("data_dir") or environ.get("IPAM_DATA_DIR") or DEFAULT_DATA_DIR)
     secret = (flags.get("secret_key") or environ.get("IPAM_SECRET_KEY")
               or environ.get("IPAM_ADMIN_SECRET_KEY") or config.get("secret_key")
               or stored_admin_secret(data_dir))
@@ -146,7 +158,8 @@ def common_options(outputs: Sequence[str] = OUTPUTS) -> Callable[[F], F]:
     def decorate(f: F) -> F:
         options = [
             click.option("--url", metavar="URL", expose_value=False, callback=_remember,
-                         help=f"the gateway [IPAM_URL; default {DEFAULT_URL}]"),
+                         help=f"the gateway [IPAM_URL; default the one `ipam serve` keeps in the "
+                              f"data dir, else {DEFAULT_URL}]"),
             click.option("--secret-key", metavar="KEY", expose_value=False,
                          callback=_remember,
                          help="the secret key to act with [IPAM_SECRET_KEY, "
@@ -161,7 +174,7 @@ def common_options(outputs: Sequence[str] = OUTPUTS) -> Callable[[F], F]:
                          help="a TOML file of defaults: url, secret_key, region, output "
                               "[IPAM_CONFIG; default ~/.config/ipam/config.toml]"),
             click.option("--data-dir", metavar="DIR", expose_value=False, callback=_remember,
-                         help="where `ipam serve` keeps the admin secret "
+                         help="where `ipam serve` keeps the admin secret and its URL "
                               f"[IPAM_DATA_DIR; default {DEFAULT_DATA_DIR}]"),
         ]
         for option in reversed(options):

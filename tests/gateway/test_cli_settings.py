@@ -71,6 +71,24 @@ def test_the_data_dirs_secret_comes_after_the_config_file_and_defaults_last(
                    {"IPAM_DATA_DIR": str(other)}).secret_key == SECRET
 
 
+def test_the_data_dirs_url_comes_after_the_config_file_and_before_the_default(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`ipam serve --port 9000` with its embedded etcd: `ipam keys ...` from the same
+    directory finds it without --url."""
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / ".ipam").mkdir()
+    (tmp_path / ".ipam" / "admin_secret_key").write_text(SECRET + "\n")
+    (tmp_path / ".ipam" / "gateway_url").write_text("http://127.0.0.1:9000\n")
+    assert resolve({}, {}).url == "http://127.0.0.1:9000"
+    assert resolve({}, {"IPAM_URL": "http://env:2"}).url == "http://env:2"
+    config = tmp_path / "c.toml"
+    config.write_text('url = "http://config:1"\n')
+    assert resolve({"config": str(config)}, {}).url == "http://config:1"
+    (tmp_path / ".ipam" / "gateway_url").write_text("")  # unreadable or empty: the default
+    assert resolve({}, {}).url == "http://127.0.0.1:8080"
+
+
 def test_ipam_config_names_the_config_file(home: Path) -> None:
     other = home / "other.toml"
     other.write_text('region = "it-mil"\n')

@@ -225,6 +225,19 @@ def test_restarts_reuse_the_certificates_keep_the_data_and_backup_finds_them(
         assert (snapshot.returncode, snapshot.stdout) == (0, "Snapshot saved at ipam.db\n")
 
 
+def test_the_operator_commands_find_a_node_on_any_port_from_its_data_dir(
+        tmp_path: Path) -> None:
+    """`scripts/run.sh --port N` then `ipam keys ...` from the same directory, no --url."""
+    with serving(tmp_path / ".ipam") as node:  # --port 0: a port of the kernel's choice
+        assert (tmp_path / ".ipam" / "gateway_url").read_text() == f"{node.url}\n"
+        listed = subprocess.run(
+            [sys.executable, "-m", "gateway.cli", "pools", "list", "-o", "json"],
+            cwd=tmp_path, env={**_clean_env(), "IPAM_SECRET_KEY": ADMIN_SECRET},
+            capture_output=True, text=True, timeout=60, check=False)
+        assert (listed.returncode, json.loads(listed.stdout or "null")) == (0, []), \
+            listed.stderr
+
+
 async def test_a_data_dir_of_a_plain_embedded_etcd_keeps_its_data_with_tls(
         tmp_path: Path) -> None:
     """The upgrade: a data dir from before TLS (etcd under data/etcd, http URL)."""
