@@ -22,6 +22,7 @@ import re
 
 from allocator.contract import IfMatch
 
+_REVISION_DIGITS = 19
 _TAG = re.compile(r'\s*(W/)?"([\x21\x23-\x7e]*)"\s*')
 
 
@@ -40,7 +41,10 @@ def if_match(header: str | None) -> IfMatch | None:
     versions = set()
     for item in header.split(","):  # well formed: its model checked it
         tag = _TAG.fullmatch(item)
-        if tag is not None and not tag.group(1) and tag.group(2).isdigit():
+        # A version is an etcd revision, an int64: a longer tag names none (and int() of
+        # thousands of digits raises).
+        if (tag is not None and not tag.group(1) and tag.group(2).isdigit()
+                and len(tag.group(2)) <= _REVISION_DIGITS):
             versions.add(int(tag.group(2)))
     return frozenset(versions)
 
