@@ -14,6 +14,8 @@ as Scaleway writes it, because the SDK calls `res.json()` on every error:
     409 conflict              concurrent changes kept winning; retry
     412 precondition_failed   precondition (resource_still_in_use, ...)
     413 request_entity_too_large
+    501 not_implemented       a call of Scaleway's VPC v2 API this gateway does not
+                              serve (routes, ACL rules, connectors, ...)
     503 service_unavailable   etcd unreachable; for an unknown outcome (with a
                               help_message), retry with the same Idempotency-Key
     503 service_unavailable   "the datastore is full: ...": etcd's storage quota is full
@@ -30,6 +32,7 @@ answered as a bare 500 `internal_error`.
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
@@ -96,7 +99,21 @@ def not_found(resource: str, resource_id: str, message: str | None = None) -> Ap
         {"message": message} if message else {})))
 
 
+# Calls of Scaleway's VPC v2 API beyond VPCs, Private Networks and subnets (the SDK's
+# `VpcV2API` has them): not served here, and said so, not answered as a missing object.
+_UNSERVED = re.compile(
+    r"/vpc/v2/regions/[^/]+/(?:(routes|ingress-rules|vpc-connectors"
+    r"|object-storage-private-access)(?:/.*)?|vpcs/[^/]+/(acl-rules"
+    r"|enable-custom-routes-propagation))")
+
+
 def route_not_found(path: str) -> ApiError:
+    unserved = _UNSERVED.fullmatch(path)
+    if unserved:
+        return ApiError(501, m.NotImplementedCall(message=(
+            f"this gateway does not serve Scaleway's VPC {unserved[1] or unserved[2]} calls: "
+            "it serves IPAM v1 and the VPC v2 calls of VPCs, Private Networks and "
+            "subnets")))
     return not_found("route", path, f"no route for {path}")
 
 

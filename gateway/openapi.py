@@ -248,6 +248,9 @@ def document(app: web.Application) -> dict[str, Any]:
             "responses": {
                 "RouteNotFound": _answer("No route for this path",
                                          schemas.ref(m.NotFound, "serialization")),
+                "NotServed": _answer("A call of Scaleway's VPC v2 API that this gateway "
+                                     "does not serve (routes, ACL rules, connectors, ...)",
+                                     schemas.ref(m.NotImplementedCall, "serialization")),
                 "MethodNotAllowed": {
                     **_answer("The path does not take this method",
                               schemas.ref(m.MethodNotAllowed, "serialization")),

@@ -134,6 +134,12 @@ class ServiceUnavailable(ErrorBody):
     help_message: str | SkipJsonSchema[None] = None
 
 
+class NotImplementedCall(ErrorBody):
+    """501: a call of Scaleway's API that this gateway does not serve (VPC routes, ...)."""
+
+    type: Literal["not_implemented"] = "not_implemented"
+
+
 class InvalidRequest(ErrorBody):
     """Any other refusal by the HTTP layer itself."""
 

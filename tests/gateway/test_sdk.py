@@ -331,3 +331,43 @@ def test_routing_and_propagation_flags_are_kept_as_asked(tenant: Tenant) -> None
     assert off.default_route_propagation_enabled is False
     renamed = tenant.vpc.update_private_network(private_network_id=pn.id, name="x")
     assert renamed.default_route_propagation_enabled is False and renamed.name == "x"
+
+
+def test_vpc_calls_this_gateway_does_not_serve_are_501_not_a_missing_object(
+        tenant: Tenant, gateway: GatewayNode) -> None:  # noqa: F811
+    """get_route would otherwise answer 404 not_found, as for a route that does not exist."""
+    vpc = tenant.vpc.create_vpc(enable_routing=False, enable_transitivity=False, name="calls")
+    for call in (lambda: tenant.vpc.get_route(route_id=str(uuid.uuid4())),
+                 lambda: tenant.vpc.enable_custom_routes_propagation(vpc_id=vpc.id),
+                 lambda: tenant.vpc.get_acl(vpc_id=vpc.id, is_ipv6=False),
+                 lambda: tenant.vpc.list_vpc_connectors()):
+        with pytest.raises(ScalewayException) as exc:
+            call()
+        status, body = error_of(exc)
+        assert status == 501 and body["type"] == "not_implemented", body
+        assert "VPCs, Private Networks and subnets" in body["message"]
+    missing = requests.get(f"{gateway.url}/vpc/v2/regions/fr-par/nonsense", timeout=10,
+                           headers={"X-Auth-Token": tenant.secret})
+    assert (missing.status_code, missing.json()["type"]) == (404, "not_found")
+
+
+def test_a_reattach_under_another_name_is_refused_and_a_reverse_takes_any_spelling(
+        tenant: Tenant) -> None:
+    pn = tenant.vpc.create_private_network(default_route_propagation_enabled=False,
+                                           subnets=["10.78.0.0/24", "fd00:78::/64"])
+    ip = tenant.ipam.book_ip(source=Source(private_network_id=pn.id), is_ipv6=False)
+    web = CustomResource(mac_address="02:00:00:00:00:78", name="web-1")
+    tenant.ipam.attach_ip(ip_id=ip.id, resource=web)
+    assert tenant.ipam.attach_ip(ip_id=ip.id, resource=web).resource.name == "web-1"
+    with pytest.raises(ScalewayException) as exc:
+        tenant.ipam.attach_ip(ip_id=ip.id, resource=CustomResource(
+            mac_address="02:00:00:00:00:78", name="web-2"))
+    status, body = error_of(exc)
+    assert (status, body["precondition"]) == (412, "resource_already_attached")
+    assert tenant.ipam.get_ip(ip_id=ip.id).resource.name == "web-1"
+    v6 = tenant.ipam.book_ip(source=Source(private_network_id=pn.id), is_ipv6=True,
+                             address="fd00:78::abcd")
+    done = tenant.ipam.update_ip(ip_id=v6.id, reverses=[
+        Reverse(hostname="v6.example.com", address="FD00:78:0::ABCD")])
+    assert [(r.hostname, r.address) for r in done.reverses] == [
+        ("v6.example.com", "fd00:78::abcd")]

@@ -47,7 +47,7 @@ class Conformance:
             return responses["MethodNotAllowed"]
         resource = route.resource
         if resource is None:  # no route for this path
-            return responses["RouteNotFound"] if status == 404 else None
+            return {404: responses["RouteNotFound"], 501: responses["NotServed"]}.get(status)
         method = "get" if request.method == "HEAD" else request.method.lower()
         operation = self.doc["paths"][resource.canonical][method]
         return operation["responses"].get(str(status))
