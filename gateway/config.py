@@ -125,7 +125,8 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("tls_key_file", None, "PEM private key of --tls-cert-file"),
     Setting("max_body_bytes", str(DEFAULT_MAX_BODY_BYTES), "largest request body accepted"),
     Setting("header_timeout", "10.0",
-            "seconds a client has, from the first byte of a request, to send all its headers"),
+            "seconds a client has, from the first byte of a request, to send all its headers; "
+            "and as long again for its body (else 408)"),
     Setting("keepalive_timeout", "75.0",
             "seconds an idle connection is kept open between requests"),
     Setting("max_connections", "10000",

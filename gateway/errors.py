@@ -13,6 +13,7 @@ as Scaleway writes it, because the SDK calls `res.json()` on every error:
     409 out_of_stock          resource: ip, source_id (a pool with no free address left)
     409 conflict              concurrent changes kept winning; retry
     412 precondition_failed   precondition (resource_still_in_use, ...)
+    408 invalid_request       the body did not arrive within --header-timeout
     413 request_entity_too_large
     501 not_implemented       a call of Scaleway's VPC v2 API this gateway does not
                               serve (routes, ACL rules, connectors, ...)

@@ -168,6 +168,7 @@ def _errors(schemas: _Schemas, method: str, path: str, spec: Endpoint) -> dict[s
         (404, [m.NotFound], "{" in path or body),
         (409, [m.AlreadyExists, m.OutOfStock, m.Conflict], method in _WRITES),
         (412, [m.PreconditionFailed], method in _WRITES),
+        (408, [m.InvalidRequest], body),  # a body that does not arrive in time
         (413, [m.RequestEntityTooLarge], body),
         (503, [m.ServiceUnavailable], not public and path not in _NO_ETCD),
     ]

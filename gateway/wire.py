@@ -21,6 +21,7 @@ extra_forbidden -> unknown, type and parsing errors -> format, the rest -> const
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import json
 import typing
@@ -35,9 +36,10 @@ from pydantic import BaseModel, ValidationError
 
 from allocator.contract import ArgumentProblem
 
-from .context import served_region
+from .context import CONFIG_KEY, served_region
 from .errors import ApiError, invalid_argument, invalid_arguments
 from .etags import matches
+from .models import errors as m
 from .models.fields import Reply
 
 PARTS = ("path", "headers", "query", "body")
@@ -201,7 +203,10 @@ async def json_body(request: web.Request, *, empty_ok: bool = False) -> dict[str
     """The request body as a JSON object; 400 when it is not one or cannot be read (a
     `Content-Encoding: gzip` body that is no gzip, a body cut short), 413 when too large."""
     try:
-        raw = await request.read()  # raises 413 beyond client_max_size
+        if request.content.is_eof():  # all of it came with the headers: no deadline to set
+            raw = await request.read()  # raises 413 beyond client_max_size
+        else:
+            raw = await _read_in_time(request)
     except (RequestPayloadError, ConnectionResetError) as err:
         raise unreadable_body(request, err) from None
     if not raw.strip():
@@ -215,6 +220,21 @@ async def json_body(request: web.Request, *, empty_ok: bool = False) -> dict[str
     if not isinstance(data, dict):
         raise invalid_argument("body", "the body must be a JSON object", "format")
     return data
+
+
+async def _read_in_time(request: web.Request) -> bytes:
+    """The body, if it arrives within --header-timeout of its handler's start; else 408
+    and the connection is closed. Without it, a client announcing a body it never sends
+    holds a busy connection forever, and enough of them take every connection the node
+    has (`listener.Connections` closes idle ones only)."""
+    seconds = request.app[CONFIG_KEY].header_timeout
+    try:
+        async with asyncio.timeout(seconds):
+            return await request.read()
+    except TimeoutError:
+        request.content.feed_eof()
+        raise _ClosingError(408, m.InvalidRequest(
+            message=f"the request body did not arrive within {seconds:g} s")) from None
 
 
 def unreadable_body(request: web.Request, err: Exception) -> ApiError:

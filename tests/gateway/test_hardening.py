@@ -369,6 +369,44 @@ def test_a_connection_sending_half_its_headers_is_closed_after_the_header_timeou
             prompt.close()
 
 
+def _read_until_closed(sock: socket.socket) -> bytes:
+    sock.settimeout(PROMPT)
+    got = b""
+    for _ in range(100):  # an answer is a few packets at most
+        chunk = sock.recv(65536)
+        if not chunk:
+            return got
+        got += chunk
+    raise AssertionError(f"still open after {got!r}")
+
+
+def test_a_body_that_never_arrives_is_answered_408_and_frees_its_connection(
+        tmp_path: Path, etcd_single: EtcdCluster, key_prefix: str) -> None:
+    """Announced and never sent, a body held its busy connection forever: enough such
+    clients took every connection (--max-connections closes idle ones only)."""
+    admin = secret_file(tmp_path / "admin", ADMIN_SECRET)
+    with node(tmp_path, etcd_single, key_prefix, "--max-connections", "2",
+              "--header-timeout", "0.5", "--admin-secret-key-file", str(admin)) as (url, _):
+        slow = []
+        for _ in range(2):
+            sock = socket.create_connection(("127.0.0.1", port_of(url)), timeout=PROMPT)
+            sock.sendall(b"POST /ipam/v1/regions/fr-par/ips HTTP/1.1\r\nHost: x\r\n"
+                         b"Content-Type: application/json\r\nContent-Length: 1000\r\n"
+                         b"X-Auth-Token: " + ADMIN_SECRET.encode() + b"\r\n\r\n{")
+            slow.append(sock)
+        try:
+            for sock in slow:
+                head, _, body = _read_until_closed(sock).partition(b"\r\n\r\n")
+                assert head.startswith(b"HTTP/1.1 408"), head
+                assert json.loads(body) == {
+                    "type": "invalid_request",
+                    "message": "the request body did not arrive within 0.5 s"}
+            assert requests.get(f"{url}/healthz", timeout=PROMPT).status_code == 200
+        finally:
+            for sock in slow:
+                sock.close()
+
+
 def test_a_connection_idle_between_requests_is_closed_after_the_keepalive_timeout(
         tmp_path: Path, etcd_single: EtcdCluster, key_prefix: str) -> None:
     with node(tmp_path, etcd_single, key_prefix, "--keepalive-timeout", "0.5",
