@@ -16,13 +16,14 @@ import resource
 import socket
 import ssl
 import time
-from typing import TYPE_CHECKING, Any
+from typing import Any
+
+from aiohttp import http_exceptions, web
+from aiohttp.web_protocol import RequestHandler
 
 from . import config as cfg
-
-if TYPE_CHECKING:
-    from aiohttp import web
-    from aiohttp.web_protocol import RequestHandler
+from .errors import ApiError
+from .models.errors import InvalidRequest
 
 log = logging.getLogger("ipam")
 
@@ -76,7 +77,11 @@ class Connections:
 
     def protocol(self) -> asyncio.Protocol:
         """A new connection's protocol (the factory given to `loop.create_server`)."""
-        return _Connection(self, self._server())
+        http = self._server()
+        # aiohttp's handler, answering what its parser refuses as Scaleway does (its class
+        # is slotted: a subclass adding no field is the one way to change one method).
+        http.__class__ = _ScalewayRefusals
+        return _Connection(self, http)
 
     def admit(self, connection: _Connection) -> bool:
         """Count `connection` in, closing the longest idle one to make room; False when
@@ -109,6 +114,41 @@ class Connections:
             log.warning("%d connection(s) closed unread: --max-connections %d are open and "
                         "none is idle", self._refused, self._max)
             self._last_refusal_log, self._refused = now, 0
+
+
+# What aiohttp's parser refuses, in a few words of our own: its messages may echo the
+# request (a bare-LF request came back whole, its X-Auth-Token included) or name a
+# package to install.
+_REFUSALS: tuple[tuple[type[Exception], int, str], ...] = (
+    (http_exceptions.ContentEncodingError, 415,
+     "this Content-Encoding is not supported: send gzip, deflate or none"),
+    (http_exceptions.LineTooLong, 400, "the request line or a header is too long"),
+    (http_exceptions.BadHttpMethod, 400, "the method is not one HTTP/1.1 knows"),
+    (http_exceptions.InvalidURLError, 400, "the request target is not a valid URL"),
+    (http_exceptions.InvalidHeader, 400, "a header is not valid HTTP/1.1"),
+)
+_REFUSED = "the request is not valid HTTP/1.1"
+
+
+class _ScalewayRefusals(RequestHandler):
+    """aiohttp's per-connection handler, answering a request its parser refused with a
+    Scaleway error body and a debug line, not a text body and an error's traceback (one
+    per bad request: anyone could fill the log)."""
+
+    __slots__ = ()
+
+    def handle_error(self, request: web.BaseRequest, status: int = 500,
+                     exc: BaseException | None = None, message: str | None = None
+                     ) -> web.StreamResponse:
+        if status >= 500 or not isinstance(exc, http_exceptions.HttpProcessingError):
+            return super().handle_error(request, status, exc, message)  # a bug: logged
+        status, said = next(((code, words) for kind, code, words in _REFUSALS
+                             if isinstance(exc, kind)), (status, _REFUSED))
+        log.debug("refused a request from %s: %s (%s)", request.remote, said,
+                  type(exc).__name__)
+        answer = ApiError(status, InvalidRequest(message=said)).response()
+        answer.force_close()
+        return answer
 
 
 class _Connection(asyncio.Protocol):

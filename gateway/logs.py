@@ -104,7 +104,10 @@ async def request_id_middleware(
 def route_of(request: web.BaseRequest) -> str:
     """The route template that served `request` (`/ipam/v1/regions/{region}/ips/{ip_id}`),
     or `unmatched`: a bounded label, never the raw path."""
-    match = getattr(request, "match_info", None)
+    try:
+        match = getattr(request, "match_info", None)
+    except AssertionError:  # aiohttp's for a request its parser refused: never routed
+        return "unmatched"
     route = getattr(match, "route", None)
     resource = getattr(route, "resource", None)
     return resource.canonical if resource is not None else "unmatched"

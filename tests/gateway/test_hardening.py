@@ -407,6 +407,41 @@ def test_a_body_that_never_arrives_is_answered_408_and_frees_its_connection(
                 sock.close()
 
 
+_SECRET_SENT = "0d8c2a55-6c5e-4c8e-9d6a-2f1e3b4c5d6e"
+_POST = (b"POST /ipam/v1/regions/fr-par/ips HTTP/1.1\r\nHost: x\r\n"
+         b"Content-Type: application/json\r\n")
+
+
+@pytest.mark.parametrize("request_bytes, status, said", [
+    (b"FOO /healthz HTTP/1.1\r\nHost: x\r\n\r\n", 400, "the method"),
+    (b"GET /healthz HTTP/1.1\nHost: x\nX-Auth-Token: " + _SECRET_SENT.encode() + b"\n\n",
+     400, "not valid HTTP/1.1"),
+    (b"GET /" + b"a" * 20_000 + b" HTTP/1.1\r\nHost: x\r\n\r\n", 400, "too long"),
+    (_POST + b"Content-Encoding: br\r\nContent-Length: 2\r\n\r\n{}", 415,
+     "Content-Encoding"),
+    (_POST + b"Content-Length: 2\r\nContent-Length: 3\r\n\r\n{}", 400, "HTTP/1.1"),
+    (_POST + b"Content-Length: 2\r\nTransfer-Encoding: chunked\r\n\r\n{}", 400,
+     "HTTP/1.1"),
+])
+def test_what_the_http_parser_refuses_is_a_scaleway_error_and_no_traceback(
+        tmp_path: Path, etcd_single: EtcdCluster, key_prefix: str, request_bytes: bytes,
+        status: int, said: str) -> None:
+    """aiohttp answered these in plain text (echoing a bare-LF request, its secret
+    included, or asking to install Brotli) and logged two tracebacks for each."""
+    with node(tmp_path, etcd_single, key_prefix, "--log-level", "info") as (url, stderr):
+        with socket.create_connection(("127.0.0.1", port_of(url)), timeout=PROMPT) as sock:
+            sock.sendall(request_bytes)
+            head, _, body = _read_until_closed(sock).partition(b"\r\n\r\n")
+        assert head.split(b" ")[1] == str(status).encode(), head  # HTTP/1.0: never parsed
+        assert b"application/json" in head
+        answer = json.loads(body)
+        assert answer["type"] == "invalid_request" and said in answer["message"], answer
+        assert _SECRET_SENT.encode() not in head + body
+        assert requests.get(f"{url}/healthz", timeout=PROMPT).status_code == 200
+        logged = stderr.read_text()
+        assert "Traceback" not in logged and "Error handling request" not in logged, logged
+
+
 def test_a_connection_idle_between_requests_is_closed_after_the_keepalive_timeout(
         tmp_path: Path, etcd_single: EtcdCluster, key_prefix: str) -> None:
     with node(tmp_path, etcd_single, key_prefix, "--keepalive-timeout", "0.5",
