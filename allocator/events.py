@@ -25,6 +25,15 @@ outcome never commits a second time).
   event's, or the read's when the feed is caught up), `"{revision}-{unix seconds}"`;
   `"0"` reads from the oldest event kept. A page that found everything up to the read
   hands back the read's revision, so a quiet feed's cursor keeps moving.
+- A cursor the feed could not have answered is refused, InvalidArgument on `after`,
+  never read with a gap: a revision beyond the store's (the read's own header says it:
+  no extra round trip; an expired cursor's is checked by one key read before the 412)
+  or beyond etcd's int64, a time later than the reader's clock by more than `SKEW`
+  (the writer's or another node's clock may be ahead of ours, that much at most). The
+  time is only a hint where to start reading, never later than the reader's clock: a
+  cursor from a node whose clock is ahead reads from where one of ours would. Nothing
+  else in a cursor is checked (it is not signed): a forged one with an old revision
+  and a recent time skips what was written in between, as it asked.
 - Retention: events live on leases shared per period (as idempotency keys do,
   `idempotency.LeaseClock`), `retention` seconds at least, then etcd deletes them. A
   cursor older than the retention (its time) may have lost events after it: it is
@@ -34,7 +43,8 @@ outcome never commits a second time).
   rebuilds every IP booked within the retention; a consumer of older IPs starts from a
   caught-up cursor, then a full list, then follows the feed from that cursor.
 - A backup carries the events (they are leased keys) but not their revisions: after a
-  restore the feed's order is the restore's, and cursors taken before it mean nothing.
+  restore the feed's order is the restore's, and cursors taken before it mean nothing
+  (one beyond the restored store's revision is refused, as above).
 - Long poll: with `wait`, a read that finds nothing watches the prefixes from the
   revision it read until an event is put (or `wait` seconds pass), then reads again.
 - Filters: by project (the tenant's visible projects, or one of them), and then, on
@@ -90,6 +100,8 @@ MAX_PAGE = 1000
 # A read from a cursor starts this much before the cursor's time.
 SKEW = 300
 START = "0"
+# The read asks etcd for the revisions after the cursor's, an int64.
+MAX_REVISION = 2**63 - 2
 _CURSOR = re.compile(r"^(0|[1-9][0-9]{0,18}-[0-9]{1,12})$")
 
 
@@ -194,20 +206,54 @@ class FeedStore(Protocol):
 
 
 def parse_cursor(cursor: Any, retention: int, at: float | None = None) -> tuple[int, int]:
-    """(revision, seconds) of a cursor; InvalidArgument when it is not one,
-    PreconditionFailed `cursor_expired` when events after it may have expired."""
+    """(revision, seconds) of a cursor, checked against the clock (`at`, default now);
+    InvalidArgument when the feed could not have answered it (but for a revision beyond
+    the store's: `EventFeed.read` checks that), PreconditionFailed `cursor_expired` when
+    events after it may have expired."""
+    revision, seconds = _parts(cursor, time.time() if at is None else at)
+    if _expired(seconds, retention, at):
+        raise _cursor_expired(cursor, retention)
+    return revision, seconds
+
+
+def _parts(cursor: Any, now: float) -> tuple[int, int]:
+    """(revision, seconds) of a cursor the feed could have answered by `now`, as far as
+    it tells without a read: InvalidArgument otherwise."""
     if not isinstance(cursor, str) or not _CURSOR.match(cursor):
         raise InvalidArgument("after", 'must be "0" or a cursor the feed answered, like '
                                        '"4711-1767225600"', "format")
     if cursor == START:
         return 0, 0
     revision, seconds = (int(p) for p in cursor.split("-"))
-    slack = min(SKEW, retention // 2)
-    if (time.time() if at is None else at) - seconds > retention - slack:
-        raise PreconditionFailed("cursor_expired", f"events after cursor {cursor} are older "
-                                 f"than the feed keeps ({retention} s); read from \"0\" "
-                                 "again and rebuild what was derived from the feed")
+    if revision > MAX_REVISION:
+        raise _not_answered(f"its revision {revision} is beyond any etcd's")
+    if seconds > now + SKEW:
+        raise _not_answered(f"its time {seconds} is more than {SKEW} s ahead of the clock")
     return revision, seconds
+
+
+def _expired(seconds: int, retention: int, at: float | None = None) -> bool:
+    """Whether events after a cursor of time `seconds` ("0": 0) may have expired by `at`."""
+    slack = min(SKEW, retention // 2)
+    return bool(seconds) and (time.time() if at is None else at) - seconds > retention - slack
+
+
+def _cursor_expired(cursor: str, retention: int) -> PreconditionFailed:
+    return PreconditionFailed("cursor_expired", f"events after cursor {cursor} are older "
+                              f"than the feed keeps ({retention} s); read from \"0\" "
+                              "again and rebuild what was derived from the feed")
+
+
+def _not_answered(why: str) -> InvalidArgument:
+    return InvalidArgument("after", f'is no cursor the feed answered ({why}): give one it '
+                                    'answered, or "0"')
+
+
+def _within_head(revision: int, head: int) -> None:
+    """InvalidArgument unless a cursor's `revision` is at most `head`, the store's current
+    one as a linearizable read saw it: every cursor the feed answered is."""
+    if revision > head:
+        raise _not_answered(f"its revision {revision} is beyond the store's, {head}")
 
 
 def cursor_of(revision: int, seconds: float) -> str:
@@ -233,7 +279,13 @@ class EventFeed:
             raise InvalidArgument("page_size", f"must be 1 to {MAX_PAGE}")
         if not isinstance(wait, (int, float)) or not 0 <= wait <= MAX_WAIT:
             raise InvalidArgument("wait", f"must be 0 to {MAX_WAIT:g} seconds")
-        revision, seconds = parse_cursor(after, self.retention)
+        revision, seconds = _parts(after, time.time())
+        if _expired(seconds, self.retention):
+            # However old its time, a revision beyond the store's is no cursor at all:
+            # refused as such, not as expired (one key read, on this path only).
+            _within_head(revision, (await self.store.range(self.keys.events())
+                                    ).header.revision)
+            raise _cursor_expired(after, self.retention)
         prefixes = ([self.keys.events()] if projects is None else
                     [self.keys.events(p) for p in sorted(set(projects))])
         deadline = time.monotonic() + wait
@@ -265,6 +317,7 @@ class EventFeed:
                                        for p in prefixes))
         # Every read saw everything up to its own revision: together, up to the lowest.
         head = min((r.header.revision for r in reads), default=after)
+        _within_head(after, head)
         # Complete up to the lowest last revision of a full read.
         upto = min([int(r.kvs[-1].mod_revision) for r in reads if r.more] + [head])
         if any(r.more for r in reads):
@@ -286,11 +339,13 @@ class EventFeed:
 
     async def _range(self, prefix: str, after: int, seconds: int, limit: int,
                      upto: int = 0) -> rpc.RangeResponse:
-        # A project's prefix starts near the cursor's time; every project's cannot.
+        # A project's prefix starts near the cursor's time; every project's cannot. Never
+        # later than our clock: a cursor's time may come from a clock ahead of ours (up to
+        # SKEW, `_parts`), and the events after it from one that is not.
         start = prefix
         if seconds and prefix != self.keys.events():
             project = prefix[len(self.keys.events()):].rstrip("/")
-            start = self.keys.events(project, seconds - SKEW)
+            start = self.keys.events(project, min(seconds, int(time.time())) - SKEW)
         return await self.store.range(start, prefix_end(prefix), limit=limit,
                                       min_mod_revision=after + 1, max_mod_revision=upto,
                                       sort_by_mod=True)

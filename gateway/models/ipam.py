@@ -399,7 +399,9 @@ EventKind = Literal["booked", "attached", "detached", "moved", "updated", "relea
                     "expired"]
 _CURSOR_HELP = ('"0" (the oldest event kept) or a cursor the feed answered; one older '
                 "than the retention is refused (412 precondition_failed, precondition "
-                "cursor_expired): read from \"0\" again")
+                "cursor_expired): read from \"0\" again; one the feed could not have "
+                "answered (a revision beyond the store's, a time ahead of the clock) is "
+                "refused (400 invalid_arguments)")
 
 
 # Their own formats, like `expires_at`'s: what JSON Schema cannot say (a cursor the feed

@@ -7,16 +7,19 @@ from __future__ import annotations
 import asyncio
 import random
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
 from allocator_support import REGION, book_in, connected, make_pn, new_project, revision
 
+from allocator import events as ev
 from allocator.contract import IPAM, Caller, Event, IPFilter, IPRecord, Resource
 from allocator.credentials import PROJECT_MEMBER, PROJECT_READER
 from allocator.errors import InvalidArgument, PreconditionFailed
 from allocator.events import SKEW, cursor_of, parse_cursor
+from allocator.keys import Keys
 from allocator.store import prefix_end
 
 MAC = "02:00:00:00:ab:{:02x}"
@@ -277,6 +280,71 @@ async def test_a_cursor_older_than_the_retention_is_refused(ipam: IPAM):
     # Within the retention (less the clock margin): read as usual.
     page = await ipam.events(cursor_of(5, time.time() - ipam.feed.retention + SKEW + 60))
     assert page.events == []
+
+
+# Cursors the feed could not have answered, made of the revision of a real cursor taken
+# before a booking, the store's head after it and the clock.
+FORGED: dict[str, Callable[[int, int, int], str]] = {
+    "time_ahead_of_the_clock": lambda rev, head, now: f"{rev}-{now + SKEW + 60}",
+    "revision_1_ten_minutes_ahead": lambda rev, head, now: f"1-{now + 600}",
+    "time_of_the_far_future": lambda rev, head, now: f"{rev}-999999999999",
+    "revision_beyond_the_head": lambda rev, head, now: f"{head + 1000}-{now}",
+    "revision_beyond_the_head_time_expired": lambda rev, head, now: f"{head + 1000}-1",
+    "revision_beyond_int64": lambda rev, head, now: "9999999999999999999-1",
+    "revision_int64_max": lambda rev, head, now: f"{2**63 - 1}-{now}",
+}
+
+
+@pytest.mark.parametrize("forge", FORGED.values(), ids=FORGED.keys())
+async def test_a_cursor_the_feed_could_not_have_answered_is_refused_and_skips_nothing(
+        ipam: IPAM, project: str, forge: Callable[[int, int, int], str]):
+    pn = await make_pn(ipam, project, "10.91.12.0/24")
+    _, before = await all_events(ipam, project_id=project)
+    ip = await ipam.book(book_in(pn, project))
+    head = await revision(ipam)
+    forged = forge(parse_cursor(before, ipam.feed.retention)[0], head, int(time.time()))
+    for project_id in (None, project):  # every project's read, and one's
+        with pytest.raises(InvalidArgument) as bad:
+            await ipam.events(forged, project_id=project_id)
+        assert bad.value.problems[0].argument_name == "after"
+    assert await revision(ipam) == head
+    events, _ = await all_events(ipam, before, project_id=project)
+    assert [(e.kind, e.ip_id) for e in events] == [("booked", ip.id)]
+
+
+async def test_cursors_the_feed_answers_still_read_on(ipam: IPAM, project: str):
+    pn = await make_pn(ipam, project, "10.91.13.0/24")
+    _, before = await all_events(ipam, project_id=project)
+    ip = await ipam.book(book_in(pn, project))
+    head = await revision(ipam)
+    rev = parse_cursor(before, ipam.feed.retention)[0]
+    # From another node whose clock is ahead of this one's, within SKEW: read as usual.
+    ahead_cursor = cursor_of(rev, time.time() + SKEW - 60)
+    for cursor in (before, ahead_cursor):
+        page = await ipam.events(cursor, project_id=project)
+        assert [(e.kind, e.ip_id) for e in page.events] == [("booked", ip.id)]
+    at_head = await ipam.events(cursor_of(head, time.time()), project_id=project)
+    assert at_head.events == [] and parse_cursor(at_head.cursor, 3600)[0] >= head
+    from_zero, _ = await all_events(ipam, project_id=project)
+    assert [(e.kind, e.ip_id) for e in from_zero] == [("booked", ip.id)]
+
+
+async def test_a_cursor_from_a_node_whose_clock_is_ahead_misses_no_event(
+        ipam: IPAM, project: str, monkeypatch: pytest.MonkeyPatch):
+    """The cursor's time almost SKEW ahead of ours, the event's key a minute behind (its
+    writer's clock late, or its time taken a minute before its commit): still read."""
+    pn = await make_pn(ipam, project, "10.91.14.0/24")
+    _, before = await all_events(ipam, project_id=project)
+    cursor = cursor_of(parse_cursor(before, ipam.feed.retention)[0],
+                       time.time() + SKEW - 5)
+
+    def late_key(keys: Keys, project_id: str, ip_id: str) -> str:
+        return keys.event(project_id, int(time.time()) - 60, ip_id, "0000000000")
+
+    monkeypatch.setattr(ev, "event_key", late_key)
+    ip = await ipam.book(book_in(pn, project))
+    page = await ipam.events(cursor, project_id=project)
+    assert [(e.kind, e.ip_id) for e in page.events] == [("booked", ip.id)]
 
 
 @pytest.mark.parametrize("cursor", ["", "x", "-1", "12", "12-", "01-5", "3-4-5", None])

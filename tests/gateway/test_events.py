@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import threading
+import time
 import uuid
 from pathlib import Path
 from typing import Any
@@ -153,6 +154,24 @@ def test_a_cursor_older_than_the_retention_is_412_cursor_expired(admin: Client):
     assert resp.status_code == 412, resp.text
     body = resp.json()
     assert (body["type"], body["precondition"]) == ("precondition_failed", "cursor_expired")
+
+
+def test_a_cursor_the_feed_could_not_have_answered_is_400_and_skips_nothing(admin: Client):
+    project = str(uuid.uuid4())
+    pn = new_pn(admin, project, "10.95.5.0/24")
+    _, before = admin.events(project_id=project)
+    ip = book(admin, project, pn)
+    _, head_cursor = admin.events(before, project_id=project)
+    head, now = int(head_cursor.split("-")[0]), int(time.time())
+    for forged in (f"1-{now + 600}", f"{head + 1000}-{now}", f"{head + 1000}-1",
+                   "9999999999999999999-1"):
+        resp = admin("GET", BASE + "/events", after=forged, project_id=project)
+        assert resp.status_code == 400, (forged, resp.text)
+        body = resp.json()
+        assert body["type"] == "invalid_arguments"
+        assert [d["argument_name"] for d in body["details"]] == ["after"]
+    events, _ = admin.events(before, project_id=project)
+    assert [(e["kind"], e["ip_id"]) for e in events] == [("booked", ip["id"])]
 
 
 def test_ipam_ips_history_shows_one_ip_s_life(admin: Client, tmp_path: Path,
