@@ -56,6 +56,7 @@ from typing import Any
 from . import retry
 from . import store as st
 from .errors import AlreadyExists, Conflict, InvalidArgument, NotFound, PreconditionFailed
+from .expiry import rfc3339
 from .keys import Keys
 from .organizations import ProjectOrganizations
 from .quotas import QUOTA_GUARD, refuse_api_keys
@@ -213,15 +214,10 @@ def check_key_spec(role: Any, organization_id: Any, project_ids: Any, resource_t
     if not isinstance(description, str) or len(description) > 255:
         raise InvalidArgument("description", "must be a string of at most 255 characters",
                               "format")
-    if expires_at is not None:
-        try:
-            parsed = datetime.fromisoformat(str(expires_at))
-        except ValueError:
-            raise InvalidArgument("expires_at", "must be an RFC 3339 time", "format") from None
-        if parsed.tzinfo is None:
-            raise InvalidArgument("expires_at", "must carry a time zone", "format")
-        if parsed <= datetime.now(UTC):
-            raise InvalidArgument("expires_at", "must be in the future")
+    # RFC 3339, as an IP's: fromisoformat alone took week dates, a space for the T,
+    # "2027-01-01T00+00:00", and stored them as sent.
+    if expires_at is not None and rfc3339(expires_at) <= datetime.now(UTC):
+        raise InvalidArgument("expires_at", "must be in the future")
     return ApiKey(access_key="", role=role, organization_id=org, project_ids=projects,
                   resource_types=tuple(dict.fromkeys(resource_types)), description=description,
                   expires_at=expires_at)

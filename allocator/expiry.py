@@ -73,15 +73,20 @@ UNCHANGED: Final = Unchanged.UNCHANGED
 ExpiryChange = str | None | Literal[Unchanged.UNCHANGED]
 
 
+def rfc3339(value: Any, argument: str = "expires_at") -> datetime:
+    """`value`, an RFC 3339 time with its offset; InvalidArgument on `argument` else."""
+    if not isinstance(value, str) or not _RFC3339.match(value):
+        raise InvalidArgument(argument, _FORMAT, "format")
+    try:
+        return datetime.fromisoformat(value.upper())
+    except ValueError:  # a 13th month, a 61st minute
+        raise InvalidArgument(argument, _FORMAT, "format") from None
+
+
 def check_expires_at(value: Any, at: datetime | None = None) -> str:
     """`value` as stored: UTC with microseconds (`records.now()`'s form); InvalidArgument
     unless it is an RFC 3339 time after `at` (now) and at most MAX_EXPIRY after it."""
-    if not isinstance(value, str) or not _RFC3339.match(value):
-        raise InvalidArgument("expires_at", _FORMAT, "format")
-    try:
-        moment = datetime.fromisoformat(value.upper())
-    except ValueError:  # a 13th month, a 61st minute
-        raise InvalidArgument("expires_at", _FORMAT, "format") from None
+    moment = rfc3339(value)
     at = at or datetime.now(UTC)
     if moment <= at:
         raise InvalidArgument("expires_at", "must be in the future")

@@ -106,6 +106,12 @@ def test_an_expiry_in_the_past_is_expired_and_none_never_is():
     ({"expires_at": "tomorrow"}, "expires_at"),
     ({"expires_at": "2099-01-01T00:00:00"}, "expires_at"),
     ({"expires_at": "2000-01-01T00:00:00+00:00"}, "expires_at"),
+    ({"expires_at": "2099-W01-1T00:00:00+00:00"}, "expires_at"),
+    ({"expires_at": "20990101T000000Z"}, "expires_at"),
+    ({"expires_at": "2099-01-01 00:00:00+00:00"}, "expires_at"),
+    ({"expires_at": "2099-01-01T00+00:00"}, "expires_at"),
+    ({"expires_at": "2099-01-01T00:00:00+00:00:30"}, "expires_at"),
+    ({"expires_at": 4102444800}, "expires_at"),
 ], ids=lambda v: str(v))
 def test_a_bad_key_spec_names_its_argument(changes, argument):
     with pytest.raises(InvalidArgument) as err:
