@@ -72,9 +72,16 @@ def normalize_mac(value: Any, argument: str = "mac_address") -> str:
     """A MAC address as lowercase colon-separated octets, or InvalidArgument."""
     if not isinstance(value, str):
         raise InvalidArgument(argument, "must be a MAC address like 02:00:00:00:00:01", "format")
+    if ":" in value and "-" in value:  # 02:00-00:00-00:01: a typo, not a spelling
+        raise InvalidArgument(argument, f"{value!r} is not a MAC address", "format")
     mac = value.strip().lower().replace("-", ":")
     if not _MAC.match(mac):
         raise InvalidArgument(argument, f"{value!r} is not a MAC address", "format")
+    # A NIC's own address is unicast and not all zeros: a group address (the low bit of
+    # the first octet: multicast, ff:ff:ff:ff:ff:ff) never sends a DHCP request.
+    if int(mac[:2], 16) & 1 or mac == "00:00:00:00:00:00":
+        raise InvalidArgument(argument, f"{value!r} is no network interface's address "
+                                        "(a multicast or broadcast address, or all zeros)")
     return mac
 
 

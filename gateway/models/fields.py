@@ -249,7 +249,8 @@ Hostname = Annotated[str, StringConstraints(min_length=1, max_length=253), Befor
                                                     "allowed"})]
 """A reverse DNS name: free text refused here, the hostname grammar by the allocator."""
 
-MAC_PATTERN = r"^\s*[0-9A-Fa-f]{2}([:-][0-9A-Fa-f]{2}){5}\s*$"
+MAC_PATTERN = (r"^\s*([0-9A-Fa-f]{2}(:[0-9A-Fa-f]{2}){5}|[0-9A-Fa-f]{2}(-[0-9A-Fa-f]{2}){5})"
+               r"\s*$")
 Mac = Annotated[str, StringConstraints(pattern=MAC_PATTERN)]
 
 RESOURCE_TYPE_PATTERN = r"^[a-z][a-z0-9_]{0,63}$"

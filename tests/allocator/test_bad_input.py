@@ -87,11 +87,20 @@ async def test_booking_for_another_project_in_a_private_network_is_refused(ipam,
     await _refused(ipam, ipam.book(book_in(pn, new_project())), argument="project_id")
 
 
-@pytest.mark.parametrize("mac", ["02:00:00:00:00", "zz:00:00:00:00:01", "", 42])
+@pytest.mark.parametrize("mac", ["02:00:00:00:00", "zz:00:00:00:00:01", "", 42,
+                                 "02:00-00:00-00:01"])
 def test_malformed_mac_is_refused(mac):
     with pytest.raises(InvalidArgument) as err:
         Resource.custom(mac)
     assert err.value.problems[0].reason == "format"
+
+
+@pytest.mark.parametrize("mac", ["01:00:5e:00:00:01", "33:33:00:00:00:01",
+                                 "ff:ff:ff:ff:ff:ff", "00:00:00:00:00:00"])
+def test_a_mac_no_network_interface_has_is_refused(mac):
+    with pytest.raises(InvalidArgument) as err:
+        Resource.custom(mac)
+    assert "multicast or broadcast address, or all zeros" in str(err.value)
 
 
 @pytest.mark.parametrize("value", ["not-a-uuid", "", "1234", None, 7,
