@@ -10,6 +10,15 @@ and a delete can never both win. Every change of a Private Network's record is
 guarded on the record's revision, so subnets added, deleted, renamed or flagged
 concurrently never lose one another's change.
 
+Creates of Private Networks in one project all guard the same two ranges (the VPC's
+subnets, the project's networks for its quota), so side by side all but one lose each
+round, however far apart their subnets. This node therefore runs its creates of one
+project in turn (`_in_turn`): none loses to another of this node, and a burst (Terraform
+creates ten at once) is served in sequence instead of answering Conflict. Only creates on
+other nodes still race it, one per node at a time, each lost race meaning another
+create committed (`retry.NETWORK_CREATES`). The guards are unchanged: the queue only
+spares lost rounds, and every guarantee still rests on the guards alone.
+
 This node keeps the Private Networks it books in for a moment
 (`PN_CACHE_SECONDS`): their subnets may change, so a cached one is read again
 once it is that old; a booking in a subnet deleted meanwhile is refused by the
@@ -28,11 +37,12 @@ and organizations are not required (a library user without tenancy).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import random
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import replace
 from typing import Any
 
@@ -130,6 +140,9 @@ class NetworkRegistry:
         # pn id -> (monotonic time read, the Private Network); see PN_CACHE_SECONDS
         self._pn_cache: dict[str, tuple[float, PrivateNetwork]] = {}
         self._pn_reads: dict[str, asyncio.Future[PrivateNetwork]] = {}
+        # project id -> (its Private Network creates' turn on this node, how many want
+        # it); see `_in_turn`
+        self._turns: dict[str, tuple[asyncio.Lock, list[int]]] = {}
         # Told the id of each subnet this node deleted, once committed (the resolver
         # forgets it, the lifecycle closes its engine); other nodes learn it from etcd.
         self.source_deleted: list[Callable[[str], None]] = []
@@ -315,6 +328,31 @@ class NetworkRegistry:
         pn_name = _name(name, "pn")
         nets = _checked_subnets(subnets)
         organization_id = await self.organizations.settle(project_id, organization_id)
+        async with self._in_turn(project_id):
+            return await self._create_private_network(
+                region, project_id, organization_id, pn_name, tags, vpc_id, nets,
+                default_route_propagation_enabled)
+
+    @contextlib.asynccontextmanager
+    async def _in_turn(self, project_id: str) -> AsyncIterator[None]:
+        """Hold this node's turn to create a Private Network in `project_id` (first come,
+        first served); the turn is forgotten once nobody wants it."""
+        lock, wanting = self._turns.setdefault(project_id, (asyncio.Lock(), [0]))
+        wanting[0] += 1
+        try:
+            async with lock:
+                yield
+        finally:
+            wanting[0] -= 1
+            if not wanting[0]:
+                del self._turns[project_id]
+
+    async def _create_private_network(
+        self, region: str, project_id: str, organization_id: str | None, pn_name: str,
+        tags: tuple[str, ...], vpc_id: str | None, nets: list[netaddr.IPNetwork],
+        default_route_propagation_enabled: bool,
+    ) -> PrivateNetwork:
+        """`create_private_network` once its arguments are checked, in its turn."""
         if vpc_id is None:
             vpc = await self.default_vpc(region, project_id, organization_id)
         else:
@@ -323,7 +361,7 @@ class NetworkRegistry:
                 raise InvalidArgument("vpc_id", "the VPC belongs to another project")
         if vpc.region != region:
             raise InvalidArgument("vpc_id", f"the VPC is in region {vpc.region}")
-        async for _ in retry.NETWORK_RACES.attempts():
+        async for _ in retry.NETWORK_CREATES.attempts():
             existing_kvs, rev = await self.store.scan(self.keys.vpc_networks(vpc.id))
             existing = {self.keys.last_segment(kv.key): kv.value.decode() for kv in existing_kvs}
             chosen = [str(n.cidr) for n in nets] if nets else self._auto_subnets(vpc, existing)

@@ -16,9 +16,9 @@ How each is enforced, and why:
   count was read" (`within_quota`), so creates racing on two nodes cannot both take the
   last slot: the loser counts again and is refused. No counter key: the index is the
   count, and a delete (which only lowers it) never fails a guard. The price: creates
-  racing in one project retry on the guard, each lost race meaning another create won
-  (`retry.NETWORK_RACES` bounds them, so more than about eight at once in one project
-  may answer Conflict, to be retried), as Private Networks of one VPC always have.
+  racing in one project retry on the guard, each lost race meaning another create won,
+  as Private Networks of one VPC always have: a node runs one project's creates in turn,
+  so only other nodes' race it (`network_registry`, `retry.NETWORK_CREATES`).
 - Subnets of a Private Network: counted in its record, whose every change is guarded
   on its revision already: exact for free.
 - IPs of a project: not on the same footing. A booking is the hot path, and a counter

@@ -12,6 +12,8 @@ Policies are bounded in count and, where they sleep, in time. What each one is f
 
     RACES            a guarded write lost to a concurrent change: read again, at once
     NETWORK_RACES    the same for VPCs, Private Networks and zonal pools (rare writers)
+    NETWORK_CREATES  a Private Network's create lost to another create of its project on
+                     another node (each loss is another create committed): more tries
     BOOKING          one booking's candidates: losers pick again; also bounds the wait
                      for in-flight candidates and the exhaustion counts
     READ_BACK        after an unknown outcome, read back the token until etcd answers
@@ -80,6 +82,9 @@ class _Attempts:
 
 RACES = RetryPolicy("races", max_attempts=16)
 NETWORK_RACES = RetryPolicy("network_races", max_attempts=8)
+# One node's creates of a project take turns, so only the other nodes' (one each at a
+# time) race it: lost 32 times running to two other nodes is (2/3)**32, about 2e-6.
+NETWORK_CREATES = RetryPolicy("network_creates", max_attempts=32)
 BOOKING = RetryPolicy("booking", max_attempts=200, deadline=30.0)
 READ_BACK = RetryPolicy("read_back", max_attempts=5, delay=0.2, factor=2.5, max_delay=2.0)
 RELOAD = RetryPolicy("reload", max_attempts=None, delay=0.05, factor=2.0, max_delay=2.0)
