@@ -45,23 +45,33 @@ class Served:
             stdout=subprocess.PIPE, stderr=stderr, text=True)
         self.lines: list[str] = []
         self.timeout = timeout
+        self._unread = b""  # read from the pipe, not yet a whole line
 
     def read_until(self, pattern: str) -> re.Match[str]:
-        """Read stdout until a line matches `pattern` (the child's own readiness line)."""
+        """Read stdout until a line matches `pattern` (the child's own readiness line).
+
+        The pipe is read with os.read, never through the file object: its buffer may hold
+        the next lines already (two came in one read), where select() sees nothing more,
+        and the wait would last the whole timeout (it did, in a CI run)."""
         assert self.proc.stdout is not None
+        fd = self.proc.stdout.fileno()
         sel = selectors.DefaultSelector()
-        sel.register(self.proc.stdout, selectors.EVENT_READ)
+        sel.register(fd, selectors.EVENT_READ)
         deadline = time.monotonic() + self.timeout
-        while time.monotonic() < deadline:
-            if not sel.select(deadline - time.monotonic()):
+        while True:
+            while b"\n" in self._unread:
+                raw, self._unread = self._unread.split(b"\n", 1)
+                line = raw.decode(errors="replace") + "\n"
+                self.lines.append(line)
+                match = re.search(pattern, line)
+                if match:
+                    return match
+            if time.monotonic() >= deadline or not sel.select(deadline - time.monotonic()):
                 break
-            line = self.proc.stdout.readline()
-            if not line:
+            chunk = os.read(fd, 65536)
+            if not chunk:
                 break
-            self.lines.append(line)
-            match = re.search(pattern, line)
-            if match:
-                return match
+            self._unread += chunk
         raise AssertionError(f"no line matching {pattern!r}; got {self.lines!r}")
 
     def port(self) -> int:
