@@ -4,8 +4,11 @@ from etcd (no gateway needed, none must be writing during a restore).
     ipam backup ipam-2026-12-02.jsonl     # one etcd revision, checksummed (allocator.backup)
     ipam restore ipam-2026-12-02.jsonl    # into an empty prefix only; checked before writing
 
-etcd is found like `ipam serve` finds it: `--etcd-endpoints`/`IPAM_ETCD_ENDPOINTS` (and
-the TLS/auth flags and variables), else the embedded etcd of `--data-dir`:
+etcd is found like `ipam serve` finds it, with the same flags, variables and checks:
+`--etcd-endpoints`/`IPAM_ETCD_ENDPOINTS` (the cluster of `--region` when they name
+regions: one cluster per command) and the TLS/auth settings (`--etcd-password-file`;
+a password in clear is refused without `--etcd-insecure-transport`), else the embedded
+etcd of `--data-dir`:
 - while an `ipam serve` holds the data dir, the etcd it runs: the client URL it writes
   in `<data-dir>/etcd_endpoint`, reached with the CA and client certificate of
   `<data-dir>/etcd-tls/`;
@@ -21,6 +24,7 @@ written 0600 all the same: it is the whole deployment.
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import contextlib
 import os
@@ -46,28 +50,53 @@ from ..serve import (
 
 F = TypeVar("F", bound=Callable[..., Any])
 _ETCD = ("etcd_endpoints", "etcd_prefix", "etcd_timeout", "etcd_ca_file", "etcd_cert_file",
-         "etcd_key_file", "etcd_username", "etcd_password", "data_dir")
+         "etcd_key_file", "etcd_username", "etcd_password", "etcd_password_file",
+         "etcd_insecure_transport", "region", "data_dir")
+
+
+_REGION_HELP = ("the region whose etcd cluster to use, when --etcd-endpoints names regions "
+                "(default: fr-par; the first region named there when every endpoint names "
+                "one)")
 
 
 def etcd_options(command: F) -> F:
-    """The etcd flags of `ipam serve` (same names, variables and defaults)."""
+    """The etcd flags of `ipam serve` (same names, variables and defaults), and --region:
+    which region's cluster, when the endpoints name regions."""
     for setting in reversed([s for s in cfg.SETTINGS if s.name in _ETCD]):
-        command = click.option(setting.flag, setting.name, envvar=setting.env,
-                               default=setting.default, show_envvar=True,
-                               help=setting.help)(command)
+        kind: dict[str, Any] = (
+            {"is_flag": True, "default": False} if setting.switch else
+            # A repeated flag's variable is read by `_etcd_of`, as serve reads it (click
+            # would split it at spaces).
+            {"multiple": True} if setting.repeat else {"default": setting.default})
+        command = click.option(
+            setting.flag, setting.name, envvar=None if setting.repeat else setting.env,
+            show_envvar=not setting.repeat,
+            help=_REGION_HELP if setting.name == "region" else setting.help, **kind)(command)
     return command
+
+
+def _etcd_of(options: dict[str, Any]) -> cfg.GatewayConfig:
+    """The options read as `ipam serve` reads its own: the same endpoints syntax, password
+    file and checks (a usage error, exit 2, as serve's)."""
+    given = {name: (list(value) or None) if isinstance(value, tuple) else value
+             for name, value in options.items()}
+    # click read every other variable already
+    env = {s.env: os.environ[s.env] for s in cfg.SETTINGS
+           if s.name in _ETCD and s.repeat and s.env in os.environ}
+    try:
+        return cfg.load(argparse.Namespace(**given), env=env)
+    except cfg.ConfigError as err:
+        raise click.UsageError(str(err)) from None
 
 
 @contextlib.asynccontextmanager
 async def _connected(options: dict[str, Any], *, fresh: bool) -> AsyncIterator[IPAM]:
     """The IPAM of the etcd the options name (see the module docstring). `fresh`: a data
     dir with no embedded etcd yet may get a new one (a restore), else it is refused."""
-    endpoints = [e.strip() for e in (options["etcd_endpoints"] or "").split(",") if e.strip()]
-    security = EtcdSecurity(ca_file=options["etcd_ca_file"], cert_file=options["etcd_cert_file"],
-                            key_file=options["etcd_key_file"],
-                            username=options["etcd_username"],
-                            password=options["etcd_password"])
-    data_dir = Path(options["data_dir"])
+    config = _etcd_of(options)
+    endpoints = list(config.endpoints_of(config.region))
+    security: EtcdSecurity = config.etcd_security
+    data_dir = config.data_dir
     started, lock = None, None
     if not endpoints:
         if not (data_dir / "etcd").is_dir() and not (fresh or _served(data_dir)):
@@ -94,8 +123,8 @@ async def _connected(options: dict[str, Any], *, fresh: bool) -> AsyncIterator[I
         if endpoints[0].startswith("https://"):  # plain before the embedded etcd had TLS
             security = embedded_etcd_security(data_dir, security)
     try:
-        ipam = await IPAM.connect(endpoints, prefix=options["etcd_prefix"],
-                                  timeout=float(options["etcd_timeout"]), security=security)
+        ipam = await IPAM.connect(endpoints, prefix=config.etcd_prefix,
+                                  timeout=config.etcd_timeout, security=security)
         try:
             yield ipam
         finally:
@@ -186,8 +215,9 @@ def restore(file: str, **options: Any) -> None:
     click.echo(f"restored {summary.count} keys into {summary.prefix} (backup of "
                f"{summary.source_prefix} at revision {summary.source_revision}, schema "
                f"{summary.schema_version}{resumed})")
-    secret = Path(options["data_dir"]) / ADMIN_SECRET_FILE
-    if not options["etcd_endpoints"] and not secret.exists():
+    config = _etcd_of(options)
+    secret = config.data_dir / ADMIN_SECRET_FILE
+    if config.embedded_etcd and not secret.exists():
         # A node would make a new secret, and so a new signing key: every restored API
         # key would then be refused as forged (allocator.credentials).
         click.echo(f"the restored API keys are signed with the backed-up deployment's "

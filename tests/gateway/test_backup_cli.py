@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 import stat
+import subprocess
 import uuid
 from pathlib import Path
 
@@ -147,3 +148,53 @@ async def test_an_embedded_deployment_moves_to_a_new_data_dir_with_no_node_runni
     assert await _run(argv) == 0
     assert capsys.readouterr().out.startswith(f"backed up {count} keys of {key_prefix}")
     os.close(lock_data_dir(data))  # the command let the data dir go
+
+
+def _etcdctl(endpoint: str, *args: str) -> None:
+    subprocess.run(["etcdctl", f"--endpoints={endpoint}", *args], check=True,
+                   env={**os.environ, "ETCDCTL_API": "3"}, capture_output=True, timeout=30)
+
+
+async def test_etcd_is_found_as_serve_finds_it_password_file_and_regions_included(
+        tmp_path: Path, key_prefix: str, capsys: pytest.CaptureFixture[str]) -> None:
+    """An operator trial: --etcd-password-file was no flag of these commands (its variable
+    was ignored: "authentication failed"), and REGION=URL, as serve takes it, was read as
+    a host name."""
+    with EtcdCluster(1, name_prefix="bkauth") as cluster:
+        ep = cluster.endpoints[0]
+        for args in (["user", "add", "root:rootpw"], ["user", "add", "ipam:ipampw"],
+                     ["role", "add", "ipam"],
+                     ["role", "grant-permission", "ipam", "--prefix=true", "readwrite", "/"],
+                     ["user", "grant-role", "ipam", "ipam"], ["auth", "enable"]):
+            _etcdctl(ep, *args)
+        password = tmp_path / "etcd-password"
+        password.write_text("ipampw\n")
+        password.chmod(0o600)
+        auth = ["--etcd-username", "ipam", "--etcd-password-file", str(password),
+                "--etcd-insecure-transport", "--etcd-prefix", key_prefix]
+        file = tmp_path / "b.jsonl"
+        for endpoints in (["--etcd-endpoints", ep],
+                          ["--etcd-endpoints", f"fr-par={ep}"],
+                          ["--etcd-endpoints", "fr-par=127.0.0.1:9", "--etcd-endpoints",
+                           f"nl-ams={ep}", "--region", "nl-ams"]):
+            assert await _run(["backup", str(file), *endpoints, *auth]) == 0, \
+                capsys.readouterr().err
+            assert capsys.readouterr().out.startswith("backed up ")
+        # As serve: a password in clear needs the operator's yes, and a region needs a
+        # cluster; one line each, exit 2, nothing written.
+        file.unlink()
+        clear = ["--etcd-endpoints", ep, "--etcd-username", "ipam", "--etcd-password-file",
+                 str(password)]
+        assert await _run(["backup", str(file), *clear]) == 2
+        assert "would reach etcd in clear" in capsys.readouterr().err
+        assert await _run(["backup", str(file), "--etcd-endpoints", f"fr-par={ep}",
+                           "--region", "nl-ams", *auth]) == 2
+        assert "region nl-ams has no etcd cluster" in capsys.readouterr().err
+        assert not file.exists()
+        # The variable, as serve reads it: regions separated by ';'.
+        os.environ["IPAM_ETCD_ENDPOINTS"] = f"fr-par=127.0.0.1:9; nl-ams={ep}"
+        try:
+            assert await _run(["backup", str(file), "--region", "nl-ams", *auth]) == 0
+        finally:
+            del os.environ["IPAM_ETCD_ENDPOINTS"]
+        assert file.exists()
