@@ -289,6 +289,11 @@ class GatewayConfig:
             raise ConfigError("--shutdown-timeout/IPAM_SHUTDOWN_TIMEOUT must not be negative")
         if not 0 <= self.port <= 65535:
             raise ConfigError(f"--port/IPAM_PORT must be a TCP port (0-65535), not {self.port}")
+        if not self.etcd_prefix.endswith("/"):
+            # /ipam would hold /ipam/ and /ipamcopy/ as well: two deployments, one data.
+            raise ConfigError(f"--etcd-prefix/IPAM_ETCD_PREFIX {self.etcd_prefix!r} must end "
+                              f"with '/' (like {self.etcd_prefix}/): without it, it is the "
+                              "start of other prefixes too")
         if self.etcd_timeout <= 0:
             raise ConfigError("--etcd-timeout/IPAM_ETCD_TIMEOUT must be positive")
         if self.etcd_quota_backend_bytes <= 0:

@@ -84,6 +84,16 @@ def test_the_key_quota_is_100_per_organization_unless_set_and_0_means_none():
         load(parse(), {"IPAM_QUOTA_KEYS": "-1"})
 
 
+def test_an_etcd_prefix_must_end_with_a_slash():
+    """An operator trial restored into --etcd-prefix /ipamcopy2: keys like
+    /ipamcopy2auth/..., and /ipam would have held /ipamcopy/ as well."""
+    assert load(parse("--etcd-prefix", "/copy/"), {}).etcd_prefix == "/copy/"
+    for prefix in ("/ipam", "/ipamcopy2", "x"):
+        with pytest.raises(ConfigError, match=r"--etcd-prefix/IPAM_ETCD_PREFIX .* must end "
+                                              r"with '/'"):
+            load(parse(), {"IPAM_ETCD_PREFIX": prefix})
+
+
 def test_a_negative_quota_is_refused_naming_its_flag():
     with pytest.raises(ConfigError, match=r"--quota-private-networks/"
                                           r"IPAM_QUOTA_PRIVATE_NETWORKS must be 0 \(no quota\)"):
