@@ -79,6 +79,7 @@ from .idempotency import MAX_RETENTION as MAX_IDEMPOTENCY_RETENTION
 from .idempotency import MIN_RETENTION as MIN_IDEMPOTENCY_RETENTION
 from .idempotency import RETENTION as IDEMPOTENCY_RETENTION
 from .idempotency import LeaseClock
+from .identity import IdentityCopied, copy_identity
 from .keys import Keys
 from .lifecycle import Lifecycle
 from .listing import DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE, ORDERS, IPFilter
@@ -122,6 +123,7 @@ from .store import EtcdSecurity, EtcdStore, StorageUsage, Store
 __all__ = [
     "ADMIN", "CUSTOM", "OPERATE", "RULES", "WRITE_NETWORKS", "DEFAULT_PAGE_SIZE", "IPAM", "MAX_PAGE_SIZE", "ORDERS", "PRODUCT",
     "PROJECT_MEMBER", "PROJECT_READER", "VPC", "AddressAsk", "ApiKey", "ArgumentProblem",
+    "IdentityCopied",
     "Caller", "Credentials", "EtcdSecurity", "IfMatch", "IPFilter", "IPRecord", "Lease", "NetworkInfo",
     "NetworkView", "PrivateNetwork", "SubnetInfo", "CommitObserver", "SourceUsage",
     "ReservedAddress", "Resource", "Reverse", "Source", "Store", "Subnet", "access_key_for_secret",
@@ -281,6 +283,12 @@ class IPAM:
         endpoints = list(getattr(store, "endpoints", ()))
         healthy = set(store.healthy_endpoints()) if hasattr(store, "healthy_endpoints") else set()
         return [(endpoint, endpoint in healthy) for endpoint in endpoints]
+
+    async def copy_identity_to(self, target: IPAM) -> IdentityCopied:
+        """Copy this cluster's API keys, projects' organizations and quota overrides into
+        `target`'s, as stored, overwriting nothing (`allocator.identity`): a region's new
+        cluster, before a node serves it."""
+        return await copy_identity(self.store, target.store, self.keys)
 
     async def storage_usage(self, quota: int) -> list[StorageUsage]:
         """Each answering etcd member's backend size against `quota` (the members'

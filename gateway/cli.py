@@ -12,6 +12,8 @@
     ipam dhcp-declines list|clear [--pn ID] [--mac M]           DHCP declines (admin)
     ipam usage --pn ID                                          how full a network is
     ipam backup FILE / ipam restore FILE                        everything, straight from etcd
+    ipam identity copy --to-region R                            keys, organizations, quotas
+                                                                into a region's new cluster
 
 `serve` and `dhcp` parse their own flags (`ipam serve --help`). The other commands
 talk to a gateway over its HTTP API; where it is and which key to use come from flags,
@@ -35,6 +37,7 @@ from click.exceptions import NoArgsIsHelpError
 
 from .commands.backup import backup, restore
 from .commands.declines import dhcp_declines
+from .commands.identity import identity
 from .commands.ips import ips
 from .commands.keys import keys
 from .commands.pns import pns
@@ -105,7 +108,7 @@ def dhcp(args: tuple[str, ...]) -> int:
 
 
 for _command in (ips, pns, vpcs, keys, pools, projects, quotas, dhcp_declines, usage,
-                 backup, restore):
+                 backup, restore, identity):
     ipam.add_command(_command)
 
 

@@ -65,7 +65,7 @@ def etcd_options(command: F) -> F:
     for setting in reversed([s for s in cfg.SETTINGS if s.name in _ETCD]):
         kind: dict[str, Any] = (
             {"is_flag": True, "default": False} if setting.switch else
-            # A repeated flag's variable is read by `_etcd_of`, as serve reads it (click
+            # A repeated flag's variable is read by `etcd_config`, as serve reads it (click
             # would split it at spaces).
             {"multiple": True} if setting.repeat else {"default": setting.default})
         command = click.option(
@@ -75,7 +75,7 @@ def etcd_options(command: F) -> F:
     return command
 
 
-def _etcd_of(options: dict[str, Any]) -> cfg.GatewayConfig:
+def etcd_config(options: dict[str, Any]) -> cfg.GatewayConfig:
     """The options read as `ipam serve` reads its own: the same endpoints syntax, password
     file and checks (a usage error, exit 2, as serve's)."""
     given = {name: (list(value) or None) if isinstance(value, tuple) else value
@@ -93,7 +93,7 @@ def _etcd_of(options: dict[str, Any]) -> cfg.GatewayConfig:
 async def _connected(options: dict[str, Any], *, fresh: bool) -> AsyncIterator[IPAM]:
     """The IPAM of the etcd the options name (see the module docstring). `fresh`: a data
     dir with no embedded etcd yet may get a new one (a restore), else it is refused."""
-    config = _etcd_of(options)
+    config = etcd_config(options)
     endpoints = list(config.endpoints_of(config.region))
     security: EtcdSecurity = config.etcd_security
     data_dir = config.data_dir
@@ -215,7 +215,7 @@ def restore(file: str, **options: Any) -> None:
     click.echo(f"restored {summary.count} keys into {summary.prefix} (backup of "
                f"{summary.source_prefix} at revision {summary.source_revision}, schema "
                f"{summary.schema_version}{resumed})")
-    config = _etcd_of(options)
+    config = etcd_config(options)
     secret = config.data_dir / ADMIN_SECRET_FILE
     if config.embedded_etcd and not secret.exists():
         # A node would make a new secret, and so a new signing key: every restored API
