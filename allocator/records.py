@@ -77,11 +77,11 @@ def normalize_mac(value: Any, argument: str = "mac_address") -> str:
     mac = value.strip().lower().replace("-", ":")
     if not _MAC.match(mac):
         raise InvalidArgument(argument, f"{value!r} is not a MAC address", "format")
-    # A NIC's own address is unicast and not all zeros: a group address (the low bit of
-    # the first octet: multicast, ff:ff:ff:ff:ff:ff) never sends a DHCP request.
-    if int(mac[:2], 16) & 1 or mac == "00:00:00:00:00:00":
-        raise InvalidArgument(argument, f"{value!r} is no network interface's address "
-                                        "(a multicast or broadcast address, or all zeros)")
+    # A NIC's own address is unicast: a group address (the low bit of the first octet:
+    # multicast, ff:ff:ff:ff:ff:ff) never sends a DHCP request.
+    if int(mac[:2], 16) & 1:
+        raise InvalidArgument(argument, f"{value!r} is a group (multicast or broadcast) "
+                                        "address, no network interface's")
     return mac
 
 

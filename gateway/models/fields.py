@@ -249,8 +249,10 @@ Hostname = Annotated[str, StringConstraints(min_length=1, max_length=253), Befor
                                                     "allowed"})]
 """A reverse DNS name: free text refused here, the hostname grammar by the allocator."""
 
-MAC_PATTERN = (r"^\s*([0-9A-Fa-f]{2}(:[0-9A-Fa-f]{2}){5}|[0-9A-Fa-f]{2}(-[0-9A-Fa-f]{2}){5})"
-               r"\s*$")
+# A NIC's unicast address (the low bit of the first octet clear), its octets separated by
+# ':' or by '-', not both.
+MAC_PATTERN = (r"^\s*([0-9A-Fa-f][02468aceACE](:[0-9A-Fa-f]{2}){5}"
+               r"|[0-9A-Fa-f][02468aceACE](-[0-9A-Fa-f]{2}){5})\s*$")
 Mac = Annotated[str, StringConstraints(pattern=MAC_PATTERN)]
 
 RESOURCE_TYPE_PATTERN = r"^[a-z][a-z0-9_]{0,63}$"
