@@ -22,8 +22,11 @@ a configuration error the operator should hear about at once.
 
 Unknown MACs, per network: `ignore` (default) or `book`: the agent books a free IPv4
 of the network and attaches it to a resource of type `unknown_dhcp_client` whose id
-is derived from (network, MAC), with an idempotency key derived from the same, so
-retransmits, two agents and an attach through the API never give a MAC two addresses.
+is derived from (network, MAC), in one transaction: the MAC's index in IPAM (one IP per
+MAC and family in a network) is what keeps retransmits, two agents and an attach
+through the API from giving a MAC two addresses. No idempotency key: its replay would
+offer, for an hour, the IP of a first booking that was detached, moved to another MAC or
+released since (a new-user trial saw both).
 
 A DECLINE is recorded through the allocator, in the agent's name (`agent_id`, the host
 name unless told), and withholds the address from that MAC on every agent whose view
@@ -67,9 +70,6 @@ DHCP_SERVER_PORT = 67
 DHCP6_SERVER_PORT = 547
 UNKNOWN_CLIENT = "unknown_dhcp_client"
 IGNORE, BOOK = UnknownMac.IGNORE.value, UnknownMac.BOOK.value
-# The idempotency scope of the agent's own bookings: shared by every agent, so two
-# agents booking for one unknown MAC get one IP.
-IDEMPOTENCY_SCOPE = "netagent-dhcp"
 # How long, at most, the agent answers from a booking of its own that the view does not
 # show yet (it normally shows it within a millisecond).
 VIEW_CATCH_UP = 2.0
@@ -320,15 +320,14 @@ class Agent:
         resource = Resource.product(UNKNOWN_CLIENT, str(uuid.uuid5(uuid.NAMESPACE_URL,
                                                                    f"{pn_id}/{mac}")), mac)
         ask = AddressAsk(region=info.region, project_id=info.project_id,
-                         private_network_id=pn_id, resource=resource,
-                         idempotency_key=f"{pn_id}/{mac}",
-                         idempotency_scope=IDEMPOTENCY_SCOPE)
+                         private_network_id=pn_id, resource=resource)
         try:
             record = await self.ipam.book(ask, Caller(role=PRODUCT,
                                                       product_types=frozenset({UNKNOWN_CLIENT})))
         except errors.AlreadyExists:
-            # The MAC got an IP meanwhile (through the API): the client's next
-            # retransmit finds it in the view.
+            # The MAC got an IP meanwhile (this agent's booking of a retransmit, another
+            # agent's, or an attach through the API): the client's next retransmit finds
+            # it, held or in the view.
             return None
         except errors.IPAMError as err:
             log.warning("booking for unknown MAC %s in %s failed: %s", mac, pn_id, err)
