@@ -14,7 +14,7 @@ import os
 import subprocess
 import sys
 import tempfile
-import time
+import threading
 import urllib.request
 import uuid
 from pathlib import Path
@@ -45,13 +45,16 @@ def _call(secret: str, method: str, path: str, body: Any = None) -> Any:
         return json.loads(resp.read() or b"null")
 
 
-def _wait_ready(secret: str) -> None:
+def _wait_ready(secret: str, stopping: threading.Event) -> None:
+    """Until the gateway is ready (30 s at most), or the demo is stopping (Ctrl-C): the
+    lab's one thread runs this, and the clean-up waits for that thread."""
     for _ in range(150):  # bounded: 30 s
         try:
             _call(secret, "GET", "/readyz")
             return
         except OSError:
-            time.sleep(0.2)
+            if stopping.wait(0.2):
+                return
     raise SystemExit("the gateway did not become ready")
 
 
@@ -62,7 +65,11 @@ def main() -> int:
         return 2
     secret, project = str(uuid.uuid4()), str(uuid.uuid4())
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    with tempfile.TemporaryDirectory(prefix="ipam-demo-") as tmp, NetLab("demo") as lab:
+    stopping = threading.Event()
+    # A name of its own: a demo killed with -9 leaves its namespaces, and the next one
+    # (or one running beside it) must not trip on them.
+    with tempfile.TemporaryDirectory(prefix="ipam-demo-") as tmp, \
+            NetLab() as lab:
         work = Path(tmp)
         cluster = lab.call(lambda: EtcdCluster(1, base_dir=work / "etcd",
                                                name_prefix="demo").start())
@@ -72,7 +79,7 @@ def main() -> int:
                                          "--etcd-endpoints", endpoints, "--port", "8080",
                                          "--admin-secret-key", secret, "--log-level", "warning"],
                          cwd=ROOT, env=env, stdout=subprocess.DEVNULL)
-            lab.call(_wait_ready, secret)
+            lab.call(_wait_ready, secret, stopping)
             base = "/vpc/v2/regions/fr-par"
             # The demo's project belongs to an organization of its own, as every project.
             lab.call(_call, secret, "PUT", f"/ipam/admin/v1/projects/{project}",
@@ -106,6 +113,7 @@ def main() -> int:
                 print(lab.exec_in(machine.namespace, ["dig", "+short", "@10.42.0.254",
                                                       *query]).stdout.rstrip())
         finally:
+            stopping.set()
             lab.stop_processes()  # the agent and the gateway before their etcd
             lab.call(cluster.stop)
     print("\nremoved the namespaces, etcd, the gateway and the agent")
