@@ -38,7 +38,8 @@ class ConfigError(ValueError):
 def parser() -> argparse.ArgumentParser:
     env = os.environ.get
     p = argparse.ArgumentParser(
-        prog="ipam dhcp", description="Serve DHCPv4 and DNS for Private Networks from IPAM.")
+        prog="ipam dhcp", description="Serve DHCPv4, DHCPv6, Router Advertisements and DNS for "
+                                  "Private Networks from IPAM.")
     p.add_argument("--etcd-endpoints", default=env("IPAM_ETCD_ENDPOINTS"),
                    help="comma-separated host:port of etcd members [IPAM_ETCD_ENDPOINTS]")
     p.add_argument("--etcd-prefix", default=env("IPAM_ETCD_PREFIX", "/ipam/"),
