@@ -107,7 +107,8 @@ class AgentConfig:
 
 class Agent:
     """Serves DHCP (v4, and v6 with RAs on dual-stack networks) on each configured
-    interface and DNS for every served network, following the networks' subnets."""
+    interface, and DNS on each network's server address for that network alone
+    (`zones.Zones.visible`), following the networks' subnets."""
 
     def __init__(self, ipam: IPAM, config: AgentConfig) -> None:
         self.ipam, self.config = ipam, config

@@ -1,15 +1,16 @@
 """The internal DNS of Private Networks: `<resource-name>.<network-name>.internal` and the reverse.
 
-Authoritative, for every served network whose DHCP is enabled, for
+Authoritative, for every served network whose DHCP is enabled (on a listener, for the one
+network whose server address it listens on: `zones.Zones.visible`), for
 
     <network-name>.internal           SOA; NS ns.<domain>, whose A/AAAA are the subnets' servers
     <resource-name>.<domain>          A / AAAA: every IP attached to a resource of that name
     the reverse zones of its subnets  PTR: the IP's reverses when set, else <resource-name>.<domain>
 
-and nothing else: other names are relayed to the upstream resolver when one is configured,
-REFUSED otherwise. The records are read from the view on every query (DESIGN.md 2b: the
-attachment is the lease), so a move or a detach shows at the next query; the TTLs are short
-for the same reason.
+and nothing else: other names, another network's among them, are relayed to the upstream
+resolver when one is configured, REFUSED otherwise. The records are read from the view on
+every query (DESIGN.md 2b: the attachment is the lease), so a move or a detach shows at the
+next query; the TTLs are short for the same reason.
 
 Reverse zones sit on label boundaries: an IPv4 subnet of /N is served as the /ceil8(N) zones
 it spans (a /22 as four /24 zones) and a subnet smaller than a /24 as its enclosing /24, the
@@ -207,40 +208,44 @@ class InternalDns:
         self.counters = counters if counters is not None else DnsCounters()
         self.view = view
         self.fast = FastPath(self.zones, self.udp_payload, self.upstream is not None)
-        # Answers by (the message but its id, TCP or not), valid while the view stays at
-        # one revision: parsing and packing cost ~100 us a query, a hit costs a slice.
-        self._answers: dict[tuple[bytes, bool], tuple[bytes, dict[str, int]]] = {}
+        # Answers by (the message but its id, TCP or not, the listener), valid while the view
+        # stays at one revision: parsing and packing cost ~100 us a query, a hit a slice.
+        self._answers: dict[tuple[bytes, bool, str | None], tuple[bytes, dict[str, int]]] = {}
         self._answers_revision = -1
 
-    async def handle(self, data: bytes, *, tcp: bool) -> bytes | None:
-        """The reply to one message (relayed through the upstream when not ours), or None."""
-        outcome = self.resolve(data, tcp=tcp)
+    async def handle(self, data: bytes, *, tcp: bool, listener: str | None = None
+                     ) -> bytes | None:
+        """The reply to one message asked at the address `listener` (relayed through the
+        upstream when not ours), or None."""
+        outcome = self.resolve(data, tcp=tcp, listener=listener)
         if isinstance(outcome, Forward):
             return await self.forward(outcome)
         return outcome
 
-    def resolve(self, data: bytes, *, tcp: bool) -> bytes | Forward | None:
-        """The reply to one message from the served zones, without I/O: the reply's bytes,
-        a `Forward` when the name is not ours and an upstream is set, or None to drop it."""
+    def resolve(self, data: bytes, *, tcp: bool, listener: str | None = None
+                ) -> bytes | Forward | None:
+        """The reply to one message from the zones seen at the address `listener` (every
+        served one when None: `Zones.visible`), without I/O: the reply's bytes, a `Forward`
+        when the name is not ours and an upstream is set, or None to drop it."""
         self.counters.queries += 1
         if self.view.revision != self._answers_revision or len(self._answers) > ANSWER_CACHE:
             self._answers.clear()
             self._answers_revision = self.view.revision
-        key = (bytes(data[2:]), tcp)
+        key = (bytes(data[2:]), tcp, listener)  # one question, another answer elsewhere
         hit = self._answers.get(key)
         if hit is not None and len(data) >= 12:
             reply, counted = hit
             for name, n in counted.items():  # count it as the first one was counted
                 setattr(self.counters, name, getattr(self.counters, name) + n)
             return bytes(data[:2]) + reply[2:]
-        fast = self.fast.answer(data, tcp)
+        fast = self.fast.answer(data, tcp, listener)
         if fast is not None:
             self.counters.answered += 1
             self._answers[key] = (fast, {"answered": 1})
             return fast
         before = asdict(self.counters)
         try:
-            outcome = self._resolve(data, tcp)
+            outcome = self._resolve(data, tcp, listener)
         except Exception:  # a bug costs one answer, never the server
             log.exception("dns: cannot answer a %d-byte message", len(data))
             msg_id, flags = struct.unpack_from("!HH", data)  # _resolve checked the length
@@ -277,7 +282,8 @@ class InternalDns:
 
     # -- one message -----------------------------------------------------------------------
 
-    def _resolve(self, data: bytes, tcp: bool) -> bytes | Forward | None:
+    def _resolve(self, data: bytes, tcp: bool, listener: str | None = None
+                 ) -> bytes | Forward | None:
         if len(data) < 12:
             self.counters.dropped += 1  # not even a header to answer to
             return None
@@ -292,7 +298,7 @@ class InternalDns:
             return self._bare(msg_id, flags, RCODE.FORMERR)
         if query.edns is not None and query.edns.version > 0:
             return self._reply(query, BADVERS)
-        answer = self.zones.lookup(query.question)
+        answer = self.zones.lookup(query.question, listener)
         if answer is None:
             if self.upstream is not None:
                 return Forward(query)
@@ -387,7 +393,8 @@ class InternalDns:
 
 class DnsServer:
     """The internal DNS on one (host, port), over UDP and TCP (RFC 7766: two-byte length prefix,
-    several queries per connection, closed after `idle_timeout` without one).
+    several queries per connection, closed after `idle_timeout` without one). Its clients
+    see the zones of the network whose server address `host` is (`Zones.visible`).
 
     Port 0 picks a port free for both transports. Use `async with`, or `start` and `close`.
     """
@@ -445,7 +452,7 @@ class DnsServer:
     def _datagram(self, data: bytes, _sender: Any) -> bytes | None | Coroutine[Any, Any, bytes]:
         """The answer to one UDP query: at once from the zones, or relayed (a coroutine;
         past `max_relays` in flight the socket drops it, and the client asks again)."""
-        outcome = self.dns.resolve(data, tcp=False)
+        outcome = self.dns.resolve(data, tcp=False, listener=self.host)
         if isinstance(outcome, Forward):
             return self.dns.forward(outcome)
         return outcome
@@ -462,7 +469,7 @@ class DnsServer:
                 prefix = await asyncio.wait_for(reader.readexactly(2), self.idle_timeout)
                 (size,) = struct.unpack("!H", prefix)
                 data = await asyncio.wait_for(reader.readexactly(size), self.idle_timeout)
-                reply = await self.dns.handle(data, tcp=True)
+                reply = await self.dns.handle(data, tcp=True, listener=self.host)
                 if reply is None:
                     continue
                 writer.write(struct.pack("!H", len(reply)) + reply)

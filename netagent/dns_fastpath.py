@@ -7,13 +7,16 @@ from precomputed pieces costs a few. `FastPath.answer` does that for exactly tho
 questions, by the zones' own rules (`zones.Zones`), and says None for everything else
 (an apex, a name without records, another type, IPv6 reverse names, an unusual message),
 which `dns.InternalDns` then answers in full. A test compares the two on every kind of
-question the fast path takes, so they cannot drift apart.
+question the fast path takes, so they cannot drift apart. What a listener's clients see
+(`Zones.visible`) is built once per listener and view revision: a query costs a dict
+lookup for it.
 """
 
 from __future__ import annotations
 
 import socket
 import struct
+from dataclasses import dataclass, field
 from functools import lru_cache
 
 from allocator.contract import Lease, NetworkInfo
@@ -28,6 +31,15 @@ _DO = 0x8000  # EDNS flags: DNSSEC OK, echoed
 _IN_ADDR_ARPA = (b"in-addr", b"arpa")
 
 
+@dataclass
+class _Scope:
+    """The zones one listener's clients see, in the shapes the two questions read."""
+
+    apexes: dict[tuple[bytes, ...], NetworkInfo] = field(default_factory=dict)
+    # (first address, mask, owner) of each IPv4 subnet
+    ipv4: list[tuple[int, int, NetworkInfo]] = field(default_factory=list)
+
+
 class FastPath:
     """Answers A/AAAA/PTR questions that have records (see the module docstring)."""
 
@@ -36,11 +48,11 @@ class FastPath:
         self.udp_payload = udp_payload
         self.flags = _QR | _AA | (_RA if recursion_available else 0)
         self._revision = -1
-        self._apexes: dict[tuple[bytes, ...], NetworkInfo] = {}
-        self._ipv4: list[tuple[int, int, NetworkInfo]] = []  # (network, mask, owner)
+        self._scopes: dict[str | None, _Scope] = {}  # listener -> its scope, at `_revision`
 
-    def answer(self, data: bytes, tcp: bool) -> bytes | None:
-        """The reply to `data`, or None when the full path must answer it."""
+    def answer(self, data: bytes, tcp: bool, listener: str | None = None) -> bytes | None:
+        """The reply to `data` asked at the address `listener` (`Zones.visible`), or None
+        when the full path must answer it."""
         if len(data) < 17:
             return None
         data = bytes(data)  # a TCP stream hands a bytearray
@@ -67,11 +79,11 @@ class FastPath:
             return None
         if qclass != _IN:
             return None
-        self._refresh()
+        scope = self._scope(listener)
         if qtype in (_A, _AAAA):
-            records = self._addresses(labels, qtype)
+            records = self._addresses(scope, labels, qtype)
         elif qtype == _PTR:
-            records = self._pointers(labels)
+            records = self._pointers(scope, labels)
         else:
             return None
         if not records:
@@ -93,27 +105,28 @@ class FastPath:
 
     # -- what the zones hold, for the two kinds of questions -----------------------------------
 
-    def _refresh(self) -> None:
+    def _scope(self, listener: str | None) -> _Scope:
         revision = self.zones.view.revision
-        if revision == self._revision:
-            return
-        served = self.zones.served()
-        self._apexes = {}
-        self._ipv4 = []
-        for network in served:
-            apex = domain_labels(network.domain)
-            if apex is not None:
-                self._apexes.setdefault(apex, network)
-            for subnet in network.subnets:
-                if not subnet.is_ipv6:
-                    first, mask = _ipv4_range(subnet.cidr)
-                    self._ipv4.append((first, mask, network))
-        self._revision = revision
+        if revision != self._revision:
+            self._scopes.clear()
+            self._revision = revision
+        scope = self._scopes.get(listener)
+        if scope is None:
+            scope = self._scopes[listener] = _Scope()
+            for network in self.zones.visible(listener):
+                apex = domain_labels(network.domain)
+                if apex is not None:
+                    scope.apexes.setdefault(apex, network)  # the first, as `Zones` picks
+                for subnet in network.subnets:
+                    if not subnet.is_ipv6:
+                        first, mask = _ipv4_range(subnet.cidr)
+                        scope.ipv4.append((first, mask, network))
+        return scope
 
-    def _addresses(self, labels: list[bytes], qtype: int) -> list[bytes]:
+    def _addresses(self, scope: _Scope, labels: list[bytes], qtype: int) -> list[bytes]:
         # The longest apex that ends the name wins, as in `Zones`: try the longest first.
         for cut in range(1, len(labels)):
-            network = self._apexes.get(tuple(labels[cut:]))
+            network = scope.apexes.get(tuple(labels[cut:]))
             if network is not None:
                 break
         else:
@@ -127,7 +140,7 @@ class FastPath:
         leases = [x for x in self.zones.view.named(network.id, name) if x.is_ipv6 == want_ipv6]
         return [socket.inet_pton(family, x.address) for x in sorted(leases, key=address_order)]
 
-    def _pointers(self, labels: list[bytes]) -> list[bytes]:
+    def _pointers(self, scope: _Scope, labels: list[bytes]) -> list[bytes]:
         if len(labels) != 6 or tuple(labels[4:]) != _IN_ADDR_ARPA:
             return []
         octets = []
@@ -139,7 +152,7 @@ class FastPath:
                 return []
             octets.append(octet)
         value = int.from_bytes(bytes(octets), "big")
-        owners = [n for first, mask, n in self._ipv4 if value & mask == first]
+        owners = [n for first, mask, n in scope.ipv4 if value & mask == first]
         if len(owners) != 1:
             return []  # not ours, or several networks share the range: the full path
         address = socket.inet_ntoa(bytes(octets))

@@ -4,6 +4,14 @@ Pure lookups over the view (no I/O, no wire format): `Zones.lookup` takes a pars
 and gives an `Answer` (rcode and sections as dnslib records), which `dns.InternalDns`
 packs; `dns_fastpath` answers the common questions from the same rules without dnslib.
 See `dns` for what the zones hold.
+
+Whose names a client sees depends on where it asks: one agent may serve Private Networks
+of several projects, and two of them may share a name (`lab-two.internal` in each). A
+listener on a network's server address (the DNS server DHCP hands out) is that network's:
+its clients see its zones, forward and reverse, and no other network's; the names of the
+others are not ours there, exactly as a name of no served network (`Zones.visible`).
+Private Networks are the boundary, as for DHCP: nothing says that the networks of one
+VPC can reach each other, and the view does not say which VPC a network is in.
 """
 
 from __future__ import annotations
@@ -80,19 +88,55 @@ class Zones:
         self.ttl, self.negative_ttl = ttl, negative_ttl
         # network id -> (view revision, names that exist only as parents of dotted names)
         self._parents: dict[str, tuple[int, frozenset[str]]] = {}
+        # listener -> the networks its clients see, at `_visible_revision`
+        self._visible: dict[str | None, list[NetworkInfo]] = {}
+        self._visible_revision = -1
 
     def served(self) -> list[NetworkInfo]:
         """The networks answered for: DHCP enabled and, when a set was given, in it."""
-        return sorted((n for n in self.view.networks() if n.dhcp_enabled
-                       and (self.pn_ids is None or n.id in self.pn_ids)), key=lambda n: n.id)
+        return sorted((n for n in self._given() if n.dhcp_enabled), key=lambda n: n.id)
 
-    def lookup(self, question: DNSQuestion) -> Answer | None:
-        """The authoritative answer to `question`, or None when no served zone holds it."""
+    def visible(self, listener: str | None = None) -> list[NetworkInfo]:
+        """The served networks whose names a client asking at the address `listener` sees:
+        the one network whose subnet's server address it is; every served network when
+        no listener is named or it is a loopback address (only this host can ask there:
+        tests, the bench, an operator's `dig`); none on any other address, a wildcard,
+        or one that several networks share (ranges reused across VPCs): it cannot tell
+        whose client asks."""
+        if self._visible_revision != self.view.revision:
+            self._visible.clear()
+            self._visible_revision = self.view.revision
+        networks = self._visible.get(listener)
+        if networks is None:
+            networks = self._visible[listener] = self._networks_seen_at(listener)
+        return networks
+
+    def _networks_seen_at(self, listener: str | None) -> list[NetworkInfo]:
+        if listener is None:
+            return self.served()
+        try:
+            address = ipaddress.ip_address(listener)
+        except ValueError:
+            return []
+        if address.is_loopback:
+            return self.served()
+        # Among every network given, DHCP or not: a network whose DHCP is off still owns
+        # its server address, and its listener must not start answering for another.
+        owners = [n for n in self._given()
+                  if any(ipaddress.ip_address(s.server) == address for s in n.subnets)]
+        return owners if len(owners) == 1 and owners[0].dhcp_enabled else []
+
+    def _given(self) -> list[NetworkInfo]:
+        return [n for n in self.view.networks() if self.pn_ids is None or n.id in self.pn_ids]
+
+    def lookup(self, question: DNSQuestion, listener: str | None = None) -> Answer | None:
+        """The authoritative answer to `question` asked at `listener` (see `visible`), or
+        None when no zone its client sees holds it."""
         if question.qclass not in (CLASS.IN, _CLASS_ANY):
             return None
         qname: DNSLabel = question.qname
         labels = tuple(label.lower() for label in qname.label)
-        served = self.served()
+        served = self.visible(listener)
         if labels[-2:] in _REVERSE_SUFFIXES:
             return self._reverse(qname, labels, question.qtype, served)
         return self._forward(qname, labels, question.qtype, served)

@@ -2,7 +2,8 @@
 
 Pure tests ask `InternalDns` over a small in-test view; server tests ask the real UDP and
 TCP listeners on 127.0.0.1, with dnslib as the client and with Debian's `dig`; one test
-reads a real `NetworkView` on etcd.
+reads a real `NetworkView` on etcd, and one asks the agent of two projects' networks with
+`dig` from their clients, in network namespaces (skipped where they cannot be made).
 """
 
 from __future__ import annotations
@@ -13,14 +14,19 @@ import random
 import shutil
 import socket
 import struct
+import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 import pytest
-from allocator_support import book_in, make_pn
+from allocator_support import REGION, book_in, connected, make_pn
 from dnslib import EDNS0, QTYPE, RCODE, RR, A, DNSQuestion, DNSRecord
 
 from allocator.contract import IPAM, Lease, NetworkInfo, Resource, SubnetInfo
+from devcluster import netlab
+from devcluster.etcd import EtcdCluster
+from devcluster.netlab import NetLab
+from netagent.agent import Agent, AgentConfig
 from netagent.dns import DnsConfig, DnsServer, Forward, InternalDns, Upstream, serve_dns
 
 WEB = NetworkInfo("pn-web", "Web", True, (SubnetInfo.of("s-web-4", "10.0.0.0/24"),
@@ -700,3 +706,168 @@ def test_a_change_in_the_view_reaches_the_fast_path_at_once(view, dns):
     assert dns.fast.answer(wire, False) is None
     view.attach(lease(WEB, "10.0.0.77", "new"))
     assert DNSRecord.parse(dns.resolve(wire, tcp=False)).short() == "10.0.0.77"
+
+
+# -- whose names a listener's clients see ----------------------------------------------------
+
+# A new-user trial: one agent, Private Networks of two projects both named "lab-two"; the
+# first's clients got the second's addresses and names. Project A's network has the higher
+# id, which the lowest-id choice between equal zones passed over.
+LAB_A = NetworkInfo("pn-lab-two-a", "lab-two", True, (SubnetInfo.of("s-a", "10.91.0.0/24"),),
+                    project_id="project-a")
+LAB_B = NetworkInfo("pn-lab-two-b", "lab-two", True, (SubnetInfo.of("s-b", "10.93.0.0/24"),),
+                    project_id="project-b")
+ONE_A = NetworkInfo("pn-lab-one-a", "lab-one", True, (SubnetInfo.of("s-c", "10.92.0.0/24"),),
+                    project_id="project-a")  # project A's other network
+AGAIN = NetworkInfo("pn-again", "again", True, (SubnetInfo.of("s-d", "10.93.0.0/24"),),
+                    project_id="project-c")  # project B's range, reused in another VPC
+LAB_A_SERVER, LAB_B_SERVER, ONE_A_SERVER = "10.91.0.254", "10.93.0.254", "10.92.0.254"
+OFF_SERVER, WEB_SERVER = "10.1.0.254", "10.0.0.254"
+
+
+def tenants_view() -> FakeView:
+    return FakeView([LAB_A, LAB_B, ONE_A, WEB, OFF], [
+        lease(LAB_A, "10.91.0.5", "web-moved"), lease(LAB_A, "10.91.0.6", "only-a"),
+        lease(LAB_B, "10.93.0.5", "web-moved"), lease(LAB_B, "10.93.0.7", "only-b"),
+        lease(LAB_B, "10.93.0.8", "named-b", reverses=("b.example.com",)),
+        lease(ONE_A, "10.92.0.5", "one"), lease(WEB, "10.0.0.5", "web-1"),
+        lease(OFF, "10.1.0.5", "x"),
+    ])
+
+
+def ask_at(dns: InternalDns, listener: str, name: str, qtype: str = "A") -> DNSRecord:
+    """`name` asked at the listener on `listener`, by the fast path when it takes it; the
+    full path must give the same bytes."""
+    wire = bytes(query(name, qtype).pack())
+    out = dns.resolve(wire, tcp=False, listener=listener)
+    assert isinstance(out, bytes)
+    assert dns._resolve(wire, False, listener) == out
+    return DNSRecord.parse(out)
+
+
+def not_ours(reply: DNSRecord) -> None:
+    """What a name of no served network gets without an upstream."""
+    assert (reply.header.rcode, reply.header.aa, reply.rr, reply.auth) == (
+        RCODE.REFUSED, 0, [], [])
+
+
+def test_same_named_networks_of_two_projects_each_answer_their_own_at_their_listener():
+    dns = InternalDns(tenants_view())
+    for _ in range(2):  # the second time from the answer cache, kept per listener
+        assert rdata(ask_at(dns, LAB_A_SERVER, "web-moved.lab-two.internal")) == ["10.91.0.5"]
+        assert rdata(ask_at(dns, LAB_B_SERVER, "web-moved.lab-two.internal")) == ["10.93.0.5"]
+    assert rdata(ask_at(dns, LAB_A_SERVER, "only-a.lab-two.internal")) == ["10.91.0.6"]
+    negative(ask_at(dns, LAB_A_SERVER, "only-b.lab-two.internal"), RCODE.NXDOMAIN,
+             "lab-two.internal.")
+    assert rdata(ask_at(dns, LAB_A_SERVER, "ns.lab-two.internal")) == [LAB_A_SERVER]
+    assert rdata(ask_at(dns, LAB_B_SERVER, "ns.lab-two.internal")) == [LAB_B_SERVER]
+
+
+def test_another_projects_reverse_is_not_answered_at_a_listener():
+    dns = InternalDns(tenants_view())
+    for address in ("10.93.0.5", "10.93.0.8", LAB_B_SERVER):
+        not_ours(ask_at(dns, LAB_A_SERVER, ptr(address), "PTR"))
+    not_ours(ask_at(dns, LAB_A_SERVER, "93.10.in-addr.arpa", "SOA"))
+    assert rdata(ask_at(dns, LAB_B_SERVER, ptr("10.93.0.8"), "PTR")) == ["b.example.com."]
+    assert rdata(ask_at(dns, LAB_A_SERVER, ptr("10.91.0.5"), "PTR")) == [
+        "web-moved.lab-two.internal."]
+    forwarding = InternalDns(tenants_view(), DnsConfig(upstream="192.0.2.53:5353"))
+    outcome = forwarding.resolve(query(ptr("10.93.0.5"), "PTR").pack(), tcp=False,
+                                 listener=LAB_A_SERVER)
+    assert isinstance(outcome, Forward)  # as a name of no served network: to the upstream
+
+
+def test_another_network_of_the_same_project_is_not_seen_at_a_listener():
+    dns = InternalDns(tenants_view())
+    not_ours(ask_at(dns, LAB_A_SERVER, "one.lab-one.internal"))
+    not_ours(ask_at(dns, LAB_A_SERVER, ptr("10.92.0.5"), "PTR"))
+    not_ours(ask_at(dns, ONE_A_SERVER, "only-a.lab-two.internal"))
+    assert rdata(ask_at(dns, ONE_A_SERVER, "one.lab-one.internal")) == ["10.92.0.5"]
+
+
+def test_a_listener_that_cannot_tell_whose_client_asks_answers_no_network():
+    # A network without DHCP, a range two networks share, a wildcard, an address of none.
+    view = tenants_view()
+    view._networks.append(AGAIN)
+    dns = InternalDns(view)
+    for listener in (OFF_SERVER, LAB_B_SERVER, "0.0.0.0", "192.0.2.1"):
+        not_ours(ask_at(dns, listener, "web-1.web.internal"))
+        not_ours(ask_at(dns, listener, "web-moved.lab-two.internal"))
+        not_ours(ask_at(dns, listener, ptr("10.93.0.5"), "PTR"))
+    assert rdata(ask_at(dns, WEB_SERVER, "web-1.web.internal")) == ["10.0.0.5"]
+    # The host itself (loopback) and a caller that names no listener see every network.
+    assert rdata(ask_at(dns, "127.0.0.1", "one.lab-one.internal")) == ["10.92.0.5"]
+    assert rdata(ask(dns, "web-1.web.internal")) == ["10.0.0.5"]
+
+
+def test_the_networks_a_listener_sees_follow_the_view():
+    view = tenants_view()
+    dns = InternalDns(view)
+    assert [n.id for n in dns.zones.visible(LAB_A_SERVER)] == [LAB_A.id]
+    view._networks[0] = NetworkInfo(LAB_A.id, LAB_A.name, False, LAB_A.subnets,
+                                    LAB_A.project_id)
+    view.revision += 1  # its DHCP turned off: its listener answers nothing, nor B's names
+    assert dns.zones.visible(LAB_A_SERVER) == []
+    not_ours(ask_at(dns, LAB_A_SERVER, "web-moved.lab-two.internal"))
+
+
+needs_lab = pytest.mark.skipif(
+    (netlab.available() or (None if shutil.which("dig") else "dig is not installed"))
+    is not None, reason="network namespaces cannot be made here, or dig is missing")
+
+
+@needs_lab
+async def test_an_agent_of_two_projects_same_named_networks_answers_each_client_its_own(
+        ipam: IPAM, etcd_single: EtcdCluster, key_prefix: str):
+    """The trial's setup: `ipam dhcp --interface br0=PN1 --interface br2=PN3`, both named
+    lab-two, of two projects; each client asks its own network's server address."""
+    networks, addresses = [], []
+    for n, cidr in enumerate(("10.91.0.0/24", "10.93.0.0/24")):
+        project = str(uuid.uuid4())
+        pn = await ipam.create_private_network(REGION, project, None, "lab-two", subnets=[cidr])
+        ip = await ipam.book(book_in(pn, project, resource=Resource.custom(
+            f"02:00:00:91:00:0{n}", "web-moved")))
+        networks.append(pn.id)
+        addresses.append(ip.address.split("/")[0])
+    servers = "10.91.0.254", "10.93.0.254"
+    with NetLab() as lab:
+        bridges = lab.add_bridge(), lab.add_bridge()
+        for bridge, server in zip(bridges, servers, strict=True):
+            lab.exec_in(lab.namespace, ["ip", "addr", "add", f"{server}/24", "dev", bridge])
+        clients = (lab.add_host(bridges[0], "10.91.0.100/24"),
+                   lab.add_host(bridges[1], "10.93.0.100/24"))
+
+        def dig_from(side: int, *args: str) -> list[str]:
+            return lines(lab.exec_in(clients[side].namespace, [
+                "dig", f"@{servers[side]}", "+time=3", "+tries=1", *args]).stdout)
+
+        async def agent_answers() -> list[list[str]]:
+            # In the lab's thread, so that the agent's sockets are the lab's; etcd is
+            # reached through gRPC's threads, which the host's `ipam` started on the host.
+            async with connected(etcd_single.endpoints, key_prefix) as own:
+                agent = Agent(own, AgentConfig(interfaces=tuple(zip(bridges, networks,
+                                                                    strict=True))))
+                await agent.start()
+                try:
+                    view = agent.view
+                    assert view is not None
+                    for _ in range(40):  # the watch brings the attachments
+                        if all(view.named(pn, "web-moved") for pn in networks):
+                            break
+                        await view.changed(view.revision, 0.25)
+                    asked: list[tuple[int, tuple[str, ...]]] = [
+                        (0, ("+short", "web-moved.lab-two.internal")),
+                        (1, ("+short", "web-moved.lab-two.internal")),
+                        (0, ("-x", addresses[1])),
+                        (0, ("+short", "-x", addresses[0]))]
+                    return list(await asyncio.gather(*(asyncio.to_thread(dig_from, side, *args)
+                                                       for side, args in asked)))
+                finally:
+                    await agent.close()
+
+        at_a, at_b, b_reverse_at_a, a_reverse_at_a = await asyncio.to_thread(
+            lab.call, lambda: asyncio.run(agent_answers()))
+    assert (at_a, at_b) == ([addresses[0]], [addresses[1]])
+    assert any("status: REFUSED" in line for line in b_reverse_at_a)
+    assert not any("web-moved" in line for line in b_reverse_at_a)
+    assert a_reverse_at_a == ["web-moved.lab-two.internal."]
