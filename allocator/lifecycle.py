@@ -57,6 +57,7 @@ from .records import (
     IfMatch,
     IPRecord,
     Resource,
+    check_nic_mac,
     check_reverses,
     check_tags,
     check_uuid,
@@ -130,6 +131,8 @@ class Lifecycle:
         if ask.expires_at is not None and ask.resource is not None:
             raise InvalidArgument("expires_at", "an IP attached at booking never expires: "
                                   "give a resource or an expiry, not both")
+        if ask.resource is not None:
+            _check_resource(ask.resource)
         if ask.idempotency_key is None:
             return await self._book(ask, caller, tags, None, "")
         idem_key = self.keys.idempotency(ask.idempotency_scope,
@@ -597,8 +600,11 @@ def _check_detached(r: IPRecord) -> None:
 
 
 def _check_resource(resource: Resource) -> None:
+    """A resource an IP is to be attached to: one, and with a NIC's MAC if any."""
     if not isinstance(resource, Resource):
         raise InvalidArgument("resource", "is required", "required")
+    if resource.mac_address:
+        check_nic_mac(resource.mac_address)
 
 
 def _differing(held: Resource, named: Resource) -> str:

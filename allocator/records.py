@@ -77,12 +77,17 @@ def normalize_mac(value: Any, argument: str = "mac_address") -> str:
     mac = value.strip().lower().replace("-", ":")
     if not _MAC.match(mac):
         raise InvalidArgument(argument, f"{value!r} is not a MAC address", "format")
-    # A NIC's own address is unicast: a group address (the low bit of the first octet:
-    # multicast, ff:ff:ff:ff:ff:ff) never sends a DHCP request.
-    if int(mac[:2], 16) & 1:
-        raise InvalidArgument(argument, f"{value!r} is a group (multicast or broadcast) "
-                                        "address, no network interface's")
     return mac
+
+
+def check_nic_mac(mac: str, argument: str = "resource.mac_address") -> None:
+    """InvalidArgument unless `mac` (normalized) is a network interface's own: unicast. A
+    group address (the low bit of the first octet: multicast, ff:ff:ff:ff:ff:ff) never
+    sends a DHCP request. Checked where a MAC is newly attached only: one naming a
+    resource as it is attached may be any (an IP attached before this rule)."""
+    if int(mac[:2], 16) & 1:
+        raise InvalidArgument(argument, f"{mac!r} is a group (multicast or broadcast) "
+                                        "address, no network interface's")
 
 
 def check_tags(tags: Any, argument: str = "tags") -> tuple[str, ...]:

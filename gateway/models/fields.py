@@ -249,11 +249,15 @@ Hostname = Annotated[str, StringConstraints(min_length=1, max_length=253), Befor
                                                     "allowed"})]
 """A reverse DNS name: free text refused here, the hostname grammar by the allocator."""
 
-# A NIC's unicast address (the low bit of the first octet clear), its octets separated by
-# ':' or by '-', not both.
-MAC_PATTERN = (r"^\s*([0-9A-Fa-f][02468aceACE](:[0-9A-Fa-f]{2}){5}"
-               r"|[0-9A-Fa-f][02468aceACE](-[0-9A-Fa-f]{2}){5})\s*$")
+# A MAC address, its octets separated by ':' or by '-', not both.
+MAC_PATTERN = r"^\s*([0-9A-Fa-f]{2}(:[0-9A-Fa-f]{2}){5}|[0-9A-Fa-f]{2}(-[0-9A-Fa-f]{2}){5})\s*$"
 Mac = Annotated[str, StringConstraints(pattern=MAC_PATTERN)]
+# One a resource is newly attached with: a NIC's own, unicast (the low bit of the first
+# octet clear). A MAC naming a resource as it is attached (detach, move from, filters)
+# is any MAC: an IP attached before this rule must stay detachable.
+NIC_MAC_PATTERN = (r"^\s*([0-9A-Fa-f][02468aceACE](:[0-9A-Fa-f]{2}){5}"
+                   r"|[0-9A-Fa-f][02468aceACE](-[0-9A-Fa-f]{2}){5})\s*$")
+NicMac = Annotated[str, StringConstraints(pattern=NIC_MAC_PATTERN)]
 
 RESOURCE_TYPE_PATTERN = r"^[a-z][a-z0-9_]{0,63}$"
 

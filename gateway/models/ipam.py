@@ -28,6 +28,7 @@ from .fields import (
     Hostname,
     IpAddress,
     Mac,
+    NicMac,
     Page,
     PageSize,
     Printable,
@@ -125,6 +126,13 @@ class CustomResource(Body):
         return self
 
 
+class NewResource(CustomResource):
+    """A resource an IP is to be attached to (book, attach, move to): a custom one's MAC
+    is a network interface's own, unicast."""
+
+    mac_address: NicMac | None = None  # type: ignore[assignment]
+
+
 def _resource_shapes(schema: dict[str, Any]) -> None:
     props = schema.pop("properties")
     custom = {**props, "mac_address": not_null(props["mac_address"]),
@@ -154,7 +162,7 @@ class BookIPRequest(Body):
     project_id: Uuid | None = None
     address: IpAddress | None = None
     tags: Tags | None = None
-    resource: CustomResource | None = None
+    resource: NewResource | None = None
     expires_at: ExpiresAt | None = Field(
         default=None, description="our extension: release the IP by itself at this time "
                                   "unless it was attached meanwhile (attaching clears it); "
@@ -181,15 +189,16 @@ class ReleaseIPSetRequest(Body):
 
 
 class AttachIPRequest(Body):
+    resource: NewResource
+
+
+class DetachIPRequest(Body):
     resource: CustomResource
-
-
-DetachIPRequest = AttachIPRequest
 
 
 class MoveIPRequest(Body):
     from_resource: CustomResource
-    to_resource: CustomResource | None = None
+    to_resource: NewResource | None = None
 
 
 class IPPath(RegionPath):

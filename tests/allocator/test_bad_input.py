@@ -7,6 +7,7 @@ from allocator_support import REGION, book_in, make_pn, new_project, revision
 
 from allocator.contract import AddressAsk, Caller, IPFilter, Resource
 from allocator.errors import AlreadyExists, InvalidArgument, NotFound, PermissionDenied
+from allocator.txn import GuardedTxn, commit
 
 
 @pytest.fixture
@@ -97,10 +98,20 @@ def test_malformed_mac_is_refused(mac):
 
 @pytest.mark.parametrize("mac", ["01:00:5e:00:00:01", "33:33:00:00:00:01",
                                  "ff:ff:ff:ff:ff:ff"])
-def test_a_group_mac_no_network_interface_has_is_refused(mac):
-    with pytest.raises(InvalidArgument) as err:
-        Resource.custom(mac)
-    assert "is a group (multicast or broadcast) address" in str(err.value)
+async def test_a_group_mac_is_refused_to_attach_yet_names_what_is_attached(ipam, pn, project,
+                                                                          mac):
+    """No NIC has a group address: booking or attaching with one is refused, nothing
+    written. One attached before that rule still names its resource: detach works."""
+    group = Resource.custom(mac, "legacy")
+    err = await _refused(ipam, ipam.book(book_in(pn, project, resource=group)))
+    assert "is a group (multicast or broadcast) address" in str(err)
+    ip = await ipam.book(book_in(pn, project))
+    await _refused(ipam, ipam.attach(ip.id, group))
+    await _refused(ipam, ipam.move(ip.id, Resource.custom("02:00:00:00:00:61"), group))
+    # As an IP attached before the rule holds it (written the way an attach wrote it):
+    legacy = (await ipam.get_ip(ip.id)).with_changes(resource=group)
+    await commit(ipam.store, GuardedTxn().put(ipam.keys.ip(ip.id), legacy.stored()))
+    assert (await ipam.detach(ip.id, group)).resource is None
 
 
 @pytest.mark.parametrize("value", ["not-a-uuid", "", "1234", None, 7,
