@@ -215,9 +215,12 @@ def check_key_spec(role: Any, organization_id: Any, project_ids: Any, resource_t
         raise InvalidArgument("description", "must be a string of at most 255 characters",
                               "format")
     # RFC 3339, as an IP's: fromisoformat alone took week dates, a space for the T,
-    # "2027-01-01T00+00:00", and stored them as sent.
-    if expires_at is not None and rfc3339(expires_at) <= datetime.now(UTC):
-        raise InvalidArgument("expires_at", "must be in the future")
+    # "2027-01-01T00+00:00", and stored them as sent. Stored upper-cased: RFC 3339 allows
+    # a "t" and a "z", which `is_expired`'s fromisoformat does not.
+    if expires_at is not None:
+        if rfc3339(expires_at) <= datetime.now(UTC):
+            raise InvalidArgument("expires_at", "must be in the future")
+        expires_at = expires_at.upper()
     return ApiKey(access_key="", role=role, organization_id=org, project_ids=projects,
                   resource_types=tuple(dict.fromkeys(resource_types)), description=description,
                   expires_at=expires_at)

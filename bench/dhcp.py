@@ -45,7 +45,7 @@ from typing import Any
 from allocator.contract import IPAM, AddressAsk, Caller, NetworkView, PrivateNetwork, Resource
 from allocator.store import EtcdStore
 from devcluster.etcd import EtcdCluster
-from netagent.agent import IDEMPOTENCY_SCOPE, UNKNOWN_CLIENT
+from netagent.agent import UNKNOWN_CLIENT
 from netagent.dhcp4 import Dhcp4Responder
 from netagent.dns import DnsConfig, DnsServer, InternalDns, serve_dns
 
@@ -379,9 +379,7 @@ async def book_directly(b: Bench, pn: PrivateNetwork, count: int, c: int, kind: 
             # The ask `Agent._book_unknown` makes, field for field.
             ask = AddressAsk(region=REGION, project_id=b.project_id, private_network_id=pn.id,
                              resource=Resource.product(UNKNOWN_CLIENT, str(uuid.uuid5(
-                                 uuid.NAMESPACE_URL, f"{pn.id}/{mac}")), mac),
-                             idempotency_key=f"{pn.id}/{mac}",
-                             idempotency_scope=IDEMPOTENCY_SCOPE)
+                                 uuid.NAMESPACE_URL, f"{pn.id}/{mac}")), mac))
             t0 = time.perf_counter()
             try:
                 record = await b.ipam.book(ask, caller)

@@ -92,6 +92,13 @@ def test_an_expiry_in_the_past_is_expired_and_none_never_is():
     assert not ApiKey("SCW" + "A" * 17, "admin").is_expired()
 
 
+def test_an_expiry_spelled_in_lower_case_is_kept_as_one_the_key_can_check():
+    """RFC 3339 allows "t" and "z"; fromisoformat, which is_expired uses, does not: a key
+    so created answered 500 to every request."""
+    key = spec(expires_at="2099-01-01t00:00:00z")
+    assert key.expires_at == "2099-01-01T00:00:00Z" and not key.is_expired()
+
+
 @pytest.mark.parametrize(("changes", "argument"), [
     ({"role": "owner"}, "role"),
     ({"role": None}, "role"),
