@@ -49,8 +49,14 @@ def test_ctrl_c_while_the_gateway_starts_stops_the_demo_at_once_and_removes_ever
     """A new-user trial's Ctrl-C 1.2 s in took 31 s: the clean-up waited for the lab's
     one thread, busy waiting for the gateway (up to 30 s)."""
     before = _namespaces()
-    demo = subprocess.Popen([sys.executable, "-m", "devcluster.dhcp_demo"], cwd=ROOT,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    # Ctrl-C as a terminal gives it: a suite run in the background (CI) ignores SIGINT,
+    # and a child inherits an ignored signal (a handled one is reset to the default).
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        demo = subprocess.Popen([sys.executable, "-m", "devcluster.dhcp_demo"], cwd=ROOT,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    finally:
+        signal.signal(signal.SIGINT, previous)
     try:
         deadline = time.monotonic() + 60
         while not _gateway_of(demo.pid):  # then the lab thread waits for it to be ready
